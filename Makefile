@@ -1,0 +1,35 @@
+# Fresh machine: `make demo` (set-up + the main job on the default corpus) or `make test` (set-up + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU-only machines get the CPU build of torch pinned here; setup.cfg keeps a range for GPU users.
+TORCH_CPU := torch==2.13.0
+RUN    ?= runs/demo
+DATA   ?= data/stdlib
+
+.PHONY: venv test test-fast demo golden bench reproduce loc clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q 'torch>=2.4,<2.15'; \
+	else \
+	  $(PY) -m pip install -q $(TORCH_CPU); \
+	fi
+	$(PY) -m pip install -q -e '.[dev,plot]'
+	touch $@
+
+test: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+test-fast: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+
+loc:
+	@find elastic_cli -name '*.py' | xargs wc -l | sort -n
+
+clean:
+	rm -rf $(VENV) runs data build dist *.egg-info
