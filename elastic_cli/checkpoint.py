@@ -1,0 +1,198 @@
+"""Run directories and atomic checkpoints (docs/internals.md, "Runs and checkpoints").
+
+    runs/<name>/config.yaml command.txt env.json train.log metrics.jsonl
+    runs/<name>/checkpoints/step_00000100/{model.safetensors, optimizer.pt, train_state.json, config.yaml, COMPLETE}
+    runs/<name>/checkpoints/latest          name of the newest complete checkpoint
+    runs/<name>/state/PREEMPTED             stopped by a signal after a complete save
+
+A checkpoint is written into step_X.tmp/, COMPLETE last, then renamed; a directory without
+COMPLETE (or still named .tmp) is never loaded. Weights are saved from the unwrapped module
+(no `module.`/`_orig_mod.` prefixes), so DDP, compiled and plain runs share one format.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from elastic_cli import __version__
+from elastic_cli.errors import DataError, UsageError
+
+_STEP = re.compile(r"^step_(\d+)$")
+RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state")
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (incomplete and .tmp directories are skipped)."""
+    root = Path(run_dir) / "checkpoints"
+    found = [p for p in root.iterdir() if _STEP.match(p.name) and (p / "COMPLETE").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory (its newest complete checkpoint) or a checkpoint directory -> checkpoint dir."""
+    path = Path(path)
+    if (path / "COMPLETE").is_file() and (path / "model.safetensors").is_file():
+        return path
+    if _STEP.match(path.name) or path.name.endswith(".tmp"):
+        raise DataError(f"checkpoint {path} is incomplete (no COMPLETE file); it was not fully written")
+    found = complete_checkpoints(path)
+    if not found:
+        raise DataError(f"no complete checkpoint in {path}")
+    return found[-1]
+
+
+def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
+    """Check the run directory against --resume/--overwrite; return the checkpoint to resume from.
+
+    never: an empty (or --overwrite'n) directory; auto: the newest complete checkpoint, or a fresh
+    start; PATH: that checkpoint (or a run directory's newest)."""
+    run_dir = Path(run_dir)
+    used = run_dir.is_dir() and any(run_dir.iterdir())
+    if resume == "never":
+        if used and not overwrite:
+            raise UsageError(f"run directory {run_dir} is not empty: pass --resume auto to continue it "
+                             f"or --overwrite to start over")
+        if used:
+            for name in RUN_FILES:
+                target = run_dir / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        if found:
+            return found[-1]
+        if used and not (run_dir / "config.yaml").is_file() and not overwrite:
+            raise UsageError(f"{run_dir} is not empty and is not a run directory; choose another run.dir")
+        for name in ("metrics.jsonl", "train.log", "state"):  # a run that never saved: start over
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        return None
+    return resolve(resume)
+
+
+def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
+    """config.yaml, command.txt and env.json of a run (rank 0)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "config.yaml", config_yaml.encode())
+    _write_atomic(run_dir / "command.txt", (" ".join(argv) + "\n").encode())
+    env = {"elastic": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+           "cuda": torch.version.cuda, "platform": platform.platform(), "host": socket.gethostname(),
+           "world": world, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+           "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    _write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
+
+
+def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
+         config_yaml: str, keep_last: int) -> Path:
+    """Write checkpoints/step_X atomically (rank 0 only), update `latest`, drop the oldest beyond keep_last."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / step_name(step)
+    tmp = root / (final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # shared (tied) tensors stored once
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "train_state.json").write_text(json.dumps(train_state), encoding="utf-8")
+    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _write_atomic(tmp / "COMPLETE", b"")  # last: marks every file above as fully written
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_atomic(root / "latest", (final.name + "\n").encode())
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    for stale in root.glob("step_*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> dict:
+    """Load weights (and optimizer state) into the unwrapped model; return train_state."""
+    _load_weights(ckpt, model, device)
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+    return json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
+
+
+def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
+    """(RunConfig, Decoder in eval mode on CPU, checkpoint dir) from a run or checkpoint directory.
+
+    The model is rebuilt from the checkpoint's config.yaml plus `overrides` (e.g.
+    "memory.sampling=exponential": Elastic Memory has no weights, so test-time options apply)."""
+    from elastic_cli.build import build_model
+    from elastic_cli.config import load_config
+
+    ckpt = resolve(path)
+    cfg = load_config(ckpt / "config.yaml", list(overrides))
+    model = build_model(cfg)
+    _load_weights(ckpt, model, torch.device("cpu"))
+    return cfg, model.eval(), ckpt
+
+
+def mark_preempted(run_dir: Path, step: int) -> Path:
+    marker = Path(run_dir) / "state" / "PREEMPTED"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(marker, f"step {step}\n".encode())
+    return marker
+
+
+def rng_state() -> dict:
+    """This process's RNG states, JSON-serialisable (torch states as base64 bytes)."""
+    b64 = lambda t: base64.b64encode(t.cpu().numpy().tobytes()).decode()  # noqa: E731
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "torch": b64(torch.get_rng_state()),
+            "cuda": [b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    unb64 = lambda s: torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)  # noqa: E731
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(unb64(state["torch"]))
+    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([unb64(s) for s in state["cuda"]])
+
+
+def _load_weights(ckpt: Path, model: nn.Module, device: torch.device) -> None:
+    try:
+        load_model(model, str(ckpt / "model.safetensors"), strict=True, device=str(device))
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise DataError(f"checkpoint {ckpt} does not fit the model built from its config and overrides: {first}") from None
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,38 @@
+"""AdamW with weight decay by rule, and the learning-rate schedule as a pure function."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Matrices (>= 2-D: linear and embedding weights) decay; norms, biases and every 1-D
+    tensor do not (nanoGPT `configure_optimizers`). Tied weights appear once."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() already skips shared (tied) tensors
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float,
+                    device: torch.device) -> torch.optim.AdamW:
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused)
+
+
+def lr_at(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup to `lr` over `warmup` steps
+    (step w gets lr*(w+1)/warmup), then half a cosine from `lr` down to `min_lr` at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    span = steps - 1 - warmup
+    progress = min(1.0, (step - warmup) / span) if span > 0 else 0.0
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
