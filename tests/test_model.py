@@ -184,3 +184,19 @@ def test_bad_construction_is_rejected():
     model = build("none")
     with pytest.raises(ValueError, match="segment_len"):
         model(tokens(1, SEG + 1), model.empty_states(1, "cpu"))
+
+
+@pytest.mark.gpu
+def test_cuda_streaming_and_bf16_states():
+    model = build("elastic", sampling="exponential").cuda()
+    toks = tokens(2, 3 * SEG + 2, seed=9).cuda()
+    with torch.no_grad():
+        expected, _ = by_segments(model, toks, model.empty_states(2, "cuda"))
+        stream, steps = model.start_stream(2, "cuda"), []
+        for i in range(toks.shape[1]):
+            logits, stream = model.step(toks[:, i : i + 1], stream)
+            steps.append(logits)
+        torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, states = by_segments(model, toks, model.empty_states(2, "cuda"))
+    assert all(s.ck.dtype == torch.float32 and s.ck.is_cuda for s in states)
