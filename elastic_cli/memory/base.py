@@ -1,0 +1,95 @@
+"""The memory contract (docs/internals.md): a memory owns parameters, never its state.
+
+State is a NamedTuple of tensors whose leaves all have the batch on axis 0; it is passed in and
+returned new. Axis legend: B batch, l segment tokens, D model width, H heads, d head width,
+M memory entries read by attention.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class SegmentView(NamedTuple):
+    """What one layer exposes to its memory for one segment (or, when streaming, a chunk of it)."""
+
+    x: Tensor  # (B, l, D) layer input after the attention RMSNorm
+    q: Tensor  # (B, H, l, d) queries before RoPE
+    k: Tensor  # (B, H, l, d) keys before RoPE
+    v: Tensor  # (B, H, l, d) values
+
+
+class Read(NamedTuple):
+    """What the layer's attention gets from the past.
+
+    k/v/valid depend only on the state (not on the view): streaming reads them once per segment.
+    out is per token (row i depends on the state and token i of the view only).
+    """
+
+    k: Tensor | None = None  # (B, H, M, d) extra keys in the local softmax (logits with the un-rotated query)
+    v: Tensor | None = None  # (B, H, M, d)
+    valid: Tensor | None = None  # (B, M) bool; False entries are masked out
+    out: Tensor | None = None  # (B, l, D) added to the attention output (after the output projection)
+
+
+State = Any  # a NamedTuple of tensors, batch on axis 0
+
+
+def _where_rows(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """Per-row select: rows with mask=True take `new`. mask: (B,), new/old: (B, ...)."""
+    return torch.where(mask.view(-1, *([1] * (old.dim() - 1))), new, old)
+
+
+class Memory(nn.Module):
+    """Base class of every memory kind; subclasses are built as Cls(n_head, head_dim, **options)."""
+
+    def __init__(self, n_head: int, head_dim: int):
+        super().__init__()
+        self.n_head = n_head
+        self.head_dim = head_dim
+
+    def empty(self, batch: int, device: torch.device | str) -> State:
+        """The state before a document starts."""
+        raise NotImplementedError
+
+    def reset(self, state: State, mask: Tensor) -> State:
+        """Rows with mask=True (a (B,) bool) become empty; the others are unchanged."""
+        empty = self.empty(mask.shape[0], mask.device)
+        return type(state)(*(_where_rows(mask, e.to(s.dtype), s) for e, s in zip(empty, state)))
+
+    def read(self, state: State, seg: SegmentView) -> Read:
+        raise NotImplementedError
+
+    def write(self, state: State, seg: SegmentView) -> State:
+        """Fold the segment just read into memory."""
+        raise NotImplementedError
+
+    def numel(self, state: State) -> int:
+        """Floats held per sequence (the footprint axis on which memories are compared)."""
+        raise NotImplementedError
+
+
+def detach_state(states: Any) -> Any:
+    """Map .detach() over every tensor leaf of a (nested) tuple of states (gradient truncation)."""
+    if isinstance(states, Tensor):
+        return states.detach()
+    if isinstance(states, tuple) and hasattr(states, "_fields"):
+        return type(states)(*(detach_state(s) for s in states))
+    if isinstance(states, (tuple, list)):
+        return type(states)(detach_state(s) for s in states)
+    return states
+
+
+REGISTRY: dict[str, type[Memory]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a memory kind available as `memory.kind: name`."""
+
+    def add(cls: type[Memory]) -> type[Memory]:
+        REGISTRY[name] = cls
+        return cls
+
+    return add

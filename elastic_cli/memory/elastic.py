@@ -1,0 +1,77 @@
+"""Elastic Memory: online HiPPO-LegS compression of a layer's keys (before RoPE) and values,
+read back by polynomial sampling (DESIGN.md §2.2, docs/memory.md).
+
+Axis legend: B batch, H heads, N order, d head width, l segment tokens, M samples.
+No trainable parameters: the state dicts of `elastic` and `none` models match.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import hippo
+from .base import Memory, Read, SegmentView, register
+
+
+class ElasticState(NamedTuple):
+    ck: Tensor  # (B, H, N, d) fp32 LegS coefficients of the keys before RoPE
+    cv: Tensor  # (B, H, N, d) fp32 LegS coefficients of the values
+    t: Tensor  # (B,) long, tokens absorbed since the document start
+
+
+@lru_cache(maxsize=64)
+def _sampling(schedule: str, m: int, t: int, order: int, power: float, device: torch.device) -> Tensor:
+    """S (M, N) fp32 on `device`, built in float64; t is ignored (pass 0) for t-free schedules."""
+    return hippo.sampling_matrix(schedule, m, t, order, power=power).to(device=device, dtype=torch.float32)
+
+
+@register("elastic")
+class ElasticMemory(Memory):
+    """State: C_K, C_V (N x d per head) and t. Write: exact segment LegS projection of the
+    segment's keys/values (`hippo.absorb`). Read: M samples S @ C as extra keys/values."""
+
+    def __init__(self, n_head: int, head_dim: int, order: int, samples: int,
+                 sampling: str = "uniform", power: float = 2.0):
+        super().__init__(n_head, head_dim)
+        if order < 1 or samples < 1:
+            raise ValueError(f"ElasticMemory: order and samples must be >= 1, got {order}, {samples}")
+        if sampling not in hippo.SCHEDULES:
+            raise ValueError(f"ElasticMemory: unknown sampling {sampling!r}; choose one of {', '.join(hippo.SCHEDULES)}")
+        self.order, self.samples, self.sampling, self.power = order, samples, sampling, float(power)
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}, samples={self.samples}, sampling={self.sampling}, power={self.power}"
+
+    def empty(self, batch: int, device: torch.device | str) -> ElasticState:
+        zeros = torch.zeros(batch, self.n_head, self.order, self.head_dim, device=device)  # (B, H, N, d)
+        return ElasticState(zeros, zeros.clone(), torch.zeros(batch, dtype=torch.long, device=device))
+
+    def sampling_rows(self, t: Tensor) -> Tensor:
+        """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
+        if not hippo.depends_on_t(self.sampling):
+            return _sampling(self.sampling, self.samples, 0, self.order, self.power, t.device)
+        values, inverse = torch.unique(t, return_inverse=True)  # (U,), (B,)
+        banks = [_sampling(self.sampling, self.samples, int(v), self.order, self.power, t.device) for v in values.tolist()]
+        return torch.stack(banks)[inverse]  # (B, M, N)
+
+    def read(self, state: ElasticState, seg: SegmentView) -> Read:
+        with torch.autocast(device_type=state.ck.device.type, enabled=False):
+            s = self.sampling_rows(state.t)  # (M, N) or (B, M, N)
+            if s.dim() == 3:
+                s = s[:, None]  # (B, 1, M, N)
+            k = s @ state.ck  # (B, H, M, d)
+            v = s @ state.cv  # (B, H, M, d)
+        valid = (state.t > 0)[:, None].expand(-1, self.samples)  # (B, M)
+        return Read(k=k, v=v, valid=valid)
+
+    def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
+        with torch.autocast(device_type=state.ck.device.type, enabled=False):
+            ck = hippo.absorb(state.ck, state.t, seg.k.float())  # (B, H, N, d)
+            cv = hippo.absorb(state.cv, state.t, seg.v.float())  # (B, H, N, d)
+        return ElasticState(ck, cv, state.t + seg.k.shape[2])
+
+    def numel(self, state: ElasticState) -> int:
+        return 2 * self.n_head * self.order * self.head_dim

@@ -1,0 +1,103 @@
+"""Causal self-attention over one segment, joined with a memory's extra keys in ONE softmax.
+
+Axis legend: B batch, H heads, n queries (this chunk), S = start + n local keys (the segment so
+far), M memory entries, d head width, D model width.
+
+Logits (DESIGN.md §2.2, "Attention"):
+  memory  q_i · k_mem_j / sqrt(d)            un-rotated query, un-rotated memory key, masked by valid
+  local   rope(q_i) · rope(k_j) / sqrt(d)    causal: key j visible to query i iff j <= start + i
+softmax over [memory ; local], output = P @ [v_mem ; v].
+`attend_reference` spells this out; `attend` is the SDPA fast path, tested equal.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..memory.base import Read
+from .layers import Rotary
+
+
+def causal_mask(n: int, start: int, device: torch.device) -> Tensor:
+    """(n, start + n) bool: query i (position start + i) sees key j iff j <= start + i."""
+    i = torch.arange(n, device=device)[:, None]  # (n, 1)
+    j = torch.arange(start + n, device=device)[None, :]  # (1, S)
+    return j <= start + i  # (n, S)
+
+
+def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: int) -> Tensor:
+    """Explicit logits and softmax. q: (B, H, n, d); k, v: (B, H, S, d) -> (B, H, n, d)."""
+    n, d = q.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    q_rot, k_rot = rotary(q, start).float(), rotary(k, 0).float()
+    local = q_rot @ k_rot.transpose(-1, -2) * scale  # (B, H, n, S)
+    local = local.masked_fill(~causal_mask(n, start, q.device), float("-inf"))
+    values = v.float()  # (B, H, S, d)
+    if read.k is not None:
+        mem = q.float() @ read.k.float().transpose(-1, -2) * scale  # (B, H, n, M)
+        mem = mem.masked_fill(~read.valid[:, None, None, :], float("-inf"))
+        local = torch.cat([mem, local], dim=-1)  # (B, H, n, M + S)
+        values = torch.cat([read.v.float(), values], dim=2)  # (B, H, M + S, d)
+    return (local.softmax(dim=-1) @ values).to(q.dtype)  # (B, H, n, d)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: int) -> Tensor:
+    """SDPA fast path of `attend_reference` (same arguments and result).
+
+    With memory, both logit kinds come out of one dot product of width 2d:
+      [rope(q), q] · [rope(k), 0] = local logit,   [rope(q), q] · [0, k_mem] = memory logit,
+    with the scale 1/sqrt(d) passed explicitly.
+    """
+    n, d = q.shape[-2], q.shape[-1]
+    q_rot, k_rot = rotary(q, start), rotary(k, 0)
+    if read.k is None:
+        if start == 0:
+            return F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
+        return F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=causal_mask(n, start, q.device))
+    k_mem, v_mem = read.k.to(q.dtype), read.v.to(q.dtype)  # (B, H, M, d)
+    q_cat = torch.cat([q_rot, q], dim=-1)  # (B, H, n, 2d)
+    keys = torch.cat([
+        torch.cat([torch.zeros_like(k_mem), k_mem], dim=-1),  # (B, H, M, 2d)
+        torch.cat([k_rot, torch.zeros_like(k_rot)], dim=-1),  # (B, H, S, 2d)
+    ], dim=2)  # (B, H, M + S, 2d)
+    values = torch.cat([v_mem, v], dim=2)  # (B, H, M + S, d)
+    batch, m = read.valid.shape
+    mask = torch.cat([
+        read.valid[:, None, None, :].expand(batch, 1, n, m),  # (B, 1, n, M)
+        causal_mask(n, start, q.device).expand(batch, 1, n, k.shape[2]),  # (B, 1, n, S)
+    ], dim=-1)  # (B, 1, n, M + S)
+    return F.scaled_dot_product_attention(q_cat, keys, values, attn_mask=mask, scale=1.0 / math.sqrt(d))
+
+
+class Attention(nn.Module):
+    """Projections and the attention call; memory reading/writing is the block's business."""
+
+    def __init__(self, d_model: int, n_head: int, rope_base: float = 10000.0):
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"Attention: d_model {d_model} is not divisible by n_head {n_head}")
+        self.n_head, self.head_dim = n_head, d_model // n_head
+        self.wq = nn.Linear(d_model, d_model, bias=False)
+        self.wk = nn.Linear(d_model, d_model, bias=False)
+        self.wv = nn.Linear(d_model, d_model, bias=False)
+        self.wo = nn.Linear(d_model, d_model, bias=False)
+        self.rotary = Rotary(self.head_dim, rope_base)
+        self.reference = False  # True: use the explicit softmax path (tests, debugging)
+
+    def split(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, n, d)
+
+    def project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h: (B, n, D) -> q, k, v (B, H, n, d), before RoPE."""
+        return self.split(self.wq(h)), self.split(self.wk(h)), self.split(self.wv(h))
+
+    def output(self, q: Tensor, k: Tensor, v: Tensor, read: Read, start: int) -> Tensor:
+        """Attend and project back: (B, H, n, d) queries -> (B, n, D)."""
+        fn = attend_reference if self.reference else attend
+        y = fn(q, k, v, read, self.rotary, start)  # (B, H, n, d)
+        y = y.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)  # (B, n, D)
+        return self.wo(y)

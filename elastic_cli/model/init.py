@@ -1,0 +1,43 @@
+"""The one place weights are initialised."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+_INPUT = ("attn.wq.weight", "attn.wk.weight", "attn.wv.weight", "mlp.w1.weight", "mlp.w3.weight")
+_OUTPUT = ("attn.wo.weight", "mlp.w2.weight")
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
+    """Initialise every parameter of a Decoder from `seed`, independent of its device.
+
+    | parameter                                  | init                          |
+    |--------------------------------------------|-------------------------------|
+    | embed.weight (also the output if tied)     | N(0, 0.02)                    |
+    | attn.wq / wk / wv, mlp.w1 / w3             | N(0, 0.02)                    |
+    | attn.wo, mlp.w2 (residual outputs)         | N(0, 0.02 / sqrt(2 n_layer))  |
+    | lm_head.weight (untied)                    | N(0, 0.02)                    |
+    | RMSNorm weights                            | 1                             |
+    | memory parameters: >= 2-D / 1-D            | N(0, 0.02) / 0                |
+
+    Residual-output scaling as in GPT-2 (Radford et al. 2019, §2.3). Draws happen on the CPU in
+    `named_parameters` order, so the result is the same on every device.
+    """
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    n_layer = len(model.blocks)
+    for name, p in model.named_parameters():
+        if ".memory." in name:
+            std = 0.02 if p.dim() >= 2 else 0.0
+        elif name in ("embed.weight", "lm_head.weight") or name.endswith(_INPUT):
+            std = 0.02
+        elif name.endswith(_OUTPUT):
+            std = 0.02 / math.sqrt(2 * n_layer)
+        elif name.endswith("norm.weight"):
+            p.fill_(1.0)
+            continue
+        else:
+            raise ValueError(f"init_weights: no rule for parameter {name}")
+        p.copy_(torch.randn(p.shape, generator=gen) * std)
