@@ -30,6 +30,53 @@ def cli() -> None:
     """elastic: train and run language models with Elastic Memory on long documents."""
 
 
+TRAIN_HELP = """\b
+Train from RECIPE.yaml files (later files are overlays) and key=value overrides:
+  elastic train recipes/tiny.yaml
+  elastic train recipes/tiny.yaml recipes/memory/none.yaml train.lr=1e-3
+  elastic train recipes/code-32k.yaml --gpus 8 --resume auto
+The run directory is run.dir (default runs/<recipe names>)."""
+
+
+@cli.command("train", epilog=EXIT_CODES_HELP, help=TRAIN_HELP)
+@click.argument("args", nargs=-1, required=True, metavar="RECIPE.yaml... [KEY=VALUE]...")
+@click.option("--gpus", type=click.IntRange(min=1), help="Processes per node (run.gpus), launched through torchrun "
+              "with DDP. On a CPU-only machine, N gloo processes.")
+@click.option("--nodes", type=click.IntRange(min=1), help="Nodes (run.nodes); needs --rdzv-endpoint outside SLURM.")
+@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="torchrun rendezvous for --nodes > 1 "
+              "(default under SLURM: first node of the job, port 29500).")
+@click.option("--resume", default="never", show_default=True, metavar="auto|never|PATH",
+              help="auto: continue from the newest complete checkpoint of run.dir, if any; PATH: a run or checkpoint directory.")
+@click.option("--overwrite", is_flag=True, help="Start over in a non-empty run directory (deletes its run files).")
+@click.option("--dry-run", is_flag=True, help="Validate, build the model on the meta device, print sizes, a memory "
+              "estimate and the launch command, then exit.")
+def train_command(args, gpus, nodes, rdzv_endpoint, resume, overwrite, dry_run) -> None:
+    from elastic_cli import train as training
+    from elastic_cli.config import load_config, split_args
+
+    recipes, overrides = split_args(args)
+    overrides += [f"run.gpus={gpus}"] * (gpus is not None) + [f"run.nodes={nodes}"] * (nodes is not None)
+    cfg = load_config(recipes, overrides)
+    worker_argv = ["train", *recipes, *overrides, "--resume", resume] + ["--overwrite"] * overwrite
+    code = training.run(cfg, worker_argv, resume, overwrite, dry_run, rdzv_endpoint)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect recipes."""
+
+
+@config_group.command("show")
+@click.argument("args", nargs=-1, required=True, metavar="RECIPE.yaml... [KEY=VALUE]...")
+def config_show(args) -> None:
+    """Print the resolved config (recipes, their bases, overrides and defaults) as YAML on stdout."""
+    from elastic_cli.config import dump_yaml, load_config, split_args
+
+    console.out(dump_yaml(load_config(*split_args(args))), end="")
+
+
 def main() -> None:
     """Console entry point: maps ElasticError to its exit code without a traceback."""
     try:

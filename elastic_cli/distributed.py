@@ -77,7 +77,7 @@ def wrap(model: nn.Module) -> nn.Module:
     if world() == 1:
         return model
     ids = [_device.index] if _device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def no_sync(model: nn.Module, skip: bool):

@@ -1,0 +1,43 @@
+"""The only place where config becomes modules: `build_model(cfg) -> Decoder`."""
+from __future__ import annotations
+
+from elastic_cli.config import RunConfig, memory_layers
+from elastic_cli.memory import REGISTRY
+from elastic_cli.model.decoder import Decoder
+
+
+def build_model(cfg: RunConfig) -> Decoder:
+    """A Decoder with one `memory.kind` memory on each of `memory.layers` (kind `none` included,
+    so the baseline runs the identical code path). Weights are left as constructed: call
+    `model.init.init_weights(model, seed)` for a fresh model, or load a checkpoint."""
+    m = cfg.model
+    head_dim = m.d_model // m.n_head
+    memories = {i: REGISTRY[cfg.memory.kind](m.n_head, head_dim, **cfg.memory.options()) for i in memory_layers(cfg)}
+    return Decoder(vocab_size=m.vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
+                   mlp_hidden=m.mlp_hidden, segment_len=m.segment_len, memories=memories,
+                   rope_base=m.rope_base, tie_embeddings=m.tie_embeddings)
+
+
+def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
+    """Sizes for `elastic train --dry-run`: the model is built on the meta device (no memory used).
+
+    The memory estimate per process is rough: 16 bytes per parameter (fp32 weights, gradients and
+    two AdamW moments) plus activations kept for one BPTT chunk of one micro-batch: per token and
+    layer about 10 d_model + 3 mlp_hidden values, M memory samples of keys and values per segment
+    and layer, and the logits (fp32 copy and its gradient)."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    m, t = cfg.model, cfg.train
+    act_bytes = 2 if t.dtype == "bf16" or (t.dtype == "auto" and cfg.run.device != "cpu") else 4
+    chunk_tokens = t.micro_batch * t.bptt_segments * m.segment_len
+    samples = cfg.memory.samples if cfg.memory.kind != "none" else 0
+    per_token = m.n_layer * (10 * m.d_model + 3 * m.mlp_hidden) * act_bytes + m.vocab_size * (act_bytes + 8)
+    per_segment = len(memory_layers(cfg)) * 2 * samples * m.d_model * act_bytes * t.micro_batch
+    activations = chunk_tokens * per_token + t.bptt_segments * per_segment
+    return {"parameters": params, "processes": world,
+            "tokens_per_step": t.global_batch * t.segments * m.segment_len,
+            "accumulation": t.global_batch // (t.micro_batch * world),
+            "memory_gib": (16 * params + activations) / 2**30}

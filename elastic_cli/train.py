@@ -1,0 +1,303 @@
+"""Training: `train(cfg)` reads top to bottom. One optimizer step = `train.global_batch` windows of
+`train.segments` segments; each rank reads its share in micro-batches, segment by segment, with
+memory carried across segments and gradients truncated every `train.bptt_segments` segments.
+
+The loss of a step is token-weighted over the whole global batch (targets of -1 are ignored), so
+one process and N processes give the same gradients up to rounding.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from elastic_cli import checkpoint, console, distributed
+from elastic_cli.build import build_model, describe
+from elastic_cli.config import RunConfig, check_data, check_world, config_hash, diff, dump_yaml, load_config
+from elastic_cli.data.loader import PreparedData, SegmentLoader
+from elastic_cli.errors import DataError, Preempted, UsageError
+from elastic_cli.memory.base import detach_state
+from elastic_cli.model.init import init_weights
+from elastic_cli.optim import build_optimizer, lr_at, set_lr
+
+ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
+
+
+class Summary(NamedTuple):
+    step: int
+    tokens: int
+    loss: float
+
+
+def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dry_run: bool,
+        rdzv_endpoint: str | None) -> int:
+    """`elastic train`: describe (--dry-run), launch N x M workers through torchrun, or train here.
+    Returns the exit code (0, or 75/130/1 from a launched job)."""
+    gpus, nodes = cfg.run.gpus, cfg.run.nodes
+    launching = distributed.needs_launch(gpus, nodes)
+    cmd = distributed.launch_command(gpus, nodes, rdzv_endpoint, worker_argv) if launching else None
+    if dry_run:
+        sizes = describe(cfg, gpus * nodes)
+        rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
+        rows.append(["launch", " ".join(cmd) if cmd else "this process (no torchrun)"])
+        console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
+        return 0
+    if launching:
+        device = distributed.pick_device(cfg.run.device)
+        if device.type == "cuda" and gpus > torch.cuda.device_count():
+            raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+        preflight(cfg, resume, overwrite, gpus * nodes)
+        console.info("launching: " + " ".join(cmd))
+        return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu")
+    train(cfg, resume, overwrite, ("elastic", *worker_argv))
+    return 0
+
+
+def train(cfg: RunConfig, resume: str = "never", overwrite: bool = False, argv: tuple[str, ...] = ()) -> Summary:
+    """Train in this process (one worker of a torchrun job, or alone); returns the final step."""
+    device = distributed.pick_device(cfg.run.device)
+    distributed.init(device)
+    try:
+        return _train(cfg, device, resume, overwrite, list(argv))
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, argv: list[str]) -> Summary:
+    t, rank, world = cfg.train, distributed.rank(), distributed.world()
+    check_world(cfg, world)
+    data = open_data(cfg)
+    run_dir = Path(cfg.run.dir)
+    start = _on_rank0(lambda: _prepare_run(cfg, run_dir, resume, overwrite, argv, world))
+    torch.manual_seed(t.seed)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+    model = build_model(cfg)
+    init_weights(model, t.seed)
+    model.to(device)
+    optimizer = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
+    loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, t.segments, cfg.model.segment_len,
+                           t.seed, rank, world)
+    step, tokens = 0, 0
+    if start is not None:
+        step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
+    net = distributed.wrap(model)
+    forward = torch.compile(net) if t.compile else net
+    bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    stop = _StopFlag()
+    log = _Log(run_dir / "train.log")
+    metrics = console.MetricsWriter(run_dir / "metrics.jsonl")
+    log.write(f"start step={step} steps={t.steps} world={world} device={device} dtype={'bf16' if bf16 else 'fp32'} "
+              f"params={sum(p.numel() for p in model.parameters())} run_dir={run_dir}")
+    loss = float("nan")
+    t_start, t_last, tokens_last, step_first = time.monotonic(), time.monotonic(), tokens, step
+    try:
+        with console.progress(t.steps, "train", "step") as bar:
+            bar.update(step)
+            while step < t.steps:
+                lr = lr_at(step, t.lr, t.min_lr, t.warmup, t.steps)
+                set_lr(optimizer, lr)
+                batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
+                loss, n_tokens, grad_norm = _step(cfg, model, net, forward, optimizer, batch, autocast, device)
+                step, tokens = step + 1, tokens + n_tokens
+
+                record = {}
+                if step % t.log_every == 0 or step == t.steps:
+                    now = time.monotonic()
+                    tps = (tokens - tokens_last) / max(now - t_last, 1e-9)
+                    eta = (now - t_start) / (step - step_first) * (t.steps - step)
+                    record = {"step": step, "loss": loss, "lr": lr, "tokens": tokens, "tokens_per_s": tps,
+                              "grad_norm": grad_norm}
+                    log.write(f"step {step}/{t.steps} loss {loss:.4f} lr {lr:.3g} tok/s {tps:,.0f} "
+                              f"tokens {tokens:,} eta {eta:,.0f}s", echo=not console.interactive())
+                    t_last, tokens_last = now, tokens
+                if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
+                    record["val_loss"] = evaluate_loss(cfg, model, data, autocast, device)
+                    log.write(f"step {step} val_loss {record['val_loss']:.4f}", echo=not console.interactive())
+                if record:
+                    metrics.write({"step": step, **record})
+                bar.update(1, loss=f"{loss:.3f}", **({"tok/s": f"{record['tokens_per_s']:,.0f}"} if "tokens_per_s" in record else {}))
+
+                preempt = distributed.all_reduce_max(stop.raised) > 0
+                if preempt or step == t.steps or (t.save_every and step % t.save_every == 0):
+                    ckpt = _save(cfg, run_dir, step, tokens, model, optimizer, loader)
+                    log.write(f"saved {ckpt}", echo=not console.interactive())
+                    t_last = time.monotonic()
+                if preempt and step < t.steps:
+                    if distributed.is_main():
+                        checkpoint.mark_preempted(run_dir, step)
+                    distributed.barrier()
+                    raise Preempted(f"stopped by a signal at step {step}; resume with --resume auto")
+    finally:
+        stop.restore()
+        metrics.close()
+        log.close()
+    return Summary(step, tokens, loss)
+
+
+def _step(cfg, model, net, forward, optimizer, batch, autocast, device) -> tuple[float, int, float]:
+    """One optimizer step over this rank's rows of the global batch; returns the global mean loss,
+    the global number of target tokens and the gradient norm before clipping."""
+    t = cfg.train
+    rows, segments = batch.inputs.shape[:2]
+    local = int((batch.targets != -1).sum())
+    total = int(distributed.all_reduce_sum([local])[0])
+    scale = distributed.world() / max(total, 1)  # DDP averages over ranks: undo it, then divide by all tokens
+    optimizer.zero_grad(set_to_none=True)
+    nll = 0.0
+    starts = list(range(0, rows, t.micro_batch))
+    for i, r0 in enumerate(starts):
+        x = batch.inputs[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
+        y = batch.targets[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
+        first = batch.doc_start[r0:r0 + t.micro_batch].to(device)  # (m, S)
+        states = model.empty_states(x.shape[0], device)
+        for c0 in range(0, segments, t.bptt_segments):
+            last = i == len(starts) - 1 and c0 + t.bptt_segments >= segments
+            with distributed.no_sync(net, skip=not last):  # DDP reduces once, at the very last backward
+                chunk = torch.zeros((), device=device)
+                with autocast:
+                    for s in range(c0, min(c0 + t.bptt_segments, segments)):
+                        states = model.reset_states(states, first[:, s])  # memory empties at document starts
+                        logits, states = forward(x[:, s], states)  # (m, L, V)
+                        chunk = chunk + F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(),
+                                                        ignore_index=-1, reduction="sum")
+                (chunk * scale).backward()
+            nll += chunk.item()
+            states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+    optimizer.step()
+    return distributed.all_reduce_sum([nll])[0] / max(total, 1), total, float(grad_norm)
+
+
+@torch.no_grad()
+def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> float:
+    """Mean token loss on the first `train.eval_batches` global batches of the validation split
+    (a fresh loader each time: the same windows at every evaluation)."""
+    t = cfg.train
+    loader = SegmentLoader(data, cfg.data.val_split, t.global_batch, t.segments, cfg.model.segment_len,
+                           t.seed, distributed.rank(), distributed.world())
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    for _ in range(t.eval_batches):
+        batch = loader.next_batch()
+        for r0 in range(0, batch.inputs.shape[0], t.micro_batch):
+            x = batch.inputs[r0:r0 + t.micro_batch].to(device)  # (m, S, L)
+            y = batch.targets[r0:r0 + t.micro_batch].to(device)  # (m, S, L)
+            first = batch.doc_start[r0:r0 + t.micro_batch].to(device)  # (m, S)
+            states = model.empty_states(x.shape[0], device)
+            for s in range(x.shape[1]):
+                states = model.reset_states(states, first[:, s])
+                with autocast:
+                    logits, states = model(x[:, s], states)  # (m, L, V)
+                nll += F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(), ignore_index=-1,
+                                       reduction="sum").item()
+                count += int((y[:, s] != -1).sum())
+    model.train(was_training)
+    nll, count = distributed.all_reduce_sum([nll, count])
+    return nll / max(count, 1)
+
+
+def open_data(cfg: RunConfig) -> PreparedData:
+    """The prepared data, checked against the model and tokenizer (DataError, exit 3)."""
+    data = PreparedData(cfg.data.path)
+    check_data(cfg, data.vocab_size, data.meta.get("tokenizer_sha256"), cfg.data.path)
+    return data
+
+
+def preflight(cfg: RunConfig, resume: str, overwrite: bool, world: int) -> None:
+    """What a launcher checks before it starts workers, so mistakes exit 2/3 at once."""
+    check_world(cfg, world)
+    open_data(cfg)
+    if resume == "never" and not overwrite:
+        checkpoint.prepare_run_dir(Path(cfg.run.dir), resume, overwrite=False)
+    elif resume not in ("never", "auto"):
+        checkpoint.resolve(resume)
+
+
+def _prepare_run(cfg, run_dir, resume, overwrite, argv, world) -> str | None:
+    start = checkpoint.prepare_run_dir(run_dir, resume, overwrite)
+    checkpoint.write_run_files(run_dir, dump_yaml(cfg), argv, world)
+    return None if start is None else str(start)
+
+
+def _on_rank0(fn):
+    """Run fn on rank 0 and share its result (or its error) with every rank."""
+    result, error = None, None
+    if distributed.is_main():
+        try:
+            result = fn()
+        except (UsageError, DataError) as e:
+            error = (type(e).__name__, str(e))
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        raise {"UsageError": UsageError, "DataError": DataError}[error[0]](error[1])
+    return result
+
+
+def _resume(ckpt: Path, cfg, model, optimizer, loader, device) -> tuple[int, int]:
+    old = load_config(ckpt / "config.yaml")
+    changed = diff(old, cfg)
+    arch = [k for k in changed if k.startswith(ARCH_KEYS)]
+    if arch:
+        raise DataError(f"cannot resume from {ckpt}: the architecture changed ({', '.join(arch)})")
+    if [k for k in changed if k != "run.dir"]:
+        console.warn(f"resuming {ckpt} with changed settings: {', '.join(k for k in changed if k != 'run.dir')}")
+    state = checkpoint.load(ckpt, model, optimizer, device)
+    loader.load_state_dict(state["loader"])
+    rngs = state["rng"]
+    checkpoint.set_rng_state(rngs[distributed.rank()] if len(rngs) == distributed.world() else rngs[0])
+    console.info(f"resumed from {ckpt} at step {state['step']}")
+    return state["step"], state["tokens"]
+
+
+def _save(cfg, run_dir, step, tokens, model, optimizer, loader) -> Path:
+    rngs = distributed.all_gather_object(checkpoint.rng_state())
+    path = None
+    if distributed.is_main():
+        state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
+                 "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
+        path = checkpoint.save(run_dir, step, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last)
+    distributed.barrier()
+    return path or run_dir / "checkpoints" / checkpoint.step_name(step)
+
+
+class _StopFlag:
+    """SIGTERM/SIGUSR1 only set a flag; the loop finishes the step, saves and exits 75."""
+
+    def __init__(self):
+        self.raised = 0
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGUSR1)}
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = 1
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class _Log:
+    """train.log (plain text, rank 0, appended on resume); lines are echoed on stderr when asked."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "a", encoding="utf-8") if distributed.is_main() else None
+
+    def write(self, line: str, echo: bool = True) -> None:
+        if echo:
+            console.info(line)
+        if self._f is not None:
+            self._f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
