@@ -1,0 +1,49 @@
+"""Helpers shared by the training tests: a tiny prepared dataset, tiny-model overrides, subprocess env."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDIN = ROOT / "tests" / "standin"
+sys.path.insert(0, str(STANDIN))
+import standin_finder  # noqa: E402,F401  (until branch `data` lands)
+
+VOCAB = 8192
+TINY = ["model.d_model=32", "model.n_layer=2", "model.n_head=2", "model.mlp_hidden=64", "model.segment_len=16",
+        "memory.order=8", "memory.samples=8", "train.global_batch=4", "train.micro_batch=2", "train.segments=4",
+        "train.bptt_segments=2", "train.steps=6", "train.warmup=2", "train.lr=3e-3", "train.min_lr=3e-4",
+        "train.log_every=1", "train.eval_every=0", "train.save_every=0", "data.tokenizer=null", "run.device=cpu"]
+
+
+def documents() -> list[str]:
+    """A few small, deterministic code-like text files."""
+    docs = []
+    for i in range(14):
+        lines = [f"# module {i}", "import math", ""]
+        for j in range(6 + i % 5):
+            lines += [f"def f_{i}_{j}(x, y={j}):", f"    return math.sqrt(x * {i + j} + y) - {j * i}", ""]
+        docs.append("\n".join(lines))
+    return docs
+
+
+def prepare(out: Path) -> Path:
+    """Prepare the documents (12 train, 2 val) into `out`."""
+    from data_loader import write_dataset
+
+    tokens = [[1] + [b + 3 for b in d.encode()] + [2] for d in documents()]
+    return write_dataset(out, tokens, VOCAB, ["train"] * 12 + ["val"] * 2)
+
+
+def overrides(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.path={data}", f"run.dir={run_dir}", *extra]
+
+
+def env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(STANDIN)]), OMP_NUM_THREADS="1")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
