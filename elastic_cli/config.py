@@ -169,14 +169,22 @@ def _merge(dst: dict, src: dict, origin: dict[str, str], prefix: str, source: st
     """Deep-merge src into dst (maps merge, everything else replaces); record where leaves came from."""
     for key, value in src.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+        if isinstance(value, dict):
+            if not isinstance(dst.get(key), dict):
+                dst[key] = {}
+                _forget(origin, dotted, source)
             _merge(dst[key], value, origin, dotted + ".", source)
         else:
             dst[key] = value
-            if source:
-                origin[dotted] = source
-                for k in [k for k in origin if k.startswith(dotted + ".")]:
-                    origin[k] = source
+            _forget(origin, dotted, source)
+
+
+def _forget(origin: dict[str, str], dotted: str, source: str) -> None:
+    """`dotted` is now set by `source` as a whole: drop what was recorded below it."""
+    if source:
+        for k in [k for k in origin if k.startswith(dotted + ".")]:
+            del origin[k]
+        origin[dotted] = source
 
 
 def _apply_override(tree: dict, item: str, origin: dict[str, str]) -> None:
