@@ -16,6 +16,7 @@ from elastic_cli import checkpoint
 from elastic_cli.cli import cli
 from elastic_cli.config import load_config
 from elastic_cli.errors import DataError, UsageError
+from elastic_cli.optim import lr_at
 from elastic_cli.train import train
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_losses.json"
@@ -38,6 +39,8 @@ def test_tiny_recipe_loss_goes_down_and_matches_golden(data, tmp_path):
     train(cfg)
     got = losses(tmp_path / "run")
     assert len(got) == 8 and got[-1] < got[0] - 0.5  # learning, not just noise
+    t = cfg.train
+    assert [m["lr"] for m in tiny_run.metrics(tmp_path / "run")] == [lr_at(s, t.lr, t.min_lr, t.warmup, t.steps) for s in range(8)]
     if os.environ.get("ELASTIC_REGEN_GOLDEN"):
         GOLDEN.write_text(json.dumps({"command": GOLDEN_COMMAND, "recipe": "recipes/tiny.yaml",
                                       "overrides": GOLDEN_OVERRIDES + ["data.path=<tests/tiny_run.py dataset>"],
