@@ -130,10 +130,10 @@ def test_config_error_exits_2_without_traceback():
 
 def test_data_checks_are_data_errors(tmp_path):
     cfg = load_config("recipes/tiny.yaml", [f"data.tokenizer={write(tmp_path, 't.model', 'spm')}"])
-    with pytest.raises(DataError, match="model.vocab_size=8192 but d/meta.json has vocab_size=4096"):
+    with pytest.raises(DataError, match="model.vocab_size=8000 but d/meta.json has vocab_size=4096"):
         check_data(cfg, 4096, None, "d")
     with pytest.raises(DataError, match="is not the tokenizer d was prepared with"):
-        check_data(cfg, 8192, "0" * 64, "d")
+        check_data(cfg, 8000, "0" * 64, "d")
     import hashlib
 
-    check_data(cfg, 8192, hashlib.sha256(b"spm").hexdigest(), "d")
+    check_data(cfg, 8000, hashlib.sha256(b"spm").hexdigest(), "d")

@@ -11,7 +11,7 @@ STANDIN = ROOT / "tests" / "standin"
 sys.path.insert(0, str(STANDIN))
 import standin_finder  # noqa: E402,F401  (until branch `data` lands)
 
-VOCAB = 8192
+VOCAB = 8000
 TINY = ["model.d_model=32", "model.n_layer=2", "model.n_head=2", "model.mlp_hidden=64", "model.segment_len=16",
         "memory.order=8", "memory.samples=8", "train.global_batch=4", "train.micro_batch=2", "train.segments=4",
         "train.bptt_segments=2", "train.steps=6", "train.warmup=2", "train.lr=3e-3", "train.min_lr=3e-4",
