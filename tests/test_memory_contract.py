@@ -139,3 +139,28 @@ def test_a_few_adam_steps_lower_the_loss(kind):
         opt.step()
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_keeps_float_states_fp32(kind):
+    model = build(kind)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, states = by_segments(model, tokens(2, 2 * SEG + 1, seed=9))
+        stream = model.step(tokens(2, SEG + 1, seed=10), model.start_stream(2, "cpu"))[1]
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    for leaf in [x for s in states + stream.states for x in s]:
+        assert leaf.dtype in (torch.float32, torch.long)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_streaming_equals_segments(kind):
+    model = build(kind).cuda()
+    toks = tokens(2, 3 * SEG + 2, seed=11).cuda()
+    with torch.no_grad():
+        expected, _ = by_segments(model, toks, model.empty_states(2, "cuda"))
+        stream, steps = model.start_stream(2, "cuda"), []
+        for i in range(toks.shape[1]):
+            logits, stream = model.step(toks[:, i : i + 1], stream)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-4)
