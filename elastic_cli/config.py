@@ -20,10 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from elastic_cli.errors import UsageError
 
 OVERRIDE = "command line"
-MEMORY_KINDS = ("none", "elastic")  # must equal memory.REGISTRY's keys (tests check)
-MEMORY_OPTIONS: dict[str, tuple[str, ...]] = {  # memory.* fields each kind's constructor takes
+MEMORY_OPTIONS: dict[str, tuple[str, ...]] = {  # memory.* fields passed to REGISTRY[kind](n_head, head_dim, ...)
     "none": (),
     "elastic": ("order", "samples", "sampling", "power"),
+    "xl": ("cache",),
+    "memorizing": ("store", "topk"),
+    "melodi": ("short_tokens", "summary_tokens", "long_tokens", "long_store"),  # + window, long_layer (build.py)
 }
 
 
@@ -43,16 +45,29 @@ class ModelConfig(_Section):
 
 
 class MemoryConfig(_Section):
-    kind: Literal["none", "elastic"] = "elastic"
+    """One memory kind on `layers`; each kind reads only its own fields (MEMORY_OPTIONS)."""
+
+    kind: Literal["none", "elastic", "xl", "memorizing", "melodi"] = "elastic"
     layers: Union[Literal["all"], list[int]] = "all"
-    order: int = Field(64, gt=0)  # Elastic Memory: LegS order N
-    samples: int = Field(64, gt=0)  # Elastic Memory: samples M read by attention
-    sampling: Literal["uniform", "exponential", "gauss", "power"] = "uniform"
-    power: float = Field(2.0, gt=0)  # strength of the `power` schedule
+    order: int = Field(64, gt=0)  # elastic: LegS order N
+    samples: int = Field(64, gt=0)  # elastic: samples M read by attention
+    sampling: Literal["uniform", "exponential", "gauss", "power"] = "uniform"  # elastic: schedule
+    power: float = Field(2.0, gt=0)  # elastic: strength of the `power` schedule
+    cache: int = Field(64, ge=0)  # xl: cached tokens per layer
+    store: int = Field(768, gt=0)  # memorizing: FIFO (key, value) entries
+    topk: int = Field(32, gt=0)  # memorizing: neighbours per query
+    short_tokens: int = Field(32, gt=0)  # melodi: short-term memory tokens per layer
+    summary_tokens: int = Field(16, ge=0)  # melodi: summary tokens per layer
+    long_layer: Union[int, None] = None  # melodi: the layer with the long-term FIFO (None: none)
+    long_tokens: int = Field(16, ge=0)  # melodi: long-term tokens added per segment
+    long_store: int = Field(192, ge=0)  # melodi: long-term FIFO capacity
 
     def options(self) -> dict[str, Any]:
-        """Keyword arguments of REGISTRY[kind](n_head, head_dim, **options)."""
+        """Config-level keyword arguments of REGISTRY[kind](n_head, head_dim, **options)."""
         return {name: getattr(self, name) for name in MEMORY_OPTIONS[self.kind]}
+
+
+MEMORY_KINDS = typing.get_args(MemoryConfig.model_fields["kind"].annotation)  # == memory.REGISTRY (tested)
 
 
 class DataConfig(_Section):
@@ -276,6 +291,16 @@ def _check(cfg: RunConfig, where: Any) -> None:
         bad = [i for i in layers if not 0 <= i < m.n_layer]
         if bad or len(set(layers)) != len(layers):
             raise UsageError(f"memory.layers={layers}: need distinct layer indices in [0, {m.n_layer}) ({where('memory.layers')})")
+    mem = cfg.memory
+    if mem.kind == "melodi" and mem.long_layer is not None:
+        if mem.long_layer not in memory_layers(cfg):
+            raise UsageError(f"memory.long_layer={mem.long_layer} is not one of the memory layers {memory_layers(cfg)} "
+                             f"({where('memory.long_layer')})")
+        if not 1 <= mem.long_tokens <= mem.long_store:
+            raise UsageError(f"memory.long_tokens={mem.long_tokens} must be in [1, memory.long_store={mem.long_store}] "
+                             f"({where('memory.long_tokens')})")
+    if mem.kind == "memorizing" and mem.topk > mem.store:
+        raise UsageError(f"memory.topk={mem.topk} exceeds memory.store={mem.store} ({where('memory.topk')})")
 
 
 def check_world(cfg: RunConfig, world: int) -> None:

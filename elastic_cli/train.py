@@ -71,6 +71,9 @@ def train(cfg: RunConfig, resume: str = "never", overwrite: bool = False, argv: 
 def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, argv: list[str]) -> Summary:
     t, rank, world = cfg.train, distributed.rank(), distributed.world()
     check_world(cfg, world)
+    if world != cfg.run.gpus * cfg.run.nodes and distributed.is_main():
+        console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
+                     f"the global batch ({t.global_batch} windows) is kept")
     data = open_data(cfg)
     run_dir = Path(cfg.run.dir)
     start = _on_rank0(lambda: _prepare_run(cfg, run_dir, resume, overwrite, argv, world))
@@ -100,7 +103,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     loss = float("nan")
     t_start, t_last, tokens_last, step_first = time.monotonic(), time.monotonic(), tokens, step
     try:
-        with console.progress(t.steps, "train", "step") as bar:
+        with console.progress(t.steps, "train", "step", every_s=float("inf")) as bar:  # plain logs: the lines above
             bar.update(step)
             while step < t.steps:
                 lr = lr_at(step, t.lr, t.min_lr, t.warmup, t.steps)

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import tiny_run
-from elastic_cli.build import build_model
+from elastic_cli.build import build_model, layer_options
 from elastic_cli.config import MEMORY_KINDS, MEMORY_OPTIONS, check_data, dump_yaml, load_config
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.memory import REGISTRY
@@ -31,11 +31,13 @@ def test_every_recipe_loads_and_builds_on_meta(recipe):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=str)
-def test_every_memory_overlay_applies_to_tiny(overlay):
+def test_every_memory_overlay_applies_and_builds(overlay):
     assert overlay.read_text().startswith("# ")
-    cfg = load_config(["recipes/tiny.yaml", overlay])
-    assert cfg.memory.kind == overlay.stem
-    assert cfg.run.dir == f"runs/tiny-{overlay.stem}"
+    cfg = load_config(["recipes/code-32k.yaml", overlay])
+    assert cfg.memory.kind == overlay.stem and cfg.run.dir == f"runs/code-32k-{overlay.stem}"
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert [type(b.memory) for b in model.blocks if b.memory is not None] == [REGISTRY[overlay.stem]] * len(model.memory_layers)
 
 
 def test_big_recipes_are_32k_windows_of_2048_and_about_100m_parameters():
@@ -50,9 +52,19 @@ def test_big_recipes_are_32k_windows_of_2048_and_about_100m_parameters():
 
 def test_memory_kinds_match_the_registry_and_their_constructors():
     assert set(MEMORY_KINDS) == set(REGISTRY) == set(MEMORY_OPTIONS)
-    for kind, names in MEMORY_OPTIONS.items():
+    for kind in MEMORY_KINDS:
+        cfg = load_config("recipes/tiny.yaml", [f"memory.kind={kind}", "memory.long_layer=1"])
         params = list(inspect.signature(REGISTRY[kind]).parameters)
-        assert params[:2] == ["n_head", "head_dim"] and set(names) <= set(params[2:])
+        assert params[:2] == ["n_head", "head_dim"]
+        assert set(layer_options(cfg, 1)) == set(MEMORY_OPTIONS[kind]) | ({"window", "long_layer"} if kind == "melodi" else set())
+        assert set(layer_options(cfg, 1)) <= set(params[2:])
+        build_model(cfg)
+
+
+def test_melodi_gets_its_window_and_one_long_layer():
+    cfg = load_config("recipes/tiny.yaml", ["memory.kind=melodi", "memory.long_layer=1"])
+    assert layer_options(cfg, 0)["window"] == cfg.model.segment_len
+    assert [layer_options(cfg, i)["long_layer"] for i in range(2)] == [False, True]
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -88,7 +100,7 @@ def test_config_show_round_trips(tmp_path):
 @pytest.mark.parametrize("text, override, message", [
     ("model: {d_modle: 64}", None, r"unknown key model.d_modle in .*bad.yaml; did you mean 'model.d_model'\?"),
     ("trian: {lr: 1.0}", None, r"unknown key trian in .*bad.yaml; did you mean 'train'\?"),
-    ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of none, elastic; did you mean 'elastic'\?"),
+    ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of none, elastic, xl, memorizing, melodi; did you mean 'elastic'\?"),
     ("", "memory.sampling=exponentail", r"did you mean 'exponential'\?"),
     ("model: {n_layer: two}", None, r"model.n_layer='two' in .*bad.yaml: input should be a valid integer"),
     ("", "train.betas=[0.9, x]", r"train.betas.1='x' in command line: input should be a valid number"),
@@ -101,6 +113,7 @@ def test_config_show_round_trips(tmp_path):
     ("", "model.n_head=3", r"model.d_model=128 must be n_head=3 times an even head width"),
     ("", "train.lr", r"override 'train.lr' is not of the form section.key=value"),
     ("", "model.d_model.x=1", r"model.d_model is not a section"),
+    ("memory: {kind: melodi, long_layer: 3}", None, r"memory.long_layer=3 is not one of the memory layers \[0, 1\] \(.*bad.yaml\)"),
 ])
 def test_config_errors_name_path_file_and_suggestion(tmp_path, text, override, message):
     bad = write(tmp_path, "bad.yaml", "base: " + str(Path("recipes/tiny.yaml").resolve()) + "\n" + text + "\n")
@@ -137,3 +150,12 @@ def test_data_checks_are_data_errors(tmp_path):
     import hashlib
 
     check_data(cfg, 8000, hashlib.sha256(b"spm").hexdigest(), "d")
+
+
+def test_memory_option_checks():
+    with pytest.raises(UsageError, match=r"memory.topk=9 exceeds memory.store=8"):
+        load_config("recipes/tiny.yaml", ["memory.kind=memorizing", "memory.topk=9", "memory.store=8"])
+    with pytest.raises(UsageError, match=r"memory.long_tokens=0 must be in \[1, memory.long_store=192\]"):
+        load_config("recipes/tiny.yaml", ["memory.kind=melodi", "memory.long_layer=0", "memory.long_tokens=0"])
+    with pytest.raises(UsageError, match=r"memory.cache=-1 in command line: input should be greater than or equal to 0"):
+        load_config("recipes/tiny.yaml", ["memory.kind=xl", "memory.cache=-1"])

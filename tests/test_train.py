@@ -111,3 +111,16 @@ def test_dry_run_prints_sizes_and_writes_nothing(data, tmp_path):
     assert "tokens_per_step\t256" in result.output  # 4 windows x 4 segments x 16 tokens
     assert "torch.distributed.run --nproc-per-node 2" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_and_compile_match_cpu_fp32(data, tmp_path):
+    """On CUDA (bf16 autocast, torch.compile): the first loss is the fp32 CPU loss up to bf16 rounding,
+    training still goes down, and the checkpoint (saved from the unwrapped module) loads on CPU."""
+    cpu = train(load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "cpu", "train.steps=4")))
+    gpu = train(load_config("recipes/tiny.yaml", tiny_run.overrides(
+        data, tmp_path / "gpu", "train.steps=4", "run.device=cuda", "train.dtype=auto", "train.compile=true")))
+    first_cpu, first_gpu = losses(tmp_path / "cpu")[0], losses(tmp_path / "gpu")[0]
+    assert abs(first_gpu - first_cpu) < 2e-2 * first_cpu
+    assert gpu.loss < first_gpu and abs(gpu.loss - cpu.loss) < 0.1 * cpu.loss
+    checkpoint.load_for_inference(tmp_path / "gpu")

@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STANDIN = ROOT / "tests" / "standin"
-sys.path.insert(0, str(STANDIN))
-import standin_finder  # noqa: E402,F401  (until branch `data` lands)
-
-VOCAB = 8000
+TOKENIZER = ROOT / "tokenizers" / "code-8k.model"
 TINY = ["model.d_model=32", "model.n_layer=2", "model.n_head=2", "model.mlp_hidden=64", "model.segment_len=16",
         "memory.order=8", "memory.samples=8", "train.global_batch=4", "train.micro_batch=2", "train.segments=4",
         "train.bptt_segments=2", "train.steps=6", "train.warmup=2", "train.lr=3e-3", "train.min_lr=3e-4",
@@ -30,11 +25,15 @@ def documents() -> list[str]:
 
 
 def prepare(out: Path) -> Path:
-    """Prepare the documents (12 train, 2 val) into `out`."""
-    from data_loader import write_dataset
+    """`elastic prepare` of the documents (one file each) with the shipped code tokenizer into out/data."""
+    from elastic_cli.data.prepare import prepare as run_prepare
 
-    tokens = [[1] + [b + 3 for b in d.encode()] + [2] for d in documents()]
-    return write_dataset(out, tokens, VOCAB, ["train"] * 12 + ["val"] * 2)
+    src = out / "src"
+    src.mkdir(parents=True)
+    for i, text in enumerate(documents()):
+        (src / f"m{i:02d}.py").write_text(text)
+    run_prepare([str(src)], str(TOKENIZER), str(out / "data"), val_frac=0.2, test_frac=0.0, workers=1)
+    return out / "data"
 
 
 def overrides(data: Path, run_dir: Path, *extra: str) -> list[str]:
@@ -42,7 +41,7 @@ def overrides(data: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(STANDIN)]), OMP_NUM_THREADS="1")
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
 
 def metrics(run_dir: Path) -> list[dict]:
