@@ -1,6 +1,7 @@
 """Launcher command lines, and 2 gloo processes (through the real CLI and torchrun) against one."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,8 +11,10 @@ import torch
 import tiny_run
 from elastic_cli import checkpoint, distributed
 from elastic_cli.build import build_model
+from elastic_cli.config import load_config
 from elastic_cli.errors import UsageError
 from elastic_cli.model.init import init_weights
+from elastic_cli.train import train
 
 
 @pytest.mark.parametrize("nodelist, host", [("gpu[007-010,12]", "gpu007"), ("node3", "node3"),
@@ -52,15 +55,15 @@ def test_a_torchrun_worker_never_launches(monkeypatch):
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """Same global batch (4 windows): 1 process x 2 micro-batches vs 2 processes x 1 micro-batch,
     through `elastic train --gpus 2` (torchrun, DDP, gloo). Losses and weights agree to float rounding."""
-    data = tiny_run.prepare(tmp_path / "data")
-    runs = {}
-    for gpus in (1, 2):
-        run_dir = tmp_path / f"gpus{gpus}"
-        args = [sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
-                *tiny_run.overrides(data, run_dir, "train.steps=3"), "--gpus", str(gpus)]
-        proc = subprocess.run(args, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[gpus] = run_dir
+    data = tiny_run.prepare(tmp_path)
+    runs = {1: tmp_path / "gpus1", 2: tmp_path / "gpus2"}
+    train(load_config("recipes/tiny.yaml", tiny_run.overrides(data, runs[1], "train.steps=3")))
+    args = [sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
+            *tiny_run.overrides(data, runs[2], "train.steps=3"), "--gpus", "2"]
+    proc = subprocess.run(args, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "launching: " in proc.stderr and "--nproc-per-node 2" in proc.stderr
+    assert json.loads((runs[2] / "env.json").read_text())["world"] == 2
     one, two = (tiny_run.metrics(runs[g]) for g in (1, 2))
     torch.testing.assert_close([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-5, atol=0)
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
