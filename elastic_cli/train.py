@@ -42,8 +42,12 @@ def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dr
     launching = distributed.needs_launch(gpus, nodes)
     cmd = distributed.launch_command(gpus, nodes, rdzv_endpoint, worker_argv) if launching else None
     if dry_run:
+        check_world(cfg, gpus * nodes)
+        data = open_data(cfg)
         sizes = describe(cfg, gpus * nodes)
         rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
+        rows.append(["data", f"{cfg.data.path}: {len(data.documents(cfg.data.train_split))} train documents, "
+                             f"{data.meta['n_tokens']:,} tokens"])
         rows.append(["launch", " ".join(cmd) if cmd else "this process (no torchrun)"])
         console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
         return 0
