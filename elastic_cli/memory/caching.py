@@ -62,7 +62,10 @@ class CachingMemory(Memory):
                              "only aggregate=residual applies")
         if max_caches < 1 or top_k < 1:
             raise ValueError(f"CachingMemory: max_caches and top_k must be >= 1, got {max_caches}, {top_k}")
-        self.base = REGISTRY[base](n_head, head_dim, **base_options)
+        try:
+            self.base = REGISTRY[base](n_head, head_dim, **base_options)
+        except TypeError as err:  # an option the base does not take
+            raise ValueError(f"CachingMemory: base={base}: {err}") from None
         self.base_kind, self.aggregate, self.max_caches, self.top_k = base, aggregate, max_caches, top_k
         d = n_head * head_dim
         self.router = None if aggregate == "residual" else nn.Linear(d, d, bias=False)  # W_u
