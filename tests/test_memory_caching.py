@@ -66,12 +66,13 @@ def test_fifo_keeps_the_newest_states_in_order():
     segs = segments(4)
     states = base_states(mem.base, segs)
     state = run(mem, segs)
-    torch.testing.assert_close(state.online.a, states[3].a)
-    torch.testing.assert_close(state.cached.a, torch.stack([states[1].a, states[2].a], dim=1))
-    assert state.valid.all() and state.count.tolist() == [4, 4]
+    torch.testing.assert_close(mem.online(state).a, states[3].a)
+    torch.testing.assert_close(mem.cached(state).a, torch.stack([states[1].a, states[2].a], dim=1))
+    assert mem.valid(state).all() and state.count.tolist() == [4, 4]
+    assert mem.valid(run(mem, segs[:2])).tolist() == [[False, True]] * 2
     means = [(s.x * torch.rsqrt(s.x.pow(2).mean(-1, keepdim=True) + 1e-6)).mean(1) for s in segs]
     torch.testing.assert_close(state.desc, torch.stack([means[3], means[1], means[2]], dim=1))
-    assert mem.numel(state) == 3 * (mem.base.numel(state.online) + D)
+    assert mem.numel(state) == 3 * (mem.base.numel(mem.online(state)) + D)
 
 
 def test_soup_equals_gated_for_a_linear_read_and_differs_otherwise():

@@ -120,7 +120,7 @@ def test_decoder_streaming_rows_reset_numel():
         model = build("infinity", basis=N, resample=16, sticky=sticky, boost=10.0)
         check_streaming(model)
         check_rows_and_reset(model)
-    assert model.numel(model.empty_states(1, "cpu")) == 2 * N * D
+    assert model.numel(model.empty_states(1, "cpu")) == 2 * (N * D + 1)
 
 
 def test_training_steps_reduce_loss():

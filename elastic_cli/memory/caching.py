@@ -29,12 +29,21 @@ BASES = ("elastic", "armt", "infinity")
 AGGREGATES = ("residual", "gated", "sparse", "soup")
 
 
-class CacheState(NamedTuple):
-    online: Any  # the base's State, leaves (B, ...)
-    cached: Any  # the base's State type, leaves (B, C, ...), oldest first
-    desc: Tensor  # (B, C1, E) descriptors of [online ; cached] (E = D with a router, else 0)
-    valid: Tensor  # (B, C) bool, cache slot holds a state
-    count: Tensor  # (B,) long, segments written since the document start
+_STATE_TYPES: dict[type, type] = {}
+
+
+def cache_state_type(base_type: type) -> type:
+    """The flat state of caching over a base whose state is `base_type` (one class per base type):
+    the base's fields (online state, leaves (B, ...)), cached_<field> (leaves (B, C, ...), oldest
+    first), desc (B, C1, E) descriptors of [online ; cached] (E = D with a router, else 0) and
+    count (B,) long, segments written since the document start (the newest count − 1 slots are filled)."""
+    if base_type not in _STATE_TYPES:
+        fields = list(base_type._fields)
+        _STATE_TYPES[base_type] = NamedTuple(
+            f"Cached{base_type.__name__}",
+            [(f, Tensor) for f in fields] + [(f"cached_{f}", Tensor) for f in fields]
+            + [("desc", Tensor), ("count", Tensor)])
+    return _STATE_TYPES[base_type]
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -69,35 +78,46 @@ class CachingMemory(Memory):
         self.base_kind, self.aggregate, self.max_caches, self.top_k = base, aggregate, max_caches, top_k
         d = n_head * head_dim
         self.router = None if aggregate == "residual" else nn.Linear(d, d, bias=False)  # W_u
+        self.base_type = type(self.base.empty(1, "cpu"))
+        self.state_type = cache_state_type(self.base_type)
+        self.fields = len(self.base_type._fields)
 
     def extra_repr(self) -> str:
         return f"base={self.base_kind}, aggregate={self.aggregate}, max_caches={self.max_caches}, top_k={self.top_k}"
 
-    def empty(self, batch: int, device: torch.device | str) -> CacheState:
+    def empty(self, batch: int, device: torch.device | str) -> Any:
         c, e = self.max_caches, (0 if self.router is None else self.n_head * self.head_dim)
         cached = _map(lambda leaf: leaf.view(batch, c, *leaf.shape[1:]), self.base.empty(batch * c, device))
-        return CacheState(self.base.empty(batch, device), cached, torch.zeros(batch, c + 1, e, device=device),
-                          torch.zeros(batch, c, dtype=torch.bool, device=device),
-                          torch.zeros(batch, dtype=torch.long, device=device))
+        return self.pack(self.base.empty(batch, device), cached, torch.zeros(batch, c + 1, e, device=device),
+                         torch.zeros(batch, dtype=torch.long, device=device))
 
-    def reset(self, state: CacheState, mask: Tensor) -> CacheState:
-        empty = self.empty(mask.shape[0], mask.device)
+    def pack(self, online: Any, cached: Any, desc: Tensor, count: Tensor) -> Any:
+        return self.state_type(*online, *cached, desc, count)
 
-        def where(e: Tensor, s: Tensor) -> Tensor:
-            return torch.where(mask.view(-1, *([1] * (s.dim() - 1))), e.to(s.dtype), s)
+    def valid(self, state: Any) -> Tensor:
+        """(B, C) bool: cache slots that hold a state (FIFO: the newest min(count − 1, C) slots)."""
+        c = self.max_caches
+        filled = (state.count - 1).clamp(0, c)  # (B,)
+        return torch.arange(c, device=filled.device)[None, :] >= (c - filled)[:, None]
 
-        return CacheState(self.base.reset(state.online, mask), _map(where, empty.cached, state.cached),
-                          where(empty.desc, state.desc), where(empty.valid, state.valid), where(empty.count, state.count))
+    def online(self, state: Any) -> Any:
+        """The base state holding everything up to the last segment."""
+        return self.base_type(*state[: self.fields])
 
-    def stacked(self, state: CacheState) -> Any:
+    def cached(self, state: Any) -> Any:
+        """The cached base states, leaves (B, C, ...), oldest first."""
+        return self.base_type(*state[self.fields : 2 * self.fields])
+
+    def stacked(self, state: Any) -> Any:
         """Base state with leaves (B * C1, ...): row b*C1 + 0 is b's online state, + i its cache i."""
-        return _map(lambda o, c: torch.cat([o[:, None], c], dim=1).flatten(0, 1), state.online, state.cached)
+        return _map(lambda o, c: torch.cat([o[:, None], c], dim=1).flatten(0, 1), self.online(state), self.cached(state))
 
-    def live(self, state: CacheState) -> Tensor:
+    def live(self, state: Any) -> Tensor:
         """(B, C1) bool: the online state and the filled caches."""
-        return torch.cat([torch.ones_like(state.valid[:, :1]), state.valid], dim=1)
+        valid = self.valid(state)  # (B, C)
+        return torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)
 
-    def weights(self, state: CacheState, x: Tensor) -> Tensor:
+    def weights(self, state: Any, x: Tensor) -> Tensor:
         """(B, n, C1) combination weights of [online ; cached] for every row of x (B, n, D)."""
         live = self.live(state)[:, None, :]  # (B, 1, C1)
         if self.router is None:
@@ -106,13 +126,13 @@ class CachingMemory(Memory):
         logits = u @ state.desc.transpose(1, 2).to(u.dtype) / math.sqrt(u.shape[-1])  # (B, n, C1)
         keep = live
         if self.aggregate == "sparse" and self.top_k < self.max_caches:
-            cached = logits[..., 1:].masked_fill(~state.valid[:, None, :], float("-inf"))  # (B, n, C)
+            cached = logits[..., 1:].masked_fill(~self.valid(state)[:, None, :], float("-inf"))  # (B, n, C)
             top = cached.topk(self.top_k, dim=-1).indices  # (B, n, k)
             chosen = torch.zeros_like(cached, dtype=torch.bool).scatter(-1, top, True)  # (B, n, C)
             keep = live & torch.cat([torch.ones_like(chosen[..., :1]), chosen], dim=-1)  # (B, n, C1)
         return logits.masked_fill(~keep, float("-inf")).softmax(dim=-1)  # (B, n, C1)
 
-    def combine(self, state: CacheState, x: Tensor, fn) -> Tensor:
+    def combine(self, state: Any, x: Tensor, fn) -> Tensor:
         """fn(base_state, x) -> (B', n', D), a per-token read; combined over the states -> (B, n, D)."""
         b, n, c1 = x.shape[0], x.shape[1], self.max_caches + 1
         w = self.weights(state, x)  # (B, n, C1)
@@ -128,11 +148,11 @@ class CachingMemory(Memory):
         y = fn(self.stacked(state), x.repeat_interleave(c1, dim=0))  # (B * C1, n, D)
         return torch.einsum("bnc,bcnd->bnd", w.to(y.dtype), y.view(b, c1, n, -1))  # (B, n, D)
 
-    def read(self, state: CacheState, seg: SegmentView) -> Read:
+    def read(self, state: Any, seg: SegmentView) -> Read:
         if self.base_kind == "elastic":  # keys/values of every state in the one softmax
             c1 = self.max_caches + 1
             r = self.base.read(self.stacked(state), seg)
-            b, h, m, d = state.online.ck.shape[0], r.k.shape[1], r.k.shape[2], r.k.shape[3]
+            b, h, m, d = state.ck.shape[0], r.k.shape[1], r.k.shape[2], r.k.shape[3]
             k = r.k.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)  # (B, H, C1 * M, d)
             v = r.v.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)
             valid = (r.valid.view(b, c1, m) & self.live(state)[..., None]).flatten(1)  # (B, C1 * M)
@@ -152,28 +172,28 @@ class CachingMemory(Memory):
 
         return Read(out=self.combine(state, seg.x, one))
 
-    def pre(self, state: CacheState, x: Tensor) -> Tensor | None:
+    def pre(self, state: Any, x: Tensor) -> Tensor | None:
         return self.combine(state, x, self.base.pre) if self.base_kind == "armt" else None
 
     def slot_counts(self) -> tuple[int, int]:
         return self.base.slot_counts()
 
-    def inject(self, state: CacheState, batch: int) -> tuple[Tensor | None, Tensor | None]:
-        return self.base.inject(state.online, batch)
+    def inject(self, state: Any, batch: int) -> tuple[Tensor | None, Tensor | None]:
+        return self.base.inject(self.online(state), batch)
 
-    def write(self, state: CacheState, seg: SegmentView) -> CacheState:
-        online = self.base.write(state.online, seg)
-        cached = _map(lambda c, o: torch.cat([c[:, 1:], o[:, None].to(c.dtype)], dim=1), state.cached, state.online)
-        valid = torch.cat([state.valid[:, 1:], (state.count > 0)[:, None]], dim=1)  # (B, C)
+    def write(self, state: Any, seg: SegmentView) -> Any:
+        online = self.base.write(self.online(state), seg)
+        cached = _map(lambda c, o: torch.cat([c[:, 1:], o[:, None].to(c.dtype)], dim=1),
+                      self.cached(state), self.online(state))
         desc = state.desc
         if self.router is not None:
             now = _rms(seg.x.float()).mean(dim=1, keepdim=True)  # (B, 1, D) this segment's descriptor
             desc = torch.cat([now, desc[:, 2:], desc[:, :1]], dim=1)  # [online ; cached oldest..newest]
-        return CacheState(online, cached, desc, valid, state.count + 1)
+        return self.pack(online, cached, desc, state.count + 1)
 
-    def aux_loss(self, state: CacheState) -> Tensor | None:
-        return self.base.aux_loss(state.online)
+    def aux_loss(self, state: Any) -> Tensor | None:
+        return self.base.aux_loss(self.online(state))
 
-    def numel(self, state: CacheState) -> int:
-        per = self.base.numel(state.online)
+    def numel(self, state: Any) -> int:
+        per = self.base.numel(self.online(state))
         return (self.max_caches + 1) * (per + state.desc.shape[-1])

@@ -173,4 +173,4 @@ class InfinityMemory(Memory):
         return state.kl
 
     def numel(self, state: InfinityState) -> int:
-        return self.basis * self.n_head * self.head_dim
+        return self.basis * self.n_head * self.head_dim + 1  # coefficients + the KL of the last segment
