@@ -130,11 +130,11 @@ class Decoder(nn.Module):
 
     def aux_loss(self, states: States) -> Tensor:
         """Sum over memory layers of the auxiliary losses the last write left (batch mean); 0 if none."""
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.embed.weight.device)
         for mem, s in zip(self._memories(), states):
             loss = mem.aux_loss(s)
             if loss is not None:
-                total = total.to(loss.device) + loss.mean()
+                total = total + loss.mean()
         return total
 
     def logits(self, x: Tensor) -> Tensor:
