@@ -9,7 +9,7 @@ from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import SegmentView
 from elastic_cli.memory.infinity import (KL_SIGMA0, InfinityMemory, design, gaussian, midpoints, rbf_basis,
                                          regression, sticky_points)
-from memory_checks import D, HEADS, build, check_rows_and_reset, check_streaming, check_training
+from memory_checks import D, HEADS, build, by_segments, check_rows_and_reset, check_streaming, check_training
 
 N = 8
 
@@ -134,3 +134,16 @@ def test_bad_options_are_rejected():
     for opts, msg in (({"basis": 7}, "even"), ({"tau": 1.0}, "tau"), ({"ridge": -1.0}, "ridge"), ({"resample": 0}, "resample")):
         with pytest.raises(ValueError, match=msg):
             REGISTRY["infinity"](HEADS, D // HEADS, **opts)
+
+
+def test_decoder_aux_loss_sums_the_layers_kl():
+    model = build("infinity", basis=N, resample=16)
+    toks = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(5))
+    _, s1 = model(toks[:, :6], model.empty_states(2, "cpu"))
+    assert model.aux_loss(s1).item() == 0.0  # segment 0 attended an empty memory
+    _, s2 = model(toks[:, 6:], s1)
+    expected = sum(mem.aux_loss(s).mean() for mem, s in zip(model._memories(), s2))
+    torch.testing.assert_close(model.aux_loss(s2), expected)
+    assert model.aux_loss(s2).item() > 0 and model.aux_loss(s2).requires_grad
+    elastic = build("elastic", order=4, samples=3)
+    assert elastic.aux_loss(by_segments(elastic, toks)[1]).item() == 0.0
