@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-
-V, D, LAYERS, HEADS, HIDDEN, SEG = 37, 16, 2, 2, 24, 6
+from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, tokens
 
 # constructor options per kind and layer; every registered kind needs an entry
 OPTIONS = {
@@ -19,6 +18,11 @@ OPTIONS = {
     "memorizing": lambda layer: {"store": 10, "topk": 3},
     "melodi": lambda layer: {"window": SEG, "short_tokens": 3, "summary_tokens": 2, "long_layer": layer == 1,
                              "long_tokens": 2, "long_store": 5},
+    "infinity": lambda layer: {"basis": 8, "resample": 12, "sticky": True},
+    "armt": lambda layer: {"tokens": 2, "key_dim": 4},
+    "caching": lambda layer: {"base": "infinity", "aggregate": "sparse", "top_k": 1, "max_caches": 2, "basis": 8,
+                              "resample": 12},
+    "rmt": lambda layer: {"tokens": 2},
 }
 KINDS = sorted(REGISTRY)
 
@@ -30,19 +34,6 @@ def build(kind, seed=0):
     model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
     init_weights(model, seed=seed)
     return model
-
-
-def tokens(b, n, seed=0):
-    return torch.randint(0, V, (b, n), generator=torch.Generator().manual_seed(seed))
-
-
-def by_segments(model, toks, states=None):
-    states = model.empty_states(toks.shape[0], "cpu") if states is None else states
-    out = []
-    for s in range(0, toks.shape[1], SEG):
-        logits, states = model(toks[:, s : s + SEG], states)
-        out.append(logits)
-    return torch.cat(out, dim=1), states
 
 
 def leaves_equal(a, b):

@@ -11,8 +11,7 @@ from elastic_cli.model.attention import attend, attend_reference, rope_at
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
 from elastic_cli.model.layers import Rotary
-
-V, D, HEADS, HIDDEN, SEG = 37, 16, 2, 24, 6
+from memory_checks import D, HEADS, HIDDEN, SEG, V, tokens
 B, H, DH = 2, 2, 8
 
 
@@ -21,10 +20,6 @@ def model(kind, layers=2, seg=SEG, **options):
     m = Decoder(V, D, layers, HEADS, HIDDEN, seg, memories)
     init_weights(m, seed=0)
     return m
-
-
-def tokens(b, n, seed=0):
-    return torch.randint(0, V, (b, n), generator=torch.Generator().manual_seed(seed))
 
 
 def run(m, toks):

@@ -9,8 +9,7 @@ from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import detach_state
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-
-V, D, LAYERS, HEADS, HIDDEN, SEG = 37, 16, 2, 2, 24, 6
+from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, tokens
 
 
 def build(kind="elastic", layers=(0, 1), tie=True, **options):
@@ -19,19 +18,6 @@ def build(kind="elastic", layers=(0, 1), tie=True, **options):
     model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories, tie_embeddings=tie)
     init_weights(model, seed=0)
     return model
-
-
-def tokens(b, n, seed=0):
-    return torch.randint(0, V, (b, n), generator=torch.Generator().manual_seed(seed))
-
-
-def by_segments(model, toks, states=None):
-    states = model.empty_states(toks.shape[0], "cpu") if states is None else states
-    out = []
-    for s in range(0, toks.shape[1], SEG):
-        logits, states = model(toks[:, s : s + SEG], states)
-        out.append(logits)
-    return torch.cat(out, dim=1), states
 
 
 def plain_decoder(model, toks):

@@ -19,6 +19,8 @@ class SegmentView(NamedTuple):
     q: Tensor  # (B, H, l, d) queries before RoPE
     k: Tensor  # (B, H, l, d) keys before RoPE
     v: Tensor  # (B, H, l, d) values
+    slots: Tensor | None = None  # (B, s, D) write only: this block's output at the back memory-token slots
+    final: Tensor | None = None  # (B, s, D) write only: the model's last hidden state (after the final norm) there
 
 
 class Read(NamedTuple):
@@ -79,6 +81,25 @@ class Memory(nn.Module):
     def numel(self, state: State) -> int:
         """Floats held per sequence (the footprint axis on which memories are compared)."""
         raise NotImplementedError
+
+    # Optional hooks (docs/internals.md, "Memory tokens and pre-layer reads"); the defaults do nothing,
+    # so a memory that does not override them runs the plain code path.
+
+    def slot_counts(self) -> tuple[int, int]:
+        """(front, back): memory-token slots this memory wants around every segment."""
+        return 0, 0
+
+    def inject(self, state: State, batch: int) -> tuple[Tensor | None, Tensor | None]:
+        """(front (B, p, D), back (B, s, D)) added to the slot rows of this layer's input, or None."""
+        return None, None
+
+    def pre(self, state: State, x: Tensor) -> Tensor | None:
+        """A residual read added to this layer's input x (B, n, D) before the block, per token; or None."""
+        return None
+
+    def aux_loss(self, state: State) -> Tensor | None:
+        """A (B,) auxiliary loss the last write left in the state (e.g. the ∞-former KL), or None."""
+        return None
 
 
 def detach_state(states: Any) -> Any:

@@ -1,8 +1,11 @@
 """Segment-recurrent decoder: one segment at a time, memory state passed in and returned.
 
 Axis legend: B batch, l / n tokens in the segment / chunk, D model width, V vocabulary,
-H heads, d head width. Per layer: read memory (before attention, with this segment's view),
-attend over [memory ; causal local], write the segment into memory (after).
+H heads, d head width. Per layer: add the memory's injected memory tokens and pre-layer residual
+read (optional hooks), read memory (with this segment's view), attend over [memory ; causal local].
+After the last layer every memory writes the segment (tokens only, plus the outputs at the back
+memory-token slots). A memory layer's state is not used again within the segment, so writing after
+all layers equals writing after each.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ def _join(past: SegmentView | None, chunk: SegmentView) -> SegmentView:
         return chunk
     return SegmentView(
         torch.cat([past.x, chunk.x], dim=1),  # (B, start + n, D)
-        *(torch.cat([a, b], dim=2) for a, b in zip(past[1:], chunk[1:])),  # (B, H, start + n, d)
+        *(torch.cat([a, b], dim=2) for a, b in zip(past[1:4], chunk[1:4])),  # (B, H, start + n, d)
     )
 
 
@@ -48,11 +51,17 @@ class Block(nn.Module):
         self.memory = memory
 
     def forward(self, x: Tensor, state: Any, past: SegmentView | None, read: Read | None,
-                start: int) -> tuple[Tensor, SegmentView, Read]:
-        """x: (B, n, D) tokens at segment positions start..start+n-1; past: the segment before them.
+                start: int, front: int = 0, back: int = 0) -> tuple[Tensor, SegmentView, Read]:
+        """x: (B, n, D) rows at stream positions start..start+n-1; past: the stream before them.
+        The first `front` / last `back` rows are memory-token slots (the memory's `inject` is added there).
 
-        Returns the block output (B, n, D), the segment view so far and the Read used.
+        Returns the block output (B, n, D), the stream view so far and the Read used.
         """
+        if self.memory is not None:
+            x = self._inject(x, state, front, back)
+            extra = self.memory.pre(state, x)  # (B, n, D) or None
+            if extra is not None:
+                x = x + extra
         h = self.attn_norm(x)  # (B, n, D)
         q, k, v = self.attn.project(h)  # (B, H, n, d) each
         chunk = SegmentView(h, q, k, v)
@@ -66,6 +75,18 @@ class Block(nn.Module):
             y = y + read.out
         x = x + y
         return x + self.mlp(self.mlp_norm(x)), seg, read
+
+    def _inject(self, x: Tensor, state: Any, front: int, back: int) -> Tensor:
+        if not (front or back):
+            return x
+        add_front, add_back = self.memory.inject(state, x.shape[0])  # (B, p, D), (B, s, D) or None
+        n = x.shape[1]
+        head, mid, tail = x[:, :front], x[:, front : n - back], x[:, n - back :]
+        if front and add_front is not None:
+            head = head + add_front.to(x.dtype)
+        if back and add_back is not None:
+            tail = tail + add_back.to(x.dtype)
+        return torch.cat([head, mid, tail], dim=1)  # (B, n, D)
 
 
 class Decoder(nn.Module):
@@ -81,6 +102,10 @@ class Decoder(nn.Module):
             if (mem.n_head, mem.head_dim) != (n_head, head_dim):
                 raise ValueError(f"Decoder: memory of layer {i} is built for {mem.n_head} heads of {mem.head_dim}, "
                                  f"the model has {n_head} of {head_dim}")
+        slots = {mem.slot_counts() for mem in memories.values()} - {(0, 0)}
+        if len(slots) > 1:
+            raise ValueError(f"Decoder: memories disagree on their memory-token slots {sorted(slots)}")
+        self.front, self.back = slots.pop() if slots else (0, 0)
         self.vocab_size, self.segment_len = vocab_size, segment_len
         self.memory_layers = tuple(sorted(memories))
         self.embed = nn.Embedding(vocab_size, d_model)
@@ -103,23 +128,63 @@ class Decoder(nn.Module):
         """Floats of memory held per sequence, all layers."""
         return sum(mem.numel(s) for mem, s in zip(self._memories(), states))
 
+    def aux_loss(self, states: States) -> Tensor:
+        """Sum over memory layers of the auxiliary losses the last write left (batch mean); 0 if none."""
+        total = torch.zeros((), device=self.embed.weight.device)
+        for mem, s in zip(self._memories(), states):
+            loss = mem.aux_loss(s)
+            if loss is not None:
+                total = total + loss.mean()
+        return total
+
     def logits(self, x: Tensor) -> Tensor:
-        h = self.norm(x)  # (B, n, D)
+        return self._project(self.norm(x))  # (B, n, V)
+
+    def _project(self, h: Tensor) -> Tensor:
         return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)  # (B, n, V)
 
-    def forward(self, tokens: Tensor, states: States) -> tuple[Tensor, States]:
-        """One segment. tokens: (B, l), l <= segment_len -> logits (B, l, V), new states."""
-        if tokens.shape[1] > self.segment_len:
-            raise ValueError(f"Decoder: segment of {tokens.shape[1]} tokens > segment_len {self.segment_len}")
-        x = self.embed(tokens)  # (B, l, D)
+    def _slot_input(self, batch: int, n: int) -> Tensor:
+        return torch.zeros(batch, n, self.embed.weight.shape[1], device=self.embed.weight.device,
+                           dtype=self.embed.weight.dtype)  # (B, n, D): slots start empty, memories inject into them
+
+    def _blocks(self, x: Tensor, states: States, past: list, reads: list, start: int, front: int,
+                back: int) -> tuple[Tensor, dict[int, Tensor]]:
+        """Run every block on one chunk (updates past/reads in place); returns the output (B, n, D)
+        and, per memory layer, the block output at the chunk's last `back` rows."""
         slot = {layer: j for j, layer in enumerate(self.memory_layers)}
-        new = list(states)
+        outs = {}
         for i, block in enumerate(self.blocks):
             state = states[slot[i]] if i in slot else None
-            x, seg, _ = block(x, state, None, None, 0)
-            if i in slot:
-                new[slot[i]] = block.memory.write(state, seg)
-        return self.logits(x), tuple(new)
+            x, past[i], reads[i] = block(x, state, past[i], reads[i], start, front, back)
+            if i in slot and back:
+                outs[i] = x[:, x.shape[1] - back :]  # (B, s, D)
+        return x, outs
+
+    def _write(self, states: States, views: list, outs: dict[int, Tensor], final: Tensor | None) -> States:
+        """Fold the segment into every memory; views span [front slots ; tokens ; back slots]."""
+        new = []
+        for j, i in enumerate(self.memory_layers):
+            seg = views[i]
+            lo, hi = self.front, seg.x.shape[1] - self.back
+            view = SegmentView(seg.x[:, lo:hi], seg.q[:, :, lo:hi], seg.k[:, :, lo:hi], seg.v[:, :, lo:hi],
+                               outs.get(i), final)  # tokens only (B, l, D) / (B, H, l, d)
+            new.append(self.blocks[i].memory.write(states[j], view))
+        return tuple(new)
+
+    def forward(self, tokens: Tensor, states: States) -> tuple[Tensor, States]:
+        """One segment. tokens: (B, l), l <= segment_len -> logits (B, l, V), new states.
+        With memory tokens the stream is [front slots ; tokens ; back slots]; logits are for the tokens."""
+        if tokens.shape[1] > self.segment_len:
+            raise ValueError(f"Decoder: segment of {tokens.shape[1]} tokens > segment_len {self.segment_len}")
+        b, l = tokens.shape
+        x = torch.cat([self._slot_input(b, self.front), self.embed(tokens), self._slot_input(b, self.back)],
+                      dim=1)  # (B, p + l + s, D)
+        n = len(self.blocks)
+        past, reads = [None] * n, [None] * n
+        x, outs = self._blocks(x, states, past, reads, 0, self.front, self.back)
+        h = self.norm(x)  # (B, p + l + s, D)
+        final = h[:, self.front + l :] if self.back else None  # (B, s, D)
+        return self._project(h[:, self.front : self.front + l]), self._write(states, past, outs, final)
 
     def start_stream(self, batch: int, device: torch.device | str) -> Stream:
         n = len(self.blocks)
@@ -137,16 +202,20 @@ class Decoder(nn.Module):
         return torch.cat(out, dim=1), stream  # (B, n, V)
 
     def _step_chunk(self, tokens: Tensor, stream: Stream) -> tuple[Tensor, Stream]:
-        """tokens (B, n) all inside the current segment."""
-        x = self.embed(tokens)  # (B, n, D)
-        slot = {layer: j for j, layer in enumerate(self.memory_layers)}
+        """tokens (B, n) all inside the current segment; front slots run first at a segment start,
+        back slots last when the segment fills (the same stream as `forward`)."""
+        b = tokens.shape[0]
         past, reads = list(stream.past), list(stream.reads)
-        for i, block in enumerate(self.blocks):
-            state = stream.states[slot[i]] if i in slot else None
-            x, past[i], reads[i] = block(x, state, stream.past[i], stream.reads[i], stream.pos)
+        if stream.pos == 0 and self.front:
+            self._blocks(self._slot_input(b, self.front), stream.states, past, reads, 0, self.front, 0)
+        x, _ = self._blocks(self.embed(tokens), stream.states, past, reads, self.front + stream.pos, 0, 0)
         pos = stream.pos + tokens.shape[1]
         if pos < self.segment_len:
             return self.logits(x), Stream(stream.states, tuple(past), tuple(reads), pos)
-        states = tuple(self.blocks[i].memory.write(s, past[i]) for i, s in zip(self.memory_layers, stream.states))
+        outs, final = {}, None
+        if self.back:
+            tail, outs = self._blocks(self._slot_input(b, self.back), stream.states, past, reads,
+                                      self.front + pos, 0, self.back)
+            final = self.norm(tail)  # (B, s, D)
         n = len(self.blocks)
-        return self.logits(x), Stream(states, (None,) * n, (None,) * n, 0)
+        return self.logits(x), Stream(self._write(stream.states, past, outs, final), (None,) * n, (None,) * n, 0)

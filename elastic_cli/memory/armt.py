@@ -1,0 +1,108 @@
+"""`armt`: the Associative Recurrent Memory Transformer (Rodkin, Kuratov, Bulatov, Burtsev 2024,
+arXiv 2407.04841, §3), one associative matrix memory per memory layer.
+
+Axis legend: B batch, n rows of a chunk, m memory tokens, D model width, K = 2·ν·key_dim feature width.
+
+  read (before the layer, every row):   h <- h + Aᵀφ(W_q h) / (zᵀφ(W_q h) + ε)          (paper eq. 3)
+  write (after the layer, from the m memory-token outputs o_i):
+      k_i = φ(W_k o_i),  v_i = W_v o_i,  β_i = sigmoid(W_β o_i),  v̄_i = Aᵀk_i / (zᵀk_i + ε)
+      A <- A + Σ_i β_i k_i (v_i − v̄_i)ᵀ                                                   (delta rule, eq. 4)
+      γ_i = clip(1 − zᵀk_i / ‖k_i‖², 0, 1) (no gradient),  z <- z + Σ_i γ_i k_i          (normaliser correction)
+φ is DPFP-ν (Schlag, Irie, Schmidhuber 2021, eq. 11–12). The m memory tokens are learned embeddings
+appended to every segment (back slots); they carry no state. A and z are kept in fp32.
+`denom=False` drops the normaliser (read Aᵀφ(q), linear in the state; as the newer ARMT code's
+`use_denom`), which Memory Caching's `soup` needs to equal `gated`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Memory, Read, SegmentView, register
+
+EPS = 1e-5
+
+
+class ARMTState(NamedTuple):
+    a: Tensor  # (B, K, D) fp32 associative matrix
+    z: Tensor  # (B, K) fp32 normaliser; (B, 0) when denom=False
+
+
+def dpfp(x: Tensor, nu: int) -> Tensor:
+    """Deterministic parameter-free projection: (..., m) -> (..., 2·ν·m), non-negative features."""
+    r = torch.cat([F.relu(x), F.relu(-x)], dim=-1)  # (..., 2m)
+    return torch.cat([r * r.roll(j, dims=-1) for j in range(1, nu + 1)], dim=-1)  # (..., 2νm)
+
+
+def associate(a: Tensor, z: Tensor, q: Tensor) -> Tensor:
+    """Read: a (B, K, D), z (B, K) or (B, 0), features q (B, n, K) -> (B, n, D)."""
+    num = q @ a  # (B, n, D)
+    if z.shape[-1] == 0:
+        return num
+    return num / (q @ z[..., None] + EPS)  # (B, n, D)
+
+
+def delta_write(a: Tensor, z: Tensor, k: Tensor, v: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    """Write m pairs at once: k (B, m, K), v (B, m, D), beta (B, m, 1) -> new (a, z)."""
+    v_old = associate(a, z, k)  # (B, m, D) what the memory returns for k now
+    a = a + (beta * k).transpose(1, 2) @ (v - v_old)  # (B, K, D)
+    if z.shape[-1] == 0:
+        return a, z
+    gamma = (1 - (k @ z[..., None]) / k.pow(2).sum(-1, keepdim=True).clamp_min(EPS)).clamp(0, 1).detach()  # (B, m, 1)
+    return a, z + (gamma * k).sum(dim=1)  # (B, K)
+
+
+@register("armt")
+class ARMTMemory(Memory):
+    """Options: tokens (m memory tokens), key_dim (d_mem), nu (DPFP order), denom (normaliser on)."""
+
+    def __init__(self, n_head: int, head_dim: int, tokens: int = 16, key_dim: int = 64, nu: int = 3,
+                 denom: bool = True):
+        super().__init__(n_head, head_dim)
+        if tokens < 1 or key_dim < 1 or nu < 1:
+            raise ValueError(f"ARMTMemory: tokens, key_dim and nu must be >= 1, got {tokens}, {key_dim}, {nu}")
+        if nu >= 2 * key_dim:
+            raise ValueError(f"ARMTMemory: nu={nu} must be < 2*key_dim={2 * key_dim} (DPFP rolls)")
+        d = n_head * head_dim
+        self.tokens, self.key_dim, self.nu, self.denom = tokens, key_dim, nu, bool(denom)
+        self.features = 2 * nu * key_dim
+        self.wq = nn.Linear(d, key_dim, bias=False)
+        self.wk = nn.Linear(d, key_dim, bias=False)
+        self.wv = nn.Linear(d, d, bias=False)
+        self.wbeta = nn.Linear(d, 1)
+        self.memory_tokens = nn.Parameter(torch.zeros(tokens, d))  # (m, D)
+
+    def extra_repr(self) -> str:
+        return f"tokens={self.tokens}, key_dim={self.key_dim}, nu={self.nu}, denom={self.denom}"
+
+    def empty(self, batch: int, device: torch.device | str) -> ARMTState:
+        d = self.n_head * self.head_dim
+        a = torch.zeros(batch, self.features, d, device=device)  # (B, K, D)
+        return ARMTState(a, torch.zeros(batch, self.features if self.denom else 0, device=device))
+
+    def slot_counts(self) -> tuple[int, int]:
+        return 0, self.tokens
+
+    def inject(self, state: ARMTState, batch: int) -> tuple[Tensor | None, Tensor | None]:
+        return None, self.memory_tokens[None].expand(batch, -1, -1)  # (B, m, D)
+
+    def pre(self, state: ARMTState, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = dpfp(self.wq(x.float()), self.nu)  # (B, n, K)
+            return associate(state.a, state.z, q).to(x.dtype)  # (B, n, D)
+
+    def read(self, state: ARMTState, seg: SegmentView) -> Read:
+        return Read()
+
+    def write(self, state: ARMTState, seg: SegmentView) -> ARMTState:
+        with torch.autocast(device_type=state.a.device.type, enabled=False):
+            o = seg.slots.float()  # (B, m, D) this layer's outputs at the memory tokens
+            k = dpfp(self.wk(o), self.nu)  # (B, m, K)
+            beta = torch.sigmoid(self.wbeta(o))  # (B, m, 1)
+            return ARMTState(*delta_write(state.a, state.z, k, self.wv(o), beta))
+
+    def numel(self, state: ARMTState) -> int:
+        return self.features * self.n_head * self.head_dim + state.z.shape[-1]

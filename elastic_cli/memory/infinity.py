@@ -1,0 +1,176 @@
+"""`infinity`: the ∞-former's unbounded long-term memory (Martins, Marinho, Martins, ACL 2022,
+arXiv 2109.00301, §3), one per memory layer; its read is added to the local attention output.
+
+Axis legend: B batch, H heads, d head width, D = H·d, l segment tokens, N basis functions,
+P regression points, S resampled points (`resample`).
+
+Signal. The layer inputs leaving the local window (the segment just read) are a signal X (l, D) on
+positions t_i ∈ [0, 1]. With N Gaussian RBFs ψ_j(t) = N(t; c_j, w_j²) and F[j, i] = ψ_j(t_i), ridge
+regression gives the coefficients (eq. 6–7)
+    B = (F Fᵀ + λ I)⁻¹ F X   (N, D)      [λ = 0: least squares, B = pinv(Fᵀ) X]
+Unbounded update (§3.2): the old signal Bᵀψ(u) is sampled at S points u_k, squeezed into [0, τ], the
+new l vectors are placed in (τ, 1], and all S + l points are regressed again. Every regression matrix
+depends only on (l, S, τ, λ, N) and is precomputed in float64. Sticky memories (§3.3): the u_k are
+the quantiles of where the last segment's attention densities put their mass (a 128-bin histogram),
+so attended regions keep more points after the squeeze.
+Read (continuous attention, §3.1, eq. 8–10): K = B W_K, V = B W_V; per head and query q (before RoPE)
+    s = K_h q / sqrt(d),  μ = sigmoid(w_μᵀ s + b_μ),  σ² = softplus(w_σᵀ s + b_σ)
+    r_j = E_{t ~ N(μ, σ²)}[ψ_j(t)] = N(μ; c_j, w_j² + σ²)        (closed form for Gaussians)
+    out = W_O concat_h(V_hᵀ r)                                     (B, l, D), added after `wo`.
+KL regulariser (§3.4): KL(N(μ, σ²) ‖ N(μ, σ0²)) = log(σ0/σ) + σ²/(2σ0²) − 1/2, σ0 = 0.05, averaged
+over heads and queries of the segment just written; `aux_loss(state)` returns it per row.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Memory, Read, SegmentView, register
+
+KL_SIGMA0 = 0.05  # σ0 of the KL regulariser (paper value)
+STICKY_BINS = 128  # histogram bins of the sticky-memory density (paper value)
+
+
+class InfinityState(NamedTuple):
+    coef: Tensor  # (B, N, D) fp32 RBF coefficients of the long-term signal
+    t: Tensor  # (B,) long, tokens absorbed since the document start (0: empty)
+    kl: Tensor  # (B,) fp32 KL regulariser of the last written segment's queries (0 if none)
+
+
+def rbf_basis(n: int) -> tuple[Tensor, Tensor]:
+    """Centres and widths (N,), float64: N/2 centres evenly on [0, 1], each with widths h and 2h
+    (h = centre spacing), the two-width layout of the paper."""
+    centres = torch.linspace(0, 1, n // 2, dtype=torch.float64)
+    h = 1.0 / max(n // 2 - 1, 1)
+    return centres.repeat(2), torch.cat([torch.full((n // 2,), h), torch.full((n // 2,), 2 * h)]).double()
+
+
+def gaussian(t: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """N(t; mean, var), broadcasting."""
+    return torch.exp(-0.5 * (t - mean) ** 2 / var) / torch.sqrt(2 * math.pi * var)
+
+
+def design(t: Tensor, n: int) -> Tensor:
+    """ψ_j(t_i): positions (..., P) -> (..., P, N) in the dtype of t."""
+    centres, widths = (a.to(t) for a in rbf_basis(n))
+    return gaussian(t[..., None], centres, widths**2)
+
+
+def regression(t: Tensor, n: int, ridge: float) -> Tensor:
+    """(N, P) float64 map from P values at positions t (float64) to N coefficients (eq. 7)."""
+    f = design(t, n).T  # (N, P)
+    if ridge == 0:
+        return torch.linalg.pinv(f.T)  # (N, P)
+    return torch.linalg.solve(f @ f.T + ridge * torch.eye(n, dtype=f.dtype), f)  # (N, P)
+
+
+def midpoints(count: int, lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * (torch.arange(count, dtype=torch.float64) + 0.5) / count  # (count,)
+
+
+@lru_cache(maxsize=64)
+def _maps(n: int, l: int, samples: int, tau: float, ridge: float, device: torch.device) -> tuple[Tensor, ...]:
+    """fp32 on device: first (N, l) for an empty memory; old (N, S), new (N, l) for the update;
+    uniform (N, N) = old @ ψ(uniform u) (the update of the old coefficients without sticky)."""
+    first = regression(midpoints(l, 0, 1), n, ridge)  # (N, l)
+    both = regression(torch.cat([midpoints(samples, 0, tau), midpoints(l, tau, 1)]), n, ridge)  # (N, S + l)
+    old, new = both[:, :samples], both[:, samples:]
+    uniform = old @ design(midpoints(samples, 0, 1), n)  # (N, N)
+    return tuple(m.to(device=device, dtype=torch.float32) for m in (first, old, new, uniform))
+
+
+def sticky_points(mu: Tensor, var: Tensor, samples: int) -> Tensor:
+    """mu, var (B, H, l): attention densities -> (B, S) sample positions in [0, 1]: the quantiles
+    (k + 1/2)/S of the histogram of their mass in STICKY_BINS bins (deterministic, sorted)."""
+    edges = torch.linspace(0, 1, STICKY_BINS + 1, device=mu.device)  # (E,)
+    cdf = 0.5 * (1 + torch.erf((edges - mu[..., None]) / torch.sqrt(2 * var[..., None])))  # (B, H, l, E)
+    mass = (cdf[..., 1:] - cdf[..., :-1]).sum(dim=(1, 2)) + 1e-12  # (B, bins)
+    cum = torch.cat([torch.zeros_like(mass[:, :1]), mass.cumsum(-1)], dim=-1)  # (B, E)
+    cum = cum / cum[:, -1:]
+    target = ((torch.arange(samples, device=mu.device) + 0.5) / samples).expand(mu.shape[0], -1).contiguous()  # (B, S)
+    hi = torch.searchsorted(cum, target).clamp(1, STICKY_BINS)  # (B, S) right edge index of the bin
+    c0, c1 = cum.gather(1, hi - 1), cum.gather(1, hi)  # (B, S)
+    frac = (target - c0) / (c1 - c0).clamp_min(1e-12)
+    return (edges[hi - 1] + frac * (edges[hi] - edges[hi - 1])).clamp(0, 1)  # (B, S)
+
+
+@register("infinity")
+class InfinityMemory(Memory):
+    """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky."""
+
+    def __init__(self, n_head: int, head_dim: int, basis: int = 64, tau: float = 0.5, ridge: float = 0.5,
+                 resample: int = 256, sticky: bool = False):
+        super().__init__(n_head, head_dim)
+        if basis < 2 or basis % 2:
+            raise ValueError(f"InfinityMemory: basis must be an even number >= 2, got {basis}")
+        if not 0 < tau < 1:
+            raise ValueError(f"InfinityMemory: tau must be in (0, 1), got {tau}")
+        if ridge < 0:
+            raise ValueError(f"InfinityMemory: ridge must be >= 0, got {ridge}")
+        if resample < 1:
+            raise ValueError(f"InfinityMemory: resample must be >= 1, got {resample}")
+        d = n_head * head_dim
+        self.basis, self.tau, self.ridge, self.resample, self.sticky = basis, float(tau), float(ridge), resample, bool(sticky)
+        self.wk = nn.Linear(d, d, bias=False)
+        self.wv = nn.Linear(d, d, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+        self.mu = nn.Linear(basis, 1)
+        self.sigma = nn.Linear(basis, 1)
+        centres, widths = (a.float() for a in rbf_basis(basis))
+        self.register_buffer("centres", centres, persistent=False)  # (N,)
+        self.register_buffer("widths", widths, persistent=False)  # (N,)
+
+    def extra_repr(self) -> str:
+        return f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}"
+
+    def empty(self, batch: int, device: torch.device | str) -> InfinityState:
+        coef = torch.zeros(batch, self.basis, self.n_head * self.head_dim, device=device)  # (B, N, D)
+        return InfinityState(coef, torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, device=device))
+
+    def split(self, x: Tensor) -> Tensor:
+        return x.view(x.shape[0], x.shape[1], self.n_head, self.head_dim).transpose(1, 2)  # (B, H, N, d)
+
+    def density(self, coef: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """μ, σ² (B, H, l) of each query's attention density over [0, 1]."""
+        keys = self.split(self.wk(coef))  # (B, H, N, d)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, l, N)
+        return torch.sigmoid(self.mu(scores))[..., 0], F.softplus(self.sigma(scores))[..., 0]
+
+    def attend(self, coef: Tensor, mu: Tensor, var: Tensor) -> Tensor:
+        """Closed-form continuous attention: (B, H, l) densities -> (B, l, D)."""
+        r = gaussian(mu[..., None], self.centres, self.widths**2 + var[..., None])  # (B, H, l, N)
+        z = r @ self.split(self.wv(coef))  # (B, H, l, d)
+        return self.wo(z.transpose(1, 2).reshape(z.shape[0], z.shape[2], -1))  # (B, l, D)
+
+    def read(self, state: InfinityState, seg: SegmentView) -> Read:
+        with torch.autocast(device_type=state.coef.device.type, enabled=False):
+            mu, var = self.density(state.coef, seg.q.float())
+            out = self.attend(state.coef, mu, var)  # (B, l, D); 0 for an empty memory (coef = 0)
+        return Read(out=out.to(seg.x.dtype))
+
+    def write(self, state: InfinityState, seg: SegmentView) -> InfinityState:
+        with torch.autocast(device_type=state.coef.device.type, enabled=False):
+            x = seg.x.float()  # (B, l, D) layer inputs leaving the local window
+            first, old, new, uniform = _maps(self.basis, x.shape[1], self.resample, self.tau, self.ridge, x.device)
+            mu, var = self.density(state.coef, seg.q.float())  # (B, H, l) what this segment attended
+            if self.sticky:
+                u = sticky_points(mu.detach(), var.detach(), self.resample)  # (B, S)
+                carried = (old @ design(u, self.basis)) @ state.coef  # (B, N, D)
+            else:
+                carried = uniform @ state.coef  # (B, N, D)
+            full = torch.where((state.t > 0)[:, None, None], carried + new @ x, first @ x)  # (B, N, D)
+            sd = torch.sqrt(var)
+            kl = (math.log(KL_SIGMA0) - torch.log(sd) + var / (2 * KL_SIGMA0**2) - 0.5).mean(dim=(1, 2))  # (B,)
+            kl = torch.where(state.t > 0, kl, torch.zeros_like(kl))
+        return InfinityState(full, state.t + x.shape[1], kl)
+
+    def aux_loss(self, state: InfinityState) -> Tensor:
+        return state.kl
+
+    def numel(self, state: InfinityState) -> int:
+        return self.basis * self.n_head * self.head_dim + 1  # coefficients + the KL of the last segment
