@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from elastic_cli.config import RunConfig, memory_layers
+from elastic_cli.errors import UsageError
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 
@@ -12,10 +13,13 @@ def build_model(cfg: RunConfig) -> Decoder:
     `model.init.init_weights(model, seed)` for a fresh model, or load a checkpoint."""
     m = cfg.model
     head_dim = m.d_model // m.n_head
-    memories = {i: REGISTRY[cfg.memory.kind](m.n_head, head_dim, **layer_options(cfg, i)) for i in memory_layers(cfg)}
-    return Decoder(vocab_size=m.vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
-                   mlp_hidden=m.mlp_hidden, segment_len=m.segment_len, memories=memories,
-                   rope_base=m.rope_base, tie_embeddings=m.tie_embeddings)
+    try:
+        memories = {i: REGISTRY[cfg.memory.kind](m.n_head, head_dim, **layer_options(cfg, i)) for i in memory_layers(cfg)}
+        return Decoder(vocab_size=m.vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
+                       mlp_hidden=m.mlp_hidden, segment_len=m.segment_len, memories=memories,
+                       rope_base=m.rope_base, tie_embeddings=m.tie_embeddings)
+    except ValueError as e:  # a combination the modules reject (e.g. caching over elastic with gating)
+        raise UsageError(f"memory.kind={cfg.memory.kind}: {e}") from None
 
 
 def layer_options(cfg: RunConfig, layer: int) -> dict:
@@ -43,8 +47,8 @@ def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
     act_bytes = 2 if t.dtype == "bf16" or (t.dtype == "auto" and cfg.run.device != "cpu") else 4
     chunk_tokens = t.micro_batch * t.bptt_segments * m.segment_len
     mem = cfg.memory
-    samples = {"none": 0, "elastic": mem.samples, "xl": mem.cache, "memorizing": mem.topk,
-               "melodi": mem.short_tokens + mem.summary_tokens}[mem.kind]  # extra keys/values per segment
+    samples = {"elastic": mem.samples, "xl": mem.cache, "memorizing": mem.topk,
+               "melodi": mem.short_tokens + mem.summary_tokens}.get(mem.kind, 0)  # extra keys/values per segment
     per_token = m.n_layer * (10 * m.d_model + 3 * m.mlp_hidden) * act_bytes + m.vocab_size * (act_bytes + 8)
     per_segment = len(memory_layers(cfg)) * 2 * samples * m.d_model * act_bytes * t.micro_batch
     activations = chunk_tokens * per_token + t.bptt_segments * per_segment

@@ -26,6 +26,10 @@ MEMORY_OPTIONS: dict[str, tuple[str, ...]] = {  # memory.* fields passed to REGI
     "xl": ("cache",),
     "memorizing": ("store", "topk"),
     "melodi": ("short_tokens", "summary_tokens", "long_tokens", "long_store"),  # + window, long_layer (build.py)
+    "rmt": ("tokens",),
+    "armt": ("tokens", "key_dim", "nu", "denom"),
+    "infinity": ("basis", "tau", "ridge", "resample", "sticky"),
+    "caching": ("base", "aggregate", "max_caches", "top_k"),  # + the options of its base kind
 }
 
 
@@ -47,7 +51,7 @@ class ModelConfig(_Section):
 class MemoryConfig(_Section):
     """One memory kind on `layers`; each kind reads only its own fields (MEMORY_OPTIONS)."""
 
-    kind: Literal["none", "elastic", "xl", "memorizing", "melodi"] = "elastic"
+    kind: Literal["none", "elastic", "xl", "memorizing", "melodi", "rmt", "armt", "infinity", "caching"] = "elastic"
     layers: Union[Literal["all"], list[int]] = "all"
     order: int = Field(64, gt=0)  # elastic: LegS order N
     samples: int = Field(64, gt=0)  # elastic: samples M read by attention
@@ -61,10 +65,24 @@ class MemoryConfig(_Section):
     long_layer: Union[int, None] = None  # melodi: the layer with the long-term FIFO (None: none)
     long_tokens: int = Field(16, ge=0)  # melodi: long-term tokens added per segment
     long_store: int = Field(192, ge=0)  # melodi: long-term FIFO capacity
+    tokens: int = Field(16, gt=0)  # rmt, armt: memory tokens per segment
+    key_dim: int = Field(64, gt=0)  # armt: DPFP key width
+    nu: int = Field(3, gt=0)  # armt: DPFP rolls (features 2 * nu * key_dim)
+    denom: bool = True  # armt: normalise reads by z
+    basis: int = Field(64, gt=0)  # infinity: RBF basis functions
+    tau: float = Field(0.5, gt=0, lt=1)  # infinity: share of [0, 1] given to the old signal
+    ridge: float = Field(0.5, ge=0)  # infinity: ridge penalty
+    resample: int = Field(256, gt=0)  # infinity: points resampled from the old signal
+    sticky: bool = False  # infinity: resample where the last segment attended
+    base: Literal["elastic", "armt", "infinity"] = "armt"  # caching: the memory whose states are cached
+    aggregate: Literal["residual", "gated", "sparse", "soup"] = "gated"  # caching: how cached reads mix
+    max_caches: int = Field(8, gt=0)  # caching: snapshots kept (FIFO)
+    top_k: int = Field(2, gt=0)  # caching: snapshots read by `sparse`
 
     def options(self) -> dict[str, Any]:
         """Config-level keyword arguments of REGISTRY[kind](n_head, head_dim, **options)."""
-        return {name: getattr(self, name) for name in MEMORY_OPTIONS[self.kind]}
+        names = MEMORY_OPTIONS[self.kind] + (MEMORY_OPTIONS[self.base] if self.kind == "caching" else ())
+        return {name: getattr(self, name) for name in names}
 
 
 MEMORY_KINDS = typing.get_args(MemoryConfig.model_fields["kind"].annotation)  # == memory.REGISTRY (tested)
@@ -89,6 +107,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    aux_weight: float = Field(0.0, ge=0)  # weight of the memories' auxiliary loss (infinity's KL); 0: not computed
     seed: int = 0
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False

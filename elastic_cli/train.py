@@ -169,14 +169,16 @@ def _step(cfg, model, net, forward, optimizer, batch, autocast, device) -> tuple
         for c0 in range(0, segments, t.bptt_segments):
             last = i == len(starts) - 1 and c0 + t.bptt_segments >= segments
             with distributed.no_sync(net, skip=not last):  # DDP reduces once, at the very last backward
-                chunk = torch.zeros((), device=device)
+                chunk = aux = torch.zeros((), device=device)
                 with autocast:
                     for s in range(c0, min(c0 + t.bptt_segments, segments)):
                         states = model.reset_states(states, first[:, s])  # memory empties at document starts
                         logits, states = forward(x[:, s], states)  # (m, L, V)
                         chunk = chunk + F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(),
                                                         ignore_index=-1, reduction="sum")
-                (chunk * scale).backward()
+                        if t.aux_weight:  # mean over segments, micro-batches and (by DDP) ranks
+                            aux = aux + model.aux_loss(states) / (len(starts) * segments)
+                (chunk * scale + t.aux_weight * aux).backward()
             nll += chunk.item()
             states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))

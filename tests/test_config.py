@@ -56,8 +56,11 @@ def test_memory_kinds_match_the_registry_and_their_constructors():
         cfg = load_config("recipes/tiny.yaml", [f"memory.kind={kind}", "memory.long_layer=1"])
         params = list(inspect.signature(REGISTRY[kind]).parameters)
         assert params[:2] == ["n_head", "head_dim"]
-        assert set(layer_options(cfg, 1)) == set(MEMORY_OPTIONS[kind]) | ({"window", "long_layer"} if kind == "melodi" else set())
-        assert set(layer_options(cfg, 1)) <= set(params[2:])
+        expected = set(MEMORY_OPTIONS[kind]) | ({"window", "long_layer"} if kind == "melodi" else set())
+        if kind == "caching":  # nested: the base kind's options ride along
+            expected |= set(MEMORY_OPTIONS[cfg.memory.base])
+            params += list(inspect.signature(REGISTRY[cfg.memory.base]).parameters)
+        assert set(layer_options(cfg, 1)) == expected and expected <= set(params[2:])
         build_model(cfg)
 
 
@@ -100,7 +103,7 @@ def test_config_show_round_trips(tmp_path):
 @pytest.mark.parametrize("text, override, message", [
     ("model: {d_modle: 64}", None, r"unknown key model.d_modle in .*bad.yaml; did you mean 'model.d_model'\?"),
     ("trian: {lr: 1.0}", None, r"unknown key trian in .*bad.yaml; did you mean 'train'\?"),
-    ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of none, elastic, xl, memorizing, melodi; did you mean 'elastic'\?"),
+    ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of none, elastic, xl, memorizing, melodi, rmt, armt, infinity, caching; did you mean 'elastic'\?"),
     ("", "memory.sampling=exponentail", r"did you mean 'exponential'\?"),
     ("model: {n_layer: two}", None, r"model.n_layer='two' in .*bad.yaml: input should be a valid integer"),
     ("", "train.betas=[0.9, x]", r"train.betas.1='x' in command line: input should be a valid number"),
@@ -159,3 +162,8 @@ def test_memory_option_checks():
         load_config("recipes/tiny.yaml", ["memory.kind=melodi", "memory.long_layer=0", "memory.long_tokens=0"])
     with pytest.raises(UsageError, match=r"memory.cache=-1 in command line: input should be greater than or equal to 0"):
         load_config("recipes/tiny.yaml", ["memory.kind=xl", "memory.cache=-1"])
+    with pytest.raises(UsageError, match=r"memory.base='xl' in command line: choose one of elastic, armt, infinity"):
+        load_config("recipes/tiny.yaml", ["memory.kind=caching", "memory.base=xl"])
+    bad = load_config("recipes/tiny.yaml", ["memory.kind=caching", "memory.base=elastic"])  # valid fields, rejected combination
+    with pytest.raises(UsageError, match=r"memory.kind=caching: .*only aggregate=residual applies"):
+        build_model(bad)

@@ -76,6 +76,20 @@ def test_resume_auto_continues_the_newest_checkpoint(data, tmp_path):
     assert losses(tmp_path / "run")[4:] == losses(tmp_path / "run")[2:4]
 
 
+@pytest.mark.parametrize("kind, changes", [("infinity", True), ("elastic", False)])
+def test_aux_weight_adds_the_memories_aux_loss(data, tmp_path, kind, changes):
+    """train.aux_weight scales model.aux_loss (the ∞-former KL) into the objective: it changes the
+    update for a kind that has an aux loss and nothing for one that has none."""
+    weights = []
+    for w in (0.0, 1.0):
+        args = tiny_run.overrides(data, tmp_path / f"{w}", f"memory.kind={kind}", f"train.aux_weight={w}",
+                                  "train.steps=1", "train.warmup=0")
+        train(load_config("recipes/tiny.yaml", args))
+        weights.append(checkpoint.load_for_inference(tmp_path / f"{w}")[1].state_dict())
+    same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert same != changes
+
+
 def test_non_empty_run_dir_needs_resume_or_overwrite(data, tmp_path):
     cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "run", "train.steps=1", "train.warmup=0"))
     train(cfg)
