@@ -190,6 +190,12 @@ def run_eval(ckpt: str, data_dir: str | None, split: str | None, sampling: str |
     return {"data": str(path), "split": split, "results": results}
 
 
+def shown_segments(n: int) -> list[int]:
+    """Segment indices for the table: 1, 2, 3, 4, then powers of two, and the last (JSON has all)."""
+    picked = {i for i in range(min(n, 4))} | {(1 << k) - 1 for k in range(3, 32) if (1 << k) <= n} | {n - 1}
+    return sorted(i for i in picked if 0 <= i < n)
+
+
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     """Metrics down, variants across (side by side for --compare-sampling)."""
     res = report["results"]
@@ -201,7 +207,7 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             ["loss (nats/token)"] + [fmt(r["loss"], ".4f") for r in res]]
     if any(r["exact_match"] is not None for r in res):
         rows.append(["exact match"] + [fmt(r["exact_match"], ".3f") for r in res])
-    for i in range(max(len(r["loss_by_segment"]) for r in res)):
+    for i in shown_segments(max(len(r["loss_by_segment"]) for r in res)):
         rows.append([f"loss, segment {i + 1}"] + [fmt(r["loss_by_segment"][i] if i < len(r["loss_by_segment"]) else None,
                                                       ".4f") for r in res])
     rows.append(["tokens / docs"] + [f"{r['tokens']} / {r['docs']}" for r in res])

@@ -135,7 +135,7 @@ def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: SamplingOption
     if tok_path is None:
         raise DataError(f"cannot find the tokenizer of {loaded.ckpt}: its data.tokenizer "
                         f"({cfg.data.tokenizer}) is not a file here")
-    tokenizer = Tokenizer(tok_path)
+    tokenizer = Tokenizer.load(tok_path)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise DataError(f"tokenizer {tok_path} has {tokenizer.vocab_size} pieces, the model {cfg.model.vocab_size}")
     ids = [tokenizer.bos_id] + tokenizer.encode(text)
