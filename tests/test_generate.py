@@ -195,3 +195,73 @@ def test_state_and_work_per_token_do_not_grow_with_prompt_length():
         sizes.add(stream_numel(s_long))
     bound = stream_numel(m.start_stream(1, "cpu")) + LAYERS * (SEG - 1) * (D + 3 * D) + LAYERS * 2 * 5 * D
     assert max(sizes) <= bound
+
+
+# ------------------------------------------------------------------ the command, on a tiny run
+
+import io  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from test_eval import code_text, make_run, run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("genrun"))
+
+
+def test_generate_same_seed_same_output_and_jsonl(run, capsys, tmp_path):
+    args = ["generate", "--ckpt", run, "--prompt", "def main(", "--max-new-tokens", "12", "--top-k", "50",
+            "--top-p", "0.9", "--num-samples", "2"]
+    code, out_a, err = run_cli(capsys, *args, "--seed", "1", "--output", tmp_path / "a.jsonl")
+    assert code == 0, err
+    code, out_b, _ = run_cli(capsys, *args, "--seed", "1")
+    code, out_c, _ = run_cli(capsys, *args, "--seed", "2")
+    assert out_a == out_b != out_c
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["sample"] for r in records] == [0, 1]
+    assert all(len(r["tokens"]) == 12 or r["finish_reason"] == "eos" for r in records)
+    assert out_a == "".join(r["text"] + "\n" for r in records)  # each streamed sample ends with a newline
+    assert records[0]["prompt_tokens"] == records[1]["prompt_tokens"] > 1
+
+
+def test_generate_from_long_file_and_stdin(run, capsys, tmp_path, monkeypatch):
+    book = tmp_path / "book.py"
+    book.write_text("".join(code_text(i) for i in range(8)), encoding="utf-8")
+    code, out_file, err = run_cli(capsys, "generate", "--ckpt", run, "--file", book, "--max-new-tokens", "8",
+                                  "--temperature", "0", "--output", tmp_path / "f.jsonl")
+    assert code == 0, err
+    (rec,) = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert rec["prompt_tokens"] > 20 * 16  # many segments of 16 tokens were folded into memory
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(book.read_bytes())))
+    code, out_stdin, _ = run_cli(capsys, "generate", "--ckpt", run, "-", "--max-new-tokens", "8", "--temperature", "0")
+    assert code == 0 and out_stdin == out_file  # greedy: same prompt, same continuation
+
+
+@pytest.mark.parametrize("extra, expect_code, message", [
+    (["--prompt", ""], 2, "empty"),
+    (["--file", "EMPTY"], 2, "empty"),
+    (["--file", "LATIN1"], 3, "not UTF-8"),
+    (["--prompt", "x", "--top-p", "0"], 2, "--top-p"),
+    (["--prompt", "x", "--top-p", "1.5"], 2, "--top-p"),
+    (["--prompt", "x", "--temperature", "-1"], 2, "--temperature"),
+    (["--prompt", "x", "--output", "NOWHERE"], 2, "--output"),
+    (["--prompt", "x", "--output", "DIR"], 2, "is a directory"),
+])
+def test_generate_errors_exit_codes(run, capsys, tmp_path, extra, expect_code, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
+    names = {"EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt", "DIR": tmp_path,
+             "NOWHERE": tmp_path / "no" / "such" / "dir.jsonl"}
+    code, out, err = run_cli(capsys, "generate", "--ckpt", run, *[names.get(a, a) for a in extra])
+    assert code == expect_code and message in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and out == ""
+
+
+def test_generate_missing_or_incomplete_checkpoint(run, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "none", "--prompt", "x")
+    assert code == 3 and "no complete checkpoint" in err
+    ckpt = next((run / "checkpoints").glob("step_*"))
+    code, _, err = run_cli(capsys, "generate", "--ckpt", ckpt.with_name(ckpt.name + ".tmp"), "--prompt", "x")
+    assert code == 3 and "incomplete" in err
