@@ -215,3 +215,25 @@ def test_eval_refuses_data_made_with_another_tokenizer(run, capsys, tmp_path):
             val_frac=0.5, test_frac=0.2, workers=1)
     code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "books")
     assert code == 3 and "tokenizer" in err
+
+
+def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
+    from elastic_cli.data.tasks import prepare_task
+
+    prepare_task("passkey", 96, 6, str(TOKENIZER), str(tmp_path / "passkey"), val_frac=0.5, test_frac=0.0)
+    meta = json.loads((tmp_path / "passkey" / "meta.json").read_text())
+    val = [d for d in meta["docs"] if d["split"] == "val"]
+    assert val and all(d.get("answer") for d in val)
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "passkey", "--json", "-")
+    assert code == 0, err
+    (r,) = json.loads(out)["results"]
+    assert r["answers"] == len(val) and 0 <= r["exact_match"] <= 1
+
+
+def test_eval_other_memory_kind_and_sampling_only_for_elastic(capsys, tmp_path):
+    run = make_run(tmp_path, kind="none")
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--max-docs", "1")
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["memory"] == {"kind": "none"}
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--sampling", "exponential")
+    assert code == 2 and "memory.kind=elastic" in err
