@@ -237,3 +237,10 @@ def test_eval_other_memory_kind_and_sampling_only_for_elastic(capsys, tmp_path):
     assert json.loads(out)["results"][0]["memory"] == {"kind": "none"}
     code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--sampling", "exponential")
     assert code == 2 and "memory.kind=elastic" in err
+
+
+def test_cli_schedule_choices_are_the_memory_schedules():
+    from elastic_cli.cli import SCHEDULES
+    from elastic_cli.memory.hippo import SCHEDULES as HIPPO
+
+    assert tuple(SCHEDULES) == tuple(HIPPO)
