@@ -113,7 +113,8 @@ def _schedules(value: str | None) -> list[str]:
 @click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT",
               help="A run directory (its newest complete checkpoint) or a checkpoint directory.")
 @click.option("--data", "data_dir", metavar="DIR", help="Prepared data (default: the run's data.path).")
-@click.option("--split", help="Which documents (default: the run's eval.split, usually val).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="Which documents (default: the run's eval.split, usually val).")
 @click.option("--sampling", type=click.Choice(SCHEDULES),
               help="Elastic Memory sampling schedule at test time (the same weights load).")
 @click.option("--samples", type=click.IntRange(min=1), metavar="M", help="Memory samples M read by attention.")
