@@ -121,7 +121,8 @@ def _schedules(value: str | None) -> list[str]:
 @click.option("--compare-sampling", metavar="A,B,..",
               help="Evaluate each schedule in one run, side by side, e.g. uniform,exponential,gauss.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Documents read together (default: eval.batch).")
-@click.option("--max-docs", type=click.IntRange(min=1), help="Only the first N documents of the split.")
+@click.option("--max-docs", type=click.IntRange(min=1),
+              help="Only the first N documents of the split (default: eval.max_batches x batch size, or all).")
 @click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
 @click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib).")
 def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_size, max_docs, json_path, plot_path):

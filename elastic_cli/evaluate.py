@@ -134,6 +134,9 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
     """One model variant on one split -> a result record."""
     loaded = inference.load(ckpt, sampling, samples)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
+    batch = batch_size or cfg.eval.batch
+    if max_docs is None and cfg.eval.max_batches is not None:  # the run's eval.max_batches batches of documents
+        max_docs = cfg.eval.max_batches * batch
     ids = data.documents(split)[:max_docs]
     docs = [np.asarray(data.tokens(i)) for i in ids]
     metas = data.meta["docs"]
@@ -141,7 +144,6 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
     n_bytes = sum(int(data.doc_bytes(i)) for i in ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    batch = batch_size or cfg.eval.batch
     label = f"eval {cfg.memory.kind}" + (f"/{cfg.memory.sampling}" if cfg.memory.kind == "elastic" else "")
     t0 = time.perf_counter()
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
