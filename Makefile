@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+ELASTIC ?= $(VENV)/bin/elastic
 # CPU-only machines get the CPU build of torch pinned here; setup.cfg keeps a range for GPU users.
 TORCH_CPU := torch==2.13.0
-RUN    ?= runs/demo
+RUN    ?= runs/tiny
 DATA   ?= data/stdlib
 
 .PHONY: venv test test-fast demo golden bench reproduce loc clean
@@ -30,6 +31,17 @@ test-fast: venv
 
 loc:
 	@find elastic_cli -name '*.py' | xargs wc -l | sort -n
+
+# The README's first screen. tests/test_demo.py runs these exact lines on a small corpus and budget
+# (DEMO_SOURCES; DEMO_TRAIN overrides, which must then set data.path and run.dir) through `make -n`.
+# DATA and RUN are where recipes/tiny.yaml reads its data and writes its run.
+DEMO_SOURCES ?= --corpus python-stdlib
+DEMO_TRAIN   ?=
+demo: venv
+	$(ELASTIC) prepare $(DEMO_SOURCES) --tokenizer tokenizers/code-8k.model --out $(DATA)
+	$(ELASTIC) train recipes/tiny.yaml --overwrite $(DEMO_TRAIN)
+	$(ELASTIC) eval --ckpt $(RUN)
+	$(ELASTIC) generate --ckpt $(RUN) --prompt "def main(" --max-new-tokens 64
 
 clean:
 	rm -rf $(VENV) runs data build dist *.egg-info

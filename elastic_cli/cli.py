@@ -144,6 +144,100 @@ def config_show(args) -> None:
     console.out(dump_yaml(load_config(*split_args(args))), end="")
 
 
+SCHEDULES = ("uniform", "exponential", "gauss", "power")  # elastic_cli.memory.hippo.SCHEDULES (tests check)
+
+
+def _schedules(value: str | None) -> list[str]:
+    names = [v.strip() for v in (value or "").split(",") if v.strip()]
+    bad = [n for n in names if n not in SCHEDULES]
+    if bad:
+        raise UsageError(f"--compare-sampling: unknown schedule(s) {', '.join(bad)}; choose from {', '.join(SCHEDULES)}")
+    return names
+
+
+@cli.command("eval", epilog=EXIT_CODES_HELP)
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT",
+              help="A run directory (its newest complete checkpoint) or a checkpoint directory.")
+@click.option("--data", "data_dir", metavar="DIR", help="Prepared data (default: the run's data.path).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="Which documents (default: the run's eval.split, usually val).")
+@click.option("--sampling", type=click.Choice(SCHEDULES),
+              help="Elastic Memory sampling schedule at test time (the same weights load).")
+@click.option("--samples", type=click.IntRange(min=1), metavar="M", help="Memory samples M read by attention.")
+@click.option("--compare-sampling", metavar="A,B,..",
+              help="Evaluate each schedule in one run, side by side, e.g. uniform,exponential,gauss.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Documents read together (default: eval.batch).")
+@click.option("--max-docs", type=click.IntRange(min=1),
+              help="Only the first N documents of the split (default: eval.max_batches x batch size, or all).")
+@click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
+@click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib).")
+def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_size, max_docs, json_path, plot_path):
+    """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
+
+    Whole documents are read in order with memory carried through each one; the numbers (all
+    but tokens/s and memory) are deterministic. Peak memory is CUDA max allocated on a GPU and
+    the process's peak RSS on CPU (the output says which).
+    """
+    import json
+
+    from elastic_cli import evaluate, inference
+
+    compare = _schedules(compare_sampling)
+    json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
+    plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
+    if plot_file is not None:
+        evaluate.check_plot_available()
+    report = evaluate.run_eval(ckpt, data_dir, split, sampling, samples, compare, batch_size, max_docs)
+    text = json.dumps(report, indent=1)
+    if json_path == "-":
+        console.out(text)
+    elif json_file is not None:
+        inference.write_atomic(json_file, (text + "\n").encode())
+        console.info(f"wrote {json_file}")
+    if json_path != "-":
+        columns, rows = evaluate.table_rows(report)
+        console.table(f"eval {report['split']} of {report['data']}", columns, rows)
+    if plot_file is not None:
+        evaluate.plot_curves(report, plot_file)
+        console.info(f"wrote {plot_file}")
+
+
+@cli.command("generate", epilog=EXIT_CODES_HELP)
+@click.argument("stdin", required=False, metavar="[-]", type=click.Choice(["-"]))
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.option("--prompt", help="The prompt text.")
+@click.option("--file", "file", metavar="PATH", help="Read the prompt from a UTF-8 file ('-' for stdin).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 = greedy (argmax).")
+@click.option("--top-k", type=int, help="Keep the k most likely tokens (applied first).")
+@click.option("--top-p", type=float, default=1.0, show_default=True,
+              help="Nucleus: keep the smallest set of tokens with probability >= p, in (0, 1].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same output.")
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--sampling", type=click.Choice(SCHEDULES), help="Elastic Memory sampling schedule at test time.")
+@click.option("--output", metavar="FILE.jsonl", help="Also write one JSON object per sample to this file.")
+def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
+                 sampling, output):
+    """Continue a prompt, streaming tokens to stdout.
+
+    A long --file (a whole book or repository) is read into memory segment by segment: each
+    full segment is folded into the model's memory and its KV cache dropped, so memory use and
+    time per generated token do not grow with the file's length. Filters apply in the order
+    top-k, temperature, top-p (as in litgpt); --temperature 0 is greedy decoding.
+    """
+    from elastic_cli import generate, inference
+    from elastic_cli.sampling import SamplingOptions, check_options
+
+    opts = check_options(SamplingOptions(temperature, top_k, top_p))
+    if stdin is not None:
+        if file is not None:
+            raise UsageError("give either - (stdin) or --file, not both")
+        file = "-"
+    out_file = inference.check_writable(output, "--output") if output else None
+    text = generate.read_prompt(prompt, file)
+    generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, sampling, out_file)
+
+
 def main() -> None:
     """Console entry point: maps ElasticError to its exit code without a traceback."""
     try:

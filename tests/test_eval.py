@@ -1,0 +1,246 @@
+"""Eval metrics from closed forms, the scoring loop against a per-document reference, and the
+`elastic eval` command on a tiny trained run."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elastic_cli.evaluate import Tally, bits_per_byte, perplexity, score
+from elastic_cli.memory import REGISTRY
+from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.init import init_weights
+
+
+def test_perplexity_and_bits_per_byte_closed_forms():
+    assert perplexity(7 * math.log(13), 7) == pytest.approx(13)
+    # a uniform byte model (256 choices per byte, one token per byte) costs exactly 8 bits per byte
+    assert bits_per_byte(100 * math.log(256), 100) == pytest.approx(8.0)
+    # 3 tokens of 2 nats each over 12 bytes: 6 / (12 ln 2) bits per byte
+    assert bits_per_byte(6.0, 12) == pytest.approx(6 / (12 * math.log(2)))
+
+
+class Successor:
+    """Predicts token+1 (mod V) with logit c, but only once its memory (tokens read) is non-empty;
+    before that, uniform logits. Closed-form NLLs: ln V, or with c = ln(V-1): ln 2 (hit), ln(2(V-1)) (miss)."""
+
+    def __init__(self, vocab, segment_len):
+        self.V, self.segment_len, self.c = vocab, segment_len, math.log(vocab - 1)
+
+    def empty_states(self, batch, device):
+        return (torch.zeros(batch, dtype=torch.long, device=device),)
+
+    def __call__(self, tokens, states):
+        (seen,) = states
+        logits = torch.zeros(*tokens.shape, self.V)
+        hit = F.one_hot((tokens + 1) % self.V, self.V).float() * self.c
+        logits += hit * (seen > 0).float()[:, None, None]
+        return logits, (seen + tokens.shape[1],)
+
+
+def test_score_closed_form_segments_reset_and_exact_match():
+    V, L = 10, 4
+    a = np.arange(10)  # every next token is token+1: hits once memory is non-empty
+    b = np.full(6, 5)  # next token is always 5, the model predicts 6: misses
+    answers = [(5, 8), (2, 4)]  # a's answer lies in segment 1 (argmax right); b's in segment 0 (uniform: argmax 0)
+    for batch in (1, 2):
+        t = score(Successor(V, L), [a, b], answers, batch, torch.device("cpu"))
+        ln2, miss = math.log(2), math.log(2 * (V - 1))
+        # segment 0: 4 + 4 targets at ln V; segment 1: a's 4 hits + b's 1 miss; segment 2: a's last target
+        assert t.seg_tokens == [8, 5, 1]
+        assert t.loss_by_segment() == pytest.approx([math.log(V), (4 * ln2 + miss) / 5, ln2])
+        assert t.tokens == 14 and t.nll == pytest.approx(8 * math.log(V) + 5 * ln2 + miss)
+        assert (t.answers, t.exact) == (2, 1)
+
+
+def test_tally_skips_masked_tokens():
+    t = Tally()
+    nll = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
+    t.add_segment(1, nll, nll < 50)
+    assert (t.nll, t.tokens, t.seg_tokens, t.loss_by_segment()) == (6.0, 3, [0, 3], [None, 2.0])
+
+
+def test_score_of_batched_documents_equals_one_document_at_a_time():
+    V, D, SEG = 29, 16, 5
+    mems = {i: REGISTRY["elastic"](2, D // 2, order=6, samples=4) for i in range(2)}
+    m = Decoder(V, D, 2, 2, 24, SEG, mems).eval()
+    init_weights(m, seed=1)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, V, n) for n in (3, 17, 11, 5, 23)]
+    got = score(m, docs, [None] * 5, 3, torch.device("cpu"))
+    nll, per_seg = 0.0, {}
+    with torch.no_grad():
+        for d in docs:
+            x = torch.from_numpy(d)[None]
+            states = m.empty_states(1, "cpu")
+            for s in range(0, len(d), SEG):
+                logits, states = m(x[:, s : s + SEG], states)
+                tgt = x[0, s + 1 : s + SEG + 1]
+                lp = -torch.log_softmax(logits[0, : len(tgt)].double(), -1)[torch.arange(len(tgt)), tgt]
+                nll += lp.sum().item()
+                per_seg.setdefault(s // SEG, []).extend(lp.tolist())
+    assert got.tokens == sum(len(d) - 1 for d in docs)
+    assert got.nll == pytest.approx(nll, rel=1e-5)
+    assert got.loss_by_segment() == pytest.approx([np.mean(per_seg[i]) for i in sorted(per_seg)], rel=1e-5)
+
+
+# ------------------------------------------------------------------ the command, on a tiny run
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO / "tokenizers" / "code-8k.model"
+TINY = ["model.vocab_size=8000", "model.d_model=32", "model.n_head=2", "model.mlp_hidden=64",
+        "model.segment_len=16", "memory.order=8", "memory.samples=8"]
+
+
+def code_text(i: int) -> str:
+    """A small Python module; lengths differ so documents span different numbers of segments."""
+    body = "".join(f"    total += value_{k} * {k + i}  # step {k}: ünïcode ✓\n" for k in range(3 + 4 * i))
+    return f'"""Module {i}."""\n\n\ndef compute_{i}(values):\n    total = 0\n{body}    return total\n'
+
+
+def make_run(root: Path, kind: str = "elastic") -> Path:
+    """Prepared data (8 modules: val = mod0, mod6, mod7) and a randomly initialised checkpoint."""
+    from elastic_cli import checkpoint
+    from elastic_cli.build import build_model
+    from elastic_cli.config import dump_yaml, load_config
+    from elastic_cli.data.prepare import prepare
+    from elastic_cli.model.init import init_weights
+
+    src = root / "src"
+    src.mkdir(parents=True)
+    for i in range(8):
+        (src / f"mod{i}.py").write_text(code_text(i), encoding="utf-8")
+    prepare([str(src)], str(TOKENIZER), str(root / "data"), val_frac=0.5, test_frac=0.2, workers=1)
+    cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"data.path={root / 'data'}", f"data.tokenizer={TOKENIZER}",
+                                                       f"run.dir={root / 'run'}", f"memory.kind={kind}", *TINY])
+    model = build_model(cfg)
+    init_weights(model, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters())
+    checkpoint.save(root / "run", 1, model, optimizer, {"step": 1}, dump_yaml(cfg), keep_last=1)
+    return root / "run"
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`elastic ARGS` in this process (fast): exit code, stdout, stderr."""
+    from elastic_cli.cli import main
+
+    capsys.readouterr()
+    argv, code = sys.argv, 0
+    sys.argv = ["elastic", *map(str, args)]
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("evalrun"))
+
+
+def without_speed(report):
+    return {**report, "results": [{k: v for k, v in r.items() if k != "speed"} for r in report["results"]]}
+
+
+def test_eval_json_is_deterministic_and_consistent(run, capsys):
+    code, out1, _ = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--batch-size", "2")
+    assert code == 0
+    code, out2, _ = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--batch-size", "3")
+    a, b = json.loads(out1), json.loads(out2)
+    assert json.dumps(without_speed(a)) == json.dumps(without_speed(b))
+    meta = json.loads((run.parent / "data" / "meta.json").read_text())
+    val = [d for d in meta["docs"] if d["split"] == "val"]
+    (r,) = a["results"]
+    assert r["docs"] == len(val) == 3 and r["bytes"] == sum(d["bytes"] for d in val)
+    assert r["tokens"] == sum(d["tokens"] - 1 for d in val) == sum(r["tokens_by_segment"])
+    assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+    assert r["bits_per_byte"] == pytest.approx(r["loss"] * r["tokens"] / (math.log(2) * r["bytes"]))
+    assert r["loss"] == pytest.approx(sum(l * n for l, n in zip(r["loss_by_segment"], r["tokens_by_segment"]))
+                                      / r["tokens"])
+    assert r["exact_match"] is None and r["speed"]["peak_memory_kind"] == "cpu_peak_rss"
+    assert r["speed"]["tokens_per_s"] > 0
+
+
+def test_compare_sampling_side_by_side_same_weights(run, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-sampling", "uniform,exponential,gauss",
+                             "--samples", "4", "--json", tmp_path / "r.json", "--plot", tmp_path / "c.png")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    res = report["results"]
+    assert [r["memory"]["sampling"] for r in res] == ["uniform", "exponential", "gauss"]
+    assert all(r["memory"]["samples"] == 4 for r in res)
+    # segment 1 has an empty memory: identical under every schedule; later segments read memory
+    first = [r["loss_by_segment"][0] for r in res]
+    assert first[0] == first[1] == first[2]
+    assert len({round(r["loss"], 12) for r in res}) == 3
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "elastic exponential M=4" in out and "loss, segment 1" in out
+
+
+def test_eval_errors_exit_codes(run, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", "--ckpt", tmp_path / "nope")
+    assert code == 3 and "no complete checkpoint" in err
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (next((broken / "checkpoints").glob("step_*")) / "COMPLETE").unlink()
+    code, _, err = run_cli(capsys, "eval", "--ckpt", broken)
+    assert code == 3 and "no complete checkpoint" in err
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    ckpt = next((other / "checkpoints").glob("step_*"))
+    (ckpt / "config.yaml").write_text((ckpt / "config.yaml").read_text().replace("d_model: 32", "d_model: 64"))
+    code, _, err = run_cli(capsys, "eval", "--ckpt", other)
+    assert code == 3 and "does not fit" in err
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--json", tmp_path / "missing-dir" / "r.json")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-sampling", "uniform,spiral")
+    assert code == 2 and "spiral" in err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line, no traceback
+
+
+def test_eval_refuses_data_made_with_another_tokenizer(run, capsys, tmp_path):
+    from elastic_cli.data.prepare import prepare
+
+    prepare([str(run.parent / "src")], str(REPO / "tokenizers" / "books-8k.model"), str(tmp_path / "books"),
+            val_frac=0.5, test_frac=0.2, workers=1)
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "books")
+    assert code == 3 and "tokenizer" in err
+
+
+def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
+    from elastic_cli.data.tasks import prepare_task
+
+    prepare_task("passkey", 96, 6, str(TOKENIZER), str(tmp_path / "passkey"), val_frac=0.5, test_frac=0.0)
+    meta = json.loads((tmp_path / "passkey" / "meta.json").read_text())
+    val = [d for d in meta["docs"] if d["split"] == "val"]
+    assert val and all(d.get("answer") for d in val)
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "passkey", "--json", "-")
+    assert code == 0, err
+    (r,) = json.loads(out)["results"]
+    assert r["answers"] == len(val) and 0 <= r["exact_match"] <= 1
+
+
+def test_eval_other_memory_kind_and_sampling_only_for_elastic(capsys, tmp_path):
+    run = make_run(tmp_path, kind="none")
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--max-docs", "1")
+    assert code == 0, err
+    assert json.loads(out)["results"][0]["memory"] == {"kind": "none"}
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--sampling", "exponential")
+    assert code == 2 and "memory.kind=elastic" in err
+
+
+def test_cli_schedule_choices_are_the_memory_schedules():
+    from elastic_cli.cli import SCHEDULES
+    from elastic_cli.memory.hippo import SCHEDULES as HIPPO
+
+    assert tuple(SCHEDULES) == tuple(HIPPO)
