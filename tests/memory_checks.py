@@ -34,20 +34,26 @@ def by_segments(model, toks, states=None):
     return torch.cat(out, dim=1), states
 
 
+def by_steps(model, toks, device="cpu"):
+    """Teacher-forced streaming, one token per Decoder.step: logits (B, n, V) and the final stream."""
+    stream, steps = model.start_stream(toks.shape[0], device), []
+    for i in range(toks.shape[1]):
+        logits, stream = model.step(toks[:, i : i + 1], stream)
+        steps.append(logits)
+    return torch.cat(steps, dim=1), stream
+
+
 def check_streaming(model, atol=1e-5):
     """Teacher-forced streaming (token by token and in uneven chunks) equals segment-wise forward."""
     toks = tokens(2, 4 * SEG + 3, seed=1)
     with torch.no_grad():
         expected, _ = by_segments(model, toks)
-        stream, steps = model.start_stream(2, "cpu"), []
-        for i in range(toks.shape[1]):
-            logits, stream = model.step(toks[:, i : i + 1], stream)
-            steps.append(logits)
+        steps, _ = by_steps(model, toks)
         stream, chunks = model.start_stream(2, "cpu"), []
         for a, b in ((0, 4), (4, SEG + 5), (SEG + 5, 4 * SEG + 3)):
             logits, stream = model.step(toks[:, a:b], stream)
             chunks.append(logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=atol)
+    torch.testing.assert_close(steps, expected, rtol=0, atol=atol)
     torch.testing.assert_close(torch.cat(chunks, dim=1), expected, rtol=0, atol=atol)
     # memory is used: later segments differ from a model whose memory is reset every segment
     with torch.no_grad():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, tokens
+from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, tokens
 
 # constructor options per kind and layer; every registered kind needs an entry
 OPTIONS = {
@@ -56,13 +56,10 @@ def test_segments_equal_streaming_generation(kind):
     toks = tokens(2, 3 * SEG + 2, seed=1)
     with torch.no_grad():
         expected, _ = by_segments(model, toks)
-        stream, steps = model.start_stream(2, "cpu"), []
-        for i in range(toks.shape[1]):  # teacher forcing, one token at a time
-            logits, stream = model.step(toks[:, i : i + 1], stream)
-            steps.append(logits)
+        steps, stream = by_steps(model, toks)  # teacher forcing, one token at a time
         chunked, _ = model.step(toks[:, : 2 * SEG - 1], model.start_stream(2, "cpu"))
         ragged = model.step(toks[:, SEG + 2 :], model.step(toks[:, : SEG + 2], model.start_stream(2, "cpu"))[1])[0]
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(steps, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(chunked, expected[:, : 2 * SEG - 1], rtol=0, atol=1e-5)
     torch.testing.assert_close(ragged, expected[:, SEG + 2 :], rtol=0, atol=1e-5)
     assert stream.pos == 2
@@ -150,8 +147,5 @@ def test_cuda_streaming_equals_segments(kind):
     toks = tokens(2, 3 * SEG + 2, seed=11).cuda()
     with torch.no_grad():
         expected, _ = by_segments(model, toks, model.empty_states(2, "cuda"))
-        stream, steps = model.start_stream(2, "cuda"), []
-        for i in range(toks.shape[1]):
-            logits, stream = model.step(toks[:, i : i + 1], stream)
-            steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-4)
+        steps, _ = by_steps(model, toks, "cuda")
+    torch.testing.assert_close(steps, expected, rtol=0, atol=1e-4)

@@ -9,7 +9,7 @@ from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import detach_state
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, tokens
+from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, tokens
 
 
 def build(kind="elastic", layers=(0, 1), tie=True, **options):
@@ -71,13 +71,9 @@ def test_segments_equal_streaming_token_by_token(layers, sampling):
     toks = tokens(2, 4 * SEG + 3, seed=1)
     with torch.no_grad():
         expected, states = by_segments(model, toks)
-        stream = model.start_stream(2, "cpu")
-        steps = []
-        for i in range(toks.shape[1]):
-            logits, stream = model.step(toks[:, i : i + 1], stream)
-            steps.append(logits)
+        steps, stream = by_steps(model, toks)
         chunked, _ = model.step(toks[:, :SEG + 2], model.start_stream(2, "cpu"))
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(steps, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(chunked, expected[:, : SEG + 2], rtol=0, atol=1e-5)
     # the stream holds only the current (partial) segment, and memory saw every full segment
     assert stream.pos == 3 and stream.past[0].k.shape[2] == 3
@@ -178,11 +174,8 @@ def test_cuda_streaming_and_bf16_states():
     toks = tokens(2, 3 * SEG + 2, seed=9).cuda()
     with torch.no_grad():
         expected, _ = by_segments(model, toks, model.empty_states(2, "cuda"))
-        stream, steps = model.start_stream(2, "cuda"), []
-        for i in range(toks.shape[1]):
-            logits, stream = model.step(toks[:, i : i + 1], stream)
-            steps.append(logits)
-        torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-4)
+        steps, _ = by_steps(model, toks, "cuda")
+        torch.testing.assert_close(steps, expected, rtol=0, atol=1e-4)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             _, states = by_segments(model, toks, model.empty_states(2, "cuda"))
     assert all(s.ck.dtype == torch.float32 and s.ck.is_cuda for s in states)
