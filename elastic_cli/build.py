@@ -1,7 +1,7 @@
 """The only place where config becomes modules: `build_model(cfg) -> Decoder`."""
 from __future__ import annotations
 
-from elastic_cli.config import RunConfig, memory_layers
+from elastic_cli.config import RunConfig, long_layer, memory_layers
 from elastic_cli.errors import UsageError
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
@@ -27,7 +27,7 @@ def layer_options(cfg: RunConfig, layer: int) -> dict:
     derives from the model (its mixing window is the segment; one layer holds the long-term FIFO)."""
     options = cfg.memory.options()
     if cfg.memory.kind == "melodi":
-        options.update(window=cfg.model.segment_len, long_layer=layer == cfg.memory.long_layer)
+        options.update(window=cfg.model.segment_len, long_layer=layer == long_layer(cfg))
     return options
 
 
@@ -42,6 +42,7 @@ def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
 
     with torch.device("meta"):
         model = build_model(cfg)
+        memory_floats = model.numel(model.empty_states(1, "meta"))
     params = sum(p.numel() for p in model.parameters())
     m, t = cfg.model, cfg.train
     act_bytes = 2 if t.dtype == "bf16" or (t.dtype == "auto" and cfg.run.device != "cpu") else 4
@@ -52,7 +53,7 @@ def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
     per_token = m.n_layer * (10 * m.d_model + 3 * m.mlp_hidden) * act_bytes + m.vocab_size * (act_bytes + 8)
     per_segment = len(memory_layers(cfg)) * 2 * samples * m.d_model * act_bytes * t.micro_batch
     activations = chunk_tokens * per_token + t.bptt_segments * per_segment
-    return {"parameters": params, "processes": world,
+    return {"parameters": params, "memory_floats_per_sequence": memory_floats, "processes": world,
             "tokens_per_step": t.global_batch * t.segments * m.segment_len,
             "accumulation": t.global_batch // (t.micro_batch * world),
             "memory_gib": (16 * params + activations) / 2**30}

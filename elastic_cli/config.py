@@ -52,7 +52,7 @@ class MemoryConfig(_Section):
     """One memory kind on `layers`; each kind reads only its own fields (MEMORY_OPTIONS)."""
 
     kind: Literal["none", "elastic", "xl", "memorizing", "melodi", "rmt", "armt", "infinity", "caching"] = "elastic"
-    layers: Union[Literal["all"], list[int]] = "all"
+    layers: Union[Literal["all", "middle"], list[int]] = "all"  # "middle": layer n_layer // 2 only
     order: int = Field(64, gt=0)  # elastic: LegS order N
     samples: int = Field(64, gt=0)  # elastic: samples M read by attention
     sampling: Literal["uniform", "exponential", "gauss", "power"] = "uniform"  # elastic: schedule
@@ -62,7 +62,7 @@ class MemoryConfig(_Section):
     topk: int = Field(32, gt=0)  # memorizing: neighbours per query
     short_tokens: int = Field(32, gt=0)  # melodi: short-term memory tokens per layer
     summary_tokens: int = Field(16, ge=0)  # melodi: summary tokens per layer
-    long_layer: Union[int, None] = None  # melodi: the layer with the long-term FIFO (None: none)
+    long_layer: Union[int, Literal["middle"], None] = None  # melodi: the layer with the long-term FIFO (None: none)
     long_tokens: int = Field(16, ge=0)  # melodi: long-term tokens added per segment
     long_store: int = Field(192, ge=0)  # melodi: long-term FIFO capacity
     tokens: int = Field(16, gt=0)  # rmt, armt: memory tokens per segment
@@ -306,13 +306,13 @@ def _check(cfg: RunConfig, where: Any) -> None:
     if t.min_lr > t.lr:
         raise UsageError(f"train.min_lr={t.min_lr} exceeds train.lr={t.lr} ({where('train.min_lr')})")
     layers = cfg.memory.layers
-    if layers != "all":
+    if not isinstance(layers, str):
         bad = [i for i in layers if not 0 <= i < m.n_layer]
         if bad or len(set(layers)) != len(layers):
             raise UsageError(f"memory.layers={layers}: need distinct layer indices in [0, {m.n_layer}) ({where('memory.layers')})")
     mem = cfg.memory
     if mem.kind == "melodi" and mem.long_layer is not None:
-        if mem.long_layer not in memory_layers(cfg):
+        if long_layer(cfg) not in memory_layers(cfg):
             raise UsageError(f"memory.long_layer={mem.long_layer} is not one of the memory layers {memory_layers(cfg)} "
                              f"({where('memory.long_layer')})")
         if not 1 <= mem.long_tokens <= mem.long_store:
@@ -349,8 +349,15 @@ def check_data(cfg: RunConfig, vocab_size: int, tokenizer_sha256: str | None, da
 # ---------------------------------------------------------------------------------- output
 
 def memory_layers(cfg: RunConfig) -> list[int]:
-    layers = cfg.memory.layers
-    return list(range(cfg.model.n_layer)) if layers == "all" else sorted(layers)
+    """The memory layers' indices: "all", "middle" (n_layer // 2, so one overlay fits any depth) or a list."""
+    layers, n = cfg.memory.layers, cfg.model.n_layer
+    return {"all": list(range(n)), "middle": [n // 2]}[layers] if isinstance(layers, str) else sorted(layers)
+
+
+def long_layer(cfg: RunConfig) -> int | None:
+    """melodi's long-term layer index ("middle" resolves to n_layer // 2)."""
+    value = cfg.memory.long_layer
+    return cfg.model.n_layer // 2 if value == "middle" else value
 
 
 def to_dict(cfg: RunConfig) -> dict:
