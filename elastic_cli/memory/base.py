@@ -24,14 +24,24 @@ class SegmentView(NamedTuple):
 class Read(NamedTuple):
     """What the layer's attention gets from the past.
 
-    k/v/valid depend only on the state (not on the view): streaming reads them once per segment.
-    out is per token (row i depends on the state and token i of the view only).
+    k/v/valid/pos depend only on the state (not on the view): streaming reads them once per segment.
+    out, heads and gate are per token (row i depends on the state and token i of the view only), so
+    a Read carrying them is requested again for every streamed chunk (`per_token`).
     """
 
     k: Tensor | None = None  # (B, H, M, d) extra keys in the local softmax (logits with the un-rotated query)
     v: Tensor | None = None  # (B, H, M, d)
     valid: Tensor | None = None  # (B, M) bool; False entries are masked out
     out: Tensor | None = None  # (B, l, D) added to the attention output (after the output projection)
+    pos: Tensor | None = None  # (M,) long RoPE positions of k relative to the segment start (e.g. -M..-1);
+    #                            given: k is rotated there and its logits use the ROTATED query
+    heads: Tensor | None = None  # (B, H, l, d) a per-head memory output, mixed with the local one before `wo`
+    gate: Tensor | None = None  # broadcastable to (B, H, l, d), in [0, 1]: gate*heads + (1-gate)*local
+
+    @property
+    def per_token(self) -> bool:
+        """True when the Read depends on the view's tokens (streaming must call `read` per chunk)."""
+        return self.out is not None or self.heads is not None
 
 
 State = Any  # a NamedTuple of tensors, batch on axis 0

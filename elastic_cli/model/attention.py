@@ -7,7 +7,11 @@ Logits (DESIGN.md §2.2, "Attention"):
   memory  q_i · k_mem_j / sqrt(d)            un-rotated query, un-rotated memory key, masked by valid
   local   rope(q_i) · rope(k_j) / sqrt(d)    causal: key j visible to query i iff j <= start + i
 softmax over [memory ; local], output = P @ [v_mem ; v].
+With `read.pos` (memories with positions, e.g. Transformer-XL's cache at -M..-1) the memory logit
+is instead rope(q_i) · rope_at(k_mem_j, pos_j) / sqrt(d): relative distance start + i - pos_j.
 `attend_reference` spells this out; `attend` is the SDPA fast path, tested equal.
+A per-head memory output (`read.heads`, e.g. Memorizing Transformer's kNN attention) is mixed with
+the local output before `wo`: gate * heads + (1 - gate) * local.
 """
 from __future__ import annotations
 
@@ -28,6 +32,18 @@ def causal_mask(n: int, start: int, device: torch.device) -> Tensor:
     return j <= start + i  # (n, S)
 
 
+def rope_at(rotary: Rotary, x: Tensor, pos: Tensor) -> Tensor:
+    """RoPE at arbitrary (possibly negative) positions: x (B, H, M, d), pos (M,) -> (B, H, M, d).
+
+    Same rotation as `Rotary.forward` (which covers contiguous positions start..start+l-1).
+    """
+    angle = pos.to(torch.float32)[:, None] * rotary.inv_freq[None, :]  # (M, d/2)
+    cos = torch.cat([angle.cos(), angle.cos()], dim=-1)  # (M, d)
+    sin = torch.cat([angle.sin(), angle.sin()], dim=-1)  # (M, d)
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, M, d/2) each
+    return (x.float() * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
 def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: int) -> Tensor:
     """Explicit logits and softmax. q: (B, H, n, d); k, v: (B, H, S, d) -> (B, H, n, d)."""
     n, d = q.shape[-2], q.shape[-1]
@@ -37,7 +53,10 @@ def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary
     local = local.masked_fill(~causal_mask(n, start, q.device), float("-inf"))
     values = v.float()  # (B, H, S, d)
     if read.k is not None:
-        mem = q.float() @ read.k.float().transpose(-1, -2) * scale  # (B, H, n, M)
+        if read.pos is None:
+            mem = q.float() @ read.k.float().transpose(-1, -2) * scale  # (B, H, n, M)
+        else:
+            mem = q_rot @ rope_at(rotary, read.k.float(), read.pos).transpose(-1, -2) * scale  # (B, H, n, M)
         mem = mem.masked_fill(~read.valid[:, None, None, :], float("-inf"))
         local = torch.cat([mem, local], dim=-1)  # (B, H, n, M + S)
         values = torch.cat([read.v.float(), values], dim=2)  # (B, H, M + S, d)
@@ -58,11 +77,15 @@ def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: i
             return F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
         return F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=causal_mask(n, start, q.device))
     k_mem, v_mem = read.k.to(q.dtype), read.v.to(q.dtype)  # (B, H, M, d)
-    q_cat = torch.cat([q_rot, q], dim=-1)  # (B, H, n, 2d)
-    keys = torch.cat([
-        torch.cat([torch.zeros_like(k_mem), k_mem], dim=-1),  # (B, H, M, 2d)
-        torch.cat([k_rot, torch.zeros_like(k_rot)], dim=-1),  # (B, H, S, 2d)
-    ], dim=2)  # (B, H, M + S, 2d)
+    if read.pos is None:
+        q_cat = torch.cat([q_rot, q], dim=-1)  # (B, H, n, 2d)
+        keys = torch.cat([
+            torch.cat([torch.zeros_like(k_mem), k_mem], dim=-1),  # (B, H, M, 2d)
+            torch.cat([k_rot, torch.zeros_like(k_rot)], dim=-1),  # (B, H, S, 2d)
+        ], dim=2)  # (B, H, M + S, 2d)
+    else:  # positioned memory: one rotated key set, one rotated query
+        q_cat = q_rot  # (B, H, n, d)
+        keys = torch.cat([rope_at(rotary, k_mem, read.pos), k_rot], dim=2)  # (B, H, M + S, d)
     values = torch.cat([v_mem, v], dim=2)  # (B, H, M + S, d)
     batch, m = read.valid.shape
     mask = torch.cat([
@@ -99,5 +122,7 @@ class Attention(nn.Module):
         """Attend and project back: (B, H, n, d) queries -> (B, n, D)."""
         fn = attend_reference if self.reference else attend
         y = fn(q, k, v, read, self.rotary, start)  # (B, H, n, d)
+        if read.heads is not None:
+            y = y + read.gate.to(y.dtype) * (read.heads.to(y.dtype) - y)  # gate*heads + (1-gate)*local
         y = y.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)  # (B, n, D)
         return self.wo(y)

@@ -59,7 +59,7 @@ class Block(nn.Module):
         seg = _join(past, chunk)
         if self.memory is None:
             read = Read()
-        elif read is None or read.out is not None:
+        elif read is None or read.per_token:
             read = self.memory.read(state, chunk)
         y = self.attn.output(q, seg.k, seg.v, read, start)  # (B, n, D)
         if read.out is not None:

@@ -1,0 +1,172 @@
+"""Synthetic long-range tasks written as prepared directories, with the answer span of each document.
+
+- passkey: a 5-digit key hidden at a random depth in repeated filler, asked for at the end
+  (Mohtashami & Jaggi 2023, Landmark Attention, "passkey retrieval").
+- recall: key -> value statements spread over the document, one key queried at the end
+  (associative recall as in RMT/ARMT, written as text).
+- sorting: the ∞-former task (Martins et al. 2022, §4.1): symbols drawn with frequencies that drift
+  linearly between two random distributions (integer weights 1-9), then a separator and the 20
+  symbols by descending frequency (ties: alphabetical).
+Every document is built from separately encoded pieces, so its stored length is exactly
+`--length` tokens (BOS and EOS included; newline tokens make up the rest) and the answer span is exact.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+from elastic_cli import console
+from elastic_cli.data import store
+from elastic_cli.data.tokenizer import Tokenizer
+from elastic_cli.errors import UsageError
+
+TASKS = ("passkey", "recall", "sorting")
+FILLER = (" The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.", " There and back again.")
+SYMBOLS = tuple("ABCDEFGHIJKLMNOPQRST")
+SORT_SEP = "\nSorted by frequency:"
+GENERATOR_VERSION = 1
+
+
+class _Doc:
+    """Text and token ids built piece by piece; `answer` is the span in the stored document (BOS at 0)."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok, self.ids, self.parts, self.answer = tok, [], [], None
+
+    def add(self, text: str, ids: list[int] | None = None, answer: bool = False) -> None:
+        ids = self.tok.encode(text) if ids is None else ids
+        if answer:
+            self.answer = (1 + len(self.ids), 1 + len(self.ids) + len(ids))
+        self.ids += ids
+        self.parts.append(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def _fill(tok: Tokenizer, budget: int, name: str) -> list[str]:
+    """Filler pieces worth exactly `budget` tokens: whole sentences, then newlines."""
+    if budget < 0:
+        raise UsageError(f"--length is too short for the {name} task (needs {-budget} more tokens)")
+    enc = [len(tok.encode(s)) for s in FILLER]
+    out, i = [], 0
+    while budget >= enc[i % len(FILLER)]:
+        out.append(FILLER[i % len(FILLER)])
+        budget -= enc[i % len(FILLER)]
+        i += 1
+    return out + ["\n"] * budget
+
+
+def passkey(tok: Tokenizer, length: int, rng: random.Random) -> _Doc:
+    key = str(rng.randrange(10000, 100000))
+    intro = "There is a pass key hidden inside a lot of irrelevant text. Find it and remember it.\n"
+    needle = f" The pass key is {key}. Remember it. {key} is the pass key."
+    question = "\nWhat is the pass key? The pass key is "
+    fixed = sum(len(tok.encode(s)) for s in (intro, needle, question, key))
+    filler = _fill(tok, length - 2 - fixed, "passkey")
+    depth = rng.randint(0, len(filler))
+    doc = _Doc(tok)
+    for piece in [intro, *filler[:depth], needle, *filler[depth:], question]:
+        doc.add(piece)
+    doc.add(key, answer=True)
+    return doc
+
+
+def recall(tok: Tokenizer, length: int, rng: random.Random) -> _Doc:
+    n = max(2, min(50, length // 160))
+    keys = rng.sample([a + b + c for a in SYMBOLS for b in SYMBOLS for c in SYMBOLS], n)
+    values = [str(rng.randrange(1000, 10000)) for _ in keys]
+    facts = [f" The value of {k} is {v}." for k, v in zip(keys, values)]
+    q = rng.randrange(n)
+    question = f"\nWhat is the value of {keys[q]}? The value of {keys[q]} is "
+    fixed = sum(len(tok.encode(s)) for s in (*facts, question, values[q]))
+    filler = _fill(tok, length - 2 - fixed, "recall")
+    doc = _Doc(tok)
+    cut = [round(i * len(filler) / n) for i in range(n + 1)]                # fact i after filler[:cut[i]]
+    for i, fact in enumerate(facts):
+        doc.add(fact)
+        for piece in filler[cut[i]:cut[i + 1]]:
+            doc.add(piece)
+    doc.add(question)
+    doc.add(values[q], answer=True)
+    return doc
+
+
+def sorting(tok: Tokenizer, length: int, rng: random.Random) -> _Doc:
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    sym_ids = [tok.encode(" " + s) for s in SYMBOLS]
+    answer_len = sum(len(i) for i in sym_ids)
+    budget = length - 2 - len(tok.encode(SORT_SEP)) - answer_len
+    lens = np.asarray([len(i) for i in sym_ids])                            # (20,) tokens per symbol
+    p0, p1 = (w / w.sum() for w in nrng.integers(1, 10, size=(2, len(SYMBOLS))).astype(float))
+    n = int(budget / float(lens @ (p0 + p1) / 2))                           # expected symbols that fit
+    if n < 2:
+        raise UsageError(f"--length is too short for the sorting task (needs {2 * lens.max() - budget} more tokens)")
+    a = np.linspace(0.0, 1.0, n)[:, None]                                   # (n, 1)
+    cdf = np.cumsum((1 - a) * p0 + a * p1, axis=1)                          # (n, 20)
+    seq = np.minimum((nrng.random(n)[:, None] > cdf).sum(axis=1), len(SYMBOLS) - 1)  # (n,)
+    seq = seq[np.cumsum(lens[seq]) <= budget]                               # drop what overflows the budget
+    doc = _Doc(tok)
+    for s in seq:
+        doc.add(" " + SYMBOLS[s], sym_ids[s])
+    doc.add("\n" * (budget - int(lens[seq].sum())))
+    doc.add(SORT_SEP)
+    doc.add("".join(" " + s for s in sort_answer(doc.text)), answer=True)
+    return doc
+
+
+def sort_answer(text: str) -> list[str]:
+    """The 20 symbols by descending count in `text` before the separator (ties alphabetical)."""
+    counts = {s: 0 for s in SYMBOLS}
+    for s in text.split(SORT_SEP)[0].split():
+        counts[s] += 1
+    return sorted(SYMBOLS, key=lambda s: (-counts[s], s))
+
+
+def check_answer(task: str, text: str, answer: str) -> bool:
+    """Whether `answer` is the right answer to the task document `text` (text before the answer)."""
+    if task == "passkey":
+        keys = re.findall(r"The pass key is (\d{5})\. Remember it", text)
+        return len(keys) == 1 and answer == keys[0]
+    if task == "recall":
+        facts = dict(re.findall(r"The value of ([A-Z]{3}) is (\d+)\.", text))
+        asked = re.search(r"What is the value of ([A-Z]{3})\?", text)
+        return asked is not None and facts.get(asked.group(1)) == answer
+    return answer.split() == sort_answer(text)
+
+
+GENERATORS = {"passkey": passkey, "recall": recall, "sorting": sorting}
+
+
+def prepare_task(task: str, length: int, count: int, tokenizer: str, out: str, seed: int = 0,
+                 val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False) -> None:
+    if task not in GENERATORS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+    if count < 1 or length < 8:
+        raise UsageError(f"--count must be >= 1 and --length >= 8, got {count} and {length}")
+    tok = Tokenizer.load(tokenizer)
+    dt = store.choose_dtype(tok.vocab_size, dtype)
+    out_p = Path(out)
+    info = {"name": task, "length": length, "count": count, "seed": seed, "generator_version": GENERATOR_VERSION}
+    settings = {"task": info, "val_frac": val_frac, "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256}
+    fp = store.fingerprint(settings)
+    if store.up_to_date(out_p, fp, force):
+        console.info(f"{out_p} is up to date (same task settings): nothing to do")
+        return
+    n_bytes = 0
+    with store.Writer(out_p, dt) as w, console.progress(count, f"prepare {task}", "doc") as bar:
+        for i in range(count):
+            doc = GENERATORS[task](tok, length, random.Random(f"{task}-{seed}-{i}"))
+            name = f"{task}-{i:06d}"
+            nb = len(doc.text.encode("utf-8"))
+            w.add(name, doc.ids, nb, store.split_of(name, val_frac, test_frac), doc.answer)
+            n_bytes += nb
+            bar.update(1)
+        w.finish({"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
+                  "fingerprint": fp, "settings": settings, "task": info, "n_bytes": n_bytes, "sources": []})
+    console.info(f"prepared {out_p}: {count} {task} documents of {length} tokens")

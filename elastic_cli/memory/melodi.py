@@ -1,0 +1,130 @@
+"""`melodi`: MELODI's short-term and long-term memory by token mixing (Chen et al., ICLR 2025, §3).
+
+A segment of the toolkit is one MELODI context window (W = `window` = model.segment_len).
+Per memory layer, after window k the window's keys X_k (before RoPE) and values are compressed
+along the TOKEN axis by learned linear maps ("token mixing", paper §3.1):
+
+  short-term  z_k = A_z [z_{k-1} ; X_k]     A_z: (S, S + W)   recurrent, S = `short_tokens`
+  summary     u_k = A_u X_k                 A_u: (U, W)       this window only, U = `summary_tokens`
+  long-term   m_k = A_m X_k                 A_m: (L, W)       L = `long_tokens` new entries per window
+
+(the same map for keys and values). Window k+1 reads [z_k ; u_k] as extra keys/values in the same
+softmax as its local keys, at RoPE positions -(S+U)..-1 just before the window (the paper's relative
+bias places them there too). On the one long-term layer (`long_layer=True`) the m_k are appended to
+a FIFO of `long_store` entries (oldest dropped first) which every query reads by a separate,
+position-free softmax, mixed with the self-attention output by a learned gate (paper §3.2):
+out = α ⊙ cross + (1 - α) ⊙ self, α = sigmoid(a), a: (H, d). The recurrence is differentiable
+(gradient truncation is training policy), as in the paper within a segment.
+
+Simplifications (the contract gives a memory one layer's keys/values, no token injection):
+- Summary tokens are produced by mixing the window (A_u) rather than appended as U learned
+  embeddings that run through every layer and are re-mixed between layers.
+- Mixing acts on the layer's keys/values instead of its hidden states: by linearity of the K/V
+  projections this equals projecting mixed hidden states, minus the paper's LayerNorms after
+  mixing; it stores keys AND values (2x the paper's floats for the same token counts).
+- Mixing inputs are the layer's inputs of the window (plus z_{k-1}), not its outputs over [x ; u].
+- Empty memories are masked out (the paper's zero-initialised memories take softmax mass).
+- A window shorter than W (a document's last, partial segment) uses the first l columns of A.
+
+Axis legend: B batch, H heads, S/U/L/C short/summary/increment/long entries, l window tokens, d head width.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Memory, Read, SegmentView, register
+
+
+class MelodiState(NamedTuple):
+    zk: Tensor  # (B, H, S, d) short-term memory keys
+    zv: Tensor  # (B, H, S, d) short-term memory values
+    uk: Tensor  # (B, H, U, d) summary keys of the last window
+    uv: Tensor  # (B, H, U, d) summary values
+    lk: Tensor  # (B, H, C, d) long-term FIFO keys, oldest first (C = 0 off the long layer)
+    lv: Tensor  # (B, H, C, d) long-term FIFO values
+    t: Tensor  # (B,) long, tokens written since the document start
+    n: Tensor  # (B,) long, valid long-term entries (the last n), capped at C
+
+
+def mix(a: Tensor, x: Tensor) -> Tensor:
+    """Token mixing: a (T_out, T_in) over the token axis of x (B, H, T_in, d) -> (B, H, T_out, d)."""
+    return torch.einsum("ot,bhtd->bhod", a, x)
+
+
+@register("melodi")
+class MelodiMemory(Memory):
+    """Short-term memory + summary tokens by token mixing; optional long-term FIFO with a gated read."""
+
+    def __init__(self, n_head: int, head_dim: int, window: int, short_tokens: int, summary_tokens: int = 0,
+                 long_layer: bool = False, long_tokens: int = 0, long_store: int = 0):
+        super().__init__(n_head, head_dim)
+        for name, value, least in (("window", window, 1), ("short_tokens", short_tokens, 1),
+                                   ("summary_tokens", summary_tokens, 0), ("long_tokens", long_tokens, 0),
+                                   ("long_store", long_store, 0)):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"MelodiMemory: {name} must be an integer >= {least}, got {value!r}")
+        if long_layer and not 1 <= long_tokens <= long_store:
+            raise ValueError(f"MelodiMemory: the long-term layer needs 1 <= long_tokens <= long_store, "
+                             f"got long_tokens={long_tokens}, long_store={long_store}")
+        self.window, self.short, self.summary = window, short_tokens, summary_tokens
+        self.long_layer = bool(long_layer)
+        self.long_tokens, self.long_store = (long_tokens, long_store) if self.long_layer else (0, 0)
+        self.mix_short = nn.Parameter(torch.zeros(short_tokens, short_tokens + window))  # A_z
+        self.mix_summary = nn.Parameter(torch.zeros(summary_tokens, window))  # A_u
+        if self.long_layer:
+            self.mix_long = nn.Parameter(torch.zeros(long_tokens, window))  # A_m
+            self.long_gate = nn.Parameter(torch.zeros(n_head, head_dim))  # a, α = sigmoid(a)
+
+    def extra_repr(self) -> str:
+        return (f"window={self.window}, short_tokens={self.short}, summary_tokens={self.summary}, "
+                f"long_layer={self.long_layer}, long_tokens={self.long_tokens}, long_store={self.long_store}")
+
+    def empty(self, batch: int, device: torch.device | str) -> MelodiState:
+        def zeros(m: int) -> Tensor:
+            return torch.zeros(batch, self.n_head, m, self.head_dim, device=device)  # (B, H, m, d)
+
+        count = torch.zeros(batch, dtype=torch.long, device=device)
+        return MelodiState(zeros(self.short), zeros(self.short), zeros(self.summary), zeros(self.summary),
+                           zeros(self.long_store), zeros(self.long_store), count, count.clone())
+
+    def read(self, state: MelodiState, seg: SegmentView) -> Read:
+        m = self.short + self.summary
+        k = torch.cat([state.zk, state.uk], dim=2)  # (B, H, S + U, d)
+        v = torch.cat([state.zv, state.uv], dim=2)  # (B, H, S + U, d)
+        valid = (state.t > 0)[:, None].expand(-1, m)  # (B, S + U)
+        pos = torch.arange(-m, 0, device=state.t.device)  # (S + U,)
+        if not self.long_layer:
+            return Read(k=k, v=v, valid=valid, pos=pos)
+        slot = torch.arange(self.long_store, device=state.n.device)  # (C,)
+        live = slot[None, :] >= self.long_store - state.n[:, None]  # (B, C)
+        logits = seg.q.float() @ state.lk.float().transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, n, C)
+        logits = logits.masked_fill(~live[:, None, None, :], float("-inf"))
+        logits = logits.masked_fill(~live.any(-1)[:, None, None, None], 0.0)  # empty rows: finite (gate is 0)
+        cross = logits.softmax(dim=-1) @ state.lv.float()  # (B, H, n, d)
+        gate = torch.sigmoid(self.long_gate.float())[None, :, None, :] * (state.n > 0).float()[:, None, None, None]
+        return Read(k=k, v=v, valid=valid, pos=pos, heads=cross.to(seg.q.dtype), gate=gate)  # gate (B, H, 1, d)
+
+    def write(self, state: MelodiState, seg: SegmentView) -> MelodiState:
+        l = seg.k.shape[2]
+        if l > self.window:
+            raise ValueError(f"MelodiMemory: a window of {l} tokens exceeds window={self.window}")
+        with torch.autocast(device_type=state.zk.device.type, enabled=False):
+            xk, xv = seg.k.float(), seg.v.float()  # (B, H, l, d)
+            a_z = self.mix_short[:, : self.short + l]  # (S, S + l): columns of z_{k-1}, then of the window
+            zk = mix(a_z, torch.cat([state.zk, xk], dim=2))  # (B, H, S, d)
+            zv = mix(a_z, torch.cat([state.zv, xv], dim=2))  # (B, H, S, d)
+            uk, uv = mix(self.mix_summary[:, :l], xk), mix(self.mix_summary[:, :l], xv)  # (B, H, U, d)
+            lk, lv, n = state.lk, state.lv, state.n
+            if self.long_layer:
+                mk, mv = mix(self.mix_long[:, :l], xk), mix(self.mix_long[:, :l], xv)  # (B, H, L, d)
+                lk = torch.cat([lk, mk], dim=2)[:, :, -self.long_store:]  # (B, H, C, d)
+                lv = torch.cat([lv, mv], dim=2)[:, :, -self.long_store:]  # (B, H, C, d)
+                n = (n + self.long_tokens).clamp(max=self.long_store)
+        return MelodiState(zk, zv, uk, uv, lk, lv, state.t + l, n)
+
+    def numel(self, state: MelodiState) -> int:
+        return 2 * self.n_head * self.head_dim * (self.short + self.summary + self.long_store)

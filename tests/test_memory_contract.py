@@ -1,0 +1,166 @@
+"""The memory contract, checked for every REGISTRY kind on a tiny decoder: batch rows independent,
+segments equal streaming (teacher forcing), reset at document start, numel = floats of the state,
+fast attention equals the reference path, and a few Adam steps lower the loss."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elastic_cli.memory import REGISTRY
+from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.init import init_weights
+
+V, D, LAYERS, HEADS, HIDDEN, SEG = 37, 16, 2, 2, 24, 6
+
+# constructor options per kind and layer; every registered kind needs an entry
+OPTIONS = {
+    "none": lambda layer: {},
+    "elastic": lambda layer: {"order": 8, "samples": 5, "sampling": "exponential"},
+    "xl": lambda layer: {"cache": 9},  # more than one segment
+    "memorizing": lambda layer: {"store": 10, "topk": 3},
+    "melodi": lambda layer: {"window": SEG, "short_tokens": 3, "summary_tokens": 2, "long_layer": layer == 1,
+                             "long_tokens": 2, "long_store": 5},
+}
+KINDS = sorted(REGISTRY)
+
+
+def build(kind, seed=0):
+    if kind not in OPTIONS:
+        pytest.fail(f"tests/test_memory_contract.py: add constructor options for memory kind {kind!r} to OPTIONS")
+    memories = {i: REGISTRY[kind](HEADS, D // HEADS, **OPTIONS[kind](i)) for i in range(LAYERS)}
+    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
+    init_weights(model, seed=seed)
+    return model
+
+
+def tokens(b, n, seed=0):
+    return torch.randint(0, V, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def by_segments(model, toks, states=None):
+    states = model.empty_states(toks.shape[0], "cpu") if states is None else states
+    out = []
+    for s in range(0, toks.shape[1], SEG):
+        logits, states = model(toks[:, s : s + SEG], states)
+        out.append(logits)
+    return torch.cat(out, dim=1), states
+
+
+def leaves_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_rows_are_independent(kind):
+    model = build(kind)
+    a, b = tokens(1, 3 * SEG, seed=2), tokens(1, 3 * SEG, seed=3)
+    with torch.no_grad():
+        both, _ = by_segments(model, torch.cat([a, b]))
+        torch.testing.assert_close(both[0:1], by_segments(model, a)[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(both[1:2], by_segments(model, b)[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_segments_equal_streaming_generation(kind):
+    model = build(kind)
+    toks = tokens(2, 3 * SEG + 2, seed=1)
+    with torch.no_grad():
+        expected, _ = by_segments(model, toks)
+        stream, steps = model.start_stream(2, "cpu"), []
+        for i in range(toks.shape[1]):  # teacher forcing, one token at a time
+            logits, stream = model.step(toks[:, i : i + 1], stream)
+            steps.append(logits)
+        chunked, _ = model.step(toks[:, : 2 * SEG - 1], model.start_stream(2, "cpu"))
+        ragged = model.step(toks[:, SEG + 2 :], model.step(toks[:, : SEG + 2], model.start_stream(2, "cpu"))[1])[0]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked, expected[:, : 2 * SEG - 1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ragged, expected[:, SEG + 2 :], rtol=0, atol=1e-5)
+    assert stream.pos == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reset_at_document_start(kind):
+    model = build(kind)
+    a, b = tokens(2, 2 * SEG, seed=4), tokens(2, SEG, seed=5)
+    with torch.no_grad():
+        _, states = by_segments(model, a)
+        reset = model.reset_states(states, torch.tensor([False, True]))
+        empty = model.empty_states(2, "cpu")
+        for old, new, fresh in zip(states, reset, empty):
+            assert leaves_equal([x[0] for x in new], [x[0] for x in old])  # row 0 untouched
+            assert leaves_equal([x[1] for x in new], [x[1] for x in fresh])  # row 1 empty
+        out, _ = model(b, reset)
+        torch.testing.assert_close(out[1], model(b[1:], model.empty_states(1, "cpu"))[0][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(out[0], model(b[:1], tuple(type(s)(*(x[:1] for x in s)) for s in states))[0][0],
+                                   rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_numel_counts_the_floats_of_the_state(kind):
+    model = build(kind)
+    for batch in (1, 3):
+        _, states = by_segments(model, tokens(batch, 2 * SEG, seed=6))
+        floats = sum(leaf.numel() // batch for s in states for leaf in s if leaf.is_floating_point())
+        assert model.numel(states) == floats
+        assert all(leaf.shape[0] == batch for s in states for leaf in s)
+    if kind != "none":
+        assert model.numel(states) > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fast_attention_equals_reference(kind):
+    model = build(kind)
+    toks = tokens(2, 3 * SEG, seed=7)
+    with torch.no_grad():
+        fast, _ = by_segments(model, toks)
+        for blk in model.blocks:
+            blk.attn.reference = True
+        slow, _ = by_segments(model, toks)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_few_adam_steps_lower_the_loss(kind):
+    torch.manual_seed(0)
+    model = build(kind, seed=1)
+    toks = tokens(2, 3 * SEG + 1, seed=8)
+    inputs, targets = toks[:, :-1], toks[:, 1:]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(12):
+        logits, _ = by_segments(model, inputs)
+        loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        losses.append(loss.item())
+        if _ == 0:  # every memory parameter is on the gradient path
+            for name, p in model.named_parameters():
+                if ".memory." in name:
+                    assert p.grad is not None and p.grad.abs().sum() > 0, name
+        opt.step()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_keeps_float_states_fp32(kind):
+    model = build(kind)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, states = by_segments(model, tokens(2, 2 * SEG + 1, seed=9))
+        stream = model.step(tokens(2, SEG + 1, seed=10), model.start_stream(2, "cpu"))[1]
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    for leaf in [x for s in states + stream.states for x in s]:
+        assert leaf.dtype in (torch.float32, torch.long)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_streaming_equals_segments(kind):
+    model = build(kind).cuda()
+    toks = tokens(2, 3 * SEG + 2, seed=11).cuda()
+    with torch.no_grad():
+        expected, _ = by_segments(model, toks, model.empty_states(2, "cuda"))
+        stream, steps = model.start_stream(2, "cuda"), []
+        for i in range(toks.shape[1]):
+            logits, stream = model.step(toks[:, i : i + 1], stream)
+            steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, rtol=0, atol=1e-4)
