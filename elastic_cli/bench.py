@@ -24,23 +24,26 @@ from .memory.base import SegmentView, detach_state
 from .memory.elastic import ElasticMemory
 from .model.decoder import Decoder, Stream
 
+HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
 TARGETS = {"train_ratio_elastic_vs_none": (">=", 0.90), "eval_memory_ratio_64k_vs_4k": ("<=", 1.05),
            "generate_latency_ratio_64k_vs_1k": ("<=", 1.10)}
 
 
 class Plan(NamedTuple):
     train_repeats: int  # interleaved train steps per variant (after one warm-up step)
-    generate_repeats: int  # interleaved generation runs of one segment of tokens per history
+    generate_repeats: int  # interleaved generation runs per history
     kernel_repeats: int  # interleaved kernel timings
     kernel_inner: int  # calls averaged in one kernel timing
     eval_histories: tuple[int, int]  # document lengths for the peak memory (short, long)
     generate_histories: tuple[int, int]  # prefix lengths for the generation latency (short, long)
+    generate_tokens: int | None  # tokens per generation run; None: one segment (includes one fold into memory)
 
 
 # The keys keep the full run's names (..._64k_vs_4k); --quick compares 1k with 16k tokens of history
-# instead (recorded in the JSON under "plan") so that it finishes in under a minute on 2 cores.
-FULL = Plan(9, 7, 9, 50, eval_histories=(4096, 65536), generate_histories=(1024, 65536))
-QUICK = Plan(3, 3, 3, 5, eval_histories=(1024, 16384), generate_histories=(1024, 16384))
+# instead (recorded in the JSON under "plan"), and measures history costs only for HISTORY_KINDS,
+# so that it finishes in under a minute on 2 cores.
+FULL = Plan(9, 7, 9, 50, eval_histories=(4096, 65536), generate_histories=(1024, 65536), generate_tokens=None)
+QUICK = Plan(3, 3, 3, 5, eval_histories=(1024, 16384), generate_histories=(1024, 16384), generate_tokens=32)
 
 
 def random_tokens(shape: tuple[int, ...], vocab: int, seed: int, device: torch.device) -> Tensor:
@@ -190,7 +193,8 @@ def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float
     every variant (seconds, summed over the variants). The peak memory tracker of the CPU makes
     eval about 3x slower; the kernels are not counted (they take well under a second)."""
     eval_s = 3 * segment_s * sum(plan.eval_histories) / segment_len
-    gen_s = segment_s * sum(plan.generate_histories) / segment_len + 2 * (1 + plan.generate_repeats) * segment_len * token_s
+    tokens = plan.generate_tokens or segment_len
+    gen_s = segment_s * sum(plan.generate_histories) / segment_len + 2 * (1 + plan.generate_repeats) * tokens * token_s
     return (2 + plan.train_repeats) * step_s + eval_s + gen_s
 
 
@@ -228,17 +232,18 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
         opt = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
         steps[kind] = (lambda model=model, opt=opt:
                        train_step(model, opt, tokens, targets, t.bptt_segments, autocast, t.grad_clip or float("inf")))
+    history = {k: mm for k, mm in models.items() if not quick or k in HISTORY_KINDS}
     one_segment = random_tokens((1, seg_len), m.vocab_size, 3, device)
     step_s = sum(measure.timed(fn, device) for fn in steps.values())
     segment_s = sum(measure.timed(lambda mm=mm: evaluate_document(mm, one_segment, autocast), device)
-                    for mm in models.values())
+                    for mm in history.values())
     no_logits = torch.zeros(1, m.vocab_size, device=device)  # (1, V): the first generated token is 0
     token_s = sum(measure.timed(lambda mm=mm: generate_greedy(mm, mm.start_stream(1, device), no_logits, 1, autocast),
-                                device) for mm in models.values())
+                                device) for mm in history.values())
     say(f"bench: {len(models)} variants ({', '.join(models)}) on {device.type}, {'quick' if quick else 'full'} run, "
         f"about {estimate_seconds(plan, step_s, segment_s, token_s, seg_len):.0f} s")
 
-    say("bench: 1/5 train step")
+    say(f"bench: 1/5 train step (at {time.perf_counter() - start:.0f} s)")
     train_times = interleave(steps, plan.train_repeats, device)
     window = batch * segments * seg_len
     result: dict = {"train_tokens_per_s": {k: measure.summarize([window / s for s in v]) for k, v in train_times.items()}}
@@ -248,7 +253,7 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
             ratios = measure.summarize(measure.paired_ratios(train_times["none"], train_times[kind]))
             result[f"train_ratio_{kind}_vs_none"], spread[f"train_ratio_{kind}_vs_none"] = ratios["median"], ratios["spread"]
 
-    say("bench: 2/5 kernels")
+    say(f"bench: 2/5 kernels (at {time.perf_counter() - start:.0f} s)")
     if "elastic" in models:
         mem = next(b.memory for b in models["elastic"].blocks if b.memory is not None)
         shapes = KernelShapes(batch, m.n_head, m.d_model // m.n_head, mem.order, mem.samples, seg_len)
@@ -259,35 +264,35 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
             summary = measure.summarize(ratios)
             result[key], spread[key] = summary["median"], summary["spread"]
 
-    say("bench: 3/5 memory vs history (eval)")
+    say(f"bench: 3/5 memory vs history (eval) (at {time.perf_counter() - start:.0f} s)")
     peaks: dict[str, dict[int, float]] = {}
-    for kind, model in models.items():
+    for kind, model in history.items():
         peaks[kind] = {}
         for n in plan.eval_histories:
             peaks[kind][n], how = eval_peak(model, random_tokens((1, n), m.vocab_size, 4, device), autocast)
     result["eval_peak_bytes"] = {k: {str(n): v for n, v in p.items()} for k, p in peaks.items()}
     result["eval_memory_measure"] = how
-    for kind in models:
+    for kind in history:
         result[f"eval_memory_ratio_64k_vs_4k_{kind}"] = history_ratio(peaks[kind], *plan.eval_histories[::-1])
 
-    say("bench: 4/5 generation vs history")
-    gen_fns = {}
-    for kind, model in models.items():
+    say(f"bench: 4/5 generation vs history (at {time.perf_counter() - start:.0f} s)")
+    gen_fns, new_tokens = {}, plan.generate_tokens or seg_len
+    for kind, model in history.items():
         for n in plan.generate_histories:
             stream, last = read_prefix(model, random_tokens((1, n), m.vocab_size, 5, device), autocast)
             gen_fns[(kind, n)] = (lambda model=model, stream=stream, last=last:
-                                  generate_greedy(model, stream, last, seg_len, autocast))
+                                  generate_greedy(model, stream, last, new_tokens, autocast))
     gen = interleave(gen_fns, plan.generate_repeats, device)
-    per_token = {key: [s / seg_len for s in v] for key, v in gen.items()}
+    per_token = {key: [s / new_tokens for s in v] for key, v in gen.items()}
     result["generate_s_per_token"] = {k: {str(n): measure.summarize(per_token[(k, n)]) for n in plan.generate_histories}
-                                      for k in models}
+                                      for k in history}
     long, short = plan.generate_histories[::-1]
-    for kind in models:
+    for kind in history:
         summary = measure.summarize(measure.paired_ratios(per_token[(kind, long)], per_token[(kind, short)]))
         result[f"generate_latency_ratio_64k_vs_1k_{kind}"] = summary["median"]
         spread[f"generate_latency_ratio_64k_vs_1k_{kind}"] = summary["spread"]
 
-    say("bench: 5/5 model FLOPs utilisation")
+    say(f"bench: 5/5 model FLOPs utilisation (at {time.perf_counter() - start:.0f} s)")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = flops.peak_flops(name) if device.type == "cuda" else None
     result["train_flops_per_step"] = {k: flops.train_step_flops(mm, batch, segments, seg_len) for k, mm in models.items()}
@@ -303,7 +308,7 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
                 spread[key] = spread[f"{key}_elastic"]
     return {
         "device": device.type, "device_name": name, "torch": torch.__version__, "recipe": recipe,
-        "quick": quick, "plan": plan._asdict(), "peak_bf16_flops": peak,
+        "quick": quick, "plan": plan._asdict(), "history_kinds": list(history), "peak_bf16_flops": peak,
         "model": to_dict(cfg)["model"], "train": {"micro_batch": batch, "segments": segments,
                                                   "bptt_segments": t.bptt_segments, "dtype": "bf16" if bf16 else "fp32"},
         "variants": {k: {"memory": c.memory.options() | {"kind": k, "layers": c.memory.layers},

@@ -54,9 +54,10 @@ def test_kernel_ratios_pair_each_kernel_with_its_floor():
 
 
 def test_estimate_closed_form():
-    plan = bench.Plan(3, 2, 1, 1, eval_histories=(8, 32), generate_histories=(8, 16))
+    plan = bench.Plan(3, 2, 1, 1, eval_histories=(8, 32), generate_histories=(8, 16), generate_tokens=None)
     # train (2 + 3) * 1; eval 3 * 0.5 * 40 / 8 = 7.5; generation 0.5 * 24 / 8 + 2 * 3 * 8 * 0.1 = 6.3
     assert bench.estimate_seconds(plan, 1.0, 0.5, 0.1, 8) == pytest.approx(5 + 7.5 + 6.3)
+    assert bench.estimate_seconds(plan._replace(generate_tokens=4), 1.0, 0.5, 0.1, 8) == pytest.approx(5 + 7.5 + 3.9)
 
 
 def test_interleave_calls_warm_up_then_alternates():
@@ -202,3 +203,42 @@ def test_summary_rows_mark_targets():
     assert rows["train_ratio_elastic_vs_none"] == ["train_ratio_elastic_vs_none", "0.850", "0.100", ">= 0.9 (MISSED)"]
     assert rows["eval_memory_ratio_64k_vs_4k"][3] == "<= 1.05 (met)"
     assert rows["mfu"][1] == "n/a"
+
+
+RECIPE = """
+model: {vocab_size: 64, d_model: 16, n_layer: 2, n_head: 2, mlp_hidden: 32, segment_len: 512}
+memory: {kind: elastic, order: 8, samples: 8, cache: 8, store: 16, topk: 4, short_tokens: 4, summary_tokens: 2}
+data: {path: unused-by-bench}
+train: {global_batch: 2, micro_batch: 2, segments: 2, bptt_segments: 1, steps: 1, lr: 1.0e-3}
+"""
+
+
+def test_cli_quick_run_emits_every_key(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("elastic_cli.build", reason="needs config/build/optim from the train branch")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "b" / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "elastic_cli", "bench", "--recipe", str(recipe), "--quick",
+                           "--device", "cpu", "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    kinds = [k for k in REGISTRY if k in result["variants"]]
+    assert {"none", "elastic"} <= set(kinds)
+    for key in ("device", "torch", "recipe", "variants", "train_ratio_elastic_vs_none", "eval_memory_ratio_64k_vs_4k",
+                "generate_latency_ratio_64k_vs_1k", "absorb_vs_matmul_floor", "sampling_vs_matmul_floor", "mfu"):
+        assert key in result, key
+    for kind in kinds:
+        assert f"mfu_{kind}" in result and result["train_tokens_per_s"][kind]["median"] > 0
+        if kind != "none":
+            assert result[f"train_ratio_{kind}_vs_none"] > 0
+    assert result["mfu"] == "n/a"  # CPU
+    assert result["variants"]["elastic"]["memory_floats_per_sequence"] == 2 * 2 * 8 * 16  # layers * 2 N d_model
+    assert "about" in proc.stderr and "train_ratio_elastic_vs_none" in proc.stdout
