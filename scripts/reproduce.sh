@@ -29,7 +29,7 @@ SEED=0
 #              task_len count seg d_model layers heads mlp order task_steps lm_steps lm_segments batch eval_docs device
 case "$MODE" in
   smoke) set -- 1024     40    128  32      2      2     96   32    4          4        4           2     4         cpu ;;
-  full)  set -- 8192     400   256  128     2      4     384  64    40         120      8           4     40        cpu ;;
+  full)  set -- 8192     240   256  128     2      4     384  64    24         80       8           4     24        cpu ;;
   gpu)   set -- 16384    2000  512  512     8      8     1536 128   2000       4000     16          16    200       cuda ;;
 esac
 TASK_LEN=$1 COUNT=$2 SEG=$3 D=$4 LAYERS=$5 HEADS=$6 MLP=$7 ORDER=$8 TASK_STEPS=$9
