@@ -29,6 +29,14 @@ test: venv
 test-fast: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
+bench: venv
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m elastic_cli bench --recipe recipes/tiny.yaml --json runs/bench.json
+
+# Long-range tasks + language modelling for every memory kind -> docs/results.md (CPU: about an hour;
+# `make reproduce ARGS=--smoke` for a few minutes, ARGS=--gpu on a GPU).
+reproduce: venv
+	PYTHON=$(PY) scripts/reproduce.sh $(ARGS)
+
 loc:
 	@find elastic_cli -name '*.py' | xargs wc -l | sort -n
 

@@ -238,6 +238,26 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
     generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, sampling, out_file)
 
 
+BENCH_HELP = """\b
+Measure what memory costs, all variants in one process (interleaved, repeated; medians and spread):
+train tokens/s of every memory kind vs `none`, peak memory at 4k vs 64k tokens of history, time per
+generated token after 1k vs 64k tokens, Elastic Memory kernels vs a plain matmul, MFU on CUDA.
+  elastic bench --recipe recipes/tiny.yaml --quick
+  elastic bench --recipe recipes/tiny.yaml memory.order=32 memory.samples=32 --json bench.json"""
+
+
+@cli.command("bench", epilog=EXIT_CODES_HELP, help=BENCH_HELP)
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--recipe", default="recipes/tiny.yaml", show_default=True, help="Recipe giving the model size.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available, else cpu.")
+@click.option("--quick", is_flag=True, help="Few repeats and 1k vs 16k tokens of history: under a minute on a CPU.")
+@click.option("--json", "json_path", metavar="PATH", help="Also write every measurement as JSON ('-': stdout only).")
+def bench_command(overrides, recipe, device, quick, json_path) -> None:
+    from elastic_cli import bench
+
+    bench.run(recipe, list(overrides), device, quick, json_path)
+
+
 def main() -> None:
     """Console entry point: maps ElasticError to its exit code without a traceback."""
     try:

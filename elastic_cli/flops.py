@@ -1,0 +1,101 @@
+"""Model FLOPs of a segment-recurrent Decoder and model FLOPs utilisation (MFU).
+
+Convention (PaLM, Chowdhery et al. 2022, Appendix B; nanoGPT `estimate_mfu`): a multiply-add is
+2 FLOPs; only matrix products are counted (norms, softmax, RoPE, the optimizer are not); causal
+attention is counted as the full l x l square; backward = 2 x forward, so a train step is
+3 x forward. Memory FLOPs are the design's math (DESIGN.md §2.2): nothing is read or carried over
+at t = 0, although the implementation computes (and masks) an empty read there.
+
+Per layer, for one segment of l tokens of one sequence (D model width, F MLP hidden, M memory
+keys read, N order, H heads x d head width = D):
+  projections q, k, v, o      4 * 2 l D^2
+  SwiGLU MLP                  3 * 2 l D F
+  attention logits + values   2 * 2 l (l + M) D
+  Elastic Memory read         2 * 2 M N D           (S @ C_K and S @ C_V)
+  Elastic Memory write        2 * (2 N l D + 2 N^2 D)  (W @ X, and R @ C when t > 0)
+plus the output head 2 l D V once per segment.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from torch import nn
+
+from .memory.elastic import ElasticMemory
+from .memory.none import NoMemory
+
+
+class MemoryCost(NamedTuple):
+    keys: int  # M: extra keys/values read by the attention of one layer
+    flops: int  # memory read + write FLOPs of one layer, one segment, one sequence
+
+
+def memory_cost(memory: nn.Module | None, l: int, t: int, d_model: int) -> MemoryCost | None:
+    """FLOPs a layer's memory adds for a segment of l tokens after t tokens; None for a kind
+    without a FLOP formula here (its MFU is then not reported)."""
+    if memory is None or isinstance(memory, NoMemory):
+        return MemoryCost(0, 0)
+    if isinstance(memory, ElasticMemory):
+        n, m = memory.order, memory.samples
+        write = 2 * (2 * n * l * d_model + (2 * n * n * d_model if t > 0 else 0))
+        if t == 0:
+            return MemoryCost(0, write)
+        return MemoryCost(m, 2 * 2 * m * n * d_model + write)
+    return None
+
+
+def segment_flops(model: nn.Module, l: int, t: int) -> int | None:
+    """Forward FLOPs of one sequence's segment of l tokens after t tokens of its document."""
+    d = model.embed.weight.shape[1]
+    vocab = model.embed.weight.shape[0]
+    total = 2 * l * d * vocab  # output head
+    for block in model.blocks:
+        hidden = block.mlp.w1.weight.shape[0]
+        cost = memory_cost(block.memory, l, t, d)
+        if cost is None:
+            return None
+        total += 4 * 2 * l * d * d + 3 * 2 * l * d * hidden + 2 * 2 * l * (l + cost.keys) * d + cost.flops
+    return total
+
+
+def train_step_flops(model: nn.Module, batch: int, segments: int, l: int) -> int | None:
+    """FLOPs of one train step: `batch` windows of `segments` segments of l tokens, each window
+    starting with empty memory; forward + backward (3 x forward)."""
+    per_window = 0
+    for s in range(segments):
+        flops = segment_flops(model, l, s * l)
+        if flops is None:
+            return None
+        per_window += flops
+    return 3 * batch * per_window
+
+
+# bf16 dense tensor-core peak FLOP/s from the vendors' datasheets, matched against
+# torch.cuda.get_device_name() in this order (more specific names first).
+PEAK_BF16: tuple[tuple[str, float], ...] = (
+    (r"H100.*NVL", 835e12),
+    (r"H100.*PCIe", 756e12),
+    (r"H100", 989e12),
+    (r"H200", 989e12),
+    (r"B200", 2250e12),
+    (r"A100", 312e12),
+    (r"L40S", 362e12),
+    (r"\bL4\b", 121e12),
+    (r"\bA10\b", 125e12),
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """bf16 dense peak of a GPU by name, or None when it is not in the table (report "n/a")."""
+    for pattern, peak in PEAK_BF16:
+        if re.search(pattern, device_name):
+            return peak
+    return None
+
+
+def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the device peak; None when the peak is unknown."""
+    if peak is None or seconds <= 0:
+        return None
+    return flops / seconds / peak

@@ -1,0 +1,117 @@
+"""Measuring tools for `elastic bench`: summaries of repeated measurements, a wall-clock timer
+that waits for the device, and peak memory (CUDA allocator, or live tensor bytes on the CPU)."""
+from __future__ import annotations
+
+import statistics
+import time
+import weakref
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median and spread of repeated measurements; spread = (max - min) / median."""
+    if not values:
+        raise ValueError("summarize: no values")
+    mid = statistics.median(values)
+    lo, hi = min(values), max(values)
+    return {"median": mid, "min": lo, "max": hi, "spread": (hi - lo) / mid if mid else 0.0, "n": len(values)}
+
+
+def paired_ratios(numerator: list[float], denominator: list[float]) -> list[float]:
+    """Ratios of measurements taken in the same repeat (interleaved), one per repeat."""
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"paired_ratios: need equal, non-empty lists, got {len(numerator)} and {len(denominator)}")
+    return [a / b for a, b in zip(numerator, denominator)]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, inner: int = 1) -> float:
+    """Seconds per call of fn, averaged over `inner` back-to-back calls, device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / inner
+
+
+def _tensors(items) -> list[Tensor]:
+    """The tensors among op arguments or results: direct, or in a list/tuple (aten ops nest no deeper)."""
+    found = []
+    for item in items:
+        if isinstance(item, Tensor):
+            found.append(item)
+        elif isinstance(item, (tuple, list)):
+            found.extend(x for x in item if isinstance(x, Tensor))
+    return found
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of tensor storage created by torch ops inside the mode and still alive; and their peak.
+
+    Every op output whose storage is not one of its inputs' (views and in-place results alias an
+    input) is a new allocation of `storage.nbytes()`; it is released when the last tracked tensor
+    on it is garbage-collected. Storages that existed before the mode (weights, inputs) are not
+    counted, nor are views of them. Workspace inside a kernel is invisible here.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, list[int]] = {}  # storage data_ptr -> [tracked tensors, nbytes]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in _tensors((*args, *kwargs.values()))}
+        for t in _tensors(out if isinstance(out, (tuple, list)) else (out,)):
+            if t.device.type != "meta":
+                self._track(t, inputs)
+        return out
+
+    def _track(self, t: Tensor, inputs: set[int]) -> None:
+        storage = t.untyped_storage()
+        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        if ptr == 0 or nbytes == 0:
+            return
+        entry = self._live.get(ptr)
+        if entry is None:
+            if ptr in inputs:  # a view or in-place result on an untracked (pre-existing) storage
+                return
+            entry = self._live[ptr] = [0, nbytes]
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        weakref.finalize(t, self._release, ptr)
+
+    def _release(self, ptr: int) -> None:
+        entry = self._live.get(ptr)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self._live[ptr]
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str]:
+    """Peak memory fn allocates beyond what was allocated before it, and how it was measured."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated above the start"
+    with LiveBytes() as tracker:
+        fn()
+    return tracker.peak, "peak bytes of live tensor storages created during the run (TorchDispatchMode)"

@@ -1,0 +1,184 @@
+"""Write docs/results.md and the loss-by-segment PNG from a `scripts/reproduce.sh` output folder.
+
+Every number comes from the run's files: $OUT/eval/<dataset>-<kind>.json (`elastic eval --json`),
+$OUT/runs/<dataset>-<kind>/config.yaml (floats of memory per sequence, by building the model),
+$OUT/commands.txt and $OUT/settings.txt. A variant without an eval file is reported as failed.
+
+  python scripts/results.py runs/reproduce-full --out docs/results.md --mode full
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+TASKS = ("passkey", "recall")
+LM = "code"
+
+
+def variant_name(result: dict) -> str:
+    mem = result["memory"]
+    return mem["kind"] + (f" ({mem['sampling']})" if mem.get("sampling") else "")
+
+
+def load_results(out: Path, kinds: list[str]) -> dict[str, dict[str, dict | None]]:
+    """{dataset: {variant name: eval result or None (failed)}}, variants in the order of `kinds`."""
+    table: dict[str, dict[str, dict | None]] = {}
+    for dataset in (*TASKS, LM):
+        rows: dict[str, dict | None] = {}
+        for kind in kinds:
+            path = out / "eval" / f"{dataset}-{kind}.json"
+            if not path.is_file():
+                rows[kind] = None
+                continue
+            for result in json.loads(path.read_text())["results"]:
+                rows[variant_name(result)] = result
+        table[dataset] = rows
+    return table
+
+
+def memory_floats(run_dir: Path) -> int | None:
+    """Floats of memory state per sequence of the run's model (Decoder.numel of its empty states)."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return None
+    from elastic_cli.build import build_model
+    from elastic_cli.config import load_config
+
+    model = build_model(load_config(config))
+    return model.numel(model.empty_states(1, "cpu"))
+
+
+def fmt(value, spec: str) -> str:
+    return "failed" if value is None else format(value, spec)
+
+
+def verdicts(rows: dict[str, dict | None], metric: str, higher_better: bool, label: str) -> list[str]:
+    """One line per Elastic Memory variant: which variants it beats and which beat it on `metric`."""
+    lines = []
+    scored = {name: r[metric] for name, r in rows.items() if r is not None and r.get(metric) is not None}
+    for name, value in scored.items():
+        if not name.startswith("elastic"):
+            continue
+        better = [o for o, v in scored.items() if not o.startswith("elastic") and (v > value if higher_better else v < value)]
+        worse = [o for o, v in scored.items() if not o.startswith("elastic") and (v < value if higher_better else v > value)]
+        if better:
+            lines.append(f"- {label}: **{name} loses** to {', '.join(better)} ({metric} {value:.4g} vs "
+                         + ", ".join(f"{scored[o]:.4g}" for o in better) + ")" + (f"; beats {', '.join(worse)}" if worse else ""))
+        else:
+            lines.append(f"- {label}: {name} is not beaten ({metric} {value:.4g})" + (f"; beats {', '.join(worse)}" if worse else ""))
+    return lines
+
+
+def task_table(table: dict, floats: dict[str, int | None]) -> list[str]:
+    names = list(dict.fromkeys(n for d in TASKS for n in table[d]))
+    lines = ["| variant | " + " | ".join(f"{t} exact match" for t in TASKS) + " | answers | memory floats / sequence |",
+             "|---|" + "---|" * (len(TASKS) + 2)]
+    for name in names:
+        cells = [fmt((table[t].get(name) or {}).get("exact_match") if table[t].get(name) else None, ".3f") for t in TASKS]
+        answers = "/".join(str(table[t][name]["answers"]) if table[t].get(name) else "-" for t in TASKS)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {answers} | {fmt(floats.get(name.split()[0]), 'd')} |")
+    return lines
+
+
+def lm_table(rows: dict[str, dict | None], floats: dict[str, int | None]) -> list[str]:
+    lines = ["| variant | perplexity | bits per byte | loss, segment 1 | loss, last segment | tokens | memory floats / sequence |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if r is None:
+            lines.append(f"| {name} | failed | failed | failed | failed | - | {fmt(floats.get(name), 'd')} |")
+            continue
+        curve = [v for v in r["loss_by_segment"] if v is not None]
+        lines.append(f"| {name} | {r['perplexity']:.3f} | {r['bits_per_byte']:.4f} | {curve[0]:.4f} | {curve[-1]:.4f} "
+                     f"| {r['tokens']} | {fmt(floats.get(name.split()[0]), 'd')} |")
+    return lines
+
+
+def plot(rows: dict[str, dict | None], path: Path) -> None:
+    """Loss by segment index on the held-out code split, one line per variant; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in rows.items():
+        if r is None:
+            continue
+        points = [(i + 1, v) for i, v in enumerate(r["loss_by_segment"]) if v is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
+    ax.set_xlabel("segment index in the document")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("held-out code: loss by segment index")
+    ax.legend(fontsize=8)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def provenance() -> list[str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    import torch
+
+    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [f"- commit: `{git('rev-parse', 'HEAD')}`{dirty}",
+            f"- written: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- hardware: {platform.system()} {cpu}, {os.cpu_count()} CPU cores, GPU: {gpu}",
+            f"- software: Python {platform.python_version()}, torch {torch.__version__}"]
+
+
+def write(out: Path, dest: Path, mode: str) -> None:
+    settings = dict(line.split("=", 1) for line in (out / "settings.txt").read_text().splitlines() if "=" in line)
+    kinds = settings["kinds"].split(",")
+    table = load_results(out, kinds)
+    floats = {kind: memory_floats(out / "runs" / f"{LM}-{kind}") for kind in kinds}
+    png = dest.with_name(dest.stem + "-loss-by-segment.png")
+    plot(table[LM], png)
+    commands = (out / "commands.txt").read_text().strip()
+    lines = [
+        "# Results", "",
+        f"Written by `scripts/results.py` from the runs in `{out}` (`scripts/reproduce.sh{'' if mode == 'full' else ' --' + mode}`,"
+        f" seed {settings.get('seed', '?')}). Nothing here is typed in by hand: rerun the script to regenerate.", "",
+        *provenance(), "",
+        "## Long-range tasks (test split, exact match of the whole answer by argmax)", "",
+        "Memory floats per sequence are counted from each run's model (`Decoder.numel`); the sizes are "
+        "chosen to match Elastic Memory's footprint where the kind allows it.", "",
+        *task_table(table, floats), "",
+        *[v for t in TASKS for v in verdicts(table[t], "exact_match", True, t)], "",
+        f"## Language modelling (held-out `{LM}` test split: the Python standard library)", "",
+        *lm_table(table[LM], floats), "",
+        *verdicts(table[LM], "bits_per_byte", False, LM), "",
+        f"![loss by segment index]({png.name})", "",
+        "## Commands", "", "```", commands, "```", "",
+    ]
+    tmp = dest.with_name(dest.name + ".tmp")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("\n".join(lines), encoding="utf-8")
+    os.replace(tmp, dest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the reproduce.sh output folder")
+    parser.add_argument("--out", dest="dest", type=Path, default=Path("docs/results.md"))
+    parser.add_argument("--mode", default="full")
+    args = parser.parse_args(argv)
+    write(args.out, args.dest, args.mode)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
