@@ -52,6 +52,9 @@ class Tally:
     seg_tokens: list = field(default_factory=list)  # per segment index: scored tokens
     answers: int = 0  # documents with an answer span
     exact: int = 0  # of those, every answer token predicted by argmax
+    answer_tokens: int = 0  # answer tokens scored
+    answer_correct: int = 0  # of those, predicted by argmax
+    answer_nll: float = 0.0  # NLL sum over answer tokens (a graded signal where exact match is still 0)
 
     def add_segment(self, index: int, nll: torch.Tensor, valid: torch.Tensor) -> None:
         """nll, valid: (B, L) for segment `index` of the batch's documents."""
@@ -68,6 +71,12 @@ class Tally:
     def add_answers(self, all_correct: list[bool]) -> None:
         self.answers += len(all_correct)
         self.exact += sum(all_correct)
+
+    def add_answer_tokens(self, nll: torch.Tensor, correct: torch.Tensor) -> None:
+        """nll, correct: (n,) over the answer tokens of one segment."""
+        self.answer_tokens += int(nll.numel())
+        self.answer_correct += int(correct.sum())
+        self.answer_nll += float(nll.double().sum())
 
     def loss_by_segment(self) -> list[float | None]:
         return [s / n if n else None for s, n in zip(self.seg_nll, self.seg_tokens)]
@@ -114,7 +123,9 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
             miss = (logits.argmax(-1) != y) & valid  # (B, L)
             for r, span in enumerate(spans):
                 if span:
-                    wrong[r] += int((miss[r] & (pos >= span[0]) & (pos < span[1])).sum())
+                    inside = (pos >= span[0]) & (pos < span[1]) & valid[r]  # (L,)
+                    wrong[r] += int((miss[r] & inside).sum())
+                    tally.add_answer_tokens(nll[r][inside], ~miss[r][inside])
             if bar is not None:
                 bar.update(int(valid.sum()))
         tally.add_answers([bool(wrong[r] == 0) for r, span in enumerate(spans) if span])
@@ -165,6 +176,8 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
         "tokens_by_segment": tally.seg_tokens,
         "exact_match": tally.exact / tally.answers if tally.answers else None,
         "answers": tally.answers,
+        "answer_token_accuracy": tally.answer_correct / tally.answer_tokens if tally.answer_tokens else None,
+        "answer_loss": tally.answer_nll / tally.answer_tokens if tally.answer_tokens else None,
         "speed": {"tokens_per_s": tally.tokens / seconds, "seconds": seconds, "device": str(device),
                   "peak_memory_bytes": peak, "peak_memory_kind": peak_kind},
     }
@@ -209,6 +222,8 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             ["loss (nats/token)"] + [fmt(r["loss"], ".4f") for r in res]]
     if any(r["exact_match"] is not None for r in res):
         rows.append(["exact match"] + [fmt(r["exact_match"], ".3f") for r in res])
+        rows.append(["answer token accuracy"] + [fmt(r["answer_token_accuracy"], ".3f") for r in res])
+        rows.append(["answer loss (nats/token)"] + [fmt(r["answer_loss"], ".4f") for r in res])
     for i in shown_segments(max(len(r["loss_by_segment"]) for r in res)):
         rows.append([f"loss, segment {i + 1}"] + [fmt(r["loss_by_segment"][i] if i < len(r["loss_by_segment"]) else None,
                                                       ".4f") for r in res])

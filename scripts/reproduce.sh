@@ -3,11 +3,11 @@
 # recall) and language modelling on the Python standard library, for every memory kind at a
 # matched state footprint, then the tables and the loss-by-segment plot.
 #
-#   scripts/reproduce.sh           # CPU, about an hour: 8k-token task documents, segments of 256
+#   scripts/reproduce.sh           # CPU, about an hour: 8k-token task documents, segments of 256, 9 kinds
 #   scripts/reproduce.sh --smoke   # a few minutes: tiny sizes, checks the pipeline end to end
 #   scripts/reproduce.sh --gpu     # one GPU: a larger model, 16k-token documents, more steps
 #
-# Environment: PYTHON (default python3), KINDS (default: none elastic xl memorizing melodi),
+# Environment: PYTHON (default python3), KINDS (default: every memory kind),
 # OUT (default runs/reproduce-<mode>), RESULTS (default docs/results.md; --smoke: $OUT/results.md).
 # Every command run is appended to $OUT/commands.txt; a variant that fails is reported as failed.
 set -euo pipefail
@@ -24,12 +24,12 @@ done
 
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-KINDS=${KINDS:-none elastic xl memorizing melodi}
+KINDS=${KINDS:-none elastic xl memorizing melodi infinity armt caching rmt}
 SEED=0
 #              task_len count seg d_model layers heads mlp order task_steps lm_steps lm_segments batch eval_docs device
 case "$MODE" in
   smoke) set -- 1024     40    128  32      2      2     96   32    4          4        4           2     4         cpu ;;
-  full)  set -- 8192     240   256  128     2      4     384  64    24         80       8           4     24        cpu ;;
+  full)  set -- 8192     120   256  128     2      4     384  64    12         60       8           4     12        cpu ;;
   gpu)   set -- 16384    2000  512  512     8      8     1536 128   2000       4000     16          16    200       cuda ;;
 esac
 TASK_LEN=$1 COUNT=$2 SEG=$3 D=$4 LAYERS=$5 HEADS=$6 MLP=$7 ORDER=$8 TASK_STEPS=$9
@@ -56,6 +56,8 @@ memory_overrides() {  # matched footprint: every kind holds about the floats of 
     memorizing) echo "memory.kind=memorizing memory.layers=[$((LAYERS / 2))] memory.store=$((LAYERS * ORDER)) memory.topk=$((ORDER / 2))" ;;
     melodi) echo "memory.kind=melodi memory.layers=all memory.short_tokens=$((ORDER / 2)) memory.summary_tokens=$((ORDER / 4))" \
                  "memory.long_layer=$((LAYERS / 2)) memory.long_tokens=$((ORDER / 4)) memory.long_store=$((LAYERS * ORDER / 4))" ;;
+    # sized per layer for order 64 (see each overlay's comment); the table reports the floats each holds
+    infinity|armt|caching|rmt) echo "recipes/memory/$kind.yaml" ;;
     *) echo "memory.kind=$kind" ;;
   esac
 }

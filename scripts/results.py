@@ -76,11 +76,16 @@ def verdicts(rows: dict[str, dict | None], metric: str, higher_better: bool, lab
 
 
 def task_table(table: dict, floats: dict[str, int | None]) -> list[str]:
+    """Per task: exact match of the whole answer, per-token answer accuracy and answer loss (nats/token)."""
     names = list(dict.fromkeys(n for d in TASKS for n in table[d]))
-    lines = ["| variant | " + " | ".join(f"{t} exact match" for t in TASKS) + " | answers | memory floats / sequence |",
-             "|---|" + "---|" * (len(TASKS) + 2)]
+    metrics = (("exact_match", "exact match", ".3f"), ("answer_token_accuracy", "token acc.", ".3f"),
+               ("answer_loss", "answer loss", ".3f"))
+    lines = ["| variant | " + " | ".join(f"{t} {label}" for t in TASKS for _, label, _ in metrics)
+             + " | answers | memory floats / sequence |",
+             "|---|" + "---|" * (len(TASKS) * len(metrics) + 2)]
     for name in names:
-        cells = [fmt((table[t].get(name) or {}).get("exact_match") if table[t].get(name) else None, ".3f") for t in TASKS]
+        cells = [("n/a" if table[t][name].get(key) is None else format(table[t][name][key], spec))
+                 if table[t].get(name) else "failed" for t in TASKS for key, _, spec in metrics]
         answers = "/".join(str(table[t][name]["answers"]) if table[t].get(name) else "-" for t in TASKS)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {answers} | {fmt(floats.get(name.split()[0]), 'd')} |")
     return lines
@@ -153,11 +158,12 @@ def write(out: Path, dest: Path, mode: str) -> None:
         f"Written by `scripts/results.py` from the runs in `{out}` (`scripts/reproduce.sh{'' if mode == 'full' else ' --' + mode}`,"
         f" seed {settings.get('seed', '?')}). Nothing here is typed in by hand: rerun the script to regenerate.", "",
         *provenance(), "",
-        "## Long-range tasks (test split, exact match of the whole answer by argmax)", "",
+        "## Long-range tasks (test split; exact match of the whole answer and per-token accuracy by argmax, answer loss in nats/token)", "",
         "Memory floats per sequence are counted from each run's model (`Decoder.numel`); the sizes are "
         "chosen to match Elastic Memory's footprint where the kind allows it.", "",
         *task_table(table, floats), "",
-        *[v for t in TASKS for v in verdicts(table[t], "exact_match", True, t)], "",
+        *[v for t in TASKS for v in verdicts(table[t], "exact_match", True, t)],
+        *[v for t in TASKS for v in verdicts(table[t], "answer_loss", False, t)], "",
         f"## Language modelling (held-out `{LM}` test split: the Python standard library)", "",
         *lm_table(table[LM], floats), "",
         *verdicts(table[LM], "bits_per_byte", False, LM), "",

@@ -52,6 +52,9 @@ def test_score_closed_form_segments_reset_and_exact_match():
         assert t.loss_by_segment() == pytest.approx([math.log(V), (4 * ln2 + miss) / 5, ln2])
         assert t.tokens == 14 and t.nll == pytest.approx(8 * math.log(V) + 5 * ln2 + miss)
         assert (t.answers, t.exact) == (2, 1)
+        # answer tokens: a's 3 (segment 1, hits at ln 2), b's 2 (segment 0, uniform: argmax 0 misses, ln V)
+        assert (t.answer_tokens, t.answer_correct) == (5, 3)
+        assert t.answer_nll == pytest.approx(3 * ln2 + 2 * math.log(V))
 
 
 def test_tally_skips_masked_tokens():
@@ -228,6 +231,7 @@ def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
     assert code == 0, err
     (r,) = json.loads(out)["results"]
     assert r["answers"] == len(val) and 0 <= r["exact_match"] <= 1
+    assert r["exact_match"] <= r["answer_token_accuracy"] <= 1 and r["answer_loss"] > 0
 
 
 def test_eval_other_memory_kind_and_sampling_only_for_elastic(capsys, tmp_path):

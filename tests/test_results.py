@@ -12,8 +12,9 @@ SPEC.loader.exec_module(results)
 
 def record(kind, sampling=None, exact=None, ppl=10.0, bpb=1.0, curve=(3.0, 2.5)):
     mem = {"kind": kind, **({"sampling": sampling, "samples": 4, "order": 4} if sampling else {})}
+    graded = {"answer_token_accuracy": (1 + exact) / 2, "answer_loss": 2 - exact} if exact is not None else {}
     return {"memory": mem, "exact_match": exact, "answers": 10, "perplexity": ppl, "bits_per_byte": bpb,
-            "loss_by_segment": list(curve) + [None], "tokens": 100}
+            "loss_by_segment": list(curve) + [None], "tokens": 100, **graded}
 
 
 def write_eval(out: Path, dataset: str, kind: str, *records):
@@ -53,7 +54,8 @@ def test_tables_show_numbers_and_failures(out):
     table = results.load_results(out, ["none", "elastic", "xl"])
     floats = {"none": 0, "elastic": 128, "xl": 128}
     task = results.task_table(table, floats)
-    assert "| elastic (uniform) | 0.600 | 0.300 | 10/10 | 128 |" in task
+    # per task: exact match, token accuracy, answer loss; then answers and floats
+    assert "| elastic (uniform) | 0.600 | 0.800 | 1.400 | 0.300 | 0.650 | 1.700 | 10/10 | 128 |" in task
     lm = results.lm_table(table["code"], floats)
     assert "| none | 10.000 | 1.2000 | 3.0000 | 3.0000 | 100 | 0 |" in lm
     assert "| xl | failed | failed | failed | failed | - | 128 |" in lm
