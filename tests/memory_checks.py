@@ -43,6 +43,16 @@ def by_steps(model, toks, device="cpu"):
     return torch.cat(steps, dim=1), stream
 
 
+def check_fast_equals_reference(model, toks):
+    """The SDPA fast attention path gives the explicit-softmax reference path's logits."""
+    with torch.no_grad():
+        fast, _ = by_segments(model, toks)
+        for blk in model.blocks:
+            blk.attn.reference = True
+        slow, _ = by_segments(model, toks)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
 def check_streaming(model, atol=1e-5):
     """Teacher-forced streaming (token by token and in uneven chunks) equals segment-wise forward."""
     toks = tokens(2, 4 * SEG + 3, seed=1)

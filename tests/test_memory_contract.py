@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, tokens
+from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, check_fast_equals_reference, tokens
 
 # constructor options per kind and layer; every registered kind needs an entry
 OPTIONS = {
@@ -97,13 +97,7 @@ def test_numel_counts_the_floats_of_the_state(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fast_attention_equals_reference(kind):
     model = build(kind)
-    toks = tokens(2, 3 * SEG, seed=7)
-    with torch.no_grad():
-        fast, _ = by_segments(model, toks)
-        for blk in model.blocks:
-            blk.attn.reference = True
-        slow, _ = by_segments(model, toks)
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    check_fast_equals_reference(model, tokens(2, 3 * SEG, seed=7))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -9,7 +9,7 @@ from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import detach_state
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, tokens
+from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, check_fast_equals_reference, tokens
 
 
 def build(kind="elastic", layers=(0, 1), tie=True, **options):
@@ -99,13 +99,7 @@ def test_batch_rows_are_independent_also_after_a_reset():
 
 def test_fast_attention_equals_reference_path():
     model = build("elastic", sampling="gauss", tie=False)
-    toks = tokens(3, 3 * SEG, seed=4)
-    with torch.no_grad():
-        fast, _ = by_segments(model, toks)
-        for blk in model.blocks:
-            blk.attn.reference = True
-        slow, _ = by_segments(model, toks)
-    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    check_fast_equals_reference(model, tokens(3, 3 * SEG, seed=4))
 
 
 def test_gradients_reach_segment_zero_through_memory():
