@@ -104,23 +104,40 @@ def lm_table(rows: dict[str, dict | None], floats: dict[str, int | None]) -> lis
     return lines
 
 
-def plot(rows: dict[str, dict | None], path: Path) -> None:
-    """Loss by segment index on the held-out code split, one line per variant; written atomically."""
+def binned(losses: list, tokens: list, width: int) -> tuple[list[float], list[float]]:
+    """Token-weighted mean loss over bins of `width` segment indices: (bin centres, 1-based), means."""
+    xs, ys = [], []
+    for b in range(0, len(losses), width):
+        pairs = [(v, n) for v, n in zip(losses[b : b + width], tokens[b : b + width]) if v is not None and n]
+        if pairs:
+            xs.append(b + (min(width, len(losses) - b) + 1) / 2)
+            ys.append(sum(v * n for v, n in pairs) / sum(n for _, n in pairs))
+    return xs, ys
+
+
+def plot(rows: dict[str, dict | None], path: Path, width: int = 10) -> None:
+    """Loss by segment index on the held-out code split (token-weighted bins of `width` segments),
+    and each variant's difference to `none` in the same bins; written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, r in rows.items():
-        if r is None:
-            continue
-        points = [(i + 1, v) for i, v in enumerate(r["loss_by_segment"]) if v is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
-    ax.set_xlabel("segment index in the document")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title("held-out code: loss by segment index")
-    ax.legend(fontsize=8)
+    curves = {name: binned(r["loss_by_segment"], r.get("tokens_by_segment") or [1] * len(r["loss_by_segment"]), width)
+              for name, r in rows.items() if r is not None}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    base = curves.get("none")
+    for i, (name, (xs, ys)) in enumerate(curves.items()):
+        colour = f"C{i % 10}"  # the same colour for a variant in both panels
+        top.plot(xs, ys, marker=".", color=colour, label=name)
+        if base is not None and name != "none":
+            bottom.plot(xs, [y - b for y, b in zip(ys, base[1])], marker=".", color=colour, label=name)
+    top.set_ylabel("loss (nats/token)")
+    top.set_title(f"held-out code: loss by segment index (token-weighted bins of {width} segments)")
+    top.legend(fontsize=7, ncol=2)
+    bottom.axhline(0.0, color="black", linewidth=0.8)
+    bottom.set_ylabel("loss minus none's (nats/token)")
+    bottom.set_xlabel("segment index in the document")
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -64,3 +64,9 @@ def test_tables_show_numbers_and_failures(out):
 def test_plot_writes_a_png(out, tmp_path):
     results.plot(results.load_results(out, ["none", "elastic", "xl"])["code"], tmp_path / "curve.png")
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bins_are_token_weighted_means():
+    xs, ys = results.binned([1.0, 3.0, None, 5.0, 7.0], [1, 3, 0, 2, 2], width=2)
+    assert xs == [1.5, 3.5, 5.0]  # 1-based centres; the last bin holds one segment
+    assert ys == [(1 * 1 + 3 * 3) / 4, 5.0, 7.0]
