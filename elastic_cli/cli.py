@@ -222,7 +222,9 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
 
     A long --file (a whole book or repository) is read into memory segment by segment: each
     full segment is folded into the model's memory and its KV cache dropped, so memory use and
-    time per generated token do not grow with the file's length. Filters apply in the order
+    time per generated token do not grow with the file's length. Store-based kinds (xl,
+    memorizing, melodi) keep a fixed-capacity store (memory.cache, memory.store, memory.long_store):
+    their cost grows with the store's capacity, never past it. Filters apply in the order
     top-k, temperature, top-p (as in litgpt); --temperature 0 is greedy decoding.
     """
     from elastic_cli import generate, inference
