@@ -20,8 +20,9 @@ from torch import Tensor
 
 from . import flops, measure
 from .memory import REGISTRY
-from .memory.base import SegmentView, detach_state
+from .memory.base import SegmentView
 from .memory.elastic import ElasticMemory
+from .data.loader import Batch
 from .model.decoder import Decoder, Stream
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
@@ -51,28 +52,6 @@ def random_tokens(shape: tuple[int, ...], vocab: int, seed: int, device: torch.d
 
 
 # ------------------------------------------------------------------------------ 1. training cost
-
-def train_step(model: Decoder, optimizer: torch.optim.Optimizer, tokens: Tensor, targets: Tensor,
-               bptt: int, autocast, grad_clip: float = 1.0) -> float:
-    """One optimizer step on a window (as in train.py): tokens/targets (B, S, L), empty memory at
-    the start, a backward every `bptt` segments (truncated BPTT), clipping, AdamW. Returns the loss."""
-    segments = tokens.shape[1]
-    optimizer.zero_grad(set_to_none=True)
-    states = model.empty_states(tokens.shape[0], tokens.device)
-    total = 0.0
-    for c0 in range(0, segments, bptt):
-        chunk = torch.zeros((), device=tokens.device)
-        with autocast:
-            for s in range(c0, min(c0 + bptt, segments)):
-                logits, states = model(tokens[:, s], states)  # (B, L, V)
-                chunk = chunk + F.cross_entropy(logits.float().flatten(0, 1), targets[:, s].flatten())
-        (chunk / segments).backward()
-        total += float(chunk.detach()) / segments
-        states = detach_state(states)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return total
-
 
 def interleave(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
                inner: int = 1) -> dict[str, list[float]]:
@@ -214,6 +193,7 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
     from .config import to_dict
     from .model.init import init_weights
     from .optim import build_optimizer
+    from .train import train_step
 
     plan, start = (QUICK if quick else FULL), time.perf_counter()
     m, t = cfg.model, cfg.train
@@ -225,13 +205,14 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
     for kind, c in configs.items():
         models[kind] = build_model(c).to(device)
         init_weights(models[kind], t.seed)
-    tokens = random_tokens((batch, segments, seg_len), m.vocab_size, 1, device)  # (B, S, L)
-    targets = random_tokens((batch, segments, seg_len), m.vocab_size, 2, device)  # (B, S, L)
+    fake = Batch(random_tokens((batch, segments, seg_len), m.vocab_size, 1, device),  # inputs (B, S, L)
+                   random_tokens((batch, segments, seg_len), m.vocab_size, 2, device),  # targets (B, S, L)
+                   torch.arange(segments, device=device).expand(batch, segments) == 0)  # doc_start (B, S)
     steps = {}
     for kind, model in models.items():
         opt = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
-        steps[kind] = (lambda model=model, opt=opt:
-                       train_step(model, opt, tokens, targets, t.bptt_segments, autocast, t.grad_clip or float("inf")))
+        steps[kind] = (lambda c=configs[kind], model=model, opt=opt:  # the trainer's own step (train.py)
+                       train_step(c, model, opt, fake, autocast, device))
     history = {k: mm for k, mm in models.items() if not quick or k in HISTORY_KINDS}
     one_segment = random_tokens((1, seg_len), m.vocab_size, 3, device)
     step_s = sum(measure.timed(fn, device) for fn in steps.values())

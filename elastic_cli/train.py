@@ -113,7 +113,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                 lr = lr_at(step, t.lr, t.min_lr, t.warmup, t.steps)
                 set_lr(optimizer, lr)
                 batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
-                loss, n_tokens, grad_norm = _step(cfg, model, net, forward, optimizer, batch, autocast, device)
+                loss, n_tokens, grad_norm = train_step(cfg, model, optimizer, batch, autocast, device, net, forward)
                 step, tokens = step + 1, tokens + n_tokens
 
                 record = {}
@@ -150,9 +150,13 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     return Summary(step, tokens, loss)
 
 
-def _step(cfg, model, net, forward, optimizer, batch, autocast, device) -> tuple[float, int, float]:
+def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward=None) -> tuple[float, int, float]:
     """One optimizer step over this rank's rows of the global batch; returns the global mean loss,
-    the global number of target tokens and the gradient norm before clipping."""
+    the global number of target tokens and the gradient norm before clipping. Reads only `cfg.train`.
+    `net` is the (DDP-)wrapped model, `forward` the (compiled) callable; both default to `model`.
+    `elastic bench` times exactly this function."""
+    net = model if net is None else net
+    forward = net if forward is None else forward
     t = cfg.train
     rows, segments = batch.inputs.shape[:2]
     local = int((batch.targets != -1).sum())

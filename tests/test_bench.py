@@ -2,6 +2,7 @@
 `elastic bench --quick` once, for completeness of its JSON (no timing thresholds anywhere)."""
 import copy
 from contextlib import nullcontext
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
@@ -10,10 +11,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from elastic_cli import bench, measure
+from elastic_cli.data.loader import Batch
 from elastic_cli.memory import REGISTRY, hippo
 from elastic_cli.memory.base import Memory, Read, detach_state
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
+from elastic_cli.train import train_step
 
 V, D, HEADS, HIDDEN, SEG = 29, 16, 2, 24, 8
 CPU = torch.device("cpu")
@@ -159,10 +162,14 @@ def test_generation_is_greedy_decoding_of_the_full_forward():
 
 @pytest.mark.parametrize("bptt", [1, 3])
 def test_train_step_is_sgd_on_the_truncated_bptt_loss(bptt):
+    """The bench times train.train_step, the trainer's own step: check it against the TBPTT loss."""
     model = build()
     ref = copy.deepcopy(model)
     x, y = toks(2, 3, SEG, seed=1), toks(2, 3, SEG, seed=2)
-    loss = bench.train_step(model, torch.optim.SGD(model.parameters(), lr=1.0), x, y, bptt, nullcontext(), float("inf"))
+    cfg = SimpleNamespace(train=SimpleNamespace(micro_batch=2, bptt_segments=bptt, aux_weight=0.0, grad_clip=0.0))
+    batch = Batch(x, y, torch.tensor([[True, False, False]] * 2))
+    loss, n_tokens, _ = train_step(cfg, model, torch.optim.SGD(model.parameters(), lr=1.0), batch, nullcontext(), CPU)
+    assert n_tokens == 2 * 3 * SEG
     states, total = ref.empty_states(2, CPU), 0
     for s in range(3):
         if s % bptt == 0:
