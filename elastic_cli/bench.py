@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import flops, measure
+from .atomic import write_atomic
 from .memory import REGISTRY
 from .memory.base import SegmentView
-from .memory.elastic import ElasticMemory
 from .data.loader import Batch
+from .memory.elastic import ElasticMemory
 from .model.decoder import Decoder, Stream
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
@@ -321,7 +322,6 @@ def summary_rows(result: dict) -> list[list[str]]:
 def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json_path: str | None) -> dict:
     """`elastic bench`: load the recipe, measure, print a table, write the JSON (atomically; "-": stdout)."""
     import json
-    import os
     from pathlib import Path
 
     from . import console
@@ -342,7 +342,5 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, (text + "\n").encode("utf-8"))
     return result

@@ -28,6 +28,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from elastic_cli import __version__
+from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -90,13 +91,13 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
 def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
     """config.yaml, command.txt and env.json of a run (rank 0)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_dir / "config.yaml", config_yaml.encode())
-    _write_atomic(run_dir / "command.txt", (" ".join(argv) + "\n").encode())
+    write_atomic(run_dir / "config.yaml", config_yaml.encode())
+    write_atomic(run_dir / "command.txt", (" ".join(argv) + "\n").encode())
     env = {"elastic": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "cuda": torch.version.cuda, "platform": platform.platform(), "host": socket.gethostname(),
            "world": world, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
-    _write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
+    write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
 
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
@@ -113,11 +114,11 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     for f in tmp.iterdir():
         _fsync(f)
-    _write_atomic(tmp / "COMPLETE", b"")  # last: marks every file above as fully written
+    write_atomic(tmp / "COMPLETE", b"")  # last: marks every file above as fully written
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_atomic(root / "latest", (final.name + "\n").encode())
+    write_atomic(root / "latest", (final.name + "\n").encode())
     for old in complete_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old)
     for stale in root.glob("step_*.tmp"):
@@ -151,7 +152,7 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] 
 def mark_preempted(run_dir: Path, step: int) -> Path:
     marker = Path(run_dir) / "state" / "PREEMPTED"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(marker, f"step {step}\n".encode())
+    write_atomic(marker, f"step {step}\n".encode())
     return marker
 
 
@@ -189,10 +190,3 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

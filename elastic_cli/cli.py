@@ -181,6 +181,7 @@ def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_s
     import json
 
     from elastic_cli import evaluate, inference
+    from elastic_cli.atomic import write_atomic
 
     compare = _schedules(compare_sampling)
     json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
@@ -192,7 +193,7 @@ def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_s
     if json_path == "-":
         console.out(text)
     elif json_file is not None:
-        inference.write_atomic(json_file, (text + "\n").encode())
+        write_atomic(json_file, (text + "\n").encode())
         console.info(f"wrote {json_file}")
     if json_path != "-":
         columns, rows = evaluate.table_rows(report)

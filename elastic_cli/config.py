@@ -332,6 +332,7 @@ def check_world(cfg: RunConfig, world: int) -> None:
 
 def check_data(cfg: RunConfig, vocab_size: int, tokenizer_sha256: str | None, data_path: str) -> None:
     """Train-time check that model, data and tokenizer agree (DataError, exit 3)."""
+    from elastic_cli.data.tokenizer import file_sha256
     from elastic_cli.errors import DataError
 
     if cfg.model.vocab_size != vocab_size:
@@ -340,7 +341,7 @@ def check_data(cfg: RunConfig, vocab_size: int, tokenizer_sha256: str | None, da
         path = Path(cfg.data.tokenizer)
         if not path.is_file():
             raise DataError(f"data.tokenizer: no such file {path}")
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        sha = file_sha256(path.read_bytes())
         if sha != tokenizer_sha256:
             raise DataError(f"data.tokenizer {path} (sha256 {sha[:12]}) is not the tokenizer {data_path} was prepared with "
                             f"(sha256 {str(tokenizer_sha256)[:12]})")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from elastic_cli import console, inference
+from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
 
 LN2 = math.log(2.0)
@@ -261,4 +262,4 @@ def plot_curves(report: dict, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    inference.write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())

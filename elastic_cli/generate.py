@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from elastic_cli import console, inference
+from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.sampling import SamplingOptions, make_generator, sample
 
@@ -164,5 +165,5 @@ def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: SamplingOption
         console.info(f"{len(tokens)} tokens, {len(tokens) / max(seconds, 1e-9):.1f} tokens/s ({finish})")
     if output is not None:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        inference.write_atomic(output, lines.encode("utf-8"))
+        write_atomic(output, lines.encode("utf-8"))
     return records

@@ -2,16 +2,16 @@
 test-time memory options, its tokenizer, the device, and output files written atomically."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from elastic_cli import distributed
+from elastic_cli.data.tokenizer import file_sha256
 from elastic_cli.errors import DataError, UsageError
 
 
@@ -34,14 +34,6 @@ def memory_overrides(kind: str, sampling: str | None, samples: int | None) -> li
     return out
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise UsageError("run.device=cuda but no CUDA device is available")
-    if setting == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
-
-
 def read_config(ckpt: str | Path) -> tuple[Path, Any]:
     """(checkpoint dir, its RunConfig) without loading weights; DataError (exit 3) when the path is
     missing or incomplete or its config is not one this version can build."""
@@ -61,7 +53,7 @@ def load(ckpt: str | Path, sampling: str | None = None, samples: int | None = No
 
     path, saved = read_config(ckpt)
     cfg, model, path = checkpoint.load_for_inference(path, memory_overrides(saved.memory.kind, sampling, samples))
-    device = pick_device(cfg.run.device)
+    device = distributed.pick_device(cfg.run.device)
     return Loaded(cfg, model.to(device).eval(), path, device)
 
 
@@ -72,14 +64,6 @@ def autocast(cfg: Any, device: torch.device):
     return nullcontext()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_tokenizer(cfg: Any) -> tuple[Path | None, str | None]:
     """(tokenizer file, sha256) the model was trained with: data.tokenizer of its config, else what
     the training data's meta.json records. Either may be None when the run does not say."""
@@ -87,10 +71,10 @@ def model_tokenizer(cfg: Any) -> tuple[Path | None, str | None]:
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     if cfg.data.tokenizer is not None and Path(cfg.data.tokenizer).is_file():
         path = Path(cfg.data.tokenizer)
-        return path, sha256_file(path)
+        return path, file_sha256(path.read_bytes())
     recorded = meta.get("tokenizer")
     path = Path(recorded) if isinstance(recorded, str) and Path(recorded).is_file() else None
-    return path, meta.get("tokenizer_sha256") or (sha256_file(path) if path else None)
+    return path, meta.get("tokenizer_sha256") or (file_sha256(path.read_bytes()) if path else None)
 
 
 def check_data_matches(cfg: Any, meta: dict, data_dir: Path) -> str | None:
@@ -121,13 +105,3 @@ def check_writable(path: str | Path, flag: str) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

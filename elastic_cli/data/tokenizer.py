@@ -84,6 +84,11 @@ def train(texts: Iterable[str], vocab_size: int, out: Path, kind: str, sample: i
     return len(lines)
 
 
+def file_sha256(blob: bytes) -> str:
+    """A tokenizer's identity: the sha256 of its .model file's bytes (recorded in meta.json)."""
+    return hashlib.sha256(blob).hexdigest()
+
+
 class Tokenizer:
     """A loaded SentencePiece model with elastic's special ids."""
 
@@ -110,7 +115,7 @@ class Tokenizer:
         if found != (PAD_ID, BOS_ID, EOS_ID, FILE_SEP_ID):
             raise DataError(f"{path}: special ids (pad, bos, eos, file) are {found}, elastic needs "
                             f"{(PAD_ID, BOS_ID, EOS_ID, FILE_SEP_ID)}; train it with `elastic tokenizer train`")
-        return cls(sp, hashlib.sha256(blob).hexdigest(), path)
+        return cls(sp, file_sha256(blob), path)
 
     @property
     def vocab_size(self) -> int:
