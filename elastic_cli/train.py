@@ -168,7 +168,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
     for i, r0 in enumerate(starts):
         x = batch.inputs[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
         y = batch.targets[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
-        first = batch.doc_start[r0:r0 + t.micro_batch].to(device)  # (m, S)
+        first = batch.doc_start[r0:r0 + t.micro_batch]  # (m, S), kept on the CPU: read by reset_at
         states = model.empty_states(x.shape[0], device)
         for c0 in range(0, segments, t.bptt_segments):
             last = i == len(starts) - 1 and c0 + t.bptt_segments >= segments
@@ -176,7 +176,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
                 chunk = aux = torch.zeros((), device=device)
                 with autocast:
                     for s in range(c0, min(c0 + t.bptt_segments, segments)):
-                        states = model.reset_states(states, first[:, s])  # memory empties at document starts
+                        states = reset_at(model, states, first, s, device)  # memory empties at document starts
                         logits, states = forward(x[:, s], states)  # (m, L, V)
                         chunk = chunk + F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(),
                                                         ignore_index=-1, reduction="sum")
@@ -188,6 +188,15 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
     optimizer.step()
     return distributed.all_reduce_sum([nll])[0] / max(total, 1), total, float(grad_norm)
+
+
+def reset_at(model, states, doc_start, s: int, device):
+    """Empty the memory of rows whose document starts at segment s. doc_start (m, S) bool on the CPU.
+    No work at s = 0 (the window's states are fresh) or where no row starts a document: the reset
+    builds an empty state and a select per leaf, which the hot path should not pay every segment."""
+    if s == 0 or not bool(doc_start[:, s].any()):
+        return states
+    return model.reset_states(states, doc_start[:, s].to(device))
 
 
 @torch.no_grad()
@@ -205,10 +214,10 @@ def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> float:
         for r0 in range(0, batch.inputs.shape[0], t.micro_batch):
             x = batch.inputs[r0:r0 + t.micro_batch].to(device)  # (m, S, L)
             y = batch.targets[r0:r0 + t.micro_batch].to(device)  # (m, S, L)
-            first = batch.doc_start[r0:r0 + t.micro_batch].to(device)  # (m, S)
+            first = batch.doc_start[r0:r0 + t.micro_batch]  # (m, S) on the CPU
             states = model.empty_states(x.shape[0], device)
             for s in range(x.shape[1]):
-                states = model.reset_states(states, first[:, s])
+                states = reset_at(model, states, first, s, device)
                 with autocast:
                     logits, states = model(x[:, s], states)  # (m, L, V)
                 nll += F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(), ignore_index=-1,

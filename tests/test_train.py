@@ -138,3 +138,21 @@ def test_cuda_bf16_and_compile_match_cpu_fp32(data, tmp_path):
     assert abs(first_gpu - first_cpu) < 2e-2 * first_cpu
     assert gpu.loss < first_gpu and abs(gpu.loss - cpu.loss) < 0.1 * cpu.loss
     checkpoint.load_for_inference(tmp_path / "gpu")
+
+
+def test_reset_at_empties_only_rows_starting_a_document_and_skips_no_op_segments():
+    from elastic_cli.memory import REGISTRY
+    from elastic_cli.model.decoder import Decoder
+    from elastic_cli.model.init import init_weights
+    from elastic_cli.train import reset_at
+
+    model = Decoder(37, 16, 1, 2, 24, 6, {0: REGISTRY["elastic"](2, 8, order=4, samples=3)})
+    init_weights(model, seed=0)
+    _, states = model(torch.randint(0, 37, (2, 6), generator=torch.Generator().manual_seed(0)),
+                      model.empty_states(2, "cpu"))
+    starts = torch.tensor([[True, False, True], [True, False, False]])  # (rows, segments)
+    assert reset_at(model, states, starts, 0, "cpu") is states  # fresh window: nothing to do
+    assert reset_at(model, states, starts, 1, "cpu") is states  # no row starts a document
+    after = reset_at(model, states, starts, 2, "cpu")[0]  # row 0 starts a document at segment 2
+    assert after.t.tolist() == [0, 6] and not after.ck[0].any()
+    assert torch.equal(after.ck[1], states[0].ck[1]) and torch.equal(after.cv[1], states[0].cv[1])
