@@ -214,3 +214,68 @@ def test_recency_dense_schedules(schedule, options):
 def test_unknown_schedule_names_the_choices():
     with pytest.raises(ValueError, match="uniform, exponential, gauss, power"):
         hippo.sample_points("cubic", 4, 10)
+
+
+# ---------------------------------------------------------------- the fast banks (no per-t cache)
+
+@pytest.mark.parametrize("order", [1, 2, 16, 64])
+def test_segment_banks_equal_the_float64_reference(order):
+    ts = [0, 1, 7, 4096, 123457, 10**9]
+    for l in (1, 64, 2048):
+        r, w = hippo.segment_banks(torch.tensor(ts), l, order)  # every row at once
+        for i, t in enumerate(ts):
+            ref_r = hippo.transition(t / (t + l), order) if t else torch.zeros(order, order, dtype=torch.float64)
+            ref_w = hippo.injection(t, l, order)
+            torch.testing.assert_close(r[i], ref_r, rtol=0, atol=1e-13)
+            torch.testing.assert_close(w[i], ref_w, rtol=0, atol=1e-15)
+            assert (w[i] - ref_w).abs().max() <= 1e-6 * ref_w.abs().max()  # relative too, even at t = 1e9
+
+
+@pytest.mark.parametrize("t", [3, 10**9])
+def test_segment_banks_equal_the_reference_at_order_1024(t):
+    order, l = 1024, 512
+    r, w = hippo.segment_banks(torch.tensor([t]), l, order)
+    torch.testing.assert_close(r[0], hippo.transition(t / (t + l), order), rtol=0, atol=1e-12)
+    ref_w = hippo.injection(t, l, order)
+    torch.testing.assert_close(w[0], ref_w, rtol=0, atol=1e-14)
+    assert (w[0] - ref_w).abs().max() <= 1e-6 * ref_w.abs().max()
+
+
+def test_absorb_at_a_billion_tokens_equals_the_token_by_token_reference():
+    gen = torch.Generator().manual_seed(5)
+    c = torch.randn(2, 16, 3, generator=gen, dtype=torch.float64)  # (B, N, D)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)  # (B, l, D)
+    t = torch.tensor([10**9, 10**9 + 12345])
+    out = hippo.absorb(c, t, x)
+    for b in range(2):
+        torch.testing.assert_close(out[b], hippo.absorb_reference(c[b], int(t[b]), x[b]), rtol=0, atol=1e-13)
+
+
+def test_rows_at_distinct_unsorted_t_get_their_own_banks():
+    gen = torch.Generator().manual_seed(6)
+    t = torch.tensor([17, 0, 5])
+    c = torch.randn(3, 2, 6, 3, generator=gen, dtype=torch.float64)  # (B, H, N, d)
+    x = torch.randn(3, 2, 7, 3, generator=gen, dtype=torch.float64)  # (B, H, l, d)
+    out = hippo.absorb(c, t, x)
+    for b in range(3):
+        torch.testing.assert_close(out[b], hippo.absorb(c[b], int(t[b]), x[b]), rtol=0, atol=1e-14)
+
+
+def test_new_t_leaves_no_cache_behind():
+    """Writing at 50 never-seen t adds nothing to any cache (the Gauss nodes are cached per order)."""
+    c, x = torch.zeros(1, 8, 2), torch.randn(1, 4, 2)
+    hippo.absorb(c, torch.tensor([1]), x)
+    before = hippo._nodes.cache_info().currsize
+    for t in range(1000, 1050):
+        hippo.absorb(c, torch.tensor([t]), x)
+    assert hippo._nodes.cache_info().currsize == before
+
+
+@pytest.mark.parametrize("order", [16, 1024])
+def test_exponential_sampling_rows_equal_the_reference(order):
+    ts = [0, 1, 2, 5, 1000, 10**9]
+    for m in (1, 7, 64):
+        rows = hippo.exponential_sampling_rows(torch.tensor(ts), m, order)  # (B, M, N)
+        for i, t in enumerate(ts):
+            ref = hippo.sampling_matrix("exponential", m, t, order)
+            torch.testing.assert_close(rows[i], ref, rtol=0, atol=1e-12 * max(1, order))

@@ -22,10 +22,12 @@ class ElasticState(NamedTuple):
     t: Tensor  # (B,) long, tokens absorbed since the document start
 
 
-@lru_cache(maxsize=64)
-def _sampling(schedule: str, m: int, t: int, order: int, power: float, device: torch.device) -> Tensor:
-    """S (M, N) fp32 on `device`, built in float64; t is ignored (pass 0) for t-free schedules."""
-    return hippo.sampling_matrix(schedule, m, t, order, power=power).to(device=device, dtype=torch.float32)
+@lru_cache(maxsize=8)
+def _fixed_sampling(schedule: str, m: int, order: int, power: float, device: torch.device) -> Tensor:
+    """S (M, N) fp32 on `device` for a schedule that does not depend on t, built once in float64.
+    At most 8 entries of M N fp32 (16 KiB each at M = N = 64): the model's schedule, plus the ones
+    eval/generate switch to."""
+    return hippo.sampling_matrix(schedule, m, 0, order, power=power).to(device=device, dtype=torch.float32)
 
 
 @register("elastic")
@@ -52,10 +54,8 @@ class ElasticMemory(Memory):
     def sampling_rows(self, t: Tensor) -> Tensor:
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
         if not hippo.depends_on_t(self.sampling):
-            return _sampling(self.sampling, self.samples, 0, self.order, self.power, t.device)
-        values, inverse = torch.unique(t, return_inverse=True)  # (U,), (B,)
-        banks = [_sampling(self.sampling, self.samples, int(v), self.order, self.power, t.device) for v in values.tolist()]
-        return torch.stack(banks)[inverse]  # (B, M, N)
+            return _fixed_sampling(self.sampling, self.samples, self.order, self.power, t.device)
+        return hippo.exponential_sampling_rows(t, self.samples, self.order).float()  # (B, M, N), no cache
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
         with torch.autocast(device_type=state.ck.device.type, enabled=False):
@@ -69,8 +69,9 @@ class ElasticMemory(Memory):
 
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
         with torch.autocast(device_type=state.ck.device.type, enabled=False):
-            ck = hippo.absorb(state.ck, state.t, seg.k.float())  # (B, H, N, d)
-            cv = hippo.absorb(state.cv, state.t, seg.v.float())  # (B, H, N, d)
+            kv = torch.cat([state.ck, state.cv], dim=-1)  # (B, H, N, 2d): one bank build for keys and values
+            kv = hippo.absorb(kv, state.t, torch.cat([seg.k, seg.v], dim=-1).float())  # (B, H, N, 2d)
+            ck, cv = kv.split(self.head_dim, dim=-1)  # (B, H, N, d) each
         return ElasticState(ck, cv, state.t + seg.k.shape[2])
 
     def numel(self, state: ElasticState) -> int:
