@@ -5,29 +5,92 @@ import pytest
 import torch
 
 from elastic_cli.memory.base import Read
+from elastic_cli.model import merge
 from elastic_cli.model.attention import attend, attend_reference
 from elastic_cli.model.layers import Rotary
 
 B, H, D = 3, 2, 8
 
 
-def tensors(gen, n, start, m):
-    q = torch.randn(B, H, n, D, generator=gen)
-    k = torch.randn(B, H, start + n, D, generator=gen)
-    v = torch.randn(B, H, start + n, D, generator=gen)
+def tensors(gen, n, start, m, positions=False, dtype=torch.float32):
+    q = torch.randn(B, H, n, D, generator=gen, dtype=dtype)
+    k = torch.randn(B, H, start + n, D, generator=gen, dtype=dtype)
+    v = torch.randn(B, H, start + n, D, generator=gen, dtype=dtype)
     if m == 0:
         return q, k, v, Read()
-    read = Read(k=torch.randn(B, H, m, D, generator=gen), v=torch.randn(B, H, m, D, generator=gen),
-                valid=torch.tensor([[True] * m, [False] * m, [True] * m]))
+    valid = torch.tensor([[True] * m, [False] * m, [True] * (m - 1) + [False]])
+    pos = torch.arange(-m, 0) if positions else None  # e.g. Transformer-XL's cache right before the segment
+    read = Read(k=torch.randn(B, H, m, D, generator=gen, dtype=dtype), v=torch.randn(B, H, m, D, generator=gen, dtype=dtype),
+                valid=valid, pos=pos)
     return q, k, v, read
 
 
-@pytest.mark.parametrize("n,start,m", [(6, 0, 0), (6, 0, 5), (1, 9, 0), (1, 9, 4), (3, 4, 4)])
-def test_fast_equals_reference(n, start, m):
-    q, k, v, read = tensors(torch.Generator().manual_seed(n + start + m), n, start, m)
+CASES = [(6, 0, 0), (6, 0, 5), (1, 9, 0), (1, 9, 4), (3, 4, 4), (5, 3, 1), (64, 0, 16)]
+
+
+@pytest.mark.parametrize("positions", [False, True])
+@pytest.mark.parametrize("n,start,m", CASES)
+def test_fast_equals_reference(n, start, m, positions):
+    q, k, v, read = tensors(torch.Generator().manual_seed(n + start + m), n, start, m, positions)
     rotary = Rotary(D)
     torch.testing.assert_close(attend(q, k, v, read, rotary, start), attend_reference(q, k, v, read, rotary, start),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("positions", [False, True])
+@pytest.mark.parametrize("n,start,m", CASES)
+def test_fast_gradients_equal_reference(n, start, m, positions):
+    """Value and the gradient of every input (q, k, v, memory keys and values), in float64."""
+    q, k, v, read = tensors(torch.Generator().manual_seed(10 * n + start + m), n, start, m, positions, torch.float64)
+    rotary = Rotary(D)
+    leaves = [q, k, v] + ([read.k, read.v] if m else [])
+    weights = torch.randn(B, H, n, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = []
+    for fn in (attend, attend_reference):
+        for x in leaves:
+            x.requires_grad_(True)
+            x.grad = None
+        out = fn(q, k, v, read, rotary, start)
+        (out * weights).sum().backward()
+        grads.append([out.detach()] + [x.grad.clone() for x in leaves])
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)  # rope_at rotates in fp32
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_math_twin_equals_the_fused_kernel(causal):
+    """The unfused twin (used where no fused kernel applies) equals the CPU flash kernel, forward
+    and backward, including the backward handed a merged output and log-sum-exp."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, H, 7, D, generator=gen, dtype=torch.float64) for _ in range(3))
+    out, lse, extra = merge.fused_forward(q, k, v, causal, 0.3)
+    out_m, lse_m = merge.math_forward(q, k, v, causal, 0.3)
+    torch.testing.assert_close(out, out_m)
+    torch.testing.assert_close(lse, lse_m)
+    dy, y = torch.randn_like(q), torch.randn_like(q)
+    merged_lse = lse + torch.rand(lse.shape, generator=gen, dtype=torch.float64)  # as if other keys joined
+    for a, b in zip(merge.fused_backward(dy, q, k, v, y, merged_lse, causal, 0.3, extra),
+                    merge.math_backward(dy, q, k, v, y, merged_lse, causal, 0.3)):
+        torch.testing.assert_close(a, b)
+
+
+def test_all_memory_masked_rows_have_no_nan_and_zero_memory_gradient():
+    q, k, v, read = tensors(torch.Generator().manual_seed(4), 4, 0, 3)
+    read = read._replace(k=read.k.requires_grad_(), v=read.v.requires_grad_())
+    out = attend(q, k, v, read, Rotary(D), 0)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert (read.k.grad[1] == 0).all() and (read.v.grad[1] == 0).all() and read.v.grad[0].abs().sum() > 0
+
+
+def test_bf16_autocast_close_to_fp32():
+    q, k, v, read = tensors(torch.Generator().manual_seed(5), 16, 0, 4, positions=True)
+    rotary = Rotary(D)
+    want = attend_reference(q, k, v, read, rotary, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), read, rotary, 0)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
 
 
 def test_invalid_memory_rows_equal_local_attention():
@@ -56,3 +119,27 @@ def test_memory_logits_use_unrotated_query():
     expected = torch.softmax(logits, 0)[0]  # weight on the memory value (ones); others are zeros
     out = attend(q, k, torch.zeros(1, 1, start + 1, D), read, rotary, start)
     torch.testing.assert_close(out, torch.full_like(out, expected.item()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("positions", [False, True])
+def test_cuda_fast_path_equals_reference(dtype, positions):
+    """On CUDA: flash (bf16) or the unfused twin (fp32), value and gradients against the fp32 reference."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v, read = tensors(gen, 128, 0, 16, positions)
+    q, k, v = (x.cuda().requires_grad_() for x in (q, k, v))
+    read = read._replace(k=read.k.cuda(), v=read.v.cuda(), valid=read.valid.cuda(),
+                         pos=None if read.pos is None else read.pos.cuda())
+    rotary = Rotary(D).cuda()
+    weights = torch.randn(B, H, 128, D, generator=gen).cuda()
+    results = []
+    for fn, cast in ((attend, dtype), (attend_reference, torch.float32)):
+        for x in (q, k, v):
+            x.grad = None
+        out = fn(q.to(cast), k.to(cast), v.to(cast), read, rotary, 0)
+        (out.float() * weights).sum().backward()
+        results.append([out.float().detach()] + [x.grad.clone() for x in (q, k, v)])
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-4
+    for fast, ref in zip(*results):
+        torch.testing.assert_close(fast, ref, rtol=tol, atol=tol)

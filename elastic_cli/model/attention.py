@@ -9,7 +9,8 @@ Logits (DESIGN.md §2.2, "Attention"):
 softmax over [memory ; local], output = P @ [v_mem ; v].
 With `read.pos` (memories with positions, e.g. Transformer-XL's cache at -M..-1) the memory logit
 is instead rope(q_i) · rope_at(k_mem_j, pos_j) / sqrt(d): relative distance start + i - pos_j.
-`attend_reference` spells this out; `attend` is the SDPA fast path, tested equal.
+`attend_reference` spells this out; `attend` is the fused fast path (local attention in the
+SDPA/flash kernel, memory logits beside it, merged by log-sum-exp), tested equal in value and gradient.
 A per-head memory output (`read.heads`, e.g. Memorizing Transformer's kNN attention) is mixed with
 the local output before `wo`: gate * heads + (1 - gate) * local.
 """
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from ..memory.base import Read
 from .layers import Rotary
+from .merge import merged_attention
 
 
 def causal_mask(n: int, start: int, device: torch.device) -> Tensor:
@@ -64,35 +66,30 @@ def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: int) -> Tensor:
-    """SDPA fast path of `attend_reference` (same arguments and result).
+    """Fast path of `attend_reference` (same arguments and result).
 
-    With memory, both logit kinds come out of one dot product of width 2d:
-      [rope(q), q] · [rope(k), 0] = local logit,   [rope(q), q] · [0, k_mem] = memory logit,
-    with the scale 1/sqrt(d) passed explicitly.
+    Without memory keys: SDPA (`is_causal` at a segment start, flash-eligible). With them, local
+    attention runs in the fused kernel, the memory logits (n x M) are computed beside it, and the two
+    are merged exactly by their log-sum-exp (`merge.merged_attention`). The local QK product keeps its
+    width d and the kernel its causal flag, so memory costs what its M extra keys cost.
     """
     n, d = q.shape[-2], q.shape[-1]
     q_rot, k_rot = rotary(q, start), rotary(k, 0)
     if read.k is None:
         if start == 0:
             return F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
-        return F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=causal_mask(n, start, q.device))
-    k_mem, v_mem = read.k.to(q.dtype), read.v.to(q.dtype)  # (B, H, M, d)
-    if read.pos is None:
-        q_cat = torch.cat([q_rot, q], dim=-1)  # (B, H, n, 2d)
-        keys = torch.cat([
-            torch.cat([torch.zeros_like(k_mem), k_mem], dim=-1),  # (B, H, M, 2d)
-            torch.cat([k_rot, torch.zeros_like(k_rot)], dim=-1),  # (B, H, S, 2d)
-        ], dim=2)  # (B, H, M + S, 2d)
-    else:  # positioned memory: one rotated key set, one rotated query
-        q_cat = q_rot  # (B, H, n, d)
-        keys = torch.cat([rope_at(rotary, k_mem, read.pos), k_rot], dim=2)  # (B, H, M + S, d)
-    values = torch.cat([v_mem, v], dim=2)  # (B, H, M + S, d)
-    batch, m = read.valid.shape
-    mask = torch.cat([
-        read.valid[:, None, None, :].expand(batch, 1, n, m),  # (B, 1, n, M)
-        causal_mask(n, start, q.device).expand(batch, 1, n, k.shape[2]),  # (B, 1, n, S)
-    ], dim=-1)  # (B, 1, n, M + S)
-    return F.scaled_dot_product_attention(q_cat, keys, values, attn_mask=mask, scale=1.0 / math.sqrt(d))
+        mask = None if n == 1 else causal_mask(n, start, q.device)  # one query sees every key
+        return F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=mask)
+    scale = 1.0 / math.sqrt(d)
+    wide = torch.promote_types(q.dtype, torch.float32)  # memory logits in fp32 (fp64 for fp64 inputs)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if read.pos is None:
+            mem = q.to(wide) @ read.k.to(wide).transpose(-1, -2) * scale  # (B, H, n, M) un-rotated query
+        else:
+            k_mem = rope_at(rotary, read.k.to(wide), read.pos)  # (B, H, M, d) rotated at its positions
+            mem = q_rot.to(wide) @ k_mem.transpose(-1, -2) * scale  # (B, H, n, M)
+        mem = mem.masked_fill(~read.valid[:, None, None, :], float("-inf"))
+    return merged_attention(q_rot, k_rot, v, mem, read.v, start)
 
 
 class Attention(nn.Module):

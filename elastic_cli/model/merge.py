@@ -1,0 +1,128 @@
+"""Local causal attention in the fused kernel, merged exactly with memory logits by log-sum-exp.
+
+Axis legend: B batch, H heads, n queries, S = start + n local keys, M memory keys, d head width.
+
+softmax over [memory ; local] splits into parts with their own log-sum-exp L_p and output O_p:
+  L = logsumexp_p L_p,   y = Σ_p exp(L_p - L) O_p
+(the merge of blockwise softmax, Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022). The
+local keys are one causal part at a segment start, or, when streaming (start > 0), a non-causal
+part for the keys before the chunk and a causal part for the chunk. Each runs in the fused kernel
+(flash on CUDA for bf16/fp16, the flash CPU kernel on the CPU), which returns its L_p.
+
+Backward: with the merged output y and L, the gradient of the joint softmax w.r.t. a local logit is
+P_ij (dy_i · v_j - dy_i · y_i) with P_ij = exp(s_ij - L_i): exactly what the kernel's backward
+computes when it is handed y and L instead of its own part's output and LSE (as ring attention
+does). The memory part (n x M, small) is differentiated here explicitly.
+`math_forward` / `math_backward` are the unfused twin (any device and dtype), tested equal.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def math_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    """Explicit softmax attention: (out (B, H, n, d) in q's dtype, lse (B, H, n) fp32 or fp64).
+    causal: query i sees key j iff j <= i (top-left aligned, as the fused kernels)."""
+    s = q.float() @ k.float().transpose(-1, -2) * scale if q.dtype != torch.float64 else q @ k.transpose(-1, -2) * scale
+    if causal:
+        n, m = s.shape[-2:]
+        s = s.masked_fill(torch.ones(n, m, dtype=torch.bool, device=s.device).triu(1), float("-inf"))  # (B, H, n, S)
+    lse = s.logsumexp(-1)  # (B, H, n)
+    return ((s - lse[..., None]).exp() @ v.to(s.dtype)).to(q.dtype), lse
+
+
+def math_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
+                  scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of the joint softmax whose output is `out` and log-sum-exp `lse`."""
+    wide = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qf, kf, vf, dyf = q.to(wide), k.to(wide), v.to(wide), dy.to(wide)
+    s = qf @ kf.transpose(-1, -2) * scale  # (B, H, n, S)
+    if causal:
+        n, m = s.shape[-2:]
+        s = s.masked_fill(torch.ones(n, m, dtype=torch.bool, device=s.device).triu(1), float("-inf"))
+    p = (s - lse.to(wide)[..., None]).exp()  # (B, H, n, S) joint-softmax weights of these keys
+    ds = p * (dyf @ vf.transpose(-1, -2) - (dyf * out.to(wide)).sum(-1, keepdim=True)) * scale  # (B, H, n, S)
+    return (ds @ kf).to(q.dtype), (ds.transpose(-1, -2) @ qf).to(k.dtype), (p.transpose(-1, -2) @ dyf).to(v.dtype)
+
+
+def _flash_cuda(q: Tensor) -> bool:
+    return q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 \
+        and q.shape[-1] <= 256
+
+
+def fused_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor, tuple]:
+    """(out, lse, what the backward needs) from the fused kernel; `math_forward` where none applies."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+        return out, lse, ()
+    if _flash_cuda(q):
+        out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, causal, False, scale=scale)
+        return out, lse, (cq, ck, mq, mk, seed, offset)
+    out, lse = math_forward(q, k, v, causal, scale)
+    return out, lse, ()
+
+
+def fused_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
+                   scale: float, extra: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel's backward for the joint softmax given its merged output and log-sum-exp."""
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            dy, q, k, v, out, lse, 0.0, causal, scale=scale)
+    if extra:  # CUDA flash: the same arguments as its autograd formula (derivatives.yaml)
+        cq, ck, mq, mk, seed, offset = extra
+        return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+            dy, q, k, v, out, lse, cq, ck, mq, mk, 0.0, causal, seed, offset, scale=scale)
+    return math_backward(dy, q, k, v, out, lse, causal, scale)
+
+
+def _parts(k: Tensor, v: Tensor, start: int) -> list[tuple[Tensor, Tensor, bool]]:
+    """Local keys as fused-kernel parts: [(keys, values, causal)]; keys before `start` are seen by all."""
+    if start == 0:
+        return [(k, v, True)]
+    return [(k[:, :, :start], v[:, :, :start], False), (k[:, :, start:], v[:, :, start:], True)]
+
+
+class _Merged(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mem: Tensor, v_mem: Tensor, start: int) -> Tensor:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            parts = [fused_forward(q, kp, vp, causal, scale) for kp, vp, causal in _parts(k, v, start)]
+            wide = mem.dtype  # fp32 (fp64 when the inputs are)
+            lse_mem = mem.logsumexp(-1)  # (B, H, n); -inf where no memory key is valid
+            lse = torch.stack([lse_p.to(wide) for _, lse_p, _ in parts] + [lse_mem]).logsumexp(0)  # (B, H, n)
+            y = (mem - lse[..., None]).exp() @ v_mem.to(wide)  # (B, H, n, d) memory part
+            for out_p, lse_p, _ in parts:
+                y = y + (lse_p.to(wide) - lse).exp()[..., None] * out_p.to(wide)
+            y = y.to(q.dtype)
+        ctx.save_for_backward(q, k, v, mem, v_mem, y, lse)
+        ctx.start, ctx.scale, ctx.extra, ctx.lse_dtype = start, scale, [e for _, _, e in parts], parts[0][1].dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        q, k, v, mem, v_mem, y, lse = ctx.saved_tensors
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            dy = dy.contiguous()
+            grads = [fused_backward(dy, q, kp, vp, y, lse.to(ctx.lse_dtype), causal, ctx.scale, extra)
+                     for (kp, vp, causal), extra in zip(_parts(k, v, ctx.start), ctx.extra)]
+            dq = sum(g[0] for g in grads)  # (B, H, n, d)
+            dk = torch.cat([g[1] for g in grads], dim=2)  # (B, H, S, d)
+            dv = torch.cat([g[2] for g in grads], dim=2)  # (B, H, S, d)
+            wide = mem.dtype
+            p = (mem - lse[..., None]).exp()  # (B, H, n, M) joint-softmax weights of the memory keys
+            dyw = dy.to(wide)
+            dmem = p * (dyw @ v_mem.to(wide).transpose(-1, -2) - (dyw * y.to(wide)).sum(-1, keepdim=True))  # (B, H, n, M)
+            dv_mem = (p.transpose(-1, -2) @ dyw).to(v_mem.dtype)  # (B, H, M, d)
+        return dq, dk, dv, dmem, dv_mem, None
+
+
+def merged_attention(q: Tensor, k: Tensor, v: Tensor, mem: Tensor, v_mem: Tensor, start: int) -> Tensor:
+    """Joint softmax over [memory ; causal local]. q: (B, H, n, d) rotated queries at positions
+    start..start+n-1; k, v: (B, H, S, d) rotated local keys 0..S-1; mem: (B, H, n, M) scaled memory
+    logits (fp32, -inf where masked); v_mem: (B, H, M, d). Returns (B, H, n, d) in q's dtype."""
+    return _Merged.apply(q, k, v, mem, v_mem, start)
