@@ -1,12 +1,15 @@
-"""`elastic bench`: what Elastic Memory costs, measured in one process with the variants interleaved.
+"""`elastic bench`: what memory costs, measured in one process with the variants interleaved.
 
-Five measurements (each computed by a function below, each with a unit test):
-  1. train tokens/s of every memory kind in the registry, at the recipe's model size   (train_tokens_per_s)
-  2. peak memory while evaluating a 4k- and a 64k-token document segment by segment     (eval_peak_bytes)
-  3. time per generated token after a 1k- and a 64k-token prefix read with Decoder.step (generate_s_per_token)
-  4. Elastic Memory write (absorb) and read (sampling) against a plain matmul of the same FLOPs (kernel_times)
-  5. on CUDA, model FLOPs utilisation of the train step (flops.py)
-Inputs are random tokens: cost does not depend on the data. Ratios are medians of per-repeat ratios.
+Measurements, each computed by a function with a unit test:
+  1. train tokens/s and peak memory of the trainer's step, every memory kind, at the recipe's size;
+     on CUDA, model FLOPs utilisation                                              (bench_train.py)
+  2. Elastic Memory's write and read against plain matmuls of the same FLOPs at the recipe's shape,
+     and a write at a never-seen t against one at a seen t at N=64, l=2048          (bench_kernels.py)
+  3. eval peak memory and eval time per token after a short and a long history, and time per
+     generated token after a short and a long prefix, for every kind              (bench_history.py)
+Ratio keys name the sizes measured: eval_memory_ratio_1M_vs_4k in the full run, _16k_vs_1k with
+--quick, other sizes with --history. Inputs are random tokens: cost does not depend on the data.
+Ratios are medians of per-repeat ratios of interleaved measurements.
 """
 from __future__ import annotations
 
@@ -15,311 +18,208 @@ from contextlib import nullcontext
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from . import flops, measure
+from . import measure
 from .atomic import write_atomic
-from .memory import REGISTRY
-from .memory.base import SegmentView
-from .data.loader import Batch
-from .memory.elastic import ElasticMemory
-from .model.decoder import Decoder, Stream
+from .bench_history import history_pass, timed_after
+from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
+from .bench_train import build_variants, train_costs
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
-TARGETS = {"train_ratio_elastic_vs_none": (">=", 0.90), "eval_memory_ratio_64k_vs_4k": ("<=", 1.05),
-           "generate_latency_ratio_64k_vs_1k": ("<=", 1.10)}
+WRITE_BAR_SHAPE = (64, 2048)  # (N, l) of the new-t write measurement
 
 
 class Plan(NamedTuple):
     train_repeats: int  # interleaved train steps per variant (after one warm-up step)
-    generate_repeats: int  # interleaved generation runs per history
+    generate_repeats: int  # interleaved timings per history (eval after it and generation after it)
     kernel_repeats: int  # interleaved kernel timings
     kernel_inner: int  # calls averaged in one kernel timing
-    eval_histories: tuple[int, int]  # document lengths for the peak memory (short, long)
+    eval_histories: tuple[int, int]  # history lengths for eval peak memory and time per token (short, long)
     generate_histories: tuple[int, int]  # prefix lengths for the generation latency (short, long)
     generate_tokens: int | None  # tokens per generation run; None: one segment (includes one fold into memory)
+    eval_segments: int  # segments evaluated (timed) after each history
 
 
-# The keys keep the full run's names (..._64k_vs_4k); --quick compares 1k with 16k tokens of history
-# instead (recorded in the JSON under "plan"), and measures history costs only for HISTORY_KINDS,
-# so that it finishes in under a minute on 2 cores.
-FULL = Plan(9, 7, 9, 50, eval_histories=(4096, 65536), generate_histories=(1024, 65536), generate_tokens=None)
-QUICK = Plan(3, 3, 3, 5, eval_histories=(1024, 16384), generate_histories=(1024, 16384), generate_tokens=32)
+FULL = Plan(9, 7, 9, 20, eval_histories=(4096, 1 << 20), generate_histories=(1024, 1 << 20),
+            generate_tokens=None, eval_segments=4)
+QUICK = Plan(3, 3, 3, 5, eval_histories=(1024, 16384), generate_histories=(1024, 16384),
+             generate_tokens=32, eval_segments=2)
 
 
-def random_tokens(shape: tuple[int, ...], vocab: int, seed: int, device: torch.device) -> Tensor:
-    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
+def size_name(n: int) -> str:
+    """Token counts as written in keys: 1024 -> 1k, 4096 -> 4k, 1048576 -> 1M, 1000 -> 1000."""
+    if n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    return f"{n >> 10}k" if n % 1024 == 0 else str(n)
 
 
-# ------------------------------------------------------------------------------ 1. training cost
+def make_plan(quick: bool, history: int | None, train_steps: int | None, segment_len: int) -> Plan:
+    """The full or quick plan, with the long history and the train repeats overridden if given;
+    every history is rounded up to whole segments (the memory is written a segment at a time)."""
+    plan = QUICK if quick else FULL
+    if history is not None:
+        plan = plan._replace(eval_histories=(plan.eval_histories[0], history),
+                             generate_histories=(plan.generate_histories[0], history))
+    if train_steps is not None:
+        plan = plan._replace(train_repeats=train_steps)
 
-def interleave(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-               inner: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each fn: one warm-up call each, then `repeats` rounds calling every fn in turn."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(measure.timed(fn, device, inner))
-    return times
+    def whole(n: int) -> int:
+        return max(1, -(-n // segment_len)) * segment_len
 
-
-# ------------------------------------------------------------------------------ 2. memory vs history
-
-@torch.no_grad()
-def evaluate_document(model: Decoder, tokens: Tensor, autocast) -> float:
-    """Mean next-token loss of documents tokens (B, n) read segment by segment (as eval does)."""
-    states = model.empty_states(tokens.shape[0], tokens.device)
-    nll, count, seg = 0.0, 0, model.segment_len
-    for s in range(0, tokens.shape[1] - 1, seg):
-        x, y = tokens[:, s:s + seg], tokens[:, s + 1:s + seg + 1]  # (B, l), (B, l') with l' <= l
-        with autocast:
-            logits, states = model(x, states)  # (B, l, V)
-        nll += float(F.cross_entropy(logits[:, :y.shape[1]].float().flatten(0, 1), y.flatten(), reduction="sum"))
-        count += y.numel()
-    return nll / count
+    return plan._replace(eval_histories=tuple(whole(n) for n in plan.eval_histories),
+                         generate_histories=tuple(whole(n) for n in plan.generate_histories))
 
 
-def eval_peak(model: Decoder, tokens: Tensor, autocast) -> tuple[int, str]:
-    """Peak bytes allocated while evaluating tokens (B, n), and how they were measured."""
-    return measure.peak_bytes(lambda: evaluate_document(model, tokens, autocast), tokens.device)
+def ratio_names(plan: Plan) -> tuple[str, str, str]:
+    """Keys of the history ratios, named after the sizes measured: eval memory, eval time, generation."""
+    (es, el), (gs, gl) = plan.eval_histories, plan.generate_histories
+    e, g = f"{size_name(el)}_vs_{size_name(es)}", f"{size_name(gl)}_vs_{size_name(gs)}"
+    return f"eval_memory_ratio_{e}", f"eval_time_ratio_{e}", f"generate_latency_ratio_{g}"
 
 
-# ------------------------------------------------------------------------------ 3. generation vs history
-
-@torch.no_grad()
-def read_prefix(model: Decoder, prefix: Tensor, autocast) -> tuple[Stream, Tensor]:
-    """Stream after reading prefix (B, n) with Decoder.step, one segment per call; and its last logits."""
-    stream = model.start_stream(prefix.shape[0], prefix.device)
-    with autocast:
-        for s in range(0, prefix.shape[1], model.segment_len):
-            logits, stream = model.step(prefix[:, s:s + model.segment_len], stream)  # (B, l, V)
-    return stream, logits[:, -1]
+def targets(plan: Plan) -> dict[str, tuple[str, float]]:
+    """The bars (issue 13), keyed like the result."""
+    memory, _, latency = ratio_names(plan)
+    return {"train_ratio_elastic_vs_none": (">=", 0.95), memory: ("<=", 1.02), latency: ("<=", 1.05),
+            "write_new_t_vs_seen_t": ("<=", 1.5)}
 
 
-@torch.no_grad()
-def generate_greedy(model: Decoder, stream: Stream, last_logits: Tensor, n: int, autocast) -> Tensor:
-    """n greedy tokens (B, n) from a stream (not changed: streams are values)."""
-    out = []
-    token = last_logits.argmax(-1, keepdim=True)  # (B, 1)
-    with autocast:
-        for _ in range(n):
-            out.append(token)
-            logits, stream = model.step(token, stream)  # (B, 1, V)
-            token = logits[:, -1].argmax(-1, keepdim=True)
-    return torch.cat(out, dim=1)
-
-
-# ------------------------------------------------------------------------------ 4. memory kernels
-
-class KernelShapes(NamedTuple):
-    batch: int
-    heads: int
-    head_dim: int
-    order: int  # N
-    samples: int  # M
-    segment: int  # l
-
-
-def kernel_fns(memory: ElasticMemory, shapes: KernelShapes, device: torch.device) -> dict[str, Callable[[], object]]:
-    """Elastic Memory write and read, each beside a plain matmul with exactly its FLOPs.
-
-    write_fresh: a new t at every call (a long document: the R/W banks are built each segment);
-    write_cached: the same t (training windows revisit the same t, the banks come from the cache).
-    A write of K and V is C <- R C + W X twice: 2 * 2 N (N + l) (B H d) FLOPs, the same as one
-    (N, N + l) @ (N + l, 2 B H d) matmul. A read is S @ C_K and S @ C_V: one (M, N) @ (N, 2 B H d).
-    """
-    b, h, d, n, m, l = shapes
-    gen = torch.Generator().manual_seed(0)
-    c = torch.randn(b, h, n, d, generator=gen).to(device)  # (B, H, N, d)
-    x = torch.randn(b, h, l, d, generator=gen).to(device)  # (B, H, l, d)
-    seg = SegmentView(x=torch.zeros(b, l, h * d, device=device), q=x, k=x, v=x)
-    base = 10 * l
-    state = memory.empty(b, device)._replace(ck=c, cv=c.clone(), t=torch.full((b,), base, device=device))
-    counter = iter(range(base + l, 2**62, l))
-    write_a = torch.randn(n, n + l, generator=gen).to(device)  # (N, N + l)
-    write_b = torch.randn(n + l, 2 * b * h * d, generator=gen).to(device)  # (N + l, 2BHd)
-    read_a = torch.randn(m, n, generator=gen).to(device)  # (M, N)
-    read_b = torch.randn(n, 2 * b * h * d, generator=gen).to(device)  # (N, 2BHd)
-    return {
-        "write_fresh": lambda: memory.write(state._replace(t=torch.full((b,), next(counter), device=device)), seg),
-        "write_cached": lambda: memory.write(state, seg),
-        "write_floor": lambda: write_a @ write_b,
-        "read": lambda: memory.read(state, seg),
-        "read_floor": lambda: read_a @ read_b,
-    }
-
-
-def kernel_ratios(times: dict[str, list[float]]) -> dict[str, list[float]]:
-    """Per-repeat ratios of each Elastic Memory kernel to its matmul floor."""
-    return {
-        "absorb_vs_matmul_floor": measure.paired_ratios(times["write_fresh"], times["write_floor"]),
-        "absorb_cached_vs_matmul_floor": measure.paired_ratios(times["write_cached"], times["write_floor"]),
-        "sampling_vs_matmul_floor": measure.paired_ratios(times["read"], times["read_floor"]),
-    }
-
-
-# ------------------------------------------------------------------------------ the whole run
-
-def history_ratio(values: dict[int, float], long: int, short: int) -> float:
-    """values[long] / values[short]: how a cost grows with the history read."""
-    return values[long] / values[short]
-
-
-def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float, segment_len: int) -> float:
-    """Rough duration of a run from one train step, one eval segment and one generated token of
-    every variant (seconds, summed over the variants). The peak memory tracker of the CPU makes
-    eval about 3x slower; the kernels are not counted (they take well under a second)."""
-    eval_s = 3 * segment_s * sum(plan.eval_histories) / segment_len
+def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float, segment_len: int,
+                     meter_factor: float) -> float:
+    """Rough duration from one train step, one eval segment and one generated token (seconds,
+    summed over the variants). The long pass runs under the peak meter (on the CPU about 3x slower:
+    meter_factor); the short histories are read again outside it. Kernels are not counted."""
+    shorts = {*plan.eval_histories[:1], *plan.generate_histories[:1]}
+    read = segment_s * (meter_factor * plan.eval_histories[1] + sum(shorts)) / segment_len
     tokens = plan.generate_tokens or segment_len
-    gen_s = segment_s * sum(plan.generate_histories) / segment_len + 2 * (1 + plan.generate_repeats) * tokens * token_s
-    return (2 + plan.train_repeats) * step_s + eval_s + gen_s
+    timed = (1 + plan.generate_repeats) * 2 * (plan.eval_segments * segment_s + tokens * token_s)
+    return (2 + plan.train_repeats) * step_s + read + timed
 
 
-def kind_configs(cfg):
-    """The recipe once per memory kind in the registry (`none` and `elastic` first), each with
-    the recipe's memory.* values for the options that kind takes (config defaults elsewhere)."""
-    from .config import MEMORY_OPTIONS
+def _kernels(model, m, batch: int, plan: Plan, device: torch.device) -> tuple[dict, dict]:
+    """Elastic Memory kernels at the recipe's shape, and the new-t write at N=64, l=2048."""
+    mem = next(b.memory for b in model.blocks if b.memory is not None)
+    result, spread = {}, {}
+    order, seg = WRITE_BAR_SHAPE
+    bar = type(mem)(mem.n_head, mem.head_dim, order=order, samples=order, sampling=mem.sampling)
+    for name, memory, shapes in (
+            ("recipe", mem, KernelShapes(batch, m.n_head, m.d_model // m.n_head, mem.order, mem.samples, m.segment_len)),
+            ("write_bar", bar, KernelShapes(batch, m.n_head, m.d_model // m.n_head, order, order, seg))):
+        times = measure.interleave(kernel_fns(memory, shapes, device), plan.kernel_repeats, device, plan.kernel_inner)
+        result[f"kernel_seconds_{name}"] = {k: measure.summarize(v) for k, v in times.items()}
+        result[f"kernel_shapes_{name}"] = shapes._asdict()
+        for key, ratios in kernel_ratios(times).items():
+            if (key == "write_new_t_vs_seen_t") == (name == "write_bar"):
+                summary = measure.summarize(ratios)
+                result[key], spread[key] = summary["median"], summary["spread"]
+    return result, spread
 
-    kinds = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
-    return {kind: cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"kind": kind})})
-            for kind in kinds if kind in MEMORY_OPTIONS}
 
-
-def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable[[str], None]) -> dict:
-    """All five measurements for the recipe's model size on `device`; returns the JSON-able result."""
-    from .build import build_model
-    from .config import to_dict
-    from .model.init import init_weights
-    from .optim import build_optimizer
-    from .train import train_step
-
-    plan, start = (QUICK if quick else FULL), time.perf_counter()
-    m, t = cfg.model, cfg.train
-    batch, segments, seg_len = t.micro_batch, t.segments, m.segment_len
-    bf16 = device.type == "cuda" and t.dtype != "fp32"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    configs = kind_configs(cfg)
-    models: dict[str, Decoder] = {}
-    for kind, c in configs.items():
-        models[kind] = build_model(c).to(device)
-        init_weights(models[kind], t.seed)
-    fake = Batch(random_tokens((batch, segments, seg_len), m.vocab_size, 1, device),  # inputs (B, S, L)
-                   random_tokens((batch, segments, seg_len), m.vocab_size, 2, device),  # targets (B, S, L)
-                   torch.arange(segments, device=device).expand(batch, segments) == 0)  # doc_start (B, S)
-    steps = {}
-    for kind, model in models.items():
-        opt = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
-        steps[kind] = (lambda c=configs[kind], model=model, opt=opt:  # the trainer's own step (train.py)
-                       train_step(c, model, opt, fake, autocast, device))
-    history = {k: mm for k, mm in models.items() if not quick or k in HISTORY_KINDS}
-    one_segment = random_tokens((1, seg_len), m.vocab_size, 3, device)
-    step_s = sum(measure.timed(fn, device) for fn in steps.values())
-    segment_s = sum(measure.timed(lambda mm=mm: evaluate_document(mm, one_segment, autocast), device)
-                    for mm in history.values())
-    no_logits = torch.zeros(1, m.vocab_size, device=device)  # (1, V): the first generated token is 0
-    token_s = sum(measure.timed(lambda mm=mm: generate_greedy(mm, mm.start_stream(1, device), no_logits, 1, autocast),
-                                device) for mm in history.values())
-    say(f"bench: {len(models)} variants ({', '.join(models)}) on {device.type}, {'quick' if quick else 'full'} run, "
-        f"about {estimate_seconds(plan, step_s, segment_s, token_s, seg_len):.0f} s")
-
-    say(f"bench: 1/5 train step (at {time.perf_counter() - start:.0f} s)")
-    train_times = interleave(steps, plan.train_repeats, device)
-    window = batch * segments * seg_len
-    result: dict = {"train_tokens_per_s": {k: measure.summarize([window / s for s in v]) for k, v in train_times.items()}}
-    spread: dict[str, float] = {}
-    for kind in models:
-        if kind != "none" and "none" in models:
-            ratios = measure.summarize(measure.paired_ratios(train_times["none"], train_times[kind]))
-            result[f"train_ratio_{kind}_vs_none"], spread[f"train_ratio_{kind}_vs_none"] = ratios["median"], ratios["spread"]
-
-    say(f"bench: 2/5 kernels (at {time.perf_counter() - start:.0f} s)")
-    if "elastic" in models:
-        mem = next(b.memory for b in models["elastic"].blocks if b.memory is not None)
-        shapes = KernelShapes(batch, m.n_head, m.d_model // m.n_head, mem.order, mem.samples, seg_len)
-        ktimes = interleave(kernel_fns(mem, shapes, device), plan.kernel_repeats, device, plan.kernel_inner)
-        result["kernel_seconds"] = {k: measure.summarize(v) for k, v in ktimes.items()}
-        result["kernel_shapes"] = shapes._asdict()
-        for key, ratios in kernel_ratios(ktimes).items():
-            summary = measure.summarize(ratios)
-            result[key], spread[key] = summary["median"], summary["spread"]
-
-    say(f"bench: 3/5 memory vs history (eval) (at {time.perf_counter() - start:.0f} s)")
-    peaks: dict[str, dict[int, float]] = {}
-    for kind, model in history.items():
-        peaks[kind] = {}
-        for n in plan.eval_histories:
-            peaks[kind][n], how = eval_peak(model, random_tokens((1, n), m.vocab_size, 4, device), autocast)
-    result["eval_peak_bytes"] = {k: {str(n): v for n, v in p.items()} for k, p in peaks.items()}
-    result["eval_memory_measure"] = how
-    for kind in history:
-        result[f"eval_memory_ratio_64k_vs_4k_{kind}"] = history_ratio(peaks[kind], *plan.eval_histories[::-1])
-
-    say(f"bench: 4/5 generation vs history (at {time.perf_counter() - start:.0f} s)")
-    gen_fns, new_tokens = {}, plan.generate_tokens or seg_len
-    for kind, model in history.items():
-        for n in plan.generate_histories:
-            stream, last = read_prefix(model, random_tokens((1, n), m.vocab_size, 5, device), autocast)
-            gen_fns[(kind, n)] = (lambda model=model, stream=stream, last=last:
-                                  generate_greedy(model, stream, last, new_tokens, autocast))
-    gen = interleave(gen_fns, plan.generate_repeats, device)
-    per_token = {key: [s / new_tokens for s in v] for key, v in gen.items()}
-    result["generate_s_per_token"] = {k: {str(n): measure.summarize(per_token[(k, n)]) for n in plan.generate_histories}
-                                      for k in history}
-    long, short = plan.generate_histories[::-1]
-    for kind in history:
-        summary = measure.summarize(measure.paired_ratios(per_token[(kind, long)], per_token[(kind, short)]))
-        result[f"generate_latency_ratio_64k_vs_1k_{kind}"] = summary["median"]
-        spread[f"generate_latency_ratio_64k_vs_1k_{kind}"] = summary["spread"]
-
-    say(f"bench: 5/5 model FLOPs utilisation (at {time.perf_counter() - start:.0f} s)")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    peak = flops.peak_flops(name) if device.type == "cuda" else None
-    result["train_flops_per_step"] = {k: flops.train_step_flops(mm, batch, segments, seg_len) for k, mm in models.items()}
-    for kind in models:
-        f = result["train_flops_per_step"][kind]
-        value = flops.mfu(f, measure.summarize(train_times[kind])["median"], peak) if f else None
-        result[f"mfu_{kind}"] = "n/a" if value is None else value
-
-    for key in ("eval_memory_ratio_64k_vs_4k", "generate_latency_ratio_64k_vs_1k", "mfu"):
+def _history(variants, kinds: list[str], plan: Plan, m, autocast, device, say) -> tuple[dict, dict]:
+    """Peaks and per-token times against the history, for `kinds`; with the ratio keys."""
+    memory_key, time_key, latency_key = ratio_names(plan)
+    lengths = sorted({*plan.eval_histories, *plan.generate_histories})
+    passes = {}
+    for kind in kinds:
+        say(f"bench:   {kind}: reading {plan.eval_histories[1]:,} tokens")
+        passes[kind] = history_pass(variants.models[kind], m.vocab_size, lengths, autocast, device)
+    new_tokens = plan.generate_tokens or m.segment_len
+    evals, gens = timed_after({k: variants.models[k] for k in kinds}, passes, plan.eval_histories,
+                              plan.generate_histories, plan.eval_segments * m.segment_len, new_tokens,
+                              plan.generate_repeats, autocast, device)
+    (es, el), (gs, gl) = plan.eval_histories, plan.generate_histories
+    result: dict = {
+        "eval_peak_bytes": {k: {str(n): passes[k].peaks[n] for n in plan.eval_histories} for k in kinds},
+        "eval_memory_measure": next(iter(passes.values())).how if passes else "",
+        "state_floats": {k: {str(n): v for n, v in passes[k].floats.items()} for k in kinds},
+        "eval_s_per_token": {k: {str(n): measure.summarize(evals[(k, n)]) for n in plan.eval_histories} for k in kinds},
+        "generate_s_per_token": {k: {str(n): measure.summarize(gens[(k, n)]) for n in plan.generate_histories}
+                                 for k in kinds},
+    }
+    spread = {}
+    for kind in kinds:
+        result[f"{memory_key}_{kind}"] = passes[kind].peaks[el] / passes[kind].peaks[es]
+        for key, table, long, short in ((time_key, evals, el, es), (latency_key, gens, gl, gs)):
+            summary = measure.summarize(measure.paired_ratios(table[(kind, long)], table[(kind, short)]))
+            result[f"{key}_{kind}"], spread[f"{key}_{kind}"] = summary["median"], summary["spread"]
+    for key in (memory_key, time_key, latency_key):  # the headline: Elastic Memory's
         if f"{key}_elastic" in result:
             result[key] = result[f"{key}_elastic"]
             if f"{key}_elastic" in spread:
                 spread[key] = spread[f"{key}_elastic"]
+    return result, spread
+
+
+def run_bench(cfg, device: torch.device, plan: Plan, kinds: list[str] | None, recipe: str,
+              say: Callable[[str], None], quick: bool = False) -> dict:
+    """Every measurement for the recipe's model size on `device`; returns the JSON-able result."""
+    from .bench_history import evaluate_document, generate_greedy, stream_after
+    from .config import to_dict
+
+    start, m, t = time.perf_counter(), cfg.model, cfg.train
+    bf16 = device.type == "cuda" and t.dtype != "fp32"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    variants = build_variants(cfg, kinds, device, autocast)
+    history = [k for k in variants.models if not quick or k in HISTORY_KINDS]
+    one = measure.random_tokens((1, m.segment_len + 1), m.vocab_size, 3, device)
+    first = torch.zeros(1, m.vocab_size, device=device)
+    step_s = sum(measure.timed(fn, device) for fn in variants.steps.values())
+    segment_s = sum(measure.timed(lambda mm=variants.models[k]: evaluate_document(mm, one, autocast), device)
+                    for k in history)
+    token_s = sum(measure.timed(lambda mm=variants.models[k]: generate_greedy(
+        mm, stream_after(mm, mm.empty_states(1, device)), first, 1, autocast), device) for k in history)
+    estimate = estimate_seconds(plan, step_s, segment_s, token_s, m.segment_len, 1.0 if device.type == "cuda" else 3.0)
+    say(f"bench: {len(variants.models)} variants ({', '.join(variants.models)}) on {device.type}, "
+        f"{'quick' if quick else 'full'} run, histories {plan.eval_histories} / {plan.generate_histories}, "
+        f"about {estimate:.0f} s")
+
+    say(f"bench: 1/3 train step (at {time.perf_counter() - start:.0f} s)")
+    result, spread = train_costs(variants, cfg, plan.train_repeats, device)
+    say(f"bench: 2/3 kernels (at {time.perf_counter() - start:.0f} s)")
+    if "elastic" in variants.models:
+        more, more_spread = _kernels(variants.models["elastic"], m, t.micro_batch, plan, device)
+        result.update(more)
+        spread.update(more_spread)
+    say(f"bench: 3/3 eval and generation vs history (at {time.perf_counter() - start:.0f} s)")
+    more, more_spread = _history(variants, history, plan, m, autocast, device, say)
+    result.update(more)
+    spread.update(more_spread)
+    if "mfu_elastic" in result:
+        result["mfu"] = result["mfu_elastic"]
     return {
-        "device": device.type, "device_name": name, "torch": torch.__version__, "recipe": recipe,
-        "quick": quick, "plan": plan._asdict(), "history_kinds": list(history), "peak_bf16_flops": peak,
-        "model": to_dict(cfg)["model"], "train": {"micro_batch": batch, "segments": segments,
-                                                  "bptt_segments": t.bptt_segments, "dtype": "bf16" if bf16 else "fp32"},
+        "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick,
+        "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
+        "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,
+                  "dtype": "bf16" if bf16 else "fp32", "compile": bool(t.compile)},
         "variants": {k: {"memory": c.memory.options() | {"kind": k, "layers": c.memory.layers},
-                         "parameters": sum(p.numel() for p in models[k].parameters()),
-                         "memory_floats_per_sequence": models[k].numel(models[k].empty_states(1, device))}
-                     for k, c in configs.items()},
-        **result, "spread": spread, "targets": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
+                         "parameters": sum(p.numel() for p in variants.models[k].parameters()),
+                         "memory_floats_per_sequence": variants.models[k].numel(variants.models[k].empty_states(1, device))}
+                     for k, c in variants.configs.items()},
+        **result, "spread": spread, "targets": {k: f"{op} {v}" for k, (op, v) in targets(plan).items()},
         "duration_s": time.perf_counter() - start,
     }
 
 
 def summary_rows(result: dict) -> list[list[str]]:
-    """Rows (metric, value, spread, target) for the console table."""
-    rows = []
-    for key in sorted(k for k in result if k.startswith(("train_ratio", "eval_memory_ratio", "generate_latency",
-                                                         "absorb", "sampling", "mfu"))):
+    """Rows (metric, value, spread, target) for the console table; targets from result["targets"]."""
+    rows, bars = [], result.get("targets", {})
+    for key in sorted(k for k in result if k.startswith(("train_ratio", "eval_memory_ratio", "eval_time_ratio",
+                                                         "generate_latency", "absorb", "sampling", "write_new_t",
+                                                         "mfu"))):
         value = result[key]
         shown = value if isinstance(value, str) else f"{value:.3f}"
         spread = result["spread"].get(key)
         target = ""
-        if key in TARGETS:
-            op, bound = TARGETS[key]
-            met = value >= bound if op == ">=" else value <= bound
-            target = f"{op} {bound} ({'met' if met else 'MISSED'})"
+        if key in bars and not isinstance(value, str):
+            op, bound = bars[key].split()
+            met = value >= float(bound) if op == ">=" else value <= float(bound)
+            target = f"{bars[key]} ({'met' if met else 'MISSED'})"
         rows.append([key, shown, "" if spread is None else f"{spread:.3f}", target])
     return rows
 
 
-def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json_path: str | None) -> dict:
+def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json_path: str | None,
+        kinds: list[str] | None = None, history: int | None = None, train_steps: int | None = None) -> dict:
     """`elastic bench`: load the recipe, measure, print a table, write the JSON (atomically; "-": stdout)."""
     import json
     from pathlib import Path
@@ -332,7 +232,17 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    result = run_bench(cfg, torch.device(name), quick, recipe, console.info)
+    from .memory import REGISTRY
+
+    unknown = sorted(set(kinds or []) - set(REGISTRY))
+    if unknown:
+        raise UsageError(f"--kinds: unknown memory kind(s) {', '.join(unknown)}; choose from {', '.join(sorted(REGISTRY))}")
+    if history is not None and history < 1:
+        raise UsageError(f"--history must be >= 1 token, got {history}")
+    if train_steps is not None and train_steps < 1:
+        raise UsageError(f"--train-steps must be >= 1, got {train_steps}")
+    plan = make_plan(quick, history, train_steps, cfg.model.segment_len)
+    result = run_bench(cfg, torch.device(name), plan, kinds, recipe, console.info, quick)
     text = json.dumps(result, indent=1, sort_keys=True)
     if json_path == "-":
         console.out(text)

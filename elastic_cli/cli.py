@@ -243,10 +243,16 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
 
 BENCH_HELP = """\b
 Measure what memory costs, all variants in one process (interleaved, repeated; medians and spread):
-train tokens/s of every memory kind vs `none`, peak memory at 4k vs 64k tokens of history, time per
-generated token after 1k vs 64k tokens, Elastic Memory kernels vs a plain matmul, MFU on CUDA.
+train tokens/s and peak memory of every memory kind vs `none`; eval peak memory and time per token
+after 4k vs 1M tokens of history; time per generated token after 1k vs 1M tokens; Elastic Memory
+kernels vs a plain matmul and a write at a new t vs a seen t (N=64, l=2048); MFU on CUDA.
+Ratio keys name the sizes measured (eval_memory_ratio_1M_vs_4k; --quick: _16k_vs_1k).
   elastic bench --recipe recipes/tiny.yaml --quick
-  elastic bench --recipe recipes/tiny.yaml memory.order=32 memory.samples=32 --json bench.json"""
+  elastic bench --recipe recipes/tiny.yaml --history 65536 --kinds none,elastic --json bench.json"""
+
+
+def _kinds(ctx, param, value: str | None) -> list[str] | None:
+    return None if value is None else [k.strip() for k in value.split(",") if k.strip()]
 
 
 @cli.command("bench", epilog=EXIT_CODES_HELP, help=BENCH_HELP)
@@ -254,11 +260,15 @@ generated token after 1k vs 64k tokens, Elastic Memory kernels vs a plain matmul
 @click.option("--recipe", default="recipes/tiny.yaml", show_default=True, help="Recipe giving the model size.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available, else cpu.")
 @click.option("--quick", is_flag=True, help="Few repeats and 1k vs 16k tokens of history: under a minute on a CPU.")
+@click.option("--kinds", callback=_kinds, metavar="K1,K2", help="Only these memory kinds (default: every kind).")
+@click.option("--history", type=int, metavar="TOKENS",
+              help="Long history for eval and generation (default 1M; --quick 16k), rounded up to whole segments.")
+@click.option("--train-steps", type=int, metavar="N", help="Timed train steps per kind (default 9; --quick 3).")
 @click.option("--json", "json_path", metavar="PATH", help="Also write every measurement as JSON ('-': stdout only).")
-def bench_command(overrides, recipe, device, quick, json_path) -> None:
+def bench_command(overrides, recipe, device, quick, kinds, history, train_steps, json_path) -> None:
     from elastic_cli import bench
 
-    bench.run(recipe, list(overrides), device, quick, json_path)
+    bench.run(recipe, list(overrides), device, quick, json_path, kinds, history, train_steps)
 
 
 def main() -> None:

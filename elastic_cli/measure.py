@@ -103,15 +103,56 @@ class LiveBytes(TorchDispatchMode):
             del self._live[ptr]
 
 
+class PeakMeter:
+    """Peak memory allocated since entering, readable at any time inside (`peak()`): the CUDA
+    allocator's peak above the start, or on the CPU the peak of live tensor storages (`LiveBytes`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.how = ("cuda max_memory_allocated above the start" if device.type == "cuda"
+                    else "peak bytes of live tensor storages created during the run (TorchDispatchMode)")
+        self._live: LiveBytes | None = None
+        self._base = 0
+
+    def __enter__(self) -> "PeakMeter":
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._live = LiveBytes().__enter__()
+        return self
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self._base
+        return self._live.peak
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+
 def peak_bytes(fn: Callable[[], object], device: torch.device) -> tuple[int, str]:
     """Peak memory fn allocates beyond what was allocated before it, and how it was measured."""
-    if device.type == "cuda":
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    with PeakMeter(device) as meter:
         fn()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base, "cuda max_memory_allocated above the start"
-    with LiveBytes() as tracker:
+        return meter.peak(), meter.how
+
+
+def random_tokens(shape: tuple[int, ...], vocab: int, seed: int, device: torch.device) -> Tensor:
+    """Random token ids: what the bench measures does not depend on the data."""
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def interleave(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
+               inner: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn: one warm-up call each, then `repeats` rounds calling every fn in turn."""
+    for fn in fns.values():
         fn()
-    return tracker.peak, "peak bytes of live tensor storages created during the run (TorchDispatchMode)"
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device, inner))
+    return times

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from elastic_cli import bench, measure
+from elastic_cli import bench, bench_history, bench_kernels, measure
 from elastic_cli.data.loader import Batch
 from elastic_cli.memory import REGISTRY, hippo
 from elastic_cli.memory.base import Memory, Read, detach_state
@@ -30,7 +30,7 @@ def build(kind="elastic", **options):
 
 
 def toks(*shape, seed=0):
-    return bench.random_tokens(shape, V, seed, CPU)
+    return measure.random_tokens(shape, V, seed, CPU)
 
 
 # ---------------------------------------------------------------- summaries
@@ -42,30 +42,47 @@ def test_summarize_closed_form():
         measure.summarize([])
 
 
-def test_paired_ratios_and_history_ratio():
+def test_paired_ratios():
     assert measure.paired_ratios([2.0, 9.0], [1.0, 3.0]) == [2.0, 3.0]
     with pytest.raises(ValueError):
         measure.paired_ratios([1.0], [1.0, 2.0])
-    assert bench.history_ratio({4096: 2.0, 65536: 3.0}, 65536, 4096) == 1.5
 
 
 def test_kernel_ratios_pair_each_kernel_with_its_floor():
     times = {"write_fresh": [4.0, 6.0], "write_cached": [2.0, 3.0], "write_floor": [1.0, 2.0],
              "read": [3.0, 3.0], "read_floor": [1.0, 3.0]}
-    assert bench.kernel_ratios(times) == {"absorb_vs_matmul_floor": [4.0, 3.0], "absorb_cached_vs_matmul_floor": [2.0, 1.5],
-                                          "sampling_vs_matmul_floor": [3.0, 1.0]}
+    assert bench_kernels.kernel_ratios(times) == {
+        "absorb_vs_matmul_floor": [4.0, 3.0], "absorb_cached_vs_matmul_floor": [2.0, 1.5],
+        "sampling_vs_matmul_floor": [3.0, 1.0], "write_new_t_vs_seen_t": [2.0, 2.0]}
+
+
+def test_size_names_and_ratio_keys_name_what_is_measured():
+    assert [bench.size_name(n) for n in (1024, 4096, 16384, 1 << 20, 3 << 20, 1000, 2560)] == \
+        ["1k", "4k", "16k", "1M", "3M", "1000", "2560"]
+    assert bench.ratio_names(bench.make_plan(False, None, None, 64)) == (
+        "eval_memory_ratio_1M_vs_4k", "eval_time_ratio_1M_vs_4k", "generate_latency_ratio_1M_vs_1k")
+    assert bench.ratio_names(bench.make_plan(True, None, None, 64)) == (
+        "eval_memory_ratio_16k_vs_1k", "eval_time_ratio_16k_vs_1k", "generate_latency_ratio_16k_vs_1k")
+    plan = bench.make_plan(False, 65536, 50, 2048)  # --history 65536 --train-steps 50, segments of 2048
+    assert plan.eval_histories == (4096, 65536) and plan.generate_histories == (2048, 65536)  # 1k -> 2k
+    assert plan.train_repeats == 50
+    assert bench.ratio_names(plan)[2] == "generate_latency_ratio_64k_vs_2k"
+    assert set(bench.targets(plan)) == {"train_ratio_elastic_vs_none", "eval_memory_ratio_64k_vs_4k",
+                                        "generate_latency_ratio_64k_vs_2k", "write_new_t_vs_seen_t"}
 
 
 def test_estimate_closed_form():
-    plan = bench.Plan(3, 2, 1, 1, eval_histories=(8, 32), generate_histories=(8, 16), generate_tokens=None)
-    # train (2 + 3) * 1; eval 3 * 0.5 * 40 / 8 = 7.5; generation 0.5 * 24 / 8 + 2 * 3 * 8 * 0.1 = 6.3
-    assert bench.estimate_seconds(plan, 1.0, 0.5, 0.1, 8) == pytest.approx(5 + 7.5 + 6.3)
-    assert bench.estimate_seconds(plan._replace(generate_tokens=4), 1.0, 0.5, 0.1, 8) == pytest.approx(5 + 7.5 + 3.9)
+    plan = bench.Plan(3, 2, 1, 1, eval_histories=(8, 32), generate_histories=(16, 32), generate_tokens=None,
+                      eval_segments=2)
+    # train (2 + 3) * 1; reads 0.5 * (3 * 32 + 8 + 16) / 8 = 7.5; timed (1 + 2) * 2 * (2 * 0.5 + 8 * 0.1) = 10.8
+    assert bench.estimate_seconds(plan, 1.0, 0.5, 0.1, 8, 3.0) == pytest.approx(5 + 7.5 + 10.8)
+    assert bench.estimate_seconds(plan._replace(generate_tokens=4), 1.0, 0.5, 0.1, 8, 3.0) == \
+        pytest.approx(5 + 7.5 + 6 * (1 + 0.4))
 
 
 def test_interleave_calls_warm_up_then_alternates():
     calls = []
-    times = bench.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, CPU, inner=2)
+    times = measure.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, CPU, inner=2)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2
     assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
 
@@ -125,8 +142,14 @@ def test_eval_peak_flat_for_none_and_elastic_and_grows_for_a_growing_memory():
         if kind == "grow":
             for block in model.blocks:
                 block.memory = GrowingMemory(HEADS, D // HEADS)
-        bench.evaluate_document(model, doc, nullcontext())  # fill the R/W and sampling caches
-        peaks[kind] = [bench.eval_peak(model, doc[:, :n], nullcontext())[0] for n in (2 * SEG, 8 * SEG)]
+        bench_history.evaluate_document(model, doc, nullcontext())  # warm up (the sampling matrix of a fixed schedule)
+        peaks[kind] = [bench_history.eval_peak(model, doc[:, :n], nullcontext())[0] for n in (2 * SEG, 8 * SEG)]
+        one = bench_history.history_pass(model, V, [2 * SEG, 8 * SEG], nullcontext(), CPU)  # one pass, two marks
+        if kind == "grow":
+            assert one.peaks[8 * SEG] - one.peaks[2 * SEG] >= 2 * 6 * SEG * D * 4
+            assert one.floats[8 * SEG] - one.floats[2 * SEG] == 2 * 6 * SEG * D  # two layers
+        else:
+            assert one.peaks[2 * SEG] == one.peaks[8 * SEG]
     assert peaks["none"][0] == peaks["none"][1]
     assert peaks["elastic"][0] == peaks["elastic"][1]
     # two layers keep 6 more segments of (SEG, D) fp32 each
@@ -143,16 +166,44 @@ def test_evaluate_document_is_the_mean_next_token_loss():
         out, states = model(doc[:, s:s + SEG], states)
         logits.append(out)
     want = F.cross_entropy(torch.cat(logits, 1)[:, :-1].flatten(0, 1), doc[:, 1:].flatten()).detach()
-    assert bench.evaluate_document(model, doc, nullcontext()) == pytest.approx(float(want), rel=1e-5)
+    loss, after = bench_history.evaluate_document(model, doc, nullcontext())
+    assert loss == pytest.approx(float(want), rel=1e-5)
+    for a, b in zip(after, states):
+        torch.testing.assert_close(a.ck, b.ck)
+
+
+def test_history_pass_states_equal_reading_in_one_go():
+    """The pass reads one segment per call, carrying states; at every length they equal the states
+    of reading that prefix of the same document in one call."""
+    model = build(sampling="exponential")
+    lengths = [2 * SEG, 5 * SEG]
+    one = bench_history.history_pass(model, V, lengths, nullcontext(), CPU)
+    doc = measure.random_tokens((1, 5 * SEG + 1), V, 4, CPU)  # the pass's document
+    for n in lengths:
+        want = bench_history.evaluate_document(model, doc[:, :n + 1], nullcontext())[1]
+        for a, b in zip(one.states[n], want):
+            torch.testing.assert_close(a.ck, b.ck)
+            assert int(a.t[0]) == n
+    assert one.floats[2 * SEG] == one.floats[5 * SEG] == model.numel(model.empty_states(1, CPU))
+
+
+def test_timed_after_times_every_kind_and_history():
+    models = {"none": build("none"), "elastic": build()}
+    passes = {k: bench_history.history_pass(m, V, [SEG, 3 * SEG], nullcontext(), CPU) for k, m in models.items()}
+    evals, gens = bench_history.timed_after(models, passes, (SEG, 3 * SEG), (SEG, 3 * SEG), SEG, 4, 2,
+                                            nullcontext(), CPU)
+    assert set(evals) == set(gens) == {(k, n) for k in models for n in (SEG, 3 * SEG)}
+    assert all(len(v) == 2 and min(v) > 0 for v in [*evals.values(), *gens.values()])
 
 
 def test_generation_is_greedy_decoding_of_the_full_forward():
     model = build(sampling="exponential")
-    prefix = toks(1, 2 * SEG + 3)
-    stream, last = bench.read_prefix(model, prefix, nullcontext())
-    got = bench.generate_greedy(model, stream, last, SEG, nullcontext())
-    seq = prefix
-    for _ in range(SEG):
+    prefix = toks(1, 2 * SEG)
+    _, states = bench_history.evaluate_document(model, torch.cat([prefix, toks(1, 1)], 1), nullcontext())
+    first = torch.zeros(1, V)  # the first generated token is 0
+    got = bench_history.generate_greedy(model, bench_history.stream_after(model, states), first, SEG, nullcontext())
+    seq = torch.cat([prefix, torch.zeros(1, 1, dtype=torch.long)], 1)
+    for _ in range(SEG - 1):
         states, out = model.empty_states(1, CPU), None
         for s in range(0, seq.shape[1], SEG):
             out, states = model(seq[:, s:s + SEG], states)
@@ -183,9 +234,9 @@ def test_train_step_is_sgd_on_the_truncated_bptt_loss(bptt):
 
 
 def test_kernels_compute_the_memory_ops_and_floors_have_their_flops():
-    shapes = bench.KernelShapes(batch=2, heads=HEADS, head_dim=D // HEADS, order=6, samples=4, segment=SEG)
+    shapes = bench_kernels.KernelShapes(batch=2, heads=HEADS, head_dim=D // HEADS, order=6, samples=4, segment=SEG)
     memory = REGISTRY["elastic"](HEADS, D // HEADS, order=6, samples=4)
-    fns = bench.kernel_fns(memory, shapes, CPU)
+    fns = bench_kernels.kernel_fns(memory, shapes, CPU)
     first, second = fns["write_fresh"](), fns["write_fresh"]()
     assert int(first.t[0]) + SEG == int(second.t[0])  # a new t at every call
     cached = fns["write_cached"]()
@@ -199,16 +250,20 @@ def test_kernels_compute_the_memory_ops_and_floors_have_their_flops():
             fn()
         return counter.get_total_flops()
 
-    assert count(fns["write_cached"]) == count(fns["write_floor"]) == 2 * 2 * 6 * (6 + SEG) * 2 * D
+    banks = 2 * 6 * 7 * 6  # R = g(ρu)^T (w g(u)) with N + 1 = 7 nodes, built in the write (no cache)
+    assert count(fns["write_cached"]) == count(fns["write_fresh"]) == count(fns["write_floor"]) + banks
+    assert count(fns["write_floor"]) == 2 * 2 * 6 * (6 + SEG) * 2 * D
     assert count(fns["read"]) == count(fns["read_floor"]) == 2 * 2 * 4 * 6 * 2 * D
 
 
 def test_summary_rows_mark_targets():
+    plan = bench.make_plan(False, 65536, None, 64)
     result = {"train_ratio_elastic_vs_none": 0.85, "eval_memory_ratio_64k_vs_4k": 1.0, "mfu": "n/a",
-              "spread": {"train_ratio_elastic_vs_none": 0.1}}
+              "spread": {"train_ratio_elastic_vs_none": 0.1},
+              "targets": {k: f"{op} {v}" for k, (op, v) in bench.targets(plan).items()}}
     rows = {r[0]: r for r in bench.summary_rows(result)}
-    assert rows["train_ratio_elastic_vs_none"] == ["train_ratio_elastic_vs_none", "0.850", "0.100", ">= 0.9 (MISSED)"]
-    assert rows["eval_memory_ratio_64k_vs_4k"][3] == "<= 1.05 (met)"
+    assert rows["train_ratio_elastic_vs_none"] == ["train_ratio_elastic_vs_none", "0.850", "0.100", ">= 0.95 (MISSED)"]
+    assert rows["eval_memory_ratio_64k_vs_4k"][3] == "<= 1.02 (met)"
     assert rows["mfu"][1] == "n/a"
 
 
@@ -239,13 +294,17 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     result = json.loads(out.read_text())
     kinds = [k for k in REGISTRY if k in result["variants"]]
     assert {"none", "elastic"} <= set(kinds)
-    for key in ("device", "torch", "recipe", "variants", "train_ratio_elastic_vs_none", "eval_memory_ratio_64k_vs_4k",
-                "generate_latency_ratio_64k_vs_1k", "absorb_vs_matmul_floor", "sampling_vs_matmul_floor", "mfu"):
+    for key in ("device", "torch", "recipe", "variants", "train_ratio_elastic_vs_none", "eval_memory_ratio_16k_vs_1k",
+                "eval_time_ratio_16k_vs_1k", "generate_latency_ratio_16k_vs_1k", "absorb_vs_matmul_floor",
+                "sampling_vs_matmul_floor", "write_new_t_vs_seen_t", "train_peak_bytes", "mfu"):
         assert key in result, key
     for kind in kinds:
         assert f"mfu_{kind}" in result and result["train_tokens_per_s"][kind]["median"] > 0
         if kind != "none":
             assert result[f"train_ratio_{kind}_vs_none"] > 0
     assert result["mfu"] == "n/a"  # CPU
+    assert result["kernel_shapes_write_bar"]["order"] == 64 and result["kernel_shapes_write_bar"]["segment"] == 2048
+    assert set(result["eval_peak_bytes"]["elastic"]) == {"1024", "16384"}
+    assert not any("64k" in key for key in result)  # keys name what was measured
     assert result["variants"]["elastic"]["memory_floats_per_sequence"] == 2 * 2 * 8 * 16  # layers * 2 N d_model
     assert "about" in proc.stderr and "train_ratio_elastic_vs_none" in proc.stdout

@@ -1,0 +1,78 @@
+"""`elastic bench`: one model per memory kind at the recipe's size, the trainer's own step on each
+(train.train_step, with train.compile honoured), its tokens/s, peak memory and, on CUDA, MFU."""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import flops, measure
+from .data.loader import Batch
+from .memory import REGISTRY
+from .model.decoder import Decoder
+
+
+def kind_configs(cfg, kinds: list[str] | None = None) -> dict:
+    """The recipe once per memory kind in the registry (`none` and `elastic` first), or per kind in
+    `kinds`, each with the recipe's memory.* values for the options that kind takes."""
+    from .config import MEMORY_OPTIONS
+
+    order = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
+    chosen = order if kinds is None else [k for k in order if k in kinds]
+    return {kind: cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"kind": kind})})
+            for kind in chosen if kind in MEMORY_OPTIONS}
+
+
+class Variants(NamedTuple):
+    configs: dict  # kind -> RunConfig
+    models: dict[str, Decoder]  # kind -> model on the device (uncompiled: eval and generation use it)
+    steps: dict[str, Callable[[], object]]  # kind -> one train step (compiled forward if train.compile)
+
+
+def build_variants(cfg, kinds: list[str] | None, device: torch.device, autocast) -> Variants:
+    """Models, optimizers and train-step closures on one fixed random batch (B, S, L)."""
+    from .build import build_model
+    from .model.init import init_weights
+    from .optim import build_optimizer
+    from .train import train_step
+
+    m, t = cfg.model, cfg.train
+    shape = (t.micro_batch, t.segments, m.segment_len)
+    fake = Batch(measure.random_tokens(shape, m.vocab_size, 1, device),  # inputs (B, S, L)
+                 measure.random_tokens(shape, m.vocab_size, 2, device),  # targets (B, S, L)
+                 torch.arange(t.segments).expand(t.micro_batch, t.segments) == 0)  # doc_start (B, S), CPU
+    configs, models, steps = kind_configs(cfg, kinds), {}, {}
+    for kind, c in configs.items():
+        model = build_model(c).to(device)
+        init_weights(model, t.seed)
+        models[kind] = model
+        opt = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
+        forward = torch.compile(model) if t.compile else model
+        steps[kind] = (lambda c=c, model=model, opt=opt, forward=forward:  # the trainer's own step (train.py)
+                       train_step(c, model, opt, fake, autocast, device, forward=forward))
+    return Variants(configs, models, steps)
+
+
+def train_costs(variants: Variants, cfg, repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """Tokens/s (interleaved repeats), peak bytes of one step, ratios to `none`, FLOPs and MFU.
+    Returns (result entries, spread entries)."""
+    batch, segments, seg_len = cfg.train.micro_batch, cfg.train.segments, cfg.model.segment_len
+    window = batch * segments * seg_len
+    times = measure.interleave(variants.steps, repeats, device)
+    result: dict = {"train_tokens_per_s": {k: measure.summarize([window / s for s in v]) for k, v in times.items()},
+                    "train_peak_bytes": {k: measure.peak_bytes(fn, device)[0] for k, fn in variants.steps.items()}}
+    spread: dict[str, float] = {}
+    for kind in variants.models:
+        if kind != "none" and "none" in variants.models:
+            ratios = measure.summarize(measure.paired_ratios(times["none"], times[kind]))
+            result[f"train_ratio_{kind}_vs_none"], spread[f"train_ratio_{kind}_vs_none"] = ratios["median"], ratios["spread"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = flops.peak_flops(name) if device.type == "cuda" else None
+    result["train_flops_per_step"] = {k: flops.train_step_flops(mm, batch, segments, seg_len)
+                                      for k, mm in variants.models.items()}
+    for kind in variants.models:
+        f = result["train_flops_per_step"][kind]
+        value = flops.mfu(f, measure.summarize(times[kind])["median"], peak) if f else None
+        result[f"mfu_{kind}"] = "n/a" if value is None else value
+    result["peak_bf16_flops"], result["device_name"] = peak, name
+    return result, spread
