@@ -101,7 +101,7 @@ def _kernels(model, m, batch: int, plan: Plan, device: torch.device) -> tuple[di
     mem = next(b.memory for b in model.blocks if b.memory is not None)
     result, spread = {}, {}
     order, seg = WRITE_BAR_SHAPE
-    bar = type(mem)(mem.n_head, mem.head_dim, order=order, samples=order, sampling=mem.sampling)
+    bar = type(mem)(mem.n_head, mem.head_dim, order=order, samples=order, sampling=mem.sampling).to(device)
     for name, memory, shapes in (
             ("recipe", mem, KernelShapes(batch, m.n_head, m.d_model // m.n_head, mem.order, mem.samples, m.segment_len)),
             ("write_bar", bar, KernelShapes(batch, m.n_head, m.d_model // m.n_head, order, order, seg))):

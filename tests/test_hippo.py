@@ -262,13 +262,14 @@ def test_rows_at_distinct_unsorted_t_get_their_own_banks():
 
 
 def test_new_t_leaves_no_cache_behind():
-    """Writing at 50 never-seen t adds nothing to any cache (the Gauss nodes are cached per order)."""
-    c, x = torch.zeros(1, 8, 2), torch.randn(1, 4, 2)
-    hippo.absorb(c, torch.tensor([1]), x)
-    before = hippo._nodes.cache_info().currsize
+    """Writing at 50 never-seen t builds nothing that is kept: no cache is consulted or filled."""
+    c, x, nodes = torch.zeros(1, 8, 2), torch.randn(1, 4, 2), hippo.unit_nodes(9)
+    before = hippo.gauss_legendre.cache_info()
     for t in range(1000, 1050):
-        hippo.absorb(c, torch.tensor([t]), x)
-    assert hippo._nodes.cache_info().currsize == before
+        hippo.absorb(c, torch.tensor([t]), x, nodes)
+    after = hippo.gauss_legendre.cache_info()
+    assert (after.hits, after.misses, after.currsize) == (before.hits, before.misses, before.currsize)
+    torch.testing.assert_close(hippo.absorb(c, torch.tensor([7]), x, nodes), hippo.absorb(c, torch.tensor([7]), x))
 
 
 @pytest.mark.parametrize("order", [16, 1024])

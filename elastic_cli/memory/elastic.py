@@ -6,7 +6,6 @@ No trainable parameters: the state dicts of `elastic` and `none` models match.
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -22,14 +21,6 @@ class ElasticState(NamedTuple):
     t: Tensor  # (B,) long, tokens absorbed since the document start
 
 
-@lru_cache(maxsize=8)
-def _fixed_sampling(schedule: str, m: int, order: int, power: float, device: torch.device) -> Tensor:
-    """S (M, N) fp32 on `device` for a schedule that does not depend on t, built once in float64.
-    At most 8 entries of M N fp32 (16 KiB each at M = N = 64): the model's schedule, plus the ones
-    eval/generate switch to."""
-    return hippo.sampling_matrix(schedule, m, 0, order, power=power).to(device=device, dtype=torch.float32)
-
-
 @register("elastic")
 class ElasticMemory(Memory):
     """State: C_K, C_V (N x d per head) and t. Write: exact segment LegS projection of the
@@ -43,6 +34,11 @@ class ElasticMemory(Memory):
         if sampling not in hippo.SCHEDULES:
             raise ValueError(f"ElasticMemory: unknown sampling {sampling!r}; choose one of {', '.join(hippo.SCHEDULES)}")
         self.order, self.samples, self.sampling, self.power = order, samples, sampling, float(power)
+        # Constants, not state: never saved (the state dicts of elastic and none stay equal), moved with
+        # the model, so the write and read find them on their device without a cache.
+        self.register_buffer("nodes", hippo.unit_nodes(order + 1), persistent=False)  # (2, N+1) float64
+        fixed = torch.zeros(0) if hippo.depends_on_t(sampling) else hippo.sampling_matrix(sampling, samples, 0, order, power)
+        self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
 
     def extra_repr(self) -> str:
         return f"order={self.order}, samples={self.samples}, sampling={self.sampling}, power={self.power}"
@@ -54,7 +50,7 @@ class ElasticMemory(Memory):
     def sampling_rows(self, t: Tensor) -> Tensor:
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
         if not hippo.depends_on_t(self.sampling):
-            return _fixed_sampling(self.sampling, self.samples, self.order, self.power, t.device)
+            return self.fixed_sampling
         return hippo.exponential_sampling_rows(t, self.samples, self.order).float()  # (B, M, N), no cache
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
@@ -70,7 +66,7 @@ class ElasticMemory(Memory):
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
         with torch.autocast(device_type=state.ck.device.type, enabled=False):
             kv = torch.cat([state.ck, state.cv], dim=-1)  # (B, H, N, 2d): one bank build for keys and values
-            kv = hippo.absorb(kv, state.t, torch.cat([seg.k, seg.v], dim=-1).float())  # (B, H, N, 2d)
+            kv = hippo.absorb(kv, state.t, torch.cat([seg.k, seg.v], dim=-1).float(), self.nodes)  # (B, H, N, 2d)
             ck, cv = kv.split(self.head_dim, dim=-1)  # (B, H, N, d) each
         return ElasticState(ck, cv, state.t + seg.k.shape[2])
 

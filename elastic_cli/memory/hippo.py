@@ -29,8 +29,9 @@ F64 = torch.float64
 def legendre_p(u: Tensor, order: int) -> Tensor:
     """P_0..P_{order-1} at u in [-1, 1] by the three-term recurrence (stable for any order).
 
-    u: (K,) -> (K, order). (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1}. Runs in numpy (the banks are
-    built once per (t, l, N) on the CPU; numpy is ~5x faster than torch on these small vectors).
+    u: (K,) -> (K, order). (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1}. Runs in numpy on the CPU: the
+    reference banks (`transition`, `injection`, `sampling_matrix`) and the Gauss nodes use it;
+    the write's fast path uses `legendre_rows` on the state's device.
     """
     un = u.detach().cpu().numpy()
     out = np.empty((un.shape[0], order), dtype=un.dtype)  # (K, order)
@@ -126,16 +127,14 @@ def legendre_rows(u: Tensor, order: int) -> Tensor:
     return torch.stack(rows[:order])  # (order, ...)
 
 
-@lru_cache(maxsize=8)
-def _nodes(k: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Gauss–Legendre nodes mapped to [0, 1] and weights / 2, float64 on `device`.
-
-    The only cache of the write: 8 entries of 2 k float64 (16 KiB each at N = 1024), keyed by order."""
+def unit_nodes(k: int) -> Tensor:
+    """(2, k) float64: Gauss–Legendre nodes mapped to [0, 1], and their weights / 2 (summing to 1).
+    `ElasticMemory` keeps them as a buffer, so the write finds them on its device without a cache."""
     x, w = gauss_legendre(k)
-    return ((x + 1) / 2).to(device), (w / 2).to(device)
+    return torch.stack([(x + 1) / 2, w / 2])  # (2, k)
 
 
-def segment_banks(t: Tensor, l: int, order: int) -> tuple[Tensor, Tensor]:
+def segment_banks(t: Tensor, l: int, order: int, nodes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(R(t/T), W(t, T)) for every row, float64 on t's device: t (B,) -> (B, N, N), (B, N, l).
 
     Fast twin of `transition` and `injection` (tested equal for t up to 1e9, N up to 1024), with no
@@ -143,9 +142,10 @@ def segment_banks(t: Tensor, l: int, order: int) -> tuple[Tensor, Tensor]:
       W[n, j] = G_n((t+j)/T) - G_n((t+j-1)/T) from the antiderivatives at the l+1 cell edges;
       R[m, n] = ρ Σ_k w_k g_m(ρ u_k) g_n(u_k), N+1 Gauss–Legendre nodes u_k, exact (degree <= 2N-2).
     One Legendre recurrence evaluates the edges of every row, ρ u_k of every row and u_k.
+    nodes: `unit_nodes(order + 1)` on t's device, if the caller keeps them (else built here).
     """
     b, dev = t.shape[0], t.device
-    u, w = _nodes(order + 1, dev)  # (K,), (K,)
+    u, w = (unit_nodes(order + 1).to(dev) if nodes is None else nodes.to(F64))  # (K,), (K,)
     k = u.shape[0]
     tt = t.to(F64)[:, None]  # (B, 1)
     big = tt + l  # (B, 1) T
@@ -164,33 +164,34 @@ def segment_banks(t: Tensor, l: int, order: int) -> tuple[Tensor, Tensor]:
     return r, w_bank.transpose(0, 1)  # (B, N, N), (B, N, l)
 
 
-def _row_banks(t: Tensor, l: int, order: int) -> tuple[Tensor, Tensor]:
+def _row_banks(t: Tensor, l: int, order: int, nodes: Tensor | None) -> tuple[Tensor, Tensor]:
     """`segment_banks` for every row of t (B,). On the CPU rows are grouped by t first (training
     and eval rows mostly share t; finding the groups is free there). On an accelerator every row
     is built: grouping would need a host sync, and the bank build costs far less than the write."""
     if t.device.type != "cpu":
-        return segment_banks(t, l, order)
+        return segment_banks(t, l, order, nodes)
     values, inverse = torch.unique(t, return_inverse=True)  # (U,), (B,)
-    r, w = segment_banks(values, l, order)  # (U, N, N), (U, N, l)
+    r, w = segment_banks(values, l, order, nodes)  # (U, N, N), (U, N, l)
     return r[inverse], w[inverse]  # (B, N, N), (B, N, l)
 
 
-def absorb(c: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
+def absorb(c: Tensor, t: int | Tensor, x: Tensor, nodes: Tensor | None = None) -> Tensor:
     """Absorb segment x into c: C_new = R(t/T) @ C + W(t, T) @ X, exact LegS projection.
 
     c: (..., N, D) coefficients of t tokens (ignored where t = 0), in the state dtype (fp32/fp64).
     x: (..., l, D) the segment; cast to c's dtype.
     t: python int, or (B,) LongTensor with c (B, ..., N, D), x (B, ..., l, D): banks per row.
+    nodes: `unit_nodes(N + 1)` on c's device (optional; built here when not given).
     Returns (..., N, D) coefficients of t + l tokens. Runs with autocast disabled; the banks are
     built in float64 on c's device (`segment_banks`) and cast to c's dtype. No host sync.
     """
     with torch.autocast(device_type=c.device.type, enabled=False):
         order, l = c.shape[-2], x.shape[-2]
         if not isinstance(t, Tensor):
-            r, w = segment_banks(torch.tensor([t], device=c.device), l, order)
+            r, w = segment_banks(torch.tensor([t], device=c.device), l, order, nodes)
             new = w[0].to(c.dtype) @ x.to(c.dtype)  # (..., N, D)
             return new if t == 0 else r[0].to(c.dtype) @ c + new
-        r, w = _row_banks(t, l, order)  # (B, N, N), (B, N, l)
+        r, w = _row_banks(t, l, order, nodes)  # (B, N, N), (B, N, l)
         b, d = c.shape[0], c.shape[-1]
         cf = c.movedim(-2, 1).reshape(b, order, -1)  # (B, N, ... D): one matmul per row for all heads
         xf = x.to(c.dtype).movedim(-2, 1).reshape(b, l, -1)  # (B, l, ... D)
@@ -267,5 +268,5 @@ def exponential_sampling_rows(t: Tensor, m: int, order: int) -> Tensor:
 __all__ = [
     "SCHEDULES", "absorb", "absorb_reference", "depends_on_t", "exponential_sampling_rows", "gauss_legendre", "legendre_basis",
     "legendre_integral", "legendre_p", "legs_A_B", "sample_points", "sampling_matrix", "segment_banks",
-    "transition", "injection", "legendre_rows",
+    "transition", "injection", "legendre_rows", "unit_nodes",
 ]

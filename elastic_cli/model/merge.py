@@ -54,14 +54,15 @@ def _flash_cuda(q: Tensor) -> bool:
 
 
 def fused_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float) -> tuple[Tensor, Tensor, tuple]:
-    """(out, lse, what the backward needs) from the fused kernel; `math_forward` where none applies."""
+    """(out, lse, what the backward needs) from the fused kernel; `math_forward` where none applies.
+    The last item is () or, for CUDA flash, (cum_seq_q, cum_seq_k, rng_state, unused, max_q, max_k)."""
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
         return out, lse, ()
     if _flash_cuda(q):
         out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
             q, k, v, 0.0, causal, False, scale=scale)
-        return out, lse, (cq, ck, mq, mk, seed, offset)
+        return out, lse, (cq, ck, seed, offset, mq, mk)
     out, lse = math_forward(q, k, v, causal, scale)
     return out, lse, ()
 
@@ -73,7 +74,7 @@ def fused_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             dy, q, k, v, out, lse, 0.0, causal, scale=scale)
     if extra:  # CUDA flash: the same arguments as its autograd formula (derivatives.yaml)
-        cq, ck, mq, mk, seed, offset = extra
+        cq, ck, seed, offset, mq, mk = extra
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
             dy, q, k, v, out, lse, cq, ck, mq, mk, 0.0, causal, seed, offset, scale=scale)
     return math_backward(dy, q, k, v, out, lse, causal, scale)
@@ -99,17 +100,23 @@ class _Merged(torch.autograd.Function):
             for out_p, lse_p, _ in parts:
                 y = y + (lse_p.to(wide) - lse).exp()[..., None] * out_p.to(wide)
             y = y.to(q.dtype)
-        ctx.save_for_backward(q, k, v, mem, v_mem, y, lse)
-        ctx.start, ctx.scale, ctx.extra, ctx.lse_dtype = start, scale, [e for _, _, e in parts], parts[0][1].dtype
+        extras = [e for _, _, e in parts]  # tensors go through save_for_backward, sizes onto ctx
+        ctx.save_for_backward(q, k, v, mem, v_mem, y, lse, *(x for e in extras for x in e[:4]))
+        ctx.sizes = [e[4:] for e in extras]
+        ctx.start, ctx.scale, ctx.lse_dtype = start, scale, parts[0][1].dtype
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        q, k, v, mem, v_mem, y, lse = ctx.saved_tensors
+        q, k, v, mem, v_mem, y, lse, *flat = ctx.saved_tensors
+        extras, i = [], 0
+        for sizes in ctx.sizes:
+            extras.append(tuple(flat[i:i + 4]) + tuple(sizes) if sizes else ())
+            i += 4 if sizes else 0
         with torch.autocast(device_type=q.device.type, enabled=False):
             dy = dy.contiguous()
             grads = [fused_backward(dy, q, kp, vp, y, lse.to(ctx.lse_dtype), causal, ctx.scale, extra)
-                     for (kp, vp, causal), extra in zip(_parts(k, v, ctx.start), ctx.extra)]
+                     for (kp, vp, causal), extra in zip(_parts(k, v, ctx.start), extras)]
             dq = sum(g[0] for g in grads)  # (B, H, n, d)
             dk = torch.cat([g[1] for g in grads], dim=2)  # (B, H, S, d)
             dv = torch.cat([g[2] for g in grads], dim=2)  # (B, H, S, d)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One GPU, at most 8 minutes: measure what has never been measured on a GPU, and write
+# docs/results-gpu.md from it (no number in it is typed by hand).
+#
+#   scripts/gpu-check.sh             # on a machine with one CUDA GPU
+#   scripts/gpu-check.sh --dry-run   # print the steps and their time limits, run nothing
+#
+# Steps (each under its own time limit; a failed or timed-out step is reported as such):
+#   1. tests  the GPU-marked tests (pytest -m gpu): fused attention vs reference, compile vs eager
+#   2. bench  `elastic bench` on CUDA at the code-32k model shape, bf16, train.compile=true, kinds
+#             none and elastic: MFU and 50 train steps each (tokens/s, peak memory), the Elastic
+#             Memory kernels, eval peak memory and generation after a 1M-token history
+#   3. report scripts/results_gpu.py: $OUT/*.json -> docs/results-gpu.md
+# Environment: PYTHON (default python3), OUT (default runs/gpu-check), RESULTS (default
+# docs/results-gpu.md), HISTORY (default 1048576 tokens), STEPS (default 50 train steps per kind).
+set -euo pipefail
+
+DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu-check.sh: unknown argument $arg (use --dry-run or --help)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-runs/gpu-check}
+RESULTS=${RESULTS:-docs/results-gpu.md}
+HISTORY=${HISTORY:-1048576}
+STEPS=${STEPS:-50}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+mkdir -p "$OUT"
+: > "$OUT/steps.jsonl"
+
+step() {  # step NAME LIMIT_S CMD...: run CMD under a time limit, log to $OUT/NAME.log, record rc and seconds
+  local name=$1 limit=$2
+  shift 2
+  echo "$*" >> "$OUT/commands.txt"
+  if [ "$DRY" = 1 ]; then
+    echo "[$name, at most ${limit} s] $*"
+    return 0
+  fi
+  local t0 rc=0
+  t0=$(date +%s)
+  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
+  printf '{"step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$limit" \
+    >> "$OUT/steps.jsonl"
+  echo "gpu-check: $name rc=$rc ($(( $(date +%s) - t0 )) s; log $OUT/$name.log)"
+}
+
+: > "$OUT/commands.txt"
+if [ "$DRY" = 0 ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "gpu-check.sh: no CUDA device is visible to $PY" >&2
+  exit 2
+fi
+# 90 + 330 + 30 s = 7.5 minutes at most, under the 8-minute budget
+step tests 90 "$PY" -m pytest -q -m gpu --junitxml "$OUT/tests.xml" tests
+step bench 330 "$PY" -m elastic_cli bench --recipe recipes/code-32k.yaml --device cuda --quick \
+  --kinds none,elastic --history "$HISTORY" --train-steps "$STEPS" --json "$OUT/bench.json" \
+  train.dtype=bf16 train.compile=true train.micro_batch=1
+step report 30 "$PY" scripts/results_gpu.py "$OUT" --out "$RESULTS"
+[ "$DRY" = 1 ] || echo "gpu-check: wrote $RESULTS"

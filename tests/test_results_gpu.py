@@ -1,0 +1,100 @@
+"""scripts/results_gpu.py and scripts/gpu-check.sh, on the CPU: the report is written from a
+measurement folder (numbers come from its files, missing steps say so); the script's arguments."""
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = importlib.util.spec_from_file_location("results_gpu", ROOT / "scripts" / "results_gpu.py")
+results_gpu = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(results_gpu)
+
+
+def summary(median, spread=0.01):
+    return {"median": median, "min": median, "max": median, "spread": spread, "n": 3}
+
+
+BENCH = {
+    "device_name": "NVIDIA H200", "torch": "2.13.0", "model": {"segment_len": 2048},
+    "train": {"micro_batch": 1, "segments": 16, "bptt_segments": 4, "dtype": "bf16", "compile": True},
+    "plan": {"train_repeats": 50, "eval_histories": [2048, 1048576], "generate_histories": [2048, 1048576]},
+    "train_tokens_per_s": {"none": summary(123456.0), "elastic": summary(111111.0)},
+    "train_peak_bytes": {"none": 3 << 30, "elastic": 5 << 29},
+    "mfu_none": 0.4321, "mfu_elastic": 0.3876, "mfu": 0.3876, "train_ratio_elastic_vs_none": 0.9012,
+    "history_kinds": ["none", "elastic"],
+    "eval_peak_bytes": {k: {"2048": 100 << 20, "1048576": 101 << 20} for k in ("none", "elastic")},
+    "eval_s_per_token": {k: {"2048": summary(2e-6), "1048576": summary(2.1e-6)} for k in ("none", "elastic")},
+    "generate_s_per_token": {k: {"2048": summary(3e-3), "1048576": summary(3.3e-3)} for k in ("none", "elastic")},
+    "eval_memory_ratio_1M_vs_2k": 1.01, "generate_latency_ratio_1M_vs_2k": 1.1, "write_new_t_vs_seen_t": 1.02,
+    "absorb_vs_matmul_floor": 1.7, "spread": {"generate_latency_ratio_1M_vs_2k": 0.05},
+    "targets": {"train_ratio_elastic_vs_none": ">= 0.95", "eval_memory_ratio_1M_vs_2k": "<= 1.02",
+                "generate_latency_ratio_1M_vs_2k": "<= 1.05", "write_new_t_vs_seen_t": "<= 1.5"},
+}
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="0" failures="1"
+skipped="0" tests="5"><testcase classname="tests.test_attention" name="test_a"/><testcase classname="tests.test_x"
+name="test_b"><failure message="boom"/></testcase></testsuite></testsuites>"""
+
+
+@pytest.fixture
+def out(tmp_path):
+    d = tmp_path / "gpu-check"
+    d.mkdir()
+    (d / "bench.json").write_text(json.dumps(BENCH))
+    (d / "tests.xml").write_text(JUNIT)
+    (d / "steps.jsonl").write_text('{"step": "tests", "rc": 1, "seconds": 41, "limit_s": 90}\n'
+                                   '{"step": "bench", "rc": 0, "seconds": 250, "limit_s": 330}\n')
+    (d / "commands.txt").write_text("python -m elastic_cli bench --recipe recipes/code-32k.yaml\n")
+    return d
+
+
+def test_report_numbers_come_from_the_files(out, tmp_path):
+    dest = tmp_path / "docs" / "results-gpu.md"
+    assert results_gpu.main([str(out), "--out", str(dest)]) == 0
+    text = dest.read_text()
+    assert "NVIDIA H200, torch 2.13.0" in text
+    assert "| tests | 1 | 41 | 90 |" in text and "| bench | 0 | 250 | 330 |" in text
+    assert "4 passed, 1 failed, 0 skipped." in text and "`tests.test_x::test_b`" in text
+    assert "| none | 123,456 | 0.010 | 3.00 | 0.432 |" in text
+    assert "| elastic | 111,111 | 0.010 | 2.50 | 0.388 |" in text
+    assert "| elastic | 100.0 | 101.0 | 0.002 | 0.002 | 3.000 | 3.300 |" in text
+    assert "| `mfu` | 0.388 |  | >= 0.4 | MISSED |" in text
+    assert "| `train_ratio_elastic_vs_none` | 0.901 |  | >= 0.9 | met |" in text  # the GPU bar
+    assert "| `eval_memory_ratio_1M_vs_2k` | 1.010 |  | <= 1.02 | met |" in text
+    assert "| `generate_latency_ratio_1M_vs_2k` | 1.100 | 0.050 | <= 1.05 | MISSED |" in text
+    assert "recipes/code-32k.yaml" in text and not dest.with_name("results-gpu.md.tmp").exists()
+
+
+def test_missing_measurements_are_reported_not_invented(out, tmp_path):
+    (out / "bench.json").unlink()
+    (out / "tests.xml").unlink()
+    dest = tmp_path / "r.md"
+    assert results_gpu.main([str(out), "--out", str(dest)]) == 0
+    text = dest.read_text()
+    assert "Not measured (no tests.xml)." in text and "Not measured (no bench.json" in text
+    assert "tokens/s" not in text
+
+
+def test_missing_folder_is_a_usage_error(tmp_path, capsys):
+    assert results_gpu.main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_gpu_check_dry_run_lists_the_steps_within_8_minutes(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--dry-run"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "o")}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert [s.split(",")[0][1:] for s in steps] == ["tests", "bench", "report"]
+    limits = [int(s.split("at most ")[1].split(" s]")[0]) for s in steps]
+    assert sum(limits) <= 8 * 60
+    assert "-m gpu" in steps[0] and "--device cuda" in steps[1] and "train.compile=true" in steps[1]
+    assert "recipes/code-32k.yaml" in steps[1] and "--kinds none,elastic" in steps[1] and "--train-steps 50" in steps[1]
+    assert "--history 1048576" in steps[1] and "train.dtype=bf16" in steps[1]
+
+
+def test_gpu_check_rejects_unknown_arguments():
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--fast"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown argument --fast" in proc.stderr
