@@ -263,7 +263,7 @@ def test_rows_at_distinct_unsorted_t_get_their_own_banks():
 
 def test_new_t_leaves_no_cache_behind():
     """Writing at 50 never-seen t builds nothing that is kept: no cache is consulted or filled."""
-    c, x, nodes = torch.zeros(1, 8, 2), torch.randn(1, 4, 2), hippo.unit_nodes(9)
+    c, x, nodes = torch.zeros(1, 8, 2), torch.randn(1, 4, 2), hippo.bank_constants(8)
     before = hippo.gauss_legendre.cache_info()
     for t in range(1000, 1050):
         hippo.absorb(c, torch.tensor([t]), x, nodes)

@@ -36,12 +36,16 @@ class ElasticMemory(Memory):
         self.order, self.samples, self.sampling, self.power = order, samples, sampling, float(power)
         # Constants, not state: never saved (the state dicts of elastic and none stay equal), moved with
         # the model, so the write and read find them on their device without a cache.
-        self.register_buffer("nodes", hippo.unit_nodes(order + 1), persistent=False)  # (2, N+1) float64
+        for name, value in hippo.bank_constants(order)._asdict().items():  # float64: u, gw, dmat, gscale
+            self.register_buffer(f"bank_{name}", value, persistent=False)
         fixed = torch.zeros(0) if hippo.depends_on_t(sampling) else hippo.sampling_matrix(sampling, samples, 0, order, power)
         self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
 
     def extra_repr(self) -> str:
         return f"order={self.order}, samples={self.samples}, sampling={self.sampling}, power={self.power}"
+
+    def bank_constants(self) -> hippo.BankConstants:
+        return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_dmat, self.bank_gscale)
 
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
         zeros = torch.zeros(batch, self.n_head, self.order, self.head_dim, device=device)  # (B, H, N, d)
@@ -51,7 +55,7 @@ class ElasticMemory(Memory):
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
         if not hippo.depends_on_t(self.sampling):
             return self.fixed_sampling
-        return hippo.exponential_sampling_rows(t, self.samples, self.order).float()  # (B, M, N), no cache
+        return hippo.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
         with torch.autocast(device_type=state.ck.device.type, enabled=False):
@@ -66,7 +70,7 @@ class ElasticMemory(Memory):
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
         with torch.autocast(device_type=state.ck.device.type, enabled=False):
             kv = torch.cat([state.ck, state.cv], dim=-1)  # (B, H, N, 2d): one bank build for keys and values
-            kv = hippo.absorb(kv, state.t, torch.cat([seg.k, seg.v], dim=-1).float(), self.nodes)  # (B, H, N, 2d)
+            kv = hippo.absorb(kv, state.t, torch.cat([seg.k, seg.v], dim=-1).float(), self.bank_constants())  # (B, H, N, 2d)
             ck, cv = kv.split(self.head_dim, dim=-1)  # (B, H, N, d) each
         return ElasticState(ck, cv, state.t + seg.k.shape[2])
 

@@ -17,6 +17,7 @@ The history x_1..x_T is a step function, token k on [k-1, k). Its LegS coefficie
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -114,84 +115,115 @@ def injection(t: int, l: int, order: int) -> Tensor:
     return (g[1:] - g[:-1]).T  # (N, l)
 
 
-def legendre_rows(u: Tensor, order: int) -> Tensor:
-    """P_0..P_{order-1} at u (any shape), in torch on u's device and dtype: (order, ...).
+def _recurrence(u: Tensor, order: int) -> Tensor:
+    """V_n = P_n(u) / f_n for n < order (`_legendre_factors`), one fused op per order: (order, ...).
 
-    The same three-term recurrence as `legendre_p`, one vector op pair per order for all points at
-    once (the fast path builds every bank of a write from one call). Order leads, so that the
-    stack is a plain copy.
+    (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1} with P_n rescaled so that it reads
+    V_{n+1} = V_{n-1} + b_n u V_n (a single addcmul per order, for every point at once).
     """
-    rows = [torch.ones_like(u), u]
+    rows, b = [torch.ones_like(u), u], _legendre_factors(order)[1]
     for n in range(1, order - 1):
-        rows.append(torch.addcmul(rows[n - 1] * (-n / (n + 1)), u, rows[n], value=(2 * n + 1) / (n + 1)))
+        rows.append(torch.addcmul(rows[n - 1], u, rows[n], value=b[n]))
     return torch.stack(rows[:order])  # (order, ...)
 
 
-def unit_nodes(k: int) -> Tensor:
-    """(2, k) float64: Gauss–Legendre nodes mapped to [0, 1], and their weights / 2 (summing to 1).
-    `ElasticMemory` keeps them as a buffer, so the write finds them on its device without a cache."""
-    x, w = gauss_legendre(k)
-    return torch.stack([(x + 1) / 2, w / 2])  # (2, k)
+@lru_cache(maxsize=4)
+def _legendre_factors(order: int) -> tuple[list[float], list[float]]:
+    """f_n with P_n = f_n V_n, and the recurrence's b_n (python floats, exact to rounding).
+    P_n = σ_n Q_n / d_n with d_{n+1} = d_{n-1} (n+1)/n and σ_{n+1} = -σ_{n-1} (σ_0 = σ_1 = d_0 = d_1 = 1)."""
+    d, sig = [1.0, 1.0], [1.0, 1.0]
+    for n in range(1, order - 1):
+        d.append(d[n - 1] * (n + 1) / n)
+        sig.append(-sig[n - 1])
+    f = [sig[n] / d[n] for n in range(order)]  # P_n = f_n V_n
+    b = [0.0] + [(2 * n + 1) / (n + 1) * d[n + 1] / d[n] * sig[n + 1] / sig[n] for n in range(1, order - 1)]
+    return f, b
 
 
-def segment_banks(t: Tensor, l: int, order: int, nodes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def legendre_rows(u: Tensor, order: int) -> Tensor:
+    """P_0..P_{order-1} at u (any shape) in torch, on u's device and dtype: (order, ...).
+    The fast twin of `legendre_p` (which runs in numpy); order leads, so stacking is a plain copy."""
+    f = torch.tensor(_legendre_factors(order)[0], dtype=u.dtype, device=u.device)  # (order,)
+    return _recurrence(u, order) * f.view(-1, *([1] * u.dim()))  # (order, ...)
+
+
+class BankConstants(NamedTuple):
+    """What the write needs besides t, for order N (K = N+1 Gauss nodes), float64. `ElasticMemory`
+    keeps them as non-persistent buffers, so the write finds them on its device without a cache."""
+
+    u: Tensor  # (K,) Gauss–Legendre nodes on [0, 1]
+    gw: Tensor  # (N, K) w_k g_n(u_k), weights summing to 1
+    dmat: Tensor  # (N, N+1) G_n(r) = Σ_m dmat[n, m] V_m(2r-1): antiderivatives from the recurrence
+    gscale: Tensor  # (N+1,) g_n = gscale_n V_n
+
+
+def bank_constants(order: int) -> BankConstants:
+    x, w = gauss_legendre(order + 1)
+    f = torch.tensor(_legendre_factors(order + 2)[0], dtype=F64)  # (N+2,)
+    root = torch.sqrt(2 * torch.arange(order + 1, dtype=F64) + 1)  # (N+1,)
+    dmat = torch.zeros(order, order + 1, dtype=F64)  # G_0 = r = (P_0 + P_1)/2; G_n = (P_{n+1} - P_{n-1}) / (2 root_n)
+    dmat[0, :2] = 0.5 * f[:2]
+    n = torch.arange(1, order)
+    dmat[n, n + 1] = f[n + 1] / (2 * root[n])
+    dmat[n, n - 1] = -f[n - 1] / (2 * root[n])
+    gw = legendre_basis((x + 1) / 2, order).T * (w / 2)  # (N, K)
+    return BankConstants((x + 1) / 2, gw, dmat, root * f[: order + 1])
+
+
+def segment_banks(t: Tensor, l: int, order: int, consts: BankConstants | None = None) -> tuple[Tensor, Tensor]:
     """(R(t/T), W(t, T)) for every row, float64 on t's device: t (B,) -> (B, N, N), (B, N, l).
 
     Fast twin of `transition` and `injection` (tested equal for t up to 1e9, N up to 1024), with no
     per-t cache and no host round trip, so a never-seen t costs what a seen one does:
       W[n, j] = G_n((t+j)/T) - G_n((t+j-1)/T) from the antiderivatives at the l+1 cell edges;
       R[m, n] = ρ Σ_k w_k g_m(ρ u_k) g_n(u_k), N+1 Gauss–Legendre nodes u_k, exact (degree <= 2N-2).
-    One Legendre recurrence evaluates the edges of every row, ρ u_k of every row and u_k.
-    nodes: `unit_nodes(order + 1)` on t's device, if the caller keeps them (else built here).
+    One Legendre recurrence evaluates the edges and ρ u_k of every row.
+    consts: `bank_constants(order)` on t's device, if the caller keeps them (else built here).
     """
-    b, dev = t.shape[0], t.device
-    u, w = (unit_nodes(order + 1).to(dev) if nodes is None else nodes.to(F64))  # (K,), (K,)
-    k = u.shape[0]
+    c = bank_constants(order) if consts is None else consts
+    c = BankConstants(*(x.to(device=t.device, dtype=F64) for x in c))
+    b, k = t.shape[0], c.u.shape[0]
     tt = t.to(F64)[:, None]  # (B, 1)
     big = tt + l  # (B, 1) T
-    edges = (tt + torch.arange(l + 1, dtype=F64, device=dev)) / big  # (B, l+1) cell edges r_j = (t+j)/T
+    edges = (tt + torch.arange(l + 1, dtype=F64, device=t.device)) / big  # (B, l+1) cell edges r_j = (t+j)/T
     rho = tt / big  # (B, 1)
-    points = torch.cat([edges.flatten(), (rho * u).flatten(), u]) * 2 - 1  # (B(l+1) + BK + K,)
-    p = legendre_rows(points, order + 1)  # (N+1, P) P_0..P_N
-    scale = torch.sqrt(2 * torch.arange(order, dtype=F64, device=dev) + 1)  # (N,)
+    v = _recurrence(torch.cat([edges.view(-1), (rho * c.u).view(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
     e = b * (l + 1)
-    dp = p[:, :e].view(order + 1, b, l + 1).diff(dim=-1)  # (N+1, B, l) P_n over each cell
-    w_rest = (dp[2:] - dp[:-2]) * (0.5 / scale[1:, None, None])  # (N-1, B, l) G_n(r_j) - G_n(r_{j-1}), n >= 1
-    w_bank = torch.cat([(1 / big).expand(b, l)[None], w_rest])  # (N, B, l); G_0 = r
-    g_rho = p[:order, e : e + b * k].view(order, b, k) * scale[:, None, None]  # (N, B, K) g_n(ρ u_k)
-    g_one = p[:order, e + b * k :] * (scale[:, None] * w)  # (N, K) w_k g_n(u_k)
-    r = rho[..., None] * (g_rho.transpose(0, 1) @ g_one.T)  # (B, N, N)
-    return r, w_bank.transpose(0, 1)  # (B, N, N), (B, N, l)
+    g = (c.dmat @ v[:, :e]).view(order, b, l + 1)  # (N, B, l+1) G_n at the edges
+    w_bank = g.diff(dim=-1).transpose(0, 1)  # (B, N, l)
+    g_rho = v[:order, e:].view(order, b, k).transpose(0, 1)  # (B, N, K) V_n(ρ u_k)
+    r = (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T)  # (B, N, N)
+    return r, w_bank
 
 
-def _row_banks(t: Tensor, l: int, order: int, nodes: Tensor | None) -> tuple[Tensor, Tensor]:
+def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None) -> tuple[Tensor, Tensor]:
     """`segment_banks` for every row of t (B,). On the CPU rows are grouped by t first (training
     and eval rows mostly share t; finding the groups is free there). On an accelerator every row
     is built: grouping would need a host sync, and the bank build costs far less than the write."""
     if t.device.type != "cpu":
-        return segment_banks(t, l, order, nodes)
+        return segment_banks(t, l, order, consts)
     values, inverse = torch.unique(t, return_inverse=True)  # (U,), (B,)
-    r, w = segment_banks(values, l, order, nodes)  # (U, N, N), (U, N, l)
+    r, w = segment_banks(values, l, order, consts)  # (U, N, N), (U, N, l)
     return r[inverse], w[inverse]  # (B, N, N), (B, N, l)
 
 
-def absorb(c: Tensor, t: int | Tensor, x: Tensor, nodes: Tensor | None = None) -> Tensor:
+def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None = None) -> Tensor:
     """Absorb segment x into c: C_new = R(t/T) @ C + W(t, T) @ X, exact LegS projection.
 
     c: (..., N, D) coefficients of t tokens (ignored where t = 0), in the state dtype (fp32/fp64).
     x: (..., l, D) the segment; cast to c's dtype.
     t: python int, or (B,) LongTensor with c (B, ..., N, D), x (B, ..., l, D): banks per row.
-    nodes: `unit_nodes(N + 1)` on c's device (optional; built here when not given).
+    consts: `bank_constants(N)` on c's device (optional; built here when not given).
     Returns (..., N, D) coefficients of t + l tokens. Runs with autocast disabled; the banks are
     built in float64 on c's device (`segment_banks`) and cast to c's dtype. No host sync.
     """
     with torch.autocast(device_type=c.device.type, enabled=False):
         order, l = c.shape[-2], x.shape[-2]
         if not isinstance(t, Tensor):
-            r, w = segment_banks(torch.tensor([t], device=c.device), l, order, nodes)
+            r, w = segment_banks(torch.tensor([t], device=c.device), l, order, consts)
             new = w[0].to(c.dtype) @ x.to(c.dtype)  # (..., N, D)
             return new if t == 0 else r[0].to(c.dtype) @ c + new
-        r, w = _row_banks(t, l, order, nodes)  # (B, N, N), (B, N, l)
+        r, w = _row_banks(t, l, order, consts)  # (B, N, N), (B, N, l)
         b, d = c.shape[0], c.shape[-1]
         cf = c.movedim(-2, 1).reshape(b, order, -1)  # (B, N, ... D): one matmul per row for all heads
         xf = x.to(c.dtype).movedim(-2, 1).reshape(b, l, -1)  # (B, l, ... D)
@@ -253,20 +285,22 @@ def sampling_matrix(schedule: str, m: int, t: int, order: int, power: float = 2.
     return legendre_basis(sample_points(schedule, m, t, power=power), order)  # (M, N)
 
 
-def exponential_sampling_rows(t: Tensor, m: int, order: int) -> Tensor:
+def exponential_sampling_rows(t: Tensor, m: int, order: int, gscale: Tensor | None = None) -> Tensor:
     """Fast twin of `sampling_matrix("exponential", m, t, order)` for every row: t (B,) -> (B, M, N)
     float64 on t's device, no per-t cache. s_j = 1 - t^((m-j)/(m-1)) / t = 1 - exp(((m-j)/(m-1) - 1) ln t);
-    rows with t <= 1 read at the uniform points (see `sample_points`)."""
+    rows with t <= 1 read at the uniform points (see `sample_points`). gscale: `BankConstants.gscale`."""
+    if gscale is None:
+        gscale = bank_constants(order).gscale.to(t.device)
     j = torch.arange(1, m + 1, dtype=F64, device=t.device)  # (M,)
     frac = (m - j) / (m - 1) if m > 1 else torch.zeros_like(j)  # (M,)
     tt = t.to(F64).clamp(min=2)[:, None]  # (B, 1); t <= 1 is replaced below
     s = torch.where(t[:, None] > 1, -torch.expm1((frac - 1) * torch.log(tt)), (j - 0.5) / m)  # (B, M)
-    scale = torch.sqrt(2 * torch.arange(order, dtype=F64, device=t.device) + 1)  # (N,)
-    return (legendre_rows(2 * s - 1, order) * scale[:, None, None]).permute(1, 2, 0)  # (B, M, N)
+    v = _recurrence(2 * s - 1, order)  # (N, B, M)
+    return (v * gscale[:order, None, None].to(F64)).permute(1, 2, 0)  # (B, M, N)
 
 
 __all__ = [
     "SCHEDULES", "absorb", "absorb_reference", "depends_on_t", "exponential_sampling_rows", "gauss_legendre", "legendre_basis",
     "legendre_integral", "legendre_p", "legs_A_B", "sample_points", "sampling_matrix", "segment_banks",
-    "transition", "injection", "legendre_rows", "unit_nodes",
+    "transition", "injection", "legendre_rows", "bank_constants", "BankConstants",
 ]
