@@ -180,8 +180,7 @@ def segment_banks(t: Tensor, l: int, order: int, consts: BankConstants | None = 
     One Legendre recurrence evaluates the edges and ρ u_k of every row.
     consts: `bank_constants(order)` on t's device, if the caller keeps them (else built here).
     """
-    c = bank_constants(order) if consts is None else consts
-    c = BankConstants(*(x.to(device=t.device, dtype=F64) for x in c))
+    c = BankConstants(*(x.to(t.device) for x in bank_constants(order))) if consts is None else consts
     b, k = t.shape[0], c.u.shape[0]
     tt = t.to(F64)[:, None]  # (B, 1)
     big = tt + l  # (B, 1) T
@@ -224,11 +223,10 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None =
             new = w[0].to(c.dtype) @ x.to(c.dtype)  # (..., N, D)
             return new if t == 0 else r[0].to(c.dtype) @ c + new
         r, w = _row_banks(t, l, order, consts)  # (B, N, N), (B, N, l)
-        b, d = c.shape[0], c.shape[-1]
-        cf = c.movedim(-2, 1).reshape(b, order, -1)  # (B, N, ... D): one matmul per row for all heads
-        xf = x.to(c.dtype).movedim(-2, 1).reshape(b, l, -1)  # (B, l, ... D)
-        out = torch.where((t > 0)[:, None, None], r.to(c.dtype) @ cf, 0) + w.to(c.dtype) @ xf  # (B, N, ... D)
-        return out.view(b, order, *c.shape[1:-2], d).movedim(1, -2)  # (B, ..., N, D)
+        lead = (t.shape[0],) + (1,) * (c.dim() - 3)  # banks broadcast over the axes between B and N
+        old = r.to(c.dtype).view(*lead, order, order) @ c  # (B, ..., N, D)
+        new = w.to(c.dtype).view(*lead, order, l) @ x.to(c.dtype)  # (B, ..., N, D)
+        return torch.where((t > 0).view(*lead, 1, 1), old, 0) + new
 
 
 def absorb_reference(c: Tensor, t: int, x: Tensor) -> Tensor:

@@ -88,7 +88,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: i
         else:
             k_mem = rope_at(rotary, read.k.to(wide), read.pos)  # (B, H, M, d) rotated at its positions
             mem = q_rot.to(wide) @ k_mem.transpose(-1, -2) * scale  # (B, H, n, M)
-        mem = mem.masked_fill(~read.valid[:, None, None, :], float("-inf"))
+        mem = torch.where(read.valid[:, None, None, :], mem, float("-inf"))  # (B, H, n, M)
     return merged_attention(q_rot, k_rot, v, mem, read.v, start)
 
 

@@ -95,36 +95,42 @@ class _Merged(torch.autograd.Function):
             parts = [fused_forward(q, kp, vp, causal, scale) for kp, vp, causal in _parts(k, v, start)]
             wide = mem.dtype  # fp32 (fp64 when the inputs are)
             lse_mem = mem.logsumexp(-1)  # (B, H, n); -inf where no memory key is valid
-            lse = torch.stack([lse_p.to(wide) for _, lse_p, _ in parts] + [lse_mem]).logsumexp(0)  # (B, H, n)
-            y = (mem - lse[..., None]).exp() @ v_mem.to(wide)  # (B, H, n, d) memory part
+            if len(parts) == 1:
+                lse = torch.logaddexp(parts[0][1].to(wide), lse_mem)  # (B, H, n)
+            else:
+                lse = torch.stack([lse_p.to(wide) for _, lse_p, _ in parts] + [lse_mem]).logsumexp(0)  # (B, H, n)
+            p_mem = (mem - lse[..., None]).exp()  # (B, H, n, M) joint-softmax weights of the memory keys
+            y = p_mem @ v_mem.to(wide)  # (B, H, n, d)
             for out_p, lse_p, _ in parts:
-                y = y + (lse_p.to(wide) - lse).exp()[..., None] * out_p.to(wide)
+                y.addcmul_(out_p.to(wide), (lse_p.to(wide) - lse).exp()[..., None])  # + exp(L_p - L) O_p
             y = y.to(q.dtype)
         extras = [e for _, _, e in parts]  # tensors go through save_for_backward, sizes onto ctx
-        ctx.save_for_backward(q, k, v, mem, v_mem, y, lse, *(x for e in extras for x in e[:4]))
+        ctx.save_for_backward(q, k, v, p_mem, v_mem, y, lse, *(x for e in extras for x in e[:4]))
         ctx.sizes = [e[4:] for e in extras]
         ctx.start, ctx.scale, ctx.lse_dtype = start, scale, parts[0][1].dtype
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        q, k, v, mem, v_mem, y, lse, *flat = ctx.saved_tensors
+        q, k, v, p_mem, v_mem, y, lse, *flat = ctx.saved_tensors
         extras, i = [], 0
         for sizes in ctx.sizes:
             extras.append(tuple(flat[i:i + 4]) + tuple(sizes) if sizes else ())
             i += 4 if sizes else 0
         with torch.autocast(device_type=q.device.type, enabled=False):
-            dy = dy.contiguous()
-            grads = [fused_backward(dy, q, kp, vp, y, lse.to(ctx.lse_dtype), causal, ctx.scale, extra)
+            dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+            lse_k = lse.to(ctx.lse_dtype)
+            grads = [fused_backward(dy, q, kp, vp, y, lse_k, causal, ctx.scale, extra)
                      for (kp, vp, causal), extra in zip(_parts(k, v, ctx.start), extras)]
-            dq = sum(g[0] for g in grads)  # (B, H, n, d)
-            dk = torch.cat([g[1] for g in grads], dim=2)  # (B, H, S, d)
-            dv = torch.cat([g[2] for g in grads], dim=2)  # (B, H, S, d)
-            wide = mem.dtype
-            p = (mem - lse[..., None]).exp()  # (B, H, n, M) joint-softmax weights of the memory keys
-            dyw = dy.to(wide)
-            dmem = p * (dyw @ v_mem.to(wide).transpose(-1, -2) - (dyw * y.to(wide)).sum(-1, keepdim=True))  # (B, H, n, M)
-            dv_mem = (p.transpose(-1, -2) @ dyw).to(v_mem.dtype)  # (B, H, M, d)
+            if len(grads) == 1:
+                dq, dk, dv = grads[0]  # (B, H, n, d), (B, H, S, d) x 2
+            else:
+                dq = grads[0][0] + grads[1][0]  # (B, H, n, d)
+                dk, dv = (torch.cat([g[j] for g in grads], dim=2) for j in (1, 2))  # (B, H, S, d)
+            dyw = dy.to(p_mem.dtype)
+            delta = torch.linalg.vecdot(dyw, y.to(p_mem.dtype))[..., None]  # (B, H, n, 1) dy_i · y_i
+            dmem = p_mem * (dyw @ v_mem.to(p_mem.dtype).transpose(-1, -2) - delta)  # (B, H, n, M)
+            dv_mem = (p_mem.transpose(-1, -2) @ dyw).to(v_mem.dtype)  # (B, H, M, d)
         return dq, dk, dv, dmem, dv_mem, None
 
 
