@@ -78,8 +78,9 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed) -> Non
 @click.option("--segment-len", type=int, help="mqar: the segment length distances are counted in [64].")
 @click.option("--keys", type=int, help="mqar: key words to draw from [64].")
 @click.option("--values", type=int, help="mqar: value words to draw from [64]; chance is 1/VALUES.")
+@click.option("--noise", type=int, help="mqar: noise words between facts and queries [256]; 1 = one filler word.")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
-            workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values) -> None:
+            workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values, noise) -> None:
     """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out.
 
     \b
@@ -91,7 +92,7 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
           --tokenizer tokenizers/code-8k.model --out data/mqar-far
     """
     task_options = {"pairs": pairs, "queries": queries, "distance": distance, "segment_len": segment_len,
-                    "keys": keys, "values": values}
+                    "keys": keys, "values": values, "noise": noise}
     if task is not None:
         from elastic_cli.data.tasks import prepare_task
 

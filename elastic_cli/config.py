@@ -28,7 +28,7 @@ MEMORY_OPTIONS: dict[str, tuple[str, ...]] = {  # memory.* fields passed to REGI
     "melodi": ("short_tokens", "summary_tokens", "long_tokens", "long_store"),  # + window, long_layer (build.py)
     "rmt": ("tokens",),
     "armt": ("tokens", "key_dim", "nu", "denom"),
-    "infinity": ("basis", "tau", "ridge", "resample", "sticky"),
+    "infinity": ("basis", "tau", "ridge", "resample", "sticky", "detach"),
     "caching": ("base", "aggregate", "max_caches", "top_k"),  # + the options of its base kind
 }
 
@@ -74,6 +74,7 @@ class MemoryConfig(_Section):
     ridge: float = Field(0.5, ge=0)  # infinity: ridge penalty
     resample: int = Field(256, gt=0)  # infinity: points resampled from the old signal
     sticky: bool = False  # infinity: resample where the last segment attended
+    detach: bool = False  # infinity: no gradient into the long-term memory (the paper's choice)
     base: Literal["elastic", "armt", "infinity"] = "armt"  # caching: the memory whose states are cached
     aggregate: Literal["residual", "gated", "sparse", "soup"] = "gated"  # caching: how cached reads mix
     max_caches: int = Field(8, gt=0)  # caching: snapshots kept (FIFO)

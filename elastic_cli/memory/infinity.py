@@ -101,10 +101,12 @@ def sticky_points(mu: Tensor, var: Tensor, samples: int) -> Tensor:
 
 @register("infinity")
 class InfinityMemory(Memory):
-    """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky."""
+    """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky, detach (the paper's choice:
+    no gradient flows into the long-term memory, so what a segment writes is not trained by later reads;
+    default False: gradients flow through the memory like every other kind's within a BPTT window)."""
 
     def __init__(self, n_head: int, head_dim: int, basis: int = 64, tau: float = 0.5, ridge: float = 0.5,
-                 resample: int = 256, sticky: bool = False):
+                 resample: int = 256, sticky: bool = False, detach: bool = False):
         super().__init__(n_head, head_dim)
         if basis < 2 or basis % 2:
             raise ValueError(f"InfinityMemory: basis must be an even number >= 2, got {basis}")
@@ -116,6 +118,7 @@ class InfinityMemory(Memory):
             raise ValueError(f"InfinityMemory: resample must be >= 1, got {resample}")
         d = n_head * head_dim
         self.basis, self.tau, self.ridge, self.resample, self.sticky = basis, float(tau), float(ridge), resample, bool(sticky)
+        self.detach = bool(detach)
         self.wk = nn.Linear(d, d, bias=False)
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
@@ -126,7 +129,8 @@ class InfinityMemory(Memory):
         self.register_buffer("widths", widths, persistent=False)  # (N,)
 
     def extra_repr(self) -> str:
-        return f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}"
+        return (f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}, "
+                f"detach={self.detach}")
 
     def empty(self, batch: int, device: torch.device | str) -> InfinityState:
         coef = torch.zeros(batch, self.basis, self.n_head * self.head_dim, device=device)  # (B, N, D)
@@ -156,13 +160,16 @@ class InfinityMemory(Memory):
     def write(self, state: InfinityState, seg: SegmentView) -> InfinityState:
         with torch.autocast(device_type=state.coef.device.type, enabled=False):
             x = seg.x.float()  # (B, l, D) layer inputs leaving the local window
+            coef = state.coef
+            if self.detach:  # the paper's memory: a constant to later segments' gradients
+                x, coef = x.detach(), coef.detach()
             first, old, new, uniform = _maps(self.basis, x.shape[1], self.resample, self.tau, self.ridge, x.device)
             mu, var = self.density(state.coef, seg.q.float())  # (B, H, l) what this segment attended
             if self.sticky:
                 u = sticky_points(mu.detach(), var.detach(), self.resample)  # (B, S)
-                carried = (old @ design(u, self.basis)) @ state.coef  # (B, N, D)
+                carried = (old @ design(u, self.basis)) @ coef  # (B, N, D)
             else:
-                carried = uniform @ state.coef  # (B, N, D)
+                carried = uniform @ coef  # (B, N, D)
             full = torch.where((state.t > 0)[:, None, None], carried + new @ x, first @ x)  # (B, N, D)
             sd = torch.sqrt(var)
             kl = (math.log(KL_SIGMA0) - torch.log(sd) + var / (2 * KL_SIGMA0**2) - 0.5).mean(dim=(1, 2))  # (B,)
