@@ -11,14 +11,13 @@ Inputs are random tokens: cost does not depend on the data. Ratios are medians o
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import flops, measure
+from . import flops, measure, precision
 from .atomic import write_atomic
 from .memory import REGISTRY
 from .memory.base import SegmentView
@@ -180,12 +179,11 @@ def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float
 
 def kind_configs(cfg):
     """The recipe once per memory kind in the registry (`none` and `elastic` first), each with
-    the recipe's memory.* values for the options that kind takes (config defaults elsewhere)."""
-    from .config import MEMORY_OPTIONS
+    the recipe's memory.* values for the options that kind takes (its defaults elsewhere)."""
+    from .config import with_kind
 
     kinds = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
-    return {kind: cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"kind": kind})})
-            for kind in kinds if kind in MEMORY_OPTIONS}
+    return {kind: with_kind(cfg, kind) for kind in kinds}
 
 
 def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable[[str], None]) -> dict:
@@ -199,8 +197,8 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
     plan, start = (QUICK if quick else FULL), time.perf_counter()
     m, t = cfg.model, cfg.train
     batch, segments, seg_len = t.micro_batch, t.segments, m.segment_len
-    bf16 = device.type == "cuda" and t.dtype != "fp32"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    bf16 = precision.uses_bf16(device.type, t.dtype)
+    autocast = precision.autocast(device, t.dtype)
     configs = kind_configs(cfg)
     models: dict[str, Decoder] = {}
     for kind, c in configs.items():
@@ -293,7 +291,7 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
         "quick": quick, "plan": plan._asdict(), "history_kinds": list(history), "peak_bf16_flops": peak,
         "model": to_dict(cfg)["model"], "train": {"micro_batch": batch, "segments": segments,
                                                   "bptt_segments": t.bptt_segments, "dtype": "bf16" if bf16 else "fp32"},
-        "variants": {k: {"memory": c.memory.options() | {"kind": k, "layers": c.memory.layers},
+        "variants": {k: {"memory": c.memory.model_dump(mode="json"),
                          "parameters": sum(p.numel() for p in models[k].parameters()),
                          "memory_floats_per_sequence": models[k].numel(models[k].empty_states(1, device))}
                      for k, c in configs.items()},

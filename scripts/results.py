@@ -23,7 +23,8 @@ LM = "code"
 
 def variant_name(result: dict) -> str:
     mem = result["memory"]
-    return mem["kind"] + (f" ({mem['sampling']})" if mem.get("sampling") else "")
+    schedule = mem.get("schedule") or mem.get("sampling")  # eval JSON before the rename says "sampling"
+    return mem["kind"] + (f" ({schedule})" if schedule else "")
 
 
 def load_results(out: Path, kinds: list[str]) -> dict[str, dict[str, dict | None]]:

@@ -121,7 +121,7 @@ def test_eval_peak_flat_for_none_and_elastic_and_grows_for_a_growing_memory():
     doc = toks(1, 8 * SEG)
     peaks = {}
     for kind in ("none", "elastic", "grow"):
-        model = build(kind, sampling="exponential") if kind == "elastic" else build("none")
+        model = build(kind, schedule="exponential") if kind == "elastic" else build("none")
         if kind == "grow":
             for block in model.blocks:
                 block.memory = GrowingMemory(HEADS, D // HEADS)
@@ -147,7 +147,7 @@ def test_evaluate_document_is_the_mean_next_token_loss():
 
 
 def test_generation_is_greedy_decoding_of_the_full_forward():
-    model = build(sampling="exponential")
+    model = build(schedule="exponential")
     prefix = toks(1, 2 * SEG + 3)
     stream, last = bench.read_prefix(model, prefix, nullcontext())
     got = bench.generate_greedy(model, stream, last, SEG, nullcontext())

@@ -13,7 +13,7 @@ from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_step
 # constructor options per kind and layer; every registered kind needs an entry
 OPTIONS = {
     "none": lambda layer: {},
-    "elastic": lambda layer: {"order": 8, "samples": 5, "sampling": "exponential"},
+    "elastic": lambda layer: {"order": 8, "samples": 5, "schedule": "exponential"},
     "xl": lambda layer: {"cache": 9},  # more than one segment
     "memorizing": lambda layer: {"store": 10, "topk": 3},
     "melodi": lambda layer: {"window": SEG, "short_tokens": 3, "summary_tokens": 2, "long_layer": layer == 1,

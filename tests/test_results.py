@@ -10,8 +10,8 @@ results = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(results)
 
 
-def record(kind, sampling=None, exact=None, ppl=10.0, bpb=1.0, curve=(3.0, 2.5)):
-    mem = {"kind": kind, **({"sampling": sampling, "samples": 4, "order": 4} if sampling else {})}
+def record(kind, schedule=None, exact=None, ppl=10.0, bpb=1.0, curve=(3.0, 2.5)):
+    mem = {"kind": kind, **({"schedule": schedule, "samples": 4, "order": 4} if schedule else {})}
     graded = {"answer_token_accuracy": (1 + exact) / 2, "answer_loss": 2 - exact} if exact is not None else {}
     return {"memory": mem, "exact_match": exact, "answers": 10, "perplexity": ppl, "bits_per_byte": bpb,
             "loss_by_segment": list(curve) + [None], "tokens": 100, **graded}
