@@ -51,7 +51,7 @@ memory_overrides() {  # matched footprint: every kind holds about the floats of 
   local kind=$1
   case "$kind" in
     none) echo "memory.kind=none" ;;
-    elastic) echo "memory.kind=elastic memory.order=$ORDER memory.samples=$ORDER memory.sampling=uniform" ;;
+    elastic) echo "memory.kind=elastic memory.order=$ORDER memory.samples=$ORDER memory.schedule=uniform" ;;
     xl) echo "memory.kind=xl memory.layers=all memory.cache=$ORDER" ;;
     memorizing) echo "memory.kind=memorizing memory.layers=[$((LAYERS / 2))] memory.store=$((LAYERS * ORDER)) memory.topk=$((ORDER / 2))" ;;
     melodi) echo "memory.kind=melodi memory.layers=all memory.short_tokens=$((ORDER / 2)) memory.summary_tokens=$((ORDER / 4))" \
@@ -75,7 +75,7 @@ train_and_eval() {  # $1 dataset name, $2 data dir, $3 tokenizer, $4 steps, $5 s
       train.bptt_segments=$(((segs + 3) / 4)) train.seed="$SEED" train.eval_every=0 train.save_every=0 \
       run.device="$DEVICE" run.dir="$dir" --overwrite || { echo "  $name/$kind: training failed (see $OUT/logs)"; return 0; }
   local compare=()
-  [ "$kind" = elastic ] && compare=(--compare-sampling uniform,exponential)
+  [ "$kind" = elastic ] && compare=(--compare-schedules uniform,exponential)
   LOG=eval-$name-$kind run "$PY" -m elastic_cli eval --ckpt "$dir" --data "$data" --split test \
       --max-docs "$EVAL_DOCS" "${compare[@]}" --json "$OUT/eval/$name-$kind.json" \
       || echo "  $name/$kind: evaluation failed (see $OUT/logs)"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from elastic_cli.data.store import FORMAT_VERSION, SPLITS
-from elastic_cli.data.tokenizer import PAD_ID, Tokenizer
+from elastic_cli.data.tokenizer import PAD_ID
 from elastic_cli.errors import DataError, UsageError
 
 
@@ -85,11 +85,6 @@ class PreparedData:
         """Token span [start, end) of the answer in `tokens(doc_id)` (task data), else None."""
         a = self.meta["docs"][doc_id].get("answer")
         return None if a is None else (int(a[0]), int(a[1]))
-
-    def check_tokenizer(self, tok: Tokenizer) -> None:
-        if tok.sha256 != self.meta["tokenizer_sha256"]:
-            raise DataError(f"{self.path} was prepared with tokenizer sha256 {self.meta['tokenizer_sha256'][:12]}, "
-                            f"but {tok.path} is {tok.sha256[:12]}")
 
 
 class Batch(NamedTuple):
