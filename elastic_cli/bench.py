@@ -177,16 +177,20 @@ def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float
     return (2 + plan.train_repeats) * step_s + eval_s + gen_s
 
 
-def kind_configs(cfg):
-    """The recipe once per memory kind in the registry (`none` and `elastic` first), each with
-    the recipe's memory.* values for the options that kind takes (its defaults elsewhere)."""
-    from .config import with_kind
+def kind_configs(recipe: str, overrides: list[str]) -> dict:
+    """The recipe once per memory kind in the registry (`none` and `elastic` first): the recipe and
+    overrides with memory.kind=KIND (the recipe's own options for its kind, defaults for the others),
+    plus the overrides KIND.key=value as memory.key=value of that kind only."""
+    from .config import load_config
 
     kinds = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
-    return {kind: with_kind(cfg, kind) for kind in kinds}
+    shared = [o for o in overrides if o.split(".", 1)[0] not in REGISTRY]
+    return {kind: load_config(recipe, [*shared, f"memory.kind={kind}",
+                                       *(f"memory.{o.split('.', 1)[1]}" for o in overrides if o.split(".", 1)[0] == kind)])
+            for kind in kinds}
 
 
-def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable[[str], None]) -> dict:
+def run_bench(cfg, configs: dict, device: torch.device, quick: bool, recipe: str, say: Callable[[str], None]) -> dict:
     """All five measurements for the recipe's model size on `device`; returns the JSON-able result."""
     from .build import build_model
     from .config import to_dict
@@ -199,7 +203,6 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
     batch, segments, seg_len = t.micro_batch, t.segments, m.segment_len
     bf16 = precision.uses_bf16(device.type, t.dtype)
     autocast = precision.autocast(device, t.dtype)
-    configs = kind_configs(cfg)
     models: dict[str, Decoder] = {}
     for kind, c in configs.items():
         models[kind] = build_model(c).to(device)
@@ -326,11 +329,12 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
     from .config import load_config
     from .errors import UsageError
 
-    cfg = load_config(recipe, overrides)
+    cfg = load_config(recipe, [o for o in overrides if o.split(".", 1)[0] not in REGISTRY])
+    configs = kind_configs(recipe, overrides)
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    result = run_bench(cfg, torch.device(name), quick, recipe, console.info)
+    result = run_bench(cfg, configs, torch.device(name), quick, recipe, console.info)
     text = json.dumps(result, indent=1, sort_keys=True)
     if json_path == "-":
         console.out(text)

@@ -255,7 +255,8 @@ Measure what memory costs, all variants in one process (interleaved, repeated; m
 train tokens/s of every memory kind vs `none`, peak memory at 4k vs 64k tokens of history, time per
 generated token after 1k vs 64k tokens, Elastic Memory kernels vs a plain matmul, MFU on CUDA.
   elastic bench --recipe recipes/tiny.yaml --quick
-  elastic bench --recipe recipes/tiny.yaml memory.order=32 memory.samples=32 --json bench.json"""
+  elastic bench --recipe recipes/tiny.yaml memory.order=32 memory.samples=32 --json bench.json
+KIND.key=value sets an option of one kind's variant only, e.g. xl.cache=32 memorizing.store=256."""
 
 
 @cli.command("bench", epilog=EXIT_CODES_HELP, help=BENCH_HELP)

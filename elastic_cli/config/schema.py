@@ -140,14 +140,6 @@ def layer_context(cfg: RunConfig, layer: int) -> LayerContext:
     return LayerContext(layer, tuple(memory_layers(cfg)), cfg.model.n_layer, cfg.model.segment_len)
 
 
-def with_kind(cfg: RunConfig, kind: str) -> RunConfig:
-    """cfg with memory.kind=kind: the same layers, the options both kinds take, defaults elsewhere."""
-    current = cfg.memory.options()
-    cls = memory_options.resolve({"kind": kind, **current})
-    raw = {"kind": kind, "layers": cfg.memory.layers, **{k: v for k, v in current.items() if k in cls.model_fields}}
-    return cfg.model_copy(update={"memory": memory_options.validate(raw)})
-
-
 def to_dict(cfg: RunConfig) -> dict:
     return cfg.model_dump(mode="json")
 
