@@ -187,7 +187,7 @@ def test_data_checks_are_data_errors(tmp_path):
 
     cfg = load_config("recipes/tiny.yaml", [f"data.tokenizer={write(tmp_path, 't.model', 'spm')}",
                                             f"data.path={tmp_path / 'none'}"])
-    with pytest.raises(DataError, match="d/meta.json has vocab_size=4096 but the model has model.vocab_size=8000"):
+    with pytest.raises(DataError, match="model.vocab_size=8000 but d/meta.json has vocab_size=4096"):
         check_data(cfg, {"vocab_size": 4096, "tokenizer_sha256": None}, "d")
     with pytest.raises(DataError, match="d was prepared with tokenizer sha256 000000000000, the model's tokenizer is"):
         check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")

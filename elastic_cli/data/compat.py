@@ -30,8 +30,8 @@ def check_data(cfg: Any, meta: dict, data_dir: str | Path) -> str | None:
     """DataError unless the data in data_dir (its meta.json) was made for this model; returns a
     warning text when the run records no tokenizer to compare with."""
     if meta.get("vocab_size") != cfg.model.vocab_size:
-        raise DataError(f"{data_dir}/meta.json has vocab_size={meta.get('vocab_size')} but the model has "
-                        f"model.vocab_size={cfg.model.vocab_size}: the data was made with another tokenizer")
+        raise DataError(f"model.vocab_size={cfg.model.vocab_size} but {data_dir}/meta.json has "
+                        f"vocab_size={meta.get('vocab_size')}: the data was made with another tokenizer")
     _, sha = model_tokenizer(cfg)
     if sha is None:
         return f"the run records no tokenizer; cannot check that {data_dir} was made with the model's tokenizer"
