@@ -105,6 +105,8 @@ KIND_OPTIONS = [
     ("caching", {"base": "armt", "aggregate": "residual", "max_caches": 2, "tokens": 2, "key_dim": 3, "nu": 2}),
     ("caching", {"base": "infinity", "aggregate": "sparse", "max_caches": 2, "top_k": 1, "basis": 4, "resample": 6}),
     ("caching", {"base": "elastic", "aggregate": "residual", "max_caches": 2, "order": 3, "samples": 2}),
+    ("caching", {"base": "armt", "aggregate": "soup", "max_caches": 2, "tokens": 2, "key_dim": 3, "nu": 2}),
+    ("caching", {"base": "infinity", "aggregate": "soup", "max_caches": 2, "basis": 4, "resample": 6}),
 ]
 
 

@@ -83,6 +83,22 @@ def test_toy_trains_evaluates_and_generates_through_the_cli(tmp_path, capsys):
     assert run_cli(capsys, *args)[1] == first  # same seed, same text
 
 
+def test_an_installed_package_registers_its_kind_by_entry_point(monkeypatch):
+    import importlib
+    import sys
+
+    import elastic_cli.memory as memory
+
+    REGISTRY.pop("toy")
+    sys.modules.pop("toy_kind")
+    seen = []
+    plugin = type("EntryPoint", (), {"load": staticmethod(lambda: importlib.import_module("toy_kind"))})
+    monkeypatch.setattr(memory, "entry_points", lambda group: seen.append(group) or [plugin])
+    memory.load_plugins()
+    assert seen == ["elastic.memory"] and "toy" in REGISTRY
+    assert load_config("recipes/tiny.yaml", ["memory.kind=toy"]).memory.kind == "toy"
+
+
 def test_toy_has_a_flop_count_so_mfu_is_reported():
     model = build_model(load_config("recipes/tiny.yaml", ["memory.kind=toy"]))
     per_layer = [b.memory.cost(64, 64) for b in model.blocks]

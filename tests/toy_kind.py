@@ -65,5 +65,5 @@ class ToyMemory(Memory):
     def numel(self, state: ToyState) -> int:
         return 2 * self.n_head * self.head_dim
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         return MemoryCost(1 if t > 0 else 0, 0, 0)  # one extra key; averaging is elementwise

@@ -8,8 +8,16 @@ from . import armt, caching, elastic, infinity, melodi, memorizing, none, rmt, x
 from .base import REGISTRY, Memory, MemoryCost, Read, SegmentView, detach_state, register
 from .options import LayerContext, MemoryOptions, OptionError
 
-for _plugin in entry_points(group="elastic.memory"):
-    _plugin.load()
+
+
+def load_plugins(group: str = "elastic.memory") -> None:
+    """Import the memory modules installed packages name under the entry-point group (each
+    registers its kind on import)."""
+    for plugin in entry_points(group=group):
+        plugin.load()
+
+
+load_plugins()
 
 __all__ = ["REGISTRY", "LayerContext", "Memory", "MemoryCost", "MemoryOptions", "OptionError", "Read",
-           "SegmentView", "detach_state", "register"]
+           "SegmentView", "detach_state", "load_plugins", "register"]

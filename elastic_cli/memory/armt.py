@@ -98,11 +98,11 @@ class ARMTMemory(Memory):
     def slot_counts(self) -> tuple[int, int]:
         return 0, self.tokens
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """Read (every row, memory tokens too): W_q, φ(q) A (and φ(q) z). Write (m tokens): W_k, W_v,
         W_β, the delta rule's A-read (and z-read) and update (and the γ read of z)."""
         d, k, m, z = self.n_head * self.head_dim, self.features, self.tokens, int(self.denom)
-        rows = l + m
+        rows = l + m if rows is None else rows
         read = 2 * rows * (d * self.key_dim + k * d + z * k)
         write = 2 * m * (d * self.key_dim + d * d + d + k * d + z * k + k * d + z * k)
         return MemoryCost(0, read, write)

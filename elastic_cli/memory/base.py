@@ -104,9 +104,10 @@ class Memory(nn.Module):
         """Floats held per sequence (the footprint axis on which memories are compared)."""
         raise NotImplementedError
 
-    def cost(self, l: int, t: int) -> MemoryCost | None:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost | None:
         """Keys read and FLOPs of read and write for a segment of l tokens after t tokens of the
-        document (one sequence; the design's math: nothing is read at t = 0). None: not counted
+        document (one sequence; the design's math: nothing is read at t = 0); a per-token read
+        covers `rows` rows (default: the l tokens and this memory's slots). None: not counted
         (then MFU is not reported)."""
         return None
 

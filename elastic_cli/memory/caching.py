@@ -241,19 +241,23 @@ class CachingMemory(Memory):
     def aux_loss(self, state: Any) -> Tensor | None:
         return self.base.aux_loss(self.online(state))
 
-    def cost(self, l: int, t: int) -> MemoryCost | None:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost | None:
         """The base's read from each of the C1 states (its write once); mixing 2 n C1 D, and with a
-        router W_u x̂ (2 n D^2) and its logits over the descriptors (2 n C1 D). `soup` reads one mixed
-        state per token: not counted (None)."""
-        base = self.base.cost(l, t)
-        if base is None or self.aggregate == "soup":
+        router W_u x̂ (2 n D^2) and its logits over the descriptors (2 n C1 D). `soup` instead mixes
+        the states per row (2 n C1 per float of a state) and reads each row from its own state."""
+        base = self.base.cost(l, t, rows)
+        if base is None:
             return None
         c1, d = self.max_caches + 1, self.n_head * self.head_dim
         if self.mode == "keys":
             return MemoryCost(c1 * base.keys, c1 * base.read, base.write)
-        rows = l + sum(self.slot_counts()) if self.mode == "pre" else l
-        route = 0 if self.router is None else 2 * rows * d * d + 2 * rows * c1 * d
-        return MemoryCost(c1 * base.keys, c1 * base.read + 2 * rows * c1 * d + route, base.write)
+        n = rows if rows is not None else l + sum(self.slot_counts()) if self.mode == "pre" else l
+        route = 0 if self.router is None else 2 * n * d * d + 2 * n * c1 * d
+        if self.aggregate == "soup":
+            floats = sum(x.numel() for x in self.base.empty(1, "meta") if x.is_floating_point())
+            per_row = self.base.cost(1, t, 1)
+            return None if per_row is None else MemoryCost(0, route + 2 * n * c1 * floats + n * per_row.read, base.write)
+        return MemoryCost(c1 * base.keys, c1 * base.read + 2 * n * c1 * d + route, base.write)
 
     def numel(self, state: Any) -> int:
         per = self.base.numel(self.online(state))

@@ -58,7 +58,7 @@ class ElasticMemory(Memory):
     def extra_repr(self) -> str:
         return f"order={self.order}, samples={self.samples}, schedule={self.schedule}, power={self.power}"
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """Write 2 (2 N l D + 2 N^2 D) (W @ X, and R @ C when t > 0); read 2 * 2 M N D (S @ C_K, S @ C_V)."""
         n, m, d = self.order, self.samples, self.n_head * self.head_dim
         write = 2 * (2 * n * l * d + (2 * n * n * d if t > 0 else 0))

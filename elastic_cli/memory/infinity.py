@@ -141,15 +141,18 @@ class InfinityMemory(Memory):
     def extra_repr(self) -> str:
         return f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}"
 
-    def cost(self, l: int, t: int) -> MemoryCost:
-        """Read (l queries): K = B W_K, V = B W_V (2 N D^2 each), scores 2 l N D, μ/σ 2 * 2 H l N,
-        r V 2 l N D, W_O 2 l D^2. Write: the densities again (K and scores), the old signal carried
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Read (r = l queries): K = B W_K, V = B W_V (2 N D^2 each), scores 2 r N D, μ/σ 2 * 2 H r N,
+        r V 2 r N D, W_O 2 r D^2. Write: the densities again (K and scores), the old signal carried
         (sticky: ψ(u) resampled, 2 N S N, then 2 N^2 D; else 2 N^2 D) and new @ X, first @ X (2 N l D each)."""
-        n, d, h = self.basis, self.n_head * self.head_dim, self.n_head
-        density = 2 * n * d * d + 2 * l * n * d + 4 * h * l * n
-        read = density + 2 * n * d * d + 2 * l * n * d + 2 * l * d * d
+        n, d, h, r = self.basis, self.n_head * self.head_dim, self.n_head, l if rows is None else rows
+
+        def density(q: int) -> int:
+            return 2 * n * d * d + 2 * q * n * d + 4 * h * q * n
+
+        read = density(r) + 2 * n * d * d + 2 * r * n * d + 2 * r * d * d
         carried = 2 * n * n * d + (2 * n * self.resample * n if self.sticky else 0)
-        return MemoryCost(0, read, density + carried + 2 * 2 * n * l * d)
+        return MemoryCost(0, read, density(l) + carried + 2 * 2 * n * l * d)
 
     def empty(self, batch: int, device: torch.device | str) -> InfinityState:
         coef = torch.zeros(batch, self.basis, self.n_head * self.head_dim, device=device)  # (B, N, D)

@@ -114,11 +114,11 @@ class MelodiMemory(Memory):
         return (f"window={self.window}, short_tokens={self.short}, summary_tokens={self.summary}, "
                 f"long_layer={self.long_layer}, long_tokens={self.long_tokens}, long_store={self.long_store}")
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """Read: S + U keys in the softmax; on the long layer q Kᵀ and probs @ V over C, 2 * 2 l C D.
         Write (keys and values): A_z 2 S (S + l) D, A_u 2 U l D, on the long layer A_m 2 L l D."""
         d = self.n_head * self.head_dim
-        read = 4 * l * self.long_store * d if t > 0 else 0
+        read = 4 * (l if rows is None else rows) * self.long_store * d if t > 0 else 0
         write = 2 * 2 * d * (self.short * (self.short + l) + self.summary * l + self.long_tokens * l)
         return MemoryCost(self.short + self.summary if t > 0 else 0, read, write)
 

@@ -64,9 +64,9 @@ class MemorizingMemory(Memory):
     def extra_repr(self) -> str:
         return f"store={self.store}, topk={self.topk}"
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """Read: logits q̂ K̂ᵀ and probs @ V over the whole store, 2 * 2 l S D (a separate softmax)."""
-        rows = l + sum(self.slot_counts())
+        rows = l if rows is None else rows
         return MemoryCost(0, 4 * rows * self.store * self.n_head * self.head_dim if t > 0 else 0, 0)
 
     def empty(self, batch: int, device: torch.device | str) -> StoreState:

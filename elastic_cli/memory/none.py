@@ -23,7 +23,7 @@ class NoMemory(Memory):
 
     Options = NoneOptions
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         return MemoryCost(0, 0, 0)
 
     def empty(self, batch: int, device: torch.device | str) -> NoState:

@@ -55,7 +55,7 @@ class RMTMemory(Memory):
     def slot_counts(self) -> tuple[int, int]:
         return self.tokens, self.tokens
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """No products of its own: its 2m slot rows run through every layer (counted by flops.py)."""
         return MemoryCost(0, 0, 0)
 

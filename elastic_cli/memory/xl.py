@@ -49,7 +49,7 @@ class XLMemory(Memory):
     def extra_repr(self) -> str:
         return f"cache={self.cache}"
 
-    def cost(self, l: int, t: int) -> MemoryCost:
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """The cache joins the softmax (counted by the attention); writing is a copy."""
         return MemoryCost(self.cache if t > 0 else 0, 0, 0)
 
