@@ -4,7 +4,8 @@ The only module that knows YAML. Every mistake becomes a `UsageError` (exit 2) n
 path, the file that set it and, for unknown keys or names, a "did you mean". Precedence: field
 defaults < base chain (first base lowest) < recipe < overlays < overrides. Maps merge, lists
 replace. A layer (a file, or all the overrides together) that sets memory.kind to another kind
-starts the memory section afresh: the previous kind's options are dropped, memory.layers is kept.
+drops the previous kind's options (memory.layers is kept); one that sets caching's memory.base to
+another kind drops the previous base's options.
 """
 from __future__ import annotations
 
@@ -110,13 +111,15 @@ def migrate_legacy(data: dict) -> dict:
 
 
 def _merge_layer(dst: dict, src: dict, origin: dict[str, str], source: str) -> None:
-    """Merge one layer; when it switches memory.kind, the memory section restarts (layers kept)."""
+    """Merge one layer; when it switches memory.kind (or caching's base), the options of the old
+    kind are dropped first (memory/options.carry_over)."""
     new, old = src.get("memory"), dst.get("memory")
-    if isinstance(new, dict) and "kind" in new and isinstance(old, dict):
-        if new["kind"] != old.get("kind", memory_options.DEFAULT_KIND):
-            dst["memory"] = {k: v for k, v in old.items() if k == "layers"}
-            for key in [k for k in origin if k.startswith("memory.") and k != "memory.layers"]:
-                del origin[key]
+    if isinstance(new, dict) and isinstance(old, dict):
+        kept = memory_options.carry_over(old, new)
+        for key in set(old) - set(kept):
+            for dotted in [k for k in origin if k == f"memory.{key}" or k.startswith(f"memory.{key}.")]:
+                del origin[dotted]
+        dst["memory"] = dict(kept)
     _merge(dst, src, origin, "", source)
 
 

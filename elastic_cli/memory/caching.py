@@ -49,6 +49,13 @@ class CachingOptions(MemoryOptions):
     def for_raw(cls, raw: dict) -> type[MemoryOptions]:
         return _with_base(raw.get("base", "armt"), bases())
 
+    @classmethod
+    def carry_over(cls, old: dict, new: dict) -> dict:
+        """Switching memory.base drops the old base's options."""
+        if new.get("base", old.get("base", "armt")) == old.get("base", "armt"):
+            return old
+        return {k: v for k, v in old.items() if k in CachingOptions.model_fields}
+
     def base_options(self) -> MemoryOptions:
         own = set(CachingOptions.model_fields) - {"kind", "layers"}
         values = {k: v for k, v in self.options().items() if k not in own}

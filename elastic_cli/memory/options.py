@@ -47,6 +47,12 @@ class MemoryOptions(BaseModel):
         """The model that validates `raw` (a kind whose options depend on a value overrides this)."""
         return cls
 
+    @classmethod
+    def carry_over(cls, old: dict, new: dict) -> dict:
+        """What of this kind's raw section `old` stays when a recipe layer `new` of the same kind is
+        merged on top (a kind whose options depend on a value drops those of the old value)."""
+        return old
+
     def options(self) -> dict[str, Any]:
         """The kind's own options (everything but kind and layers)."""
         return {name: getattr(self, name) for name in type(self).model_fields if name not in ("kind", "layers")}
@@ -92,6 +98,16 @@ def validate(raw: Any, kinds: tuple[str, ...] | None = None) -> Any:
     if isinstance(raw, MemoryOptions) or not isinstance(raw, dict):
         return raw
     return resolve(raw, kinds).model_validate(raw)
+
+
+def carry_over(old: dict, new: dict) -> dict:
+    """What of a raw memory section stays under a recipe layer `new`: all of it, unless the layer
+    switches memory.kind (then memory.layers only) or the kind says otherwise."""
+    kind = old.get("kind", DEFAULT_KIND)
+    if new.get("kind", kind) != kind:
+        return {k: v for k, v in old.items() if k == "layers"}
+    cls = registry().get(kind)
+    return old if cls is None else cls.Options.carry_over(old, new)
 
 
 def default() -> MemoryOptions:
