@@ -27,7 +27,7 @@ from pydantic import Field, create_model
 from torch import Tensor, nn
 
 from .base import REGISTRY, Memory, MemoryCost, Read, SegmentView, register
-from .options import LayerContext, MemoryOptions
+from .options import LayerContext, MemoryOptions, validate
 
 AGGREGATES = ("residual", "gated", "sparse", "soup")
 
@@ -57,13 +57,12 @@ class CachingOptions(MemoryOptions):
         return {k: v for k, v in old.items() if k in CachingOptions.model_fields}
 
     def base_options(self) -> MemoryOptions:
-        own = set(CachingOptions.model_fields) - {"kind", "layers"}
-        values = {k: v for k, v in self.options().items() if k not in own}
-        return REGISTRY[self.base].Options.for_raw({"kind": self.base, **values}).model_validate(
-            {"kind": self.base, **values})
+        """The base kind's options, as if it were the memory section's kind."""
+        values = {k: v for k, v in self.options().items() if k not in CachingOptions.model_fields}
+        return validate({"kind": self.base, **values}, bases())
 
     def memory_kwargs(self, ctx: LayerContext) -> dict:
-        own = {k: getattr(self, k) for k in ("base", "aggregate", "max_caches", "top_k")}
+        own = {k: v for k, v in self.options().items() if k in CachingOptions.model_fields}
         return {**own, **self.base_options().memory_kwargs(ctx)}
 
     def check(self, ctx: LayerContext, prefix: str) -> None:
