@@ -28,9 +28,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
 
 KL_SIGMA0 = 0.05  # σ0 of the KL regulariser (paper value)
 STICKY_BINS = 128  # histogram bins of the sticky-memory density (paper value)
@@ -99,11 +101,23 @@ def sticky_points(mu: Tensor, var: Tensor, samples: int) -> Tensor:
     return (edges[hi - 1] + frac * (edges[hi] - edges[hi - 1])).clamp(0, 1)  # (B, S)
 
 
+class InfinityOptions(MemoryOptions):
+    basis: int = Field(64, gt=0, description="Gaussian RBF basis functions N (even)")
+    tau: float = Field(0.5, gt=0, lt=1, description="share τ of [0, 1] given to the old signal")
+    ridge: float = Field(0.5, ge=0, description="ridge penalty λ of the regression")
+    resample: int = Field(256, gt=0, description="points S resampled from the old signal")
+    sticky: bool = Field(False, description="resample where the last segment attended (sticky memories)")
+    detach: bool = Field(False, description="no gradient into the long-term memory (the paper's choice)")
+
+
 @register("infinity")
 class InfinityMemory(Memory):
     """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky, detach (the paper's choice:
     no gradient flows into the long-term memory, so what a segment writes is not trained by later reads;
     default False: gradients flow through the memory like every other kind's within a BPTT window)."""
+
+    Options = InfinityOptions
+    cache_read = "out"
 
     def __init__(self, n_head: int, head_dim: int, basis: int = 64, tau: float = 0.5, ridge: float = 0.5,
                  resample: int = 256, sticky: bool = False, detach: bool = False):
@@ -131,6 +145,19 @@ class InfinityMemory(Memory):
     def extra_repr(self) -> str:
         return (f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}, "
                 f"detach={self.detach}")
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Read (r = l queries): K = B W_K, V = B W_V (2 N D^2 each), scores 2 r N D, μ/σ 2 * 2 H r N,
+        r V 2 r N D, W_O 2 r D^2. Write: the densities again (K and scores), the old signal carried
+        (sticky: ψ(u) resampled, 2 N S N, then 2 N^2 D; else 2 N^2 D) and new @ X, first @ X (2 N l D each)."""
+        n, d, h, r = self.basis, self.n_head * self.head_dim, self.n_head, l if rows is None else rows
+
+        def density(q: int) -> int:
+            return 2 * n * d * d + 2 * q * n * d + 4 * h * q * n
+
+        read = density(r) + 2 * n * d * d + 2 * r * n * d + 2 * r * d * d
+        carried = 2 * n * n * d + (2 * n * self.resample * n if self.sticky else 0)
+        return MemoryCost(0, read, density(l) + carried + 2 * 2 * n * l * d)
 
     def empty(self, batch: int, device: torch.device | str) -> InfinityState:
         coef = torch.zeros(batch, self.basis, self.n_head * self.head_dim, device=device)  # (B, N, D)
