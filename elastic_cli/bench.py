@@ -14,16 +14,15 @@ Ratios are medians of per-repeat ratios of interleaved measurements.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Callable, NamedTuple
 
 import torch
 
-from . import measure
+from . import measure, precision
 from .atomic import write_atomic
 from .bench_history import history_pass, timed_after
 from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
-from .bench_train import build_variants, train_costs
+from .bench_train import build_variants, kind_configs, train_costs
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
 WRITE_BAR_SHAPE = (64, 2048)  # (N, l) of the new-t write measurement
@@ -101,7 +100,7 @@ def _kernels(model, m, batch: int, plan: Plan, device: torch.device) -> tuple[di
     mem = next(b.memory for b in model.blocks if b.memory is not None)
     result, spread = {}, {}
     order, seg = WRITE_BAR_SHAPE
-    bar = type(mem)(mem.n_head, mem.head_dim, order=order, samples=order, sampling=mem.sampling).to(device)
+    bar = type(mem)(mem.n_head, mem.head_dim, order=order, samples=order, schedule=mem.schedule).to(device)
     for name, memory, shapes in (
             ("recipe", mem, KernelShapes(batch, m.n_head, m.d_model // m.n_head, mem.order, mem.samples, m.segment_len)),
             ("write_bar", bar, KernelShapes(batch, m.n_head, m.d_model // m.n_head, order, order, seg))):
@@ -150,16 +149,17 @@ def _history(variants, kinds: list[str], plan: Plan, m, autocast, device, say) -
     return result, spread
 
 
-def run_bench(cfg, device: torch.device, plan: Plan, kinds: list[str] | None, recipe: str,
+def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
               say: Callable[[str], None], quick: bool = False) -> dict:
-    """Every measurement for the recipe's model size on `device`; returns the JSON-able result."""
+    """Every measurement for the recipe's model size on `device`, one variant per config in
+    `configs` (`kind_configs`); returns the JSON-able result."""
     from .bench_history import evaluate_document, generate_greedy, stream_after
     from .config import to_dict
 
     start, m, t = time.perf_counter(), cfg.model, cfg.train
-    bf16 = device.type == "cuda" and t.dtype != "fp32"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    variants = build_variants(cfg, kinds, device, autocast)
+    bf16 = precision.uses_bf16(device.type, t.dtype)
+    autocast = precision.autocast(device, t.dtype)
+    variants = build_variants(cfg, configs, device, autocast)
     history = [k for k in variants.models if not quick or k in HISTORY_KINDS]
     one = measure.random_tokens((1, m.segment_len + 1), m.vocab_size, 3, device)
     first = torch.zeros(1, m.vocab_size, device=device)
@@ -191,7 +191,7 @@ def run_bench(cfg, device: torch.device, plan: Plan, kinds: list[str] | None, re
         "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
         "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,
                   "dtype": "bf16" if bf16 else "fp32", "compile": bool(t.compile)},
-        "variants": {k: {"memory": c.memory.options() | {"kind": k, "layers": c.memory.layers},
+        "variants": {k: {"memory": c.memory.model_dump(mode="json"),
                          "parameters": sum(p.numel() for p in variants.models[k].parameters()),
                          "memory_floats_per_sequence": variants.models[k].numel(variants.models[k].empty_states(1, device))}
                      for k, c in variants.configs.items()},
@@ -219,7 +219,7 @@ def summary_rows(result: dict) -> list[list[str]]:
 
 
 def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json_path: str | None,
-        kinds: list[str] | None = None, history: int | None = None, train_steps: int | None = None) -> dict:
+        kinds: str | None = None, history: int | None = None, train_steps: int | None = None) -> dict:
     """`elastic bench`: load the recipe, measure, print a table, write the JSON (atomically; "-": stdout)."""
     import json
     from pathlib import Path
@@ -228,21 +228,23 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
     from .config import load_config
     from .errors import UsageError
 
-    cfg = load_config(recipe, overrides)
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
     from .memory import REGISTRY
 
-    unknown = sorted(set(kinds or []) - set(REGISTRY))
+    chosen = None if kinds is None else [k.strip() for k in kinds.split(",") if k.strip()]
+    unknown = sorted(set(chosen or []) - set(REGISTRY))
     if unknown:
         raise UsageError(f"--kinds: unknown memory kind(s) {', '.join(unknown)}; choose from {', '.join(sorted(REGISTRY))}")
     if history is not None and history < 1:
         raise UsageError(f"--history must be >= 1 token, got {history}")
     if train_steps is not None and train_steps < 1:
         raise UsageError(f"--train-steps must be >= 1, got {train_steps}")
+    cfg = load_config(recipe, [o for o in overrides if o.split(".", 1)[0] not in REGISTRY])
+    configs = kind_configs(recipe, overrides, chosen)
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
     plan = make_plan(quick, history, train_steps, cfg.model.segment_len)
-    result = run_bench(cfg, torch.device(name), plan, kinds, recipe, console.info, quick)
+    result = run_bench(cfg, configs, torch.device(name), plan, recipe, console.info, quick)
     text = json.dumps(result, indent=1, sort_keys=True)
     if json_path == "-":
         console.out(text)

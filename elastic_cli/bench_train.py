@@ -12,15 +12,17 @@ from .memory import REGISTRY
 from .model.decoder import Decoder
 
 
-def kind_configs(cfg, kinds: list[str] | None = None) -> dict:
+def kind_configs(recipe: str, overrides: list[str], kinds: list[str] | None = None) -> dict:
     """The recipe once per memory kind in the registry (`none` and `elastic` first), or per kind in
-    `kinds`, each with the recipe's memory.* values for the options that kind takes."""
-    from .config import MEMORY_OPTIONS
+    `kinds`: the recipe and overrides with memory.kind=KIND (the recipe's own options for its kind,
+    defaults for the others), plus the overrides KIND.key=value as memory.key=value of that kind only."""
+    from .config import load_config
 
     order = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
-    chosen = order if kinds is None else [k for k in order if k in kinds]
-    return {kind: cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"kind": kind})})
-            for kind in chosen if kind in MEMORY_OPTIONS}
+    shared = [o for o in overrides if o.split(".", 1)[0] not in REGISTRY]
+    return {kind: load_config(recipe, [*shared, f"memory.kind={kind}",
+                                       *(f"memory.{o.split('.', 1)[1]}" for o in overrides if o.split(".", 1)[0] == kind)])
+            for kind in order if kinds is None or kind in kinds}
 
 
 class Variants(NamedTuple):
@@ -29,8 +31,9 @@ class Variants(NamedTuple):
     steps: dict[str, Callable[[], object]]  # kind -> one train step (compiled forward if train.compile)
 
 
-def build_variants(cfg, kinds: list[str] | None, device: torch.device, autocast) -> Variants:
-    """Models, optimizers and train-step closures on one fixed random batch (B, S, L)."""
+def build_variants(cfg, configs: dict, device: torch.device, autocast) -> Variants:
+    """Models, optimizers and train-step closures on one fixed random batch (B, S, L); `cfg` gives
+    the model and train settings, `configs` one config per kind (`kind_configs`)."""
     from .build import build_model
     from .model.init import init_weights
     from .optim import build_optimizer
@@ -41,7 +44,7 @@ def build_variants(cfg, kinds: list[str] | None, device: torch.device, autocast)
     fake = Batch(measure.random_tokens(shape, m.vocab_size, 1, device),  # inputs (B, S, L)
                  measure.random_tokens(shape, m.vocab_size, 2, device),  # targets (B, S, L)
                  torch.arange(t.segments).expand(t.micro_batch, t.segments) == 0)  # doc_start (B, S), CPU
-    configs, models, steps = kind_configs(cfg, kinds), {}, {}
+    models, steps = {}, {}
     for kind, c in configs.items():
         model = build_model(c).to(device)
         init_weights(model, t.seed)

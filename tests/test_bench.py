@@ -138,7 +138,7 @@ def test_eval_peak_flat_for_none_and_elastic_and_grows_for_a_growing_memory():
     doc = toks(1, 8 * SEG)
     peaks = {}
     for kind in ("none", "elastic", "grow"):
-        model = build(kind, sampling="exponential") if kind == "elastic" else build("none")
+        model = build(kind, schedule="exponential") if kind == "elastic" else build("none")
         if kind == "grow":
             for block in model.blocks:
                 block.memory = GrowingMemory(HEADS, D // HEADS)
@@ -175,7 +175,7 @@ def test_evaluate_document_is_the_mean_next_token_loss():
 def test_history_pass_states_equal_reading_in_one_go():
     """The pass reads one segment per call, carrying states; at every length they equal the states
     of reading that prefix of the same document in one call."""
-    model = build(sampling="exponential")
+    model = build(schedule="exponential")
     lengths = [2 * SEG, 5 * SEG]
     one = bench_history.history_pass(model, V, lengths, nullcontext(), CPU)
     doc = measure.random_tokens((1, 5 * SEG + 1), V, 4, CPU)  # the pass's document
@@ -197,7 +197,7 @@ def test_timed_after_times_every_kind_and_history():
 
 
 def test_generation_is_greedy_decoding_of_the_full_forward():
-    model = build(sampling="exponential")
+    model = build(schedule="exponential")
     prefix = toks(1, 2 * SEG)
     _, states = bench_history.evaluate_document(model, torch.cat([prefix, toks(1, 1)], 1), nullcontext())
     first = torch.zeros(1, V)  # the first generated token is 0
@@ -217,7 +217,8 @@ def test_train_step_is_sgd_on_the_truncated_bptt_loss(bptt):
     model = build()
     ref = copy.deepcopy(model)
     x, y = toks(2, 3, SEG, seed=1), toks(2, 3, SEG, seed=2)
-    cfg = SimpleNamespace(train=SimpleNamespace(micro_batch=2, bptt_segments=bptt, aux_weight=0.0, grad_clip=0.0))
+    cfg = SimpleNamespace(train=SimpleNamespace(micro_batch=2, bptt_segments=bptt, aux_weight=0.0, grad_clip=0.0,
+                                                loss_on="all", checkpoint_segments=False))
     batch = Batch(x, y, torch.tensor([[True, False, False]] * 2))
     loss, n_tokens, _ = train_step(cfg, model, torch.optim.SGD(model.parameters(), lr=1.0), batch, nullcontext(), CPU)
     assert n_tokens == 2 * 3 * SEG
@@ -250,7 +251,8 @@ def test_kernels_compute_the_memory_ops_and_floors_have_their_flops():
             fn()
         return counter.get_total_flops()
 
-    banks = 2 * 6 * 7 * 6  # R = g(ρu)^T (w g(u)) with N + 1 = 7 nodes, built in the write (no cache)
+    # built in the write (no cache): G = dmat (N, N+1) @ P (N+1, l+1), and R = g(ρu)^T (w g(u)) over N + 1 = 7 nodes
+    banks = 2 * 6 * 7 * (SEG + 1) + 2 * 6 * 7 * 6
     assert count(fns["write_cached"]) == count(fns["write_fresh"]) == count(fns["write_floor"]) + banks
     assert count(fns["write_floor"]) == 2 * 2 * 6 * (6 + SEG) * 2 * D
     assert count(fns["read"]) == count(fns["read_floor"]) == 2 * 2 * 4 * 6 * 2 * D
@@ -269,7 +271,7 @@ def test_summary_rows_mark_targets():
 
 RECIPE = """
 model: {vocab_size: 64, d_model: 16, n_layer: 2, n_head: 2, mlp_hidden: 32, segment_len: 512}
-memory: {kind: elastic, order: 8, samples: 8, cache: 8, store: 16, topk: 4, short_tokens: 4, summary_tokens: 2}
+memory: {kind: elastic, order: 8, samples: 8}
 data: {path: unused-by-bench}
 train: {global_batch: 2, micro_batch: 2, segments: 2, bptt_segments: 1, steps: 1, lr: 1.0e-3}
 """
@@ -289,9 +291,13 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "b" / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "bench", "--recipe", str(recipe), "--quick",
-                           "--device", "cpu", "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+                           "--device", "cpu", "--json", str(out), "xl.cache=8", "memorizing.store=16", "memorizing.topk=4",
+                           "melodi.short_tokens=4", "melodi.summary_tokens=2"],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
+    assert result["variants"]["xl"]["memory"] == {"kind": "xl", "layers": "all", "cache": 8}  # KIND.key=value
+    assert result["variants"]["elastic"]["memory"]["order"] == 8  # the recipe's own kind keeps its options
     kinds = [k for k in REGISTRY if k in result["variants"]]
     assert {"none", "elastic"} <= set(kinds)
     for key in ("device", "torch", "recipe", "variants", "train_ratio_elastic_vs_none", "eval_memory_ratio_16k_vs_1k",

@@ -1,18 +1,28 @@
 """Elastic Memory: online HiPPO-LegS compression of a layer's keys (before RoPE) and values,
-read back by polynomial sampling (DESIGN.md §2.2, docs/memory.md).
+read back by polynomial sampling at the points of a schedule (docs/memory.md).
 
 Axis legend: B batch, H heads, N order, d head width, l segment tokens, M samples.
 No trainable parameters: the state dicts of `elastic` and `none` models match.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from . import hippo
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
+
+
+class ElasticOptions(MemoryOptions):
+    order: int = Field(64, gt=0, description="LegS order N: coefficients per head and key/value width")
+    samples: int = Field(64, gt=0, description="M points read back as extra keys/values per head")
+    schedule: Literal[hippo.SCHEDULES] = Field("uniform", description="where the M points lie in [0, 1] "  # type: ignore[valid-type]
+                                               "(1 = now); can change at test time")
+    power: float = Field(2.0, gt=0, description="strength of the `power` schedule")
 
 
 class ElasticState(NamedTuple):
@@ -26,23 +36,32 @@ class ElasticMemory(Memory):
     """State: C_K, C_V (N x d per head) and t. Write: exact segment LegS projection of the
     segment's keys/values (`hippo.absorb`). Read: M samples S @ C as extra keys/values."""
 
+    Options = ElasticOptions
+    cache_read = "keys"
+
     def __init__(self, n_head: int, head_dim: int, order: int, samples: int,
-                 sampling: str = "uniform", power: float = 2.0):
+                 schedule: str = "uniform", power: float = 2.0):
         super().__init__(n_head, head_dim)
         if order < 1 or samples < 1:
             raise ValueError(f"ElasticMemory: order and samples must be >= 1, got {order}, {samples}")
-        if sampling not in hippo.SCHEDULES:
-            raise ValueError(f"ElasticMemory: unknown sampling {sampling!r}; choose one of {', '.join(hippo.SCHEDULES)}")
-        self.order, self.samples, self.sampling, self.power = order, samples, sampling, float(power)
+        if schedule not in hippo.SCHEDULES:
+            raise ValueError(f"ElasticMemory: unknown schedule {schedule!r}; choose one of {', '.join(hippo.SCHEDULES)}")
+        self.order, self.samples, self.schedule, self.power = order, samples, schedule, float(power)
         # Constants, not state: never saved (the state dicts of elastic and none stay equal), moved with
         # the model, so the write and read find them on their device without a cache.
         for name, value in hippo.bank_constants(order)._asdict().items():  # float64: u, gw, dmat, gscale
             self.register_buffer(f"bank_{name}", value, persistent=False)
-        fixed = torch.zeros(0) if hippo.depends_on_t(sampling) else hippo.sampling_matrix(sampling, samples, 0, order, power)
+        fixed = torch.zeros(0) if hippo.depends_on_t(schedule) else hippo.sampling_matrix(schedule, samples, 0, order, power)
         self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
 
     def extra_repr(self) -> str:
-        return f"order={self.order}, samples={self.samples}, sampling={self.sampling}, power={self.power}"
+        return f"order={self.order}, samples={self.samples}, schedule={self.schedule}, power={self.power}"
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Write 2 (2 N l D + 2 N^2 D) (W @ X, and R @ C when t > 0); read 2 * 2 M N D (S @ C_K, S @ C_V)."""
+        n, m, d = self.order, self.samples, self.n_head * self.head_dim
+        write = 2 * (2 * n * l * d + (2 * n * n * d if t > 0 else 0))
+        return MemoryCost(m, 2 * 2 * m * n * d, write) if t > 0 else MemoryCost(0, 0, write)
 
     def bank_constants(self) -> hippo.BankConstants:
         return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_dmat, self.bank_gscale)
@@ -53,7 +72,7 @@ class ElasticMemory(Memory):
 
     def sampling_rows(self, t: Tensor) -> Tensor:
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
-        if not hippo.depends_on_t(self.sampling):
+        if not hippo.depends_on_t(self.schedule):
             return self.fixed_sampling
         return hippo.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
 
