@@ -25,6 +25,8 @@ from torch import Tensor
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
 F64 = torch.float64
+# Constants and reference banks are built on the CPU explicitly (device="cpu"), also when a model is
+# constructed under a meta or CUDA default device; the fast path works on the state's device.
 
 
 def legendre_p(u: Tensor, order: int) -> Tensor:
@@ -32,7 +34,7 @@ def legendre_p(u: Tensor, order: int) -> Tensor:
 
     u: (K,) -> (K, order). (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1}. Runs in numpy on the CPU: the
     reference banks (`transition`, `injection`, `sampling_matrix`) and the Gauss nodes use it;
-    the write's fast path uses `legendre_rows` on the state's device.
+    the write's fast path uses `_recurrence` on the state's device.
     """
     un = u.detach().cpu().numpy()
     out = np.empty((un.shape[0], order), dtype=un.dtype)  # (K, order)
@@ -69,7 +71,7 @@ def gauss_legendre(k: int) -> tuple[Tensor, Tensor]:
     Golub–Welsch (eigenvalues of the Jacobi matrix) for the start, then Newton on P_k; weights
     w = 2 / ((1 - x^2) P_k'(x)^2). Exact for polynomials of degree <= 2k - 1.
     """
-    i = torch.arange(1, k, dtype=F64)
+    i = torch.arange(1, k, dtype=F64, device="cpu")
     beta = i / torch.sqrt(4 * i * i - 1)  # (k-1,)
     x = torch.linalg.eigvalsh(torch.diag(beta, 1) + torch.diag(beta, -1))  # (k,)
     for _ in range(3):
@@ -86,8 +88,8 @@ def legs_A_B(order: int) -> tuple[Tensor, Tensor]:
 
     A[n,k] = sqrt(2n+1) sqrt(2k+1) for n > k, n+1 on the diagonal, 0 above; B[n] = sqrt(2n+1).
     """
-    b = torch.sqrt(2 * torch.arange(order, dtype=F64) + 1)  # (N,)
-    a = torch.tril(b[:, None] * b[None, :], -1) + torch.diag(torch.arange(1, order + 1, dtype=F64))
+    b = torch.sqrt(2 * torch.arange(order, dtype=F64, device="cpu") + 1)  # (N,)
+    a = torch.tril(b[:, None] * b[None, :], -1) + torch.diag(torch.arange(1, order + 1, dtype=F64, device="cpu"))
     return a, b
 
 
@@ -110,13 +112,14 @@ def injection(t: int, l: int, order: int) -> Tensor:
     the substitution, so W is the plain difference of G_n over the cell [(k-1)/T, k/T].
     """
     big_t = t + l
-    r = torch.arange(t, big_t + 1, dtype=F64) / big_t  # (l+1,)
+    r = torch.arange(t, big_t + 1, dtype=F64, device="cpu") / big_t  # (l+1,)
     g = legendre_integral(r, order)  # (l+1, N)
     return (g[1:] - g[:-1]).T  # (N, l)
 
 
 def _recurrence(u: Tensor, order: int) -> Tensor:
     """V_n = P_n(u) / f_n for n < order (`_legendre_factors`), one fused op per order: (order, ...).
+    The fast twin of `legendre_p` (numpy): torch on u's device, order leading (stacking is a copy).
 
     (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1} with P_n rescaled so that it reads
     V_{n+1} = V_{n-1} + b_n u V_n (a single addcmul per order, for every point at once).
@@ -140,13 +143,6 @@ def _legendre_factors(order: int) -> tuple[list[float], list[float]]:
     return f, b
 
 
-def legendre_rows(u: Tensor, order: int) -> Tensor:
-    """P_0..P_{order-1} at u (any shape) in torch, on u's device and dtype: (order, ...).
-    The fast twin of `legendre_p` (which runs in numpy); order leads, so stacking is a plain copy."""
-    f = torch.tensor(_legendre_factors(order)[0], dtype=u.dtype, device=u.device)  # (order,)
-    return _recurrence(u, order) * f.view(-1, *([1] * u.dim()))  # (order, ...)
-
-
 class BankConstants(NamedTuple):
     """What the write needs besides t, for order N (K = N+1 Gauss nodes), float64. `ElasticMemory`
     keeps them as non-persistent buffers, so the write finds them on its device without a cache."""
@@ -159,11 +155,11 @@ class BankConstants(NamedTuple):
 
 def bank_constants(order: int) -> BankConstants:
     x, w = gauss_legendre(order + 1)
-    f = torch.tensor(_legendre_factors(order + 2)[0], dtype=F64)  # (N+2,)
-    root = torch.sqrt(2 * torch.arange(order + 1, dtype=F64) + 1)  # (N+1,)
-    dmat = torch.zeros(order, order + 1, dtype=F64)  # G_0 = r = (P_0 + P_1)/2; G_n = (P_{n+1} - P_{n-1}) / (2 root_n)
+    f = torch.tensor(_legendre_factors(order + 2)[0], dtype=F64, device="cpu")  # (N+2,)
+    root = torch.sqrt(2 * torch.arange(order + 1, dtype=F64, device="cpu") + 1)  # (N+1,)
+    dmat = torch.zeros(order, order + 1, dtype=F64, device="cpu")  # G_0 = r = (P_0 + P_1)/2; G_n = (P_{n+1} - P_{n-1}) / (2 root_n)
     dmat[0, :2] = 0.5 * f[:2]
-    n = torch.arange(1, order)
+    n = torch.arange(1, order, device="cpu")
     dmat[n, n + 1] = f[n + 1] / (2 * root[n])
     dmat[n, n - 1] = -f[n - 1] / (2 * root[n])
     gw = legendre_basis((x + 1) / 2, order).T * (w / 2)  # (N, K)
@@ -257,7 +253,7 @@ def sample_points(schedule: str, m: int, t: int, power: float = 2.0) -> Tensor:
     """
     if m < 1:
         raise ValueError(f"sample_points: m must be >= 1, got {m}")
-    j = torch.arange(1, m + 1, dtype=F64)
+    j = torch.arange(1, m + 1, dtype=F64, device="cpu")
     uniform = (j - 0.5) / m
     if schedule == "uniform" or (schedule == "exponential" and t <= 1):
         return uniform
@@ -268,7 +264,7 @@ def sample_points(schedule: str, m: int, t: int, power: float = 2.0) -> Tensor:
             raise ValueError(f"sample_points: power must be > 0, got {power}")
         return 1 - (1 - uniform) ** power
     if schedule == "exponential":
-        frac = (m - j) / (m - 1) if m > 1 else torch.zeros(1, dtype=F64)
+        frac = (m - j) / (m - 1) if m > 1 else torch.zeros(1, dtype=F64, device="cpu")
         return 1 - float(t) ** frac / t
     raise ValueError(f"sample_points: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
@@ -300,5 +296,5 @@ def exponential_sampling_rows(t: Tensor, m: int, order: int, gscale: Tensor | No
 __all__ = [
     "SCHEDULES", "absorb", "absorb_reference", "depends_on_t", "exponential_sampling_rows", "gauss_legendre", "legendre_basis",
     "legendre_integral", "legendre_p", "legs_A_B", "sample_points", "sampling_matrix", "segment_banks",
-    "transition", "injection", "legendre_rows", "bank_constants", "BankConstants",
+    "transition", "injection", "bank_constants", "BankConstants",
 ]
