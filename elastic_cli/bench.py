@@ -9,7 +9,8 @@ Measurements, each computed by a function with a unit test:
      generated token after a short and a long prefix, for every kind              (bench_history.py)
 Ratio keys name the sizes measured: eval_memory_ratio_1M_vs_4k in the full run, _16k_vs_1k with
 --quick, other sizes with --history. Inputs are random tokens: cost does not depend on the data.
-Ratios are medians of per-repeat ratios of interleaved measurements.
+Ratios are medians of per-repeat ratios of interleaved measurements. Times are CPU seconds of this
+process on the CPU, wall-clock seconds on CUDA (`measure.clock`).
 """
 from __future__ import annotations
 
@@ -188,6 +189,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
         result["mfu"] = result["mfu_elastic"]
     return {
         "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick,
+        "clock": measure.clock(device)[1],
         "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
         "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,
                   "dtype": "bf16" if bf16 else "fp32", "compile": bool(t.compile)},

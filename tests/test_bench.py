@@ -314,3 +314,14 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     assert not any("64k" in key for key in result)  # keys name what was measured
     assert result["variants"]["elastic"]["memory_floats_per_sequence"] == 2 * 2 * 8 * 16  # layers * 2 N d_model
     assert "about" in proc.stderr and "train_ratio_elastic_vs_none" in proc.stdout
+
+
+def test_cpu_clock_counts_this_process_only():
+    """On the CPU, `timed` counts this process's CPU time: sleeping (as when another job holds the
+    core) costs nothing, spinning does."""
+    import time
+
+    assert measure.timed(lambda: time.sleep(0.05), CPU) < 0.01
+    spin = measure.timed(lambda: sum(range(200000)), CPU)
+    assert spin > 0
+    assert "process" in measure.clock(CPU)[1] and "wall" in measure.clock(torch.device("cuda"))[1]
