@@ -251,9 +251,8 @@ def test_kernels_compute_the_memory_ops_and_floors_have_their_flops():
             fn()
         return counter.get_total_flops()
 
-    # built in the write (no cache): G = dmat (N, N+1) @ P (N+1, l+1), and R = g(ρu)^T (w g(u)) over N + 1 = 7 nodes
-    banks = 2 * 6 * 7 * (SEG + 1) + 2 * 6 * 7 * 6
-    assert count(fns["write_cached"]) == count(fns["write_fresh"]) == count(fns["write_floor"]) + banks
+    # the R/W banks are built at every write, in numpy on the CPU (not seen by the counter)
+    assert count(fns["write_cached"]) == count(fns["write_fresh"]) == count(fns["write_floor"])
     assert count(fns["write_floor"]) == 2 * 2 * 6 * (6 + SEG) * 2 * D
     assert count(fns["read"]) == count(fns["read_floor"]) == 2 * 2 * 4 * 6 * 2 * D
 

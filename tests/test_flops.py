@@ -49,16 +49,6 @@ def counted(fn):
     return counter.get_total_flops()
 
 
-def bank_flops(model, l):
-    """FLOPs an Elastic Memory write spends building its R/W banks (hippo.segment_banks, rows sharing
-    one t): G = dmat (N, N+1) @ P (N+1, l+1) and R = g(ρu) (N, N+1) @ (w g(u))^T (N+1, N). Built at
-    every write (no cache), they are bookkeeping like RoPE tables, not model FLOPs."""
-    from elastic_cli.memory.elastic import ElasticMemory
-
-    return sum(2 * m.order * (m.order + 1) * (l + 1) + 2 * m.order * (m.order + 1) * m.order
-               for m in model.modules() if isinstance(m, ElasticMemory))
-
-
 def test_none_forward_and_backward_match_torch_counter():
     model = build("none")
     toks = torch.randint(0, V, (3, SEG), generator=torch.Generator().manual_seed(0))
@@ -76,7 +66,8 @@ def test_elastic_forward_after_history_matches_torch_counter(layers):
     toks = torch.randint(0, V, (2, 2 * SEG), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         _, states = model(toks[:, :SEG], model.empty_states(2, "cpu"))
-        assert counted(lambda: model(toks[:, SEG:], states)) == 2 * flops.segment_flops(model, SEG, SEG) + bank_flops(model, SEG)
+        model(toks[:, SEG:], states)  # warm-up; the R/W banks are built in numpy on the CPU: not model FLOPs
+        assert counted(lambda: model(toks[:, SEG:], states)) == 2 * flops.segment_flops(model, SEG, SEG)
 
 
 def test_unknown_memory_kind_has_no_count():
@@ -136,6 +127,5 @@ def test_every_kind_forward_after_history_matches_torch_counter(kind, options):
     with torch.no_grad():
         _, states = model(toks[:, :SEG], model.empty_states(2, "cpu"))
         _, states = model(toks[:, SEG : 2 * SEG], states)
-        model(toks[:, 2 * SEG :], states)  # fill cached regression maps: not model FLOPs
-        assert counted(lambda: model(toks[:, 2 * SEG :], states)) == (2 * flops.segment_flops(model, SEG, 2 * SEG)
-                                                                      + bank_flops(model, SEG))
+        model(toks[:, 2 * SEG :], states)  # fill cached regression maps (banks: numpy on the CPU): not model FLOPs
+        assert counted(lambda: model(toks[:, 2 * SEG :], states)) == 2 * flops.segment_flops(model, SEG, 2 * SEG)

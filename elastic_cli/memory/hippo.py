@@ -25,8 +25,7 @@ from torch import Tensor
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
 F64 = torch.float64
-# Constants and reference banks are built on the CPU explicitly (device="cpu"), also when a model is
-# constructed under a meta or CUDA default device; the fast path works on the state's device.
+# Constants and reference banks: built on the CPU (device="cpu"), also under a meta/CUDA default device.
 
 
 def legendre_p(u: Tensor, order: int) -> Tensor:
@@ -117,17 +116,18 @@ def injection(t: int, l: int, order: int) -> Tensor:
     return (g[1:] - g[:-1]).T  # (N, l)
 
 
-def _recurrence(u: Tensor, order: int) -> Tensor:
-    """V_n = P_n(u) / f_n for n < order (`_legendre_factors`), one fused op per order: (order, ...).
-    The fast twin of `legendre_p` (numpy): torch on u's device, order leading (stacking is a copy).
+def _recurrence(u, order: int):
+    """V_n = P_n(u) / f_n for n < order (`_legendre_factors`): (order, ...), order leading.
+    The fast twin of `legendre_p`, for a torch tensor (on its device) or a numpy array.
 
     (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1} with P_n rescaled so that it reads
-    V_{n+1} = V_{n-1} + b_n u V_n (a single addcmul per order, for every point at once).
+    V_{n+1} = V_{n-1} + b_n u V_n (one fused addcmul per order in torch, for every point at once).
     """
-    rows, b = [torch.ones_like(u), u], _legendre_factors(order)[1]
+    xp = torch if isinstance(u, Tensor) else np
+    rows, b = [xp.ones_like(u), u], _legendre_factors(order)[1]
     for n in range(1, order - 1):
-        rows.append(torch.addcmul(rows[n - 1], u, rows[n], value=b[n]))
-    return torch.stack(rows[:order])  # (order, ...)
+        rows.append(torch.addcmul(rows[n - 1], u, rows[n], value=b[n]) if xp is torch else rows[n - 1] + b[n] * (u * rows[n]))
+    return xp.stack(rows[:order])  # (order, ...)
 
 
 @lru_cache(maxsize=4)
@@ -173,33 +173,40 @@ def segment_banks(t: Tensor, l: int, order: int, consts: BankConstants | None = 
     per-t cache and no host round trip, so a never-seen t costs what a seen one does:
       W[n, j] = G_n((t+j)/T) - G_n((t+j-1)/T) from the antiderivatives at the l+1 cell edges;
       R[m, n] = ρ Σ_k w_k g_m(ρ u_k) g_n(u_k), N+1 Gauss–Legendre nodes u_k, exact (degree <= 2N-2).
-    One Legendre recurrence evaluates the edges and ρ u_k of every row.
-    consts: `bank_constants(order)` on t's device, if the caller keeps them (else built here).
+    One Legendre recurrence evaluates the edges and ρ u_k of every row. consts: `bank_constants(order)`
+    on t's device, if the caller keeps them (else built here).
     """
     c = BankConstants(*(x.to(t.device) for x in bank_constants(order))) if consts is None else consts
-    b, k = t.shape[0], c.u.shape[0]
-    tt = t.to(F64)[:, None]  # (B, 1)
+    if t.device.type == "cpu":
+        r, w = _banks(np, t.numpy().astype(np.float64)[:, None], np.arange(l + 1, dtype=np.float64), l, order,
+                      BankConstants(*(x.numpy() for x in c)))
+        return torch.from_numpy(r), torch.from_numpy(np.ascontiguousarray(w))
+    return _banks(torch, t.to(F64)[:, None], torch.arange(l + 1, dtype=F64, device=t.device), l, order, c)
+
+
+def _banks(xp, tt, j, l: int, order: int, c: BankConstants):
+    """`segment_banks` in xp = torch (on the device) or numpy (on the CPU, where numpy's per-op cost
+    on these small vectors is a fraction of torch's). tt (B, 1) float64 t, j = 0..l (l+1,)."""
+    b, k = tt.shape[0], c.u.shape[0]
     big = tt + l  # (B, 1) T
-    edges = (tt + torch.arange(l + 1, dtype=F64, device=t.device)) / big  # (B, l+1) cell edges r_j = (t+j)/T
+    edges = (tt + j) / big  # (B, l+1) cell edges r_j = (t+j)/T
     rho = tt / big  # (B, 1)
-    v = _recurrence(torch.cat([edges.view(-1), (rho * c.u).view(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
+    v = _recurrence(xp.concatenate([edges.reshape(-1), (rho * c.u).reshape(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
     e = b * (l + 1)
-    g = (c.dmat @ v[:, :e]).view(order, b, l + 1)  # (N, B, l+1) G_n at the edges
-    w_bank = g.diff(dim=-1).transpose(0, 1)  # (B, N, l)
-    g_rho = v[:order, e:].view(order, b, k).transpose(0, 1)  # (B, N, K) V_n(ρ u_k)
-    r = (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T)  # (B, N, N)
-    return r, w_bank
+    g = (c.dmat @ v[:, :e]).reshape(order, b, l + 1)  # (N, B, l+1) G_n at the edges
+    w_bank = (g[..., 1:] - g[..., :-1]).swapaxes(0, 1)  # (B, N, l)
+    g_rho = v[:order, e:].reshape(order, b, k).swapaxes(0, 1)  # (B, N, K) V_n(ρ u_k)
+    return (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T), w_bank  # (B, N, N), (B, N, l)
 
 
 def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None) -> tuple[Tensor, Tensor]:
-    """`segment_banks` for every row of t (B,). On the CPU rows are grouped by t first (training
-    and eval rows mostly share t; finding the groups is free there). On an accelerator every row
-    is built: grouping would need a host sync, and the bank build costs far less than the write."""
+    """`segment_banks` for every row of t (B,), or once (batch 1) when all rows share t on the CPU, where
+    grouping is free. On an accelerator every row is built: grouping would need a host sync."""
     if t.device.type != "cpu":
         return segment_banks(t, l, order, consts)
-    values, inverse = torch.unique(t, return_inverse=True)  # (U,), (B,)
-    r, w = segment_banks(values, l, order, consts)  # (U, N, N), (U, N, l)
-    return r[inverse], w[inverse]  # (B, N, N), (B, N, l)
+    values, inverse = np.unique(t.numpy(), return_inverse=True)  # (U,), (B,)
+    r, w = segment_banks(torch.from_numpy(values), l, order, consts)  # (U, N, N), (U, N, l)
+    return (r, w) if values.shape[0] == 1 else (r[torch.from_numpy(inverse)], w[torch.from_numpy(inverse)])
 
 
 def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None = None) -> Tensor:
@@ -218,11 +225,11 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None =
             r, w = segment_banks(torch.tensor([t], device=c.device), l, order, consts)
             new = w[0].to(c.dtype) @ x.to(c.dtype)  # (..., N, D)
             return new if t == 0 else r[0].to(c.dtype) @ c + new
-        r, w = _row_banks(t, l, order, consts)  # (B, N, N), (B, N, l)
-        lead = (t.shape[0],) + (1,) * (c.dim() - 3)  # banks broadcast over the axes between B and N
-        old = r.to(c.dtype).view(*lead, order, order) @ c  # (B, ..., N, D)
-        new = w.to(c.dtype).view(*lead, order, l) @ x.to(c.dtype)  # (B, ..., N, D)
-        return torch.where((t > 0).view(*lead, 1, 1), old, 0) + new
+        r, w = _row_banks(t, l, order, consts)  # (B or 1, N, N), (B or 1, N, l)
+        lead = (1,) * (c.dim() - 3)  # banks broadcast over the axes between B and N (and over B if shared)
+        old = r.to(c.dtype).view(r.shape[0], *lead, order, order) @ c  # (B, ..., N, D)
+        new = w.to(c.dtype).view(w.shape[0], *lead, order, l) @ x.to(c.dtype)  # (B, ..., N, D)
+        return torch.where((t > 0).view(-1, *lead, 1, 1), old, 0) + new
 
 
 def absorb_reference(c: Tensor, t: int, x: Tensor) -> Tensor:
@@ -283,8 +290,7 @@ def exponential_sampling_rows(t: Tensor, m: int, order: int, gscale: Tensor | No
     """Fast twin of `sampling_matrix("exponential", m, t, order)` for every row: t (B,) -> (B, M, N)
     float64 on t's device, no per-t cache. s_j = 1 - t^((m-j)/(m-1)) / t = 1 - exp(((m-j)/(m-1) - 1) ln t);
     rows with t <= 1 read at the uniform points (see `sample_points`). gscale: `BankConstants.gscale`."""
-    if gscale is None:
-        gscale = bank_constants(order).gscale.to(t.device)
+    gscale = bank_constants(order).gscale.to(t.device) if gscale is None else gscale
     j = torch.arange(1, m + 1, dtype=F64, device=t.device)  # (M,)
     frac = (m - j) / (m - 1) if m > 1 else torch.zeros_like(j)  # (M,)
     tt = t.to(F64).clamp(min=2)[:, None]  # (B, 1); t <= 1 is replaced below
@@ -292,9 +298,3 @@ def exponential_sampling_rows(t: Tensor, m: int, order: int, gscale: Tensor | No
     v = _recurrence(2 * s - 1, order)  # (N, B, M)
     return (v * gscale[:order, None, None].to(F64)).permute(1, 2, 0)  # (B, M, N)
 
-
-__all__ = [
-    "SCHEDULES", "absorb", "absorb_reference", "depends_on_t", "exponential_sampling_rows", "gauss_legendre", "legendre_basis",
-    "legendre_integral", "legendre_p", "legs_A_B", "sample_points", "sampling_matrix", "segment_banks",
-    "transition", "injection", "bank_constants", "BankConstants",
-]
