@@ -11,7 +11,7 @@ import sys
 import click
 
 from elastic_cli import __version__, console
-from elastic_cli.errors import EXIT_INTERRUPTED, ElasticError, UsageError
+from elastic_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElasticError, UsageError
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -19,6 +19,7 @@ Exit codes:
   1   unexpected error (a bug: please report the traceback)
   2   usage or config error
   3   bad data, tokenizer or incompatible checkpoint
+  4   training diverged (NaN/inf loss); the last good checkpoint is kept
   75  preempted (SIGTERM/SIGUSR1) after writing a complete checkpoint
   130 interrupted (Ctrl-C)
 """
@@ -262,20 +263,36 @@ def bench_command(overrides, recipe, device, quick, json_path) -> None:
 
 
 def main() -> None:
-    """Console entry point: maps ElasticError to its exit code without a traceback."""
+    """Console entry point: maps ElasticError to its exit code without a traceback. Commands that
+    end with a code (a launched torchrun job's 75, 130, ...) return it through click; it is the exit code.
+    A launched worker also leaves its code for the launcher (`distributed.record_exit`)."""
+    code = _run()
+    if code:
+        from elastic_cli.distributed import record_exit
+
+        record_exit(code)
+    sys.exit(code)
+
+
+def _run() -> int:
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except click.UsageError as e:  # bad flag, missing argument: one line, like every other error
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        console.error(" ".join(e.format_message().split()) + hint)
+        return EXIT_USAGE
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        console.error(" ".join(e.format_message().split()))
+        return e.exit_code
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except ElasticError as e:
         console.error(str(e))
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
         console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else 0
