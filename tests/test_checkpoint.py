@@ -113,6 +113,9 @@ def test_run_dir_rules(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only run files are removed
     with pytest.raises(UsageError, match="not a run directory"):
         checkpoint.prepare_run_dir(run, "auto", False)
+    with pytest.raises(DataError, match="nothing does not exist"):
+        checkpoint.prepare_run_dir(run, str(tmp_path / "nothing"), False)
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(DataError, match="no complete checkpoint"):
         checkpoint.prepare_run_dir(run, str(tmp_path / "nothing"), False)
 

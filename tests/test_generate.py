@@ -261,7 +261,10 @@ def test_generate_errors_exit_codes(run, capsys, tmp_path, extra, expect_code, m
 
 def test_generate_missing_or_incomplete_checkpoint(run, capsys, tmp_path):
     code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "none", "--prompt", "x")
-    assert code == 3 and "no complete checkpoint" in err
+    assert code == 3 and f"{tmp_path / 'none'} does not exist" in err
     ckpt = next((run / "checkpoints").glob("step_*"))
-    code, _, err = run_cli(capsys, "generate", "--ckpt", ckpt.with_name(ckpt.name + ".tmp"), "--prompt", "x")
+    torn = tmp_path / (ckpt.name + ".tmp")
+    shutil.copytree(ckpt, torn)
+    (torn / "COMPLETE").unlink()
+    code, _, err = run_cli(capsys, "generate", "--ckpt", torn, "--prompt", "x")
     assert code == 3 and "incomplete" in err
