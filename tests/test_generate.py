@@ -1,6 +1,7 @@
 """Sampling filters (closed forms), incremental decoding, streaming generation vs teacher forcing,
 and bounded per-token state and work after short and long prompts."""
 import math
+import shutil
 
 import pytest
 import torch
