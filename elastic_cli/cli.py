@@ -44,15 +44,16 @@ def tokenizer() -> None:
 @click.option("--kind", type=click.Choice(["books", "code"]), default="books", show_default=True)
 @click.option("--sample", type=int, default=1_000_000, show_default=True, help="Lines sampled (reservoir) for training.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed) -> None:
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force) -> None:
     """Train a tokenizer on a line sample of SOURCES (files, .gz, folders).
 
     \b
-    Example: elastic tokenizer train ~/books --vocab-size 8000 --out tok/books-8k.model
+    Example: elastic tokenizer train ~/books --vocab-size 8000 --out my-tokenizers/books-8k.model
     """
     from elastic_cli.data.tokenizer import train_from_sources
 
-    tok, lines = train_from_sources(list(sources), vocab_size, out, kind, sample, seed, corpus)
+    tok, lines = train_from_sources(list(sources), vocab_size, out, kind, sample, seed, corpus, force)
     console.info(f"wrote {out}: {tok.vocab_size} pieces from {lines} sampled lines, sha256 {tok.sha256[:12]}")
 
 
@@ -171,7 +172,8 @@ def _schedules(value: str | None) -> list[str]:
 @click.option("--max-docs", type=click.IntRange(min=1),
               help="Only the first N documents of the split (default: eval.max_batches x batch size, or all).")
 @click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
-@click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib).")
+@click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib); "
+              "the suffix names the format (.png, .pdf, .svg, .jpg, ...).")
 def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_size, max_docs, json_path, plot_path):
     """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
 
@@ -188,7 +190,7 @@ def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_s
     json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
     plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
     if plot_file is not None:
-        evaluate.check_plot_available()
+        evaluate.check_plot_available(plot_file)
     report = evaluate.run_eval(ckpt, data_dir, split, sampling, samples, compare, batch_size, max_docs)
     text = json.dumps(report, indent=1)
     if json_path == "-":

@@ -235,15 +235,21 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return ["metric"] + names, rows
 
 
-def check_plot_available() -> None:
+def check_plot_available(path: Path | None = None) -> None:
+    """UsageError (exit 2) before any work: no matplotlib, or a --plot suffix it cannot write."""
     try:
         import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'elastic-cli[plot]' (or pip install matplotlib)") from None
+    if path is not None:
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if Path(path).suffix.lower().lstrip(".") not in formats:
+            raise UsageError(f"--plot {path}: the suffix must name an image format: {', '.join('.' + f for f in sorted(formats))}")
 
 
 def plot_curves(report: dict, path: Path) -> None:
-    """Loss by segment index, one line per variant, written atomically as a PNG."""
+    """Loss by segment index, one line per variant, written atomically in the format of the suffix."""
     import io
 
     import matplotlib
@@ -260,6 +266,6 @@ def plot_curves(report: dict, path: Path) -> None:
     ax.set_title(f"loss by segment ({report['split']})")
     ax.legend()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format=Path(path).suffix.lower().lstrip("."), dpi=120, bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buf.getvalue())
