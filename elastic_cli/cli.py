@@ -278,7 +278,7 @@ def main() -> None:
 
 def _run() -> int:
     try:
-        code = cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False, prog_name="elastic")
     except click.exceptions.Abort:
         console.error("interrupted")
         return EXIT_INTERRUPTED
