@@ -175,7 +175,7 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     tmp = root / (final.name + ".tmp")
     try:
         _write_files(tmp, model, optimizer, train_state, config_yaml)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         previous = complete_checkpoints(run_dir)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"

@@ -121,7 +121,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                 except Diverged as e:
                     saved = checkpoint.complete_checkpoints(run_dir)
                     kept = f"the last good checkpoint {saved[-1]} is kept" if saved else "no checkpoint was saved yet"
-                    log.write(f"step {step + 1}: {e}")
+                    log.write(f"step {step + 1}: {e}", echo=False)
                     raise Diverged(f"training diverged at step {step + 1}: {e}; the weights were not updated and "
                                    f"{kept}; lower train.lr or raise train.warmup, then --resume auto") from None
                 step, tokens = step + 1, tokens + n_tokens
