@@ -78,7 +78,9 @@ def newest_verified(run_dir: Path) -> Path | None:
             verify(ckpt)
         except DataError as e:
             reasons.append(str(e))
-            console.warn(f"skipping {ckpt.name}: {e}")
+            if str(e) not in _warned:  # preflight and the run both look: say it once
+                _warned.add(str(e))
+                console.warn(f"skipping {ckpt.name}: {e}")
             continue
         return ckpt
     if found:
@@ -95,7 +97,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-_verified: dict[tuple[str, int], bool] = {}
+_verified: dict[tuple, str | None] = {}  # (checkpoint, its files' sizes and mtimes) -> error or None
+_warned: set[str] = set()
 
 
 def verify(ckpt: Path) -> None:
@@ -103,9 +106,20 @@ def verify(ckpt: Path) -> None:
     differs from the one COMPLETE recorded at save time (checkpoints from before checksums: presence only)."""
     ckpt = Path(ckpt)
     marker = ckpt / "COMPLETE"
-    key = (str(ckpt.resolve()), marker.stat().st_mtime_ns)
-    if key in _verified:
-        return
+    stats = [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None
+             for f in [marker, *(ckpt / n for n in CKPT_FILES)]]
+    key = (str(ckpt.resolve()), tuple(stats))  # a file changed since it was hashed is hashed again
+    if key not in _verified:
+        try:
+            _check_files(ckpt, marker)
+            _verified[key] = None
+        except DataError as e:
+            _verified[key] = str(e)
+    if _verified[key] is not None:
+        raise DataError(_verified[key])
+
+
+def _check_files(ckpt: Path, marker: Path) -> None:
     text = marker.read_text(encoding="utf-8", errors="replace").strip()
     try:
         recorded = json.loads(text)["sha256"] if text else {n: None for n in CKPT_FILES}
@@ -118,7 +132,6 @@ def verify(ckpt: Path) -> None:
         if sha is not None and file_sha256(f) != sha:
             raise DataError(f"checkpoint file {f} is truncated or corrupted (its sha256 differs from the one "
                             f"recorded when it was saved)")
-    _verified[key] = True
 
 
 def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, tuple[str, ...]]:
