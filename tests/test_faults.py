@@ -53,6 +53,10 @@ def corpus(root: Path) -> Path:
 
 
 def test_kill_9_during_prepare_never_leaves_a_half_written_output(tmp_path):
+    """Even trials start from nothing, odd ones rebuild (--force) over a complete output. After each
+    kill, `out` is absent, the old complete output, or the new complete one: never partial."""
+    import shutil
+
     src, out = corpus(tmp_path), tmp_path / "out"
     args = [sys.executable, "-m", "elastic_cli", "prepare", str(src), "--tokenizer", str(tiny_run.TOKENIZER),
             "--out", str(out), "--workers", "1"]
@@ -61,21 +65,25 @@ def test_kill_9_during_prepare_never_leaves_a_half_written_output(tmp_path):
                    env=tiny_run.env(), check=True, capture_output=True)
     span = time.monotonic() - t0
     reference = json.loads((tmp_path / "reference" / "meta.json").read_text())
-    rng, outcomes = random.Random(0), {"absent": 0, "complete": 0}
+    rng, outcomes = random.Random(0), {}
     for trial in range(TRIALS):
-        delay = rng.uniform(0.0, span)
-        ran, ended = kill_at(args + ["--force"] * (trial % 2), delay)
-        state = "complete" if out.exists() else "absent"
-        if out.exists():  # whatever exists under the final name is whole and verifies
-            data = PreparedData(out)
-            assert json.loads((out / "meta.json").read_text())["shards"] == reference["shards"]
-            assert len(data) == reference["n_docs"]
-        outcomes[state] += 1
-        print(f"prepare kill -9 trial {trial}: at {delay:.2f}s of {span:.2f}s (ended first: {ended is not None}) -> {state}")
+        shutil.rmtree(out, ignore_errors=True)
         if trial % 2:
-            subprocess.run(["rm", "-rf", str(out)], check=True)
+            shutil.copytree(tmp_path / "reference", out)
+        before = out.stat().st_ino if out.exists() else None
+        delay = rng.uniform(0.0, 1.5 * span)
+        _, ended = kill_at(args + ["--force"] * (trial % 2), delay)
+        if out.exists():  # whatever exists under the final name is whole and verifies
+            assert json.loads((out / "meta.json").read_text())["shards"] == reference["shards"]
+            assert len(PreparedData(out)) == reference["n_docs"]
+        state = ("absent" if not out.exists() else "old output kept" if out.stat().st_ino == before
+                 else "new output complete")
+        state += ", process had ended" if ended is not None else ""
+        outcomes[state] = outcomes.get(state, 0) + 1
+        print(f"prepare kill -9 trial {trial} ({'rebuild' if trial % 2 else 'fresh'}): at {delay:.2f}s "
+              f"(an uninterrupted run takes {span:.2f}s) -> {state}")
     print(f"prepare kill -9: {TRIALS} trials, {outcomes}")
-    done = subprocess.run(args, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True)
+    done = subprocess.run(args + ["--force"], cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "meta.json").read_text())["shards"] == reference["shards"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("out.")]  # stale temporaries cleaned
