@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from elastic_cli import checkpoint, distributed, runlock
-from elastic_cli.config import RunConfig, check_data, check_world
+from elastic_cli.config import RunConfig, check_world
+from elastic_cli.data.compat import check_data
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError, UsageError
 
@@ -31,7 +32,7 @@ def check_run(cfg: RunConfig, resume: str, overwrite: bool, world: int) -> Prepa
 def open_data(cfg: RunConfig) -> PreparedData:
     """The prepared data, checked against the model and tokenizer (DataError, exit 3)."""
     data = PreparedData(cfg.data.path)
-    check_data(cfg, data.vocab_size, data.meta.get("tokenizer_sha256"), cfg.data.path)
+    check_data(cfg, data.meta, cfg.data.path)  # its own meta: nothing to warn about when no tokenizer is named
     return data
 
 

@@ -10,21 +10,21 @@ from __future__ import annotations
 import math
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as recompute
 
-from elastic_cli import checkpoint, console, distributed, preflight, runlock
+from elastic_cli import checkpoint, console, distributed, precision, preflight, runlock
 from elastic_cli.build import build_model, describe
 from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config
 from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.memory.base import detach_state
 from elastic_cli.model.init import init_weights
-from elastic_cli.optim import build_optimizer, lr_at, set_lr
+from elastic_cli.optim import build_optimizer, lr_at, segments_at, set_lr
 
 ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
 
@@ -78,7 +78,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
            lock: runlock.RunLock) -> Summary:
     t, rank, world = cfg.train, distributed.rank(), distributed.world()
     check_world(cfg, world)
-    if world != cfg.run.gpus * cfg.run.nodes and distributed.is_main():
+    if world != cfg.run.gpus * cfg.run.nodes and console.is_rank0():
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
     data = preflight.open_data(cfg)
@@ -92,15 +92,15 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     init_weights(model, t.seed)
     model.to(device)
     optimizer = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
-    loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, t.segments, cfg.model.segment_len,
-                           t.seed, rank, world)
+    loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, segments_at(0, t.curriculum, t.segments),
+                           cfg.model.segment_len, t.seed, rank, world, answers_only=t.loss_on == "answers")
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
     net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
     forward = torch.compile(net) if t.compile else net
-    bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    bf16 = precision.uses_bf16(device.type, t.dtype)
+    autocast = precision.autocast(device, t.dtype)
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
@@ -115,6 +115,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
             while step < t.steps:
                 lr = lr_at(step, t.lr, t.min_lr, t.warmup, t.steps)
                 set_lr(optimizer, lr)
+                loader.set_segments(segments_at(step, t.curriculum, t.segments))
                 batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
                 try:
                     loss, n_tokens, grad_norm = train_step(cfg, model, optimizer, batch, autocast, device, net, forward)
@@ -137,10 +138,10 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                               f"tokens {tokens:,} eta {eta:,.0f}s", echo=not console.interactive())
                     t_last, tokens_last = now, tokens
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                    record["val_loss"] = evaluate_loss(cfg, model, data, autocast, device)
-                    log.write(f"step {step} val_loss {record['val_loss']:.4f} (training windows of the val split, "
-                              f"memory empty at each window start; elastic eval carries memory through whole "
-                              f"documents)", echo=not console.interactive())
+                    record["val_loss"], record["val_accuracy"] = evaluate_loss(cfg, model, data, autocast, device)
+                    log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
+                              f"(training windows of the val split, memory empty at each window start; elastic eval "
+                              f"carries memory through whole documents)", echo=not console.interactive())
                 if record:
                     metrics.write({"step": step, **record})
                 bar.update(1, loss=f"{loss:.3f}", **({"tok/s": f"{record['tokens_per_s']:,.0f}"} if "tokens_per_s" in record else {}))
@@ -151,7 +152,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                     log.write(f"saved {ckpt}", echo=not console.interactive())
                     t_last = time.monotonic()
                 if preempt and step < t.steps:
-                    if distributed.is_main():
+                    if console.is_rank0():
                         checkpoint.mark_preempted(run_dir, step)
                     distributed.barrier()
                     raise Preempted(f"stopped by a signal at step {step}; resume with --resume auto")
@@ -175,32 +176,36 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
     total = int(distributed.all_reduce_sum([local])[0])
     scale = distributed.world() / max(total, 1)  # DDP averages over ranks: undo it, then divide by all tokens
     optimizer.zero_grad(set_to_none=True)
-    nll, bad = 0.0, None  # bad: (micro-batch, first segment) of this rank's first non-finite loss
+    total_nll, bad = 0.0, None  # bad: (micro-batch, first segment) of this rank's first non-finite loss
     starts = list(range(0, rows, t.micro_batch))
     for i, r0 in enumerate(starts):
         x = batch.inputs[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
         y = batch.targets[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
         first = batch.doc_start[r0:r0 + t.micro_batch]  # (m, S), kept on the CPU: read by reset_at
         states = model.empty_states(x.shape[0], device)
-        for c0 in range(0, segments, t.bptt_segments):
-            last = i == len(starts) - 1 and c0 + t.bptt_segments >= segments
+        bptt = min(t.bptt_segments, segments)
+        for c0 in range(0, segments, bptt):
+            last = i == len(starts) - 1 and c0 + bptt >= segments
             with distributed.no_sync(net, skip=not last):  # DDP reduces once, at the very last backward
                 chunk = aux = torch.zeros((), device=device)
                 with autocast:
-                    for s in range(c0, min(c0 + t.bptt_segments, segments)):
+                    for s in range(c0, min(c0 + bptt, segments)):
                         states = reset_at(model, states, first, s, device)  # memory empties at document starts
-                        logits, states = forward(x[:, s], states)  # (m, L, V)
-                        chunk = chunk + F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(),
-                                                        ignore_index=-1, reduction="sum")
+                        args = (forward, x[:, s], y[:, s], states, t.loss_on == "answers")
+                        if t.checkpoint_segments:  # keep only the states between segments; recompute in backward
+                            nll, states = recompute(segment_nll, *args, use_reentrant=False)
+                        else:
+                            nll, states = segment_nll(*args)
+                        chunk = chunk + nll
                         if t.aux_weight:  # mean over segments, micro-batches and (by DDP) ranks
                             aux = aux + model.aux_loss(states) / (len(starts) * segments)
                 (chunk * scale + t.aux_weight * aux).backward()
             value = chunk.item()
-            nll += value
+            total_nll += value
             bad = bad or (None if math.isfinite(value) else (i, c0))
             states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-    loss = distributed.all_reduce_sum([nll])[0] / max(total, 1)
+    loss = distributed.all_reduce_sum([total_nll])[0] / max(total, 1)
     if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):  # the same on every rank: all stop
         raise Diverged(nonfinite_message(loss, float(grad_norm), distributed.all_gather_object(bad), t.micro_batch))
     optimizer.step()  # only finite updates: NaN weights are never saved
@@ -215,6 +220,17 @@ def nonfinite_message(loss: float, grad_norm: float, bad: list, micro_batch: int
     return f"{what} in {', '.join(where) or 'the backward pass'}"
 
 
+def segment_nll(forward, x, y, states, sparse: bool = False):
+    """Summed next-token NLL of one segment (targets -1 ignored) and the new memory states.
+    x, y: (m, L). `sparse`: project to the vocabulary only where there is a target (few answer
+    tokens). A function of its inputs only, so torch.utils.checkpoint can recompute it."""
+    if sparse:
+        select = y != -1  # (m, L)
+        logits, states = forward(x, states, select)  # (n, V)
+        return F.cross_entropy(logits.float(), y[select], reduction="sum"), states
+    logits, states = forward(x, states)  # (m, L, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"), states
+
 
 def reset_at(model, states, doc_start, s: int, device):
     """Empty the memory of rows whose document starts at segment s. doc_start (m, S) bool on the CPU.
@@ -226,15 +242,16 @@ def reset_at(model, states, doc_start, s: int, device):
 
 
 @torch.no_grad()
-def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> float:
-    """Mean token loss on the first `train.eval_batches` global batches of the validation split
-    (a fresh loader each time: the same windows at every evaluation)."""
+def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> tuple[float, float]:
+    """Mean token loss and argmax accuracy on the first `train.eval_batches` global batches of the
+    validation split (a fresh loader each time: the same windows at every evaluation). With
+    train.loss_on=answers both are over answer tokens only."""
     t = cfg.train
     loader = SegmentLoader(data, cfg.data.val_split, t.global_batch, t.segments, cfg.model.segment_len,
-                           t.seed, distributed.rank(), distributed.world())
+                           t.seed, distributed.rank(), distributed.world(), answers_only=t.loss_on == "answers")
     was_training = model.training
     model.eval()
-    nll, count = 0.0, 0
+    nll, correct, count = 0.0, 0, 0
     for _ in range(t.eval_batches):
         batch = loader.next_batch()
         for r0 in range(0, batch.inputs.shape[0], t.micro_batch):
@@ -248,10 +265,11 @@ def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> float:
                     logits, states = model(x[:, s], states)  # (m, L, V)
                 nll += F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(), ignore_index=-1,
                                        reduction="sum").item()
+                correct += int(((logits.argmax(-1) == y[:, s]) & (y[:, s] != -1)).sum())
                 count += int((y[:, s] != -1).sum())
     model.train(was_training)
-    nll, count = distributed.all_reduce_sum([nll, count])
-    return nll / max(count, 1)
+    nll, correct, count = distributed.all_reduce_sum([nll, correct, count])
+    return nll / max(count, 1), correct / max(count, 1)
 
 
 def _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock) -> str | None:
@@ -270,7 +288,7 @@ def _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock) -> str | No
 def _on_rank0(fn):
     """Run fn on rank 0 and share its result (or its error) with every rank."""
     result, error = None, None
-    if distributed.is_main():
+    if console.is_rank0():
         try:
             result = fn()
         except (UsageError, DataError) as e:
@@ -300,7 +318,7 @@ def _resume(ckpt: Path, cfg, model, optimizer, loader, device) -> tuple[int, int
 def _save(cfg, run_dir, step, tokens, model, optimizer, loader) -> Path:
     rngs = distributed.all_gather_object(checkpoint.rng_state())
     path = None
-    if distributed.is_main():
+    if console.is_rank0():
         state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
                  "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
         path = checkpoint.save(run_dir, step, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last)
@@ -327,7 +345,7 @@ class _Log:
     """train.log (plain text, rank 0, appended on resume); lines are echoed on stderr when asked."""
 
     def __init__(self, path: Path):
-        self._f = open(path, "a", encoding="utf-8") if distributed.is_main() else None
+        self._f = open(path, "a", encoding="utf-8") if console.is_rank0() else None
 
     def write(self, line: str, echo: bool = True) -> None:
         if echo:

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_run  # noqa: E402
-from elastic_cli import distributed, preflight  # noqa: E402
+from elastic_cli import console, distributed, preflight  # noqa: E402
 from elastic_cli.build import build_model  # noqa: E402
 from elastic_cli.config import load_config  # noqa: E402
 from elastic_cli.data.loader import PreparedData, SegmentLoader  # noqa: E402
@@ -25,7 +25,7 @@ SETTING = ["train.segments=3", "train.bptt_segments=2", "train.global_batch=4"]
 
 def config(kind: str, data: Path, micro_batch: int):
     return load_config(["recipes/tiny.yaml", f"recipes/memory/{kind}.yaml"],
-                       tiny_run.overrides(data, data.parent / "unused", *SETTING, f"train.micro_batch={micro_batch}"))
+                       tiny_run.overrides(data, data.parent / "unused", f"memory.kind={kind}", *SETTING, f"train.micro_batch={micro_batch}"))
 
 
 def steps(kind: str, data: Path, micro_batch: int, n: int = 2) -> dict[str, torch.Tensor]:
@@ -49,7 +49,7 @@ def main(data: str, out: str) -> None:
     try:
         for kind in sorted(REGISTRY):
             weights = steps(kind, Path(data), micro_batch=1)
-            if distributed.is_main():
+            if console.is_rank0():
                 torch.save(weights, Path(out) / f"{kind}.pt")
     finally:
         distributed.shutdown()

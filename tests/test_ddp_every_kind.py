@@ -57,9 +57,11 @@ def test_write_only_probe_matches_the_full_model(kind, data):
 
 @pytest.mark.parametrize("setting", [["train.bptt_segments=1"], ["train.segments=1", "train.bptt_segments=1"]])
 def test_a_truncation_that_starves_write_parameters_is_refused(data, setting):
-    cfg = load_config(["recipes/tiny.yaml", "recipes/memory/armt.yaml"], tiny_run.overrides(data, data, *setting))
+    cfg = load_config(["recipes/tiny.yaml", "recipes/memory/armt.yaml"],
+                      tiny_run.overrides(data, data, "memory.kind=armt", *setting))
     with pytest.raises(UsageError, match="only through the next segment's read.*at least 2"):
         preflight.check_truncation(cfg)
     for kind in ("none", "elastic", "xl"):  # nothing to starve: allowed
-        ok = load_config(["recipes/tiny.yaml", f"recipes/memory/{kind}.yaml"], tiny_run.overrides(data, data, *setting))
+        ok = load_config(["recipes/tiny.yaml", f"recipes/memory/{kind}.yaml"],
+                         tiny_run.overrides(data, data, f"memory.kind={kind}", *setting))
         assert preflight.check_truncation(ok) == []

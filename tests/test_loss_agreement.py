@@ -48,7 +48,7 @@ def recording(monkeypatch, module) -> list[torch.Tensor]:
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
 def test_train_eval_and_generation_score_each_token_alike(kind, data, monkeypatch):
     cfg = load_config(["recipes/tiny.yaml", f"recipes/memory/{kind}.yaml"], tiny_run.overrides(
-        data, data, f"train.segments={S}", "train.bptt_segments=2", "train.global_batch=1", "train.micro_batch=1"))
+        data, data, f"memory.kind={kind}", f"train.segments={S}", "train.bptt_segments=2", "train.global_batch=1", "train.micro_batch=1"))
     model = build_model(cfg)
     init_weights(model, 0)
     prepared = PreparedData(data)

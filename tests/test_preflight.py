@@ -32,7 +32,9 @@ def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
 
 def both(monkeypatch, capsys, data, run_dir, *extra) -> tuple[int, str]:
     """The real run and --dry-run: same code, same one-line error; the real run never reaches step 1."""
-    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, run_dir, "train.eval_every=2"), *extra]
+    keys = [e for e in extra if isinstance(e, str) and "=" in e]
+    flags = [e for e in extra if e not in keys]
+    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, run_dir, "train.eval_every=2", *keys), *flags]
     real_code, real_err = cli(monkeypatch, capsys, *args)
     dry_code, dry_err = cli(monkeypatch, capsys, *args, "--dry-run")
     assert (dry_code, dry_err) == (real_code, real_err)
@@ -80,7 +82,7 @@ def test_run_dir_that_cannot_be_written(data, tmp_path, monkeypatch, capsys):
 
 
 def test_write_only_parameters_that_cannot_learn(data, tmp_path, monkeypatch, capsys):
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "recipes/memory/armt.yaml", "train.bptt_segments=1")
+    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "memory.kind=armt", "train.bptt_segments=1")
     assert code == 2 and "memory.kind=armt" in err and "at least 2" in err
 
 
