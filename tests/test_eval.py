@@ -257,3 +257,35 @@ def test_cli_schedule_choices_are_the_memory_schedules():
     assert Schedule(many=True).convert(" gauss,power ", None, None) == ["gauss", "power"]
     with pytest.raises(UsageError, match="unknown schedule"):
         Schedule().convert("spiral", None, None)
+
+
+@pytest.mark.parametrize("kind", ["none", "elastic", "xl"])
+def test_long_context_gain_is_zero_without_memory_or_history(kind):
+    """gain = NLL(memory emptied every segment) - NLL(memory carried): exactly 0 for `none` and for
+    one-segment documents of any kind; not 0 for a memory on longer documents."""
+    from elastic_cli.evaluate import gain_report
+    from memory_checks import SEG, build
+
+    options = {"none": {}, "elastic": {"order": 6, "samples": 4}, "xl": {"cache": 5}}[kind]
+    model = build(kind, boost=3.0, **options).eval()
+    rng = np.random.default_rng(0)
+    short = [rng.integers(0, 30, n) for n in (SEG, SEG - 2, 3)]
+    long = [rng.integers(0, 30, n) for n in (4 * SEG, 3 * SEG + 1)]
+    one = score(model, short, [None] * 3, 2, torch.device("cpu"), gain=True)
+    assert one.gain == 0.0 and one.key_tokens == 0 and one.gain_tokens == one.tokens
+    many = score(model, long, [None] * 2, 2, torch.device("cpu"), gain=True)
+    assert (many.gain == 0.0) == (kind == "none")
+    report = gain_report(many)
+    assert report["mean_nats"] == pytest.approx(many.gain / many.tokens) and 0 <= report["key_fraction"] <= 1
+
+
+def test_answers_by_distance_count_segments_between_fact_and_question():
+    """Successor model (closed form): answers at input positions in segment 1 with facts in segments 0 and 1."""
+    V, L = 10, 4
+    a = np.arange(10)
+    # span [5, 7): predicted from positions 4, 5 (segment 1), fact at 1 (segment 0) -> distance 1;
+    # span [8, 9): position 7 (segment 1), fact at 6 (segment 1) -> distance 0
+    t = score(Successor(V, L), [a], [[(5, 7, 1), (8, 9, 6)]], 1, torch.device("cpu"))
+    assert t.distance_report() == {"0": {"tokens": 1, "accuracy": 1.0, "loss": pytest.approx(math.log(2))},
+                                   "1": {"tokens": 2, "accuracy": 1.0, "loss": pytest.approx(math.log(2))}}
+    assert (t.answers, t.exact) == (2, 2)
