@@ -241,6 +241,21 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
     generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, sampling, out_file)
 
 
+@cli.command("export", epilog=EXIT_CODES_HELP)
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.option("--out", required=True, metavar="DIR", help="Folder to write (built beside it, then renamed).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+def export_cmd(ckpt, out, overwrite) -> None:
+    """Write a Hugging Face folder: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
+
+    \b
+    Example: elastic export --ckpt runs/tiny --out hf/tiny   (needs: pip install 'elastic-cli[hf]')
+    """
+    from elastic_cli.export.writer import export
+
+    console.info(f"wrote {export(ckpt, out, overwrite)}")
+
+
 BENCH_HELP = """\b
 Measure what memory costs, all variants in one process (interleaved, repeated; medians and spread):
 train tokens/s of every memory kind vs `none`, peak memory at 4k vs 64k tokens of history, time per
