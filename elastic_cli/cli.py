@@ -256,30 +256,27 @@ def export_cmd(ckpt, out, overwrite) -> None:
     console.info(f"wrote {export(ckpt, out, overwrite)}")
 
 
-LM_EVAL_HELP = """\b
-Score a checkpoint with lm-evaluation-harness tasks (needs: pip install 'elastic-cli[lm-eval]'):
-  elastic lm-eval --ckpt runs/tiny --data data/stdlib --tasks elastic_docs
-  elastic lm-eval --ckpt runs/tiny --tasks wikitext,lambada_openai --json lm-eval.json
-Every request reads its whole text through memory (never truncated). --data DIR adds local tasks
-from prepared data: elastic_docs (whole documents, rolling log-likelihood) and, for task data,
-elastic_answer (generation, exact match) and elastic_answer_ll (answer log-likelihood)."""
-
-
-@cli.command("lm-eval", epilog=EXIT_CODES_HELP, help=LM_EVAL_HELP)
+@cli.command("lm-eval", epilog=EXIT_CODES_HELP)
 @click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
 @click.option("--tasks", required=True, metavar="A,B,..", help="Harness task names (or local ones, see --data).")
-@click.option("--data", "data_dir", metavar="DIR", help="Prepared data to turn into local tasks (no download).")
+@click.option("--data", "data_dir", metavar="DIR", help="Prepared data as local tasks: elastic_docs (whole documents, "
+              "rolling); task data adds elastic_answer (generation) and elastic_answer_ll.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Documents of --data (default: eval.split).")
 @click.option("--include-path", metavar="DIR", help="A folder of your own task YAMLs.")
 @click.option("--limit", type=float, help="Documents per task (a fraction if < 1).")
 @click.option("--num-fewshot", type=click.IntRange(min=0))
-@click.option("--model-args", metavar="K=V,..", help="sampling=, samples=, document_end=true (score EOS as "
-              "elastic eval does), seed=.")
-@click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100000, show_default=True,
-              help="Bootstrap resamples for standard errors (0: none).")
+@click.option("--model-args", metavar="K=V,..", help="sampling=, samples=, seed=, document_end=true (score EOS too).")
+@click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100000, show_default=True)
 @click.option("--json", "json_path", metavar="PATH", help="Also write the results as JSON.")
 def lm_eval_cmd(ckpt, tasks, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters,
                 json_path) -> None:
+    """Score a checkpoint with lm-evaluation-harness tasks, whole texts through memory (never truncated).
+
+    \b
+    Needs: pip install 'elastic-cli[lm-eval]'. Examples:
+      elastic lm-eval --ckpt runs/tiny --data data/stdlib --tasks elastic_docs
+      elastic lm-eval --ckpt runs/tiny --tasks wikitext --json lm-eval.json
+    """
     from elastic_cli import inference
     from elastic_cli.lm_eval_tasks import run_lm_eval
 
