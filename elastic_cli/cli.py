@@ -67,12 +67,19 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed) -> Non
 @click.option("--dtype", type=click.Choice(["auto", "uint16", "uint32"]), default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if --out holds other input.")
 @click.option("--workers", type=int, default=None, help="Encoding processes (default: up to 2 cores).")
-@click.option("--task", type=click.Choice(["passkey", "recall", "sorting"]), help="Generate a synthetic task instead.")
+@click.option("--task", type=click.Choice(["passkey", "recall", "sorting", "mqar"]), help="Generate a synthetic task instead.")
 @click.option("--length", type=int, help="Task document length in tokens.")
 @click.option("--count", type=int, help="Number of task documents.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Task generator seed.")
+@click.option("--pairs", type=int, help="mqar: key-value pairs per document [8].")
+@click.option("--queries", type=int, help="mqar: pairs asked again later, each an answer span [all pairs].")
+@click.option("--distance", "distance", callback=lambda c, p, v: _range(v), help="mqar: segments between a fact "
+              "and its query, A:B [0:any]; 0:0 = same segment (the control), 2:7 = only memory can answer.")
+@click.option("--segment-len", type=int, help="mqar: the segment length distances are counted in [64].")
+@click.option("--keys", type=int, help="mqar: key words to draw from [64].")
+@click.option("--values", type=int, help="mqar: value words to draw from [64]; chance is 1/VALUES.")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
-            workers, task, length, count, seed) -> None:
+            workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values) -> None:
     """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out.
 
     \b
@@ -80,7 +87,11 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
       elastic prepare --corpus python-stdlib --tokenizer tokenizers/code-8k.model --out data/stdlib
       elastic prepare ~/books --tokenizer tokenizers/books-8k.model --out data/books
       elastic prepare --task passkey --length 4096 --count 200 --tokenizer tokenizers/books-8k.model --out data/passkey
+      elastic prepare --task mqar --length 512 --count 4000 --pairs 8 --distance 2:7 --segment-len 64 \\
+          --tokenizer tokenizers/code-8k.model --out data/mqar-far
     """
+    task_options = {"pairs": pairs, "queries": queries, "distance": distance, "segment_len": segment_len,
+                    "keys": keys, "values": values}
     if task is not None:
         from elastic_cli.data.tasks import prepare_task
 
@@ -88,10 +99,10 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
             raise UsageError("--task takes no SOURCES, --corpus or --repos")
         if length is None or count is None:
             raise UsageError("--task needs --length and --count")
-        prepare_task(task, length, count, tokenizer_path, out, seed, val_frac, test_frac, dtype, force)
+        prepare_task(task, length, count, tokenizer_path, out, seed, val_frac, test_frac, dtype, force, task_options)
         return
-    if length is not None or count is not None:
-        raise UsageError("--length and --count only apply with --task")
+    if length is not None or count is not None or any(v is not None for v in task_options.values()):
+        raise UsageError("--length, --count and the mqar options only apply with --task")
     from elastic_cli.data.prepare import prepare as run_prepare
 
     run_prepare(list(sources), tokenizer_path, out, repos, min_tokens, val_frac, test_frac, dtype, force,
@@ -145,6 +156,17 @@ def config_show(args) -> None:
 
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")  # elastic_cli.memory.hippo.SCHEDULES (tests check)
+
+
+def _range(value: str | None) -> tuple[int, int] | None:
+    """'A:B' (or 'A') -> (A, B) whole numbers."""
+    if value is None:
+        return None
+    lo, _, hi = value.partition(":")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise UsageError(f"--distance takes A:B in whole segments (e.g. 2:7), got {value!r}") from None
 
 
 def _schedules(value: str | None) -> list[str]:

@@ -100,6 +100,9 @@ class TrainConfig(_Section):
     micro_batch: int = Field(gt=0)  # windows per forward pass on one rank
     segments: int = Field(gt=0)  # S: segments of model.segment_len tokens per window
     bptt_segments: int = Field(gt=0)  # detach memory every this many segments
+    checkpoint_segments: bool = False  # recompute each segment's activations in backward (torch.utils.checkpoint)
+    curriculum: list[tuple[int, int]] = []  # (from step, segments per window) stages; before the first: segments
+    loss_on: Literal["all", "answers"] = "all"  # answers: only the answer tokens of task data carry loss
     steps: int = Field(gt=0)
     lr: float = Field(gt=0)
     min_lr: float = Field(0.0, ge=0)
@@ -302,6 +305,12 @@ def _check(cfg: RunConfig, where: Any) -> None:
         raise UsageError(f"train.global_batch={t.global_batch} is not a multiple of train.micro_batch={t.micro_batch} ({where('train.global_batch')})")
     if t.bptt_segments > t.segments:
         raise UsageError(f"train.bptt_segments={t.bptt_segments} exceeds train.segments={t.segments} ({where('train.bptt_segments')})")
+    stages = [st for st, _ in t.curriculum]
+    if stages != sorted(set(stages)) or any(not 0 <= st < t.steps for st in stages) or \
+            any(not 1 <= n <= t.segments for _, n in t.curriculum):
+        raise UsageError(f"train.curriculum={[list(c) for c in t.curriculum]}: need [step, segments] pairs with increasing "
+                         f"steps in [0, train.steps) and segments in [1, train.segments={t.segments}] "
+                         f"({where('train.curriculum')})")
     if t.warmup > t.steps:
         raise UsageError(f"train.warmup={t.warmup} exceeds train.steps={t.steps} ({where('train.warmup')})")
     if t.min_lr > t.lr:

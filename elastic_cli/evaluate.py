@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from elastic_cli import console, inference
 from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
+from elastic_cli.scoring import GAIN_THRESHOLD, Tally, score  # noqa: F401  (Tally: part of this module's API)
 
 LN2 = math.log(2.0)
 
@@ -35,102 +36,6 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
 def bits_per_byte(nll_sum: float, n_bytes: int) -> float:
     """Total NLL in nats / (ln 2 x UTF-8 bytes of the evaluated text): comparable across tokenizers."""
     return nll_sum / (LN2 * n_bytes)
-
-
-def answer_positions(answer: tuple[int, int]) -> tuple[int, int]:
-    """Input positions [a-1, b-1) whose next-token targets are the answer tokens [a, b) of a document."""
-    a, b = answer
-    return a - 1, b - 1
-
-
-@dataclass
-class Tally:
-    """Running sums over scored tokens; NLL sums in float64."""
-
-    nll: float = 0.0
-    tokens: int = 0
-    seg_nll: list = field(default_factory=list)  # per segment index: NLL sum
-    seg_tokens: list = field(default_factory=list)  # per segment index: scored tokens
-    answers: int = 0  # documents with an answer span
-    exact: int = 0  # of those, every answer token predicted by argmax
-    answer_tokens: int = 0  # answer tokens scored
-    answer_correct: int = 0  # of those, predicted by argmax
-    answer_nll: float = 0.0  # NLL sum over answer tokens (a graded signal where exact match is still 0)
-
-    def add_segment(self, index: int, nll: torch.Tensor, valid: torch.Tensor) -> None:
-        """nll, valid: (B, L) for segment `index` of the batch's documents."""
-        while len(self.seg_nll) <= index:
-            self.seg_nll.append(0.0)
-            self.seg_tokens.append(0)
-        total = float(nll.double()[valid].sum())
-        count = int(valid.sum())
-        self.nll += total
-        self.tokens += count
-        self.seg_nll[index] += total
-        self.seg_tokens[index] += count
-
-    def add_answers(self, all_correct: list[bool]) -> None:
-        self.answers += len(all_correct)
-        self.exact += sum(all_correct)
-
-    def add_answer_tokens(self, nll: torch.Tensor, correct: torch.Tensor) -> None:
-        """nll, correct: (n,) over the answer tokens of one segment."""
-        self.answer_tokens += int(nll.numel())
-        self.answer_correct += int(correct.sum())
-        self.answer_nll += float(nll.double().sum())
-
-    def loss_by_segment(self) -> list[float | None]:
-        return [s / n if n else None for s, n in zip(self.seg_nll, self.seg_tokens)]
-
-
-def batch_arrays(docs: list[np.ndarray], segment_len: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Documents -> inputs (B, S*L) long (0-padded), targets (B, S*L) (-1: no target), S segments."""
-    longest = max(len(d) for d in docs)
-    n_seg = -(-longest // segment_len)
-    inputs = torch.zeros(len(docs), n_seg * segment_len, dtype=torch.long)  # (B, S*L)
-    targets = torch.full_like(inputs, -1)  # (B, S*L)
-    for row, d in enumerate(docs):
-        t = torch.from_numpy(d.astype(np.int64))
-        inputs[row, : len(t)] = t
-        targets[row, : len(t) - 1] = t[1:]
-    return inputs, targets, n_seg
-
-
-@torch.no_grad()
-def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device: torch.device,
-          amp=nullcontext, bar=None) -> Tally:
-    """Teacher-forced NLL of every next token of every document, memory carried per document.
-
-    answers[i] is None or (start, end) token offsets of document i's answer; amp() gives the
-    autocast context of each forward."""
-    tally, L = Tally(), model.segment_len
-    order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))  # similar lengths share a batch
-    for first in range(0, len(order), batch_size):
-        rows = order[first : first + batch_size]
-        inputs, targets, n_seg = batch_arrays([docs[i] for i in rows], L)
-        inputs, targets = inputs.to(device), targets.to(device)
-        spans = [answers[i] and answer_positions(answers[i]) for i in rows]
-        wrong = torch.zeros(len(rows), dtype=torch.long, device=device)  # (B,) answer tokens missed
-        states = model.empty_states(len(rows), device)
-        for s in range(n_seg):
-            x, y = inputs[:, s * L : (s + 1) * L], targets[:, s * L : (s + 1) * L]  # (B, L)
-            with amp():
-                logits, states = model(x, states)  # (B, L, V)
-            logits = logits.float()
-            nll = F.cross_entropy(logits.transpose(1, 2), y.clamp(min=0), reduction="none")  # (B, L)
-            valid = y >= 0  # (B, L)
-            tally.add_segment(s, nll, valid)
-            pos = torch.arange(s * L, (s + 1) * L, device=device)  # (L,)
-            miss = (logits.argmax(-1) != y) & valid  # (B, L)
-            for r, span in enumerate(spans):
-                if span:
-                    inside = (pos >= span[0]) & (pos < span[1]) & valid[r]  # (L,)
-                    wrong[r] += int((miss[r] & inside).sum())
-                    tally.add_answer_tokens(nll[r][inside], ~miss[r][inside])
-            if bar is not None:
-                bar.update(int(valid.sum()))
-        tally.add_answers([bool(wrong[r] == 0) for r, span in enumerate(spans) if span])
-    return tally
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -151,15 +56,15 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
         max_docs = cfg.eval.max_batches * batch
     ids = data.documents(split)[:max_docs]
     docs = [np.asarray(data.tokens(i)) for i in ids]
-    metas = data.meta["docs"]
-    answers = [tuple(metas[i]["answer"]) if metas[i].get("answer") else None for i in ids]
+    answers = [data.answers(i) for i in ids]
     n_bytes = sum(int(data.doc_bytes(i)) for i in ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     label = f"eval {cfg.memory.kind}" + (f"/{cfg.memory.sampling}" if cfg.memory.kind == "elastic" else "")
     t0 = time.perf_counter()
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
-        tally = score(model, docs, answers, batch, device, lambda: inference.autocast(cfg, device), bar)
+        tally = score(model, docs, answers, batch, device, lambda: inference.autocast(cfg, device), bar,
+                      gain=not any(answers))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -173,15 +78,46 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
         "loss": tally.nll / tally.tokens,
         "perplexity": perplexity(tally.nll, tally.tokens),
         "bits_per_byte": bits_per_byte(tally.nll, n_bytes),
+        "xz_bits_per_byte": None if any(answers) else xz_bits_per_byte(data, ids, n_bytes),
         "loss_by_segment": tally.loss_by_segment(),
         "tokens_by_segment": tally.seg_tokens,
         "exact_match": tally.exact / tally.answers if tally.answers else None,
         "answers": tally.answers,
         "answer_token_accuracy": tally.answer_correct / tally.answer_tokens if tally.answer_tokens else None,
         "answer_loss": tally.answer_nll / tally.answer_tokens if tally.answer_tokens else None,
+        "answer_by_distance": tally.distance_report(),
+        "long_context_gain": gain_report(tally),
         "speed": {"tokens_per_s": tally.tokens / seconds, "seconds": seconds, "device": str(device),
                   "peak_memory_bytes": peak, "peak_memory_kind": peak_kind},
     }
+
+
+def gain_report(tally: Tally) -> dict | None:
+    """Mean NLL(memory reset every segment) - NLL(memory carried) per token, and the perplexity over
+    the key tokens whose gain exceeds GAIN_THRESHOLD nats (LongPPL-style, the model as its own judge)."""
+    if not tally.gain_tokens:
+        return None
+    return {"mean_nats": tally.gain / tally.gain_tokens, "threshold_nats": GAIN_THRESHOLD,
+            "key_tokens": tally.key_tokens, "key_fraction": tally.key_tokens / tally.gain_tokens,
+            "key_perplexity": perplexity(tally.key_nll, tally.key_tokens) if tally.key_tokens else None}
+
+
+def xz_bits_per_byte(data, ids: list[int], n_bytes: int) -> float | None:
+    """Bits per byte of the evaluated documents under xz (lzma preset 9, one raw stream per document,
+    no container bytes): the floor a language model of this text should beat. The text is the
+    documents' tokens decoded with the data's tokenizer (None when it is not at hand)."""
+    import lzma
+
+    from elastic_cli.data.tokenizer import Tokenizer
+
+    path = data.meta.get("tokenizer")
+    if not path or not Path(path).is_file() or not n_bytes:
+        return None
+    tok = Tokenizer.load(path)
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9}]
+    size = sum(len(lzma.compress(tok.decode(data.tokens(i)).encode("utf-8"), format=lzma.FORMAT_RAW, filters=filters))
+               for i in ids)
+    return 8.0 * size / n_bytes
 
 
 def run_eval(ckpt: str, data_dir: str | None, split: str | None, sampling: str | None, samples: int | None,
@@ -221,10 +157,21 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = [["perplexity"] + [fmt(r["perplexity"], ".3f") for r in res],
             ["bits per byte"] + [fmt(r["bits_per_byte"], ".4f") for r in res],
             ["loss (nats/token)"] + [fmt(r["loss"], ".4f") for r in res]]
+    if any(r.get("xz_bits_per_byte") is not None for r in res):
+        rows.append(["xz -9 bits per byte (floor)"] + [fmt(r.get("xz_bits_per_byte"), ".4f") for r in res])
+    if any(r.get("long_context_gain") for r in res):
+        gains = [r.get("long_context_gain") or {} for r in res]
+        rows.append(["long-context gain (nats/token)"] + [fmt(g.get("mean_nats"), ".4f") for g in gains])
+        rows.append([f"key tokens (gain > {GAIN_THRESHOLD:g} nats)"] + [fmt(g.get("key_fraction"), ".4f") for g in gains])
+        rows.append(["key-token perplexity"] + [fmt(g.get("key_perplexity"), ".3f") for g in gains])
     if any(r["exact_match"] is not None for r in res):
         rows.append(["exact match"] + [fmt(r["exact_match"], ".3f") for r in res])
         rows.append(["answer token accuracy"] + [fmt(r["answer_token_accuracy"], ".3f") for r in res])
         rows.append(["answer loss (nats/token)"] + [fmt(r["answer_loss"], ".4f") for r in res])
+        distances = sorted({d for r in res for d in r.get("answer_by_distance", {})}, key=_distance_key)
+        for d in distances:
+            rows.append([f"answer accuracy, distance {d}"] + [fmt(r["answer_by_distance"][d]["accuracy"], ".3f")
+                                                             if d in r["answer_by_distance"] else "n/a" for r in res])
     for i in shown_segments(max(len(r["loss_by_segment"]) for r in res)):
         rows.append([f"loss, segment {i + 1}"] + [fmt(r["loss_by_segment"][i] if i < len(r["loss_by_segment"]) else None,
                                                       ".4f") for r in res])
@@ -235,6 +182,10 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return ["metric"] + names, rows
 
 
+def _distance_key(d: str) -> tuple[int, int]:
+    return (1, 0) if d == "unknown" else (0, int(d))
+
+
 def check_plot_available() -> None:
     try:
         import matplotlib  # noqa: F401
@@ -243,7 +194,8 @@ def check_plot_available() -> None:
 
 
 def plot_curves(report: dict, path: Path) -> None:
-    """Loss by segment index, one line per variant, written atomically as a PNG."""
+    """Task data: answer accuracy against distance in segments; otherwise loss by segment index.
+    One line per variant; the image format is the suffix of `path` (written atomically)."""
     import io
 
     import matplotlib
@@ -251,15 +203,25 @@ def plot_curves(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by_distance = any(r.get("answer_by_distance") for r in report["results"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for r, name in zip(report["results"], table_rows(report)[0][1:]):
-        points = [(i + 1, v) for i, v in enumerate(r["loss_by_segment"]) if v is not None]
+        if by_distance:
+            points = [(int(d), v["accuracy"]) for d, v in r["answer_by_distance"].items() if d != "unknown"]
+        else:
+            points = [(i + 1, v) for i, v in enumerate(r["loss_by_segment"]) if v is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set_xlabel("segment index in the document")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"loss by segment ({report['split']})")
+    if by_distance:
+        ax.set_xlabel("distance from fact to question (segments)")
+        ax.set_ylabel("answer token accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"answer accuracy by distance ({report['split']})")
+    else:
+        ax.set_xlabel("segment index in the document")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(f"loss by segment ({report['split']})")
     ax.legend()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     write_atomic(path, buf.getvalue())

@@ -36,3 +36,14 @@ def lr_at(step: int, lr: float, min_lr: float, warmup: int, steps: int) -> float
 def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = value
+
+
+def segments_at(step: int, curriculum, segments: int) -> int:
+    """Segments per training window at optimizer step `step` (0-based): the last curriculum stage
+    (from_step, n) with from_step <= step, or `segments` before the first stage / without one
+    (RMT/ARMT train on few segments first, then more)."""
+    n = segments
+    for start, stage in curriculum:
+        if start <= step:
+            n = stage
+    return n

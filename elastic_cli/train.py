@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as recompute
 
 from elastic_cli import checkpoint, console, distributed, loggers
 from elastic_cli.build import build_model, describe
@@ -23,7 +24,7 @@ from elastic_cli.data.loader import PreparedData, SegmentLoader
 from elastic_cli.errors import DataError, Preempted, UsageError
 from elastic_cli.memory.base import detach_state
 from elastic_cli.model.init import init_weights
-from elastic_cli.optim import build_optimizer, lr_at, set_lr
+from elastic_cli.optim import build_optimizer, lr_at, segments_at, set_lr
 
 ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
 
@@ -90,8 +91,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     init_weights(model, t.seed)
     model.to(device)
     optimizer = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
-    loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, t.segments, cfg.model.segment_len,
-                           t.seed, rank, world)
+    loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, segments_at(0, t.curriculum, t.segments),
+                           cfg.model.segment_len, t.seed, rank, world, answers_only=t.loss_on == "answers")
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
@@ -113,6 +114,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
             while step < t.steps:
                 lr = lr_at(step, t.lr, t.min_lr, t.warmup, t.steps)
                 set_lr(optimizer, lr)
+                loader.set_segments(segments_at(step, t.curriculum, t.segments))
                 batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
                 loss, n_tokens, grad_norm = train_step(cfg, model, optimizer, batch, autocast, device, net, forward)
                 step, tokens = step + 1, tokens + n_tokens
@@ -128,8 +130,9 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                               f"tokens {tokens:,} eta {eta:,.0f}s", echo=not console.interactive())
                     t_last, tokens_last = now, tokens
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                    record["val_loss"] = evaluate_loss(cfg, model, data, autocast, device)
-                    log.write(f"step {step} val_loss {record['val_loss']:.4f}", echo=not console.interactive())
+                    record["val_loss"], record["val_accuracy"] = evaluate_loss(cfg, model, data, autocast, device)
+                    log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f}",
+                              echo=not console.interactive())
                 if record:
                     metrics.write({"step": step, **record})
                 bar.update(1, loss=f"{loss:.3f}", **({"tok/s": f"{record['tokens_per_s']:,.0f}"} if "tokens_per_s" in record else {}))
@@ -164,31 +167,47 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
     total = int(distributed.all_reduce_sum([local])[0])
     scale = distributed.world() / max(total, 1)  # DDP averages over ranks: undo it, then divide by all tokens
     optimizer.zero_grad(set_to_none=True)
-    nll = 0.0
+    total_nll = 0.0
     starts = list(range(0, rows, t.micro_batch))
     for i, r0 in enumerate(starts):
         x = batch.inputs[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
         y = batch.targets[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
         first = batch.doc_start[r0:r0 + t.micro_batch]  # (m, S), kept on the CPU: read by reset_at
         states = model.empty_states(x.shape[0], device)
-        for c0 in range(0, segments, t.bptt_segments):
-            last = i == len(starts) - 1 and c0 + t.bptt_segments >= segments
+        bptt = min(t.bptt_segments, segments)
+        for c0 in range(0, segments, bptt):
+            last = i == len(starts) - 1 and c0 + bptt >= segments
             with distributed.no_sync(net, skip=not last):  # DDP reduces once, at the very last backward
                 chunk = aux = torch.zeros((), device=device)
                 with autocast:
-                    for s in range(c0, min(c0 + t.bptt_segments, segments)):
+                    for s in range(c0, min(c0 + bptt, segments)):
                         states = reset_at(model, states, first, s, device)  # memory empties at document starts
-                        logits, states = forward(x[:, s], states)  # (m, L, V)
-                        chunk = chunk + F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(),
-                                                        ignore_index=-1, reduction="sum")
+                        args = (forward, x[:, s], y[:, s], states, t.loss_on == "answers")
+                        if t.checkpoint_segments:  # keep only the states between segments; recompute in backward
+                            nll, states = recompute(segment_nll, *args, use_reentrant=False)
+                        else:
+                            nll, states = segment_nll(*args)
+                        chunk = chunk + nll
                         if t.aux_weight:  # mean over segments, micro-batches and (by DDP) ranks
                             aux = aux + model.aux_loss(states) / (len(starts) * segments)
                 (chunk * scale + t.aux_weight * aux).backward()
-            nll += chunk.item()
+            total_nll += chunk.item()
             states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
     optimizer.step()
-    return distributed.all_reduce_sum([nll])[0] / max(total, 1), total, float(grad_norm)
+    return distributed.all_reduce_sum([total_nll])[0] / max(total, 1), total, float(grad_norm)
+
+
+def segment_nll(forward, x, y, states, sparse: bool = False):
+    """Summed next-token NLL of one segment (targets -1 ignored) and the new memory states.
+    x, y: (m, L). `sparse`: project to the vocabulary only where there is a target (few answer
+    tokens). A function of its inputs only, so torch.utils.checkpoint can recompute it."""
+    if sparse:
+        select = y != -1  # (m, L)
+        logits, states = forward(x, states, select)  # (n, V)
+        return F.cross_entropy(logits.float(), y[select], reduction="sum"), states
+    logits, states = forward(x, states)  # (m, L, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"), states
 
 
 def reset_at(model, states, doc_start, s: int, device):
@@ -201,15 +220,16 @@ def reset_at(model, states, doc_start, s: int, device):
 
 
 @torch.no_grad()
-def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> float:
-    """Mean token loss on the first `train.eval_batches` global batches of the validation split
-    (a fresh loader each time: the same windows at every evaluation)."""
+def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> tuple[float, float]:
+    """Mean token loss and argmax accuracy on the first `train.eval_batches` global batches of the
+    validation split (a fresh loader each time: the same windows at every evaluation). With
+    train.loss_on=answers both are over answer tokens only."""
     t = cfg.train
     loader = SegmentLoader(data, cfg.data.val_split, t.global_batch, t.segments, cfg.model.segment_len,
-                           t.seed, distributed.rank(), distributed.world())
+                           t.seed, distributed.rank(), distributed.world(), answers_only=t.loss_on == "answers")
     was_training = model.training
     model.eval()
-    nll, count = 0.0, 0
+    nll, correct, count = 0.0, 0, 0
     for _ in range(t.eval_batches):
         batch = loader.next_batch()
         for r0 in range(0, batch.inputs.shape[0], t.micro_batch):
@@ -223,10 +243,11 @@ def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> float:
                     logits, states = model(x[:, s], states)  # (m, L, V)
                 nll += F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(), ignore_index=-1,
                                        reduction="sum").item()
+                correct += int(((logits.argmax(-1) == y[:, s]) & (y[:, s] != -1)).sum())
                 count += int((y[:, s] != -1).sum())
     model.train(was_training)
-    nll, count = distributed.all_reduce_sum([nll, count])
-    return nll / max(count, 1)
+    nll, correct, count = distributed.all_reduce_sum([nll, correct, count])
+    return nll / max(count, 1), correct / max(count, 1)
 
 
 def open_data(cfg: RunConfig) -> PreparedData:

@@ -226,7 +226,7 @@ def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
     prepare_task("passkey", 96, 6, str(TOKENIZER), str(tmp_path / "passkey"), val_frac=0.5, test_frac=0.0)
     meta = json.loads((tmp_path / "passkey" / "meta.json").read_text())
     val = [d for d in meta["docs"] if d["split"] == "val"]
-    assert val and all(d.get("answer") for d in val)
+    assert val and all(len(d.get("answers", [])) == 1 for d in val)
     code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "passkey", "--json", "-")
     assert code == 0, err
     (r,) = json.loads(out)["results"]

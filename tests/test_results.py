@@ -1,72 +1,95 @@
-"""scripts/results.py: tables and verdicts come from the eval files; losses are reported as losses."""
+"""scripts/results.py: every number on the page and in results.json comes from the run's files."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-SPEC = importlib.util.spec_from_file_location("results", Path(__file__).parent.parent / "scripts" / "results.py")
+SCRIPTS = Path(__file__).parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+SPEC = importlib.util.spec_from_file_location("results", SCRIPTS / "results.py")
 results = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(results)
+REPRO = importlib.util.spec_from_file_location("reproduce", SCRIPTS / "reproduce.py")
+reproduce = importlib.util.module_from_spec(REPRO)
+REPRO.loader.exec_module(reproduce)
 
 
-def record(kind, sampling=None, exact=None, ppl=10.0, bpb=1.0, curve=(3.0, 2.5)):
-    mem = {"kind": kind, **({"sampling": sampling, "samples": 4, "order": 4} if sampling else {})}
-    graded = {"answer_token_accuracy": (1 + exact) / 2, "answer_loss": 2 - exact} if exact is not None else {}
-    return {"memory": mem, "exact_match": exact, "answers": 10, "perplexity": ppl, "bits_per_byte": bpb,
-            "loss_by_segment": list(curve) + [None], "tokens": 100, **graded}
-
-
-def write_eval(out: Path, dataset: str, kind: str, *records):
-    (out / "eval").mkdir(parents=True, exist_ok=True)
-    (out / "eval" / f"{dataset}-{kind}.json").write_text(json.dumps({"results": list(records)}))
+def mqar_record(kind, acc, sampling=None):
+    """acc: accuracy per distance 0, 1, 2, 3 (10, 10, 30, 50 answer tokens)."""
+    tokens = [10, 10, 30, 50]
+    by_d = {str(d): {"tokens": n, "accuracy": a, "loss": 1 - a} for d, (n, a) in enumerate(zip(tokens, acc))}
+    mem = {"kind": kind, **({"sampling": sampling} if sampling else {})}
+    total = sum(n * a for n, a in zip(tokens, acc)) / sum(tokens)
+    return {"memory": mem, "answer_by_distance": by_d, "answer_token_accuracy": total, "answer_loss": 1 - total}
 
 
 @pytest.fixture
 def out(tmp_path):
-    for task, (n, e_u, e_x, x) in {"passkey": (0.1, 0.6, 0.2, 0.7), "recall": (0.0, 0.3, 0.4, 0.1)}.items():
-        write_eval(tmp_path, task, "none", record("none", exact=n))
-        write_eval(tmp_path, task, "elastic", record("elastic", "uniform", exact=e_u), record("elastic", "exponential", exact=e_x))
-        write_eval(tmp_path, task, "xl", record("xl", exact=x))
-    write_eval(tmp_path, "code", "none", record("none", bpb=1.2, curve=(3.0, 3.0)))
-    write_eval(tmp_path, "code", "elastic", record("elastic", "uniform", bpb=1.1), record("elastic", "exponential", bpb=1.15))
-    return tmp_path  # no code-xl file: xl failed on code
+    z = reproduce.SIZES["smoke"]
+    todo = reproduce.variants(z, ["none", "elastic", "xl"], "mqar")
+    (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
+    (tmp_path / "eval").mkdir()
+    acc = {"none": [1.0, 0.1, 0.05, 0.0], "elastic-order8-uniform": [1.0, 0.9, 0.8, 0.6],
+           "none-one-segment": [1.0, 1.0, 1.0, 0.8]}
+    for name, a in acc.items():
+        kind = name.split("-")[0]
+        recs = [mqar_record(kind, a, "uniform" if kind == "elastic" else None)]
+        if kind == "elastic":
+            recs.append(mqar_record(kind, [1.0, 0.5, 0.5, 0.5], "exponential"))
+        (tmp_path / "eval" / f"mqar-{name}.json").write_text(json.dumps({"results": recs}))
+    run = tmp_path / "runs" / "mqar-elastic-order8-uniform"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 3, "loss": 2.0}\n{"step": 3, "val_loss": 1.0, "val_accuracy": 0.25}\n')
+    return tmp_path  # every other variant has no eval file: failed
 
 
-def test_load_results_marks_missing_variants_failed(out):
-    table = results.load_results(out, ["none", "elastic", "xl"])
-    assert list(table["passkey"]) == ["none", "elastic (uniform)", "elastic (exponential)", "xl"]
-    assert table["code"]["xl"] is None
-    assert table["recall"]["elastic (exponential)"]["exact_match"] == 0.4
+def test_collect_reads_every_number_from_the_eval_files(out):
+    table = results.collect(out)["mqar"]
+    e = table["elastic-order8-uniform"]
+    assert e["accuracy_by_distance"] == {"0": 1.0, "1": 0.9, "2": 0.8, "3": 0.6}
+    assert e["accuracy_distance_ge_2"] == pytest.approx((30 * 0.8 + 50 * 0.6) / 80)
+    assert e["learning_curve"] == [[3, 0.25]] and e["group"] == "matched"
+    assert table["elastic-order8-exponential"]["group"] == "sampling"
+    assert table["xl-cache8"] is None  # no eval file: failed
 
 
-def test_verdicts_say_where_elastic_loses(out):
-    table = results.load_results(out, ["none", "elastic", "xl"])
-    lines = results.verdicts(table["passkey"], "exact_match", True, "passkey")
-    assert lines[0].startswith("- passkey: **elastic (uniform) loses** to xl (exact_match 0.6 vs 0.7); beats none")
-    assert "**elastic (exponential) loses** to xl" in lines[1]
-    lm = results.verdicts(table["code"], "bits_per_byte", False, "code")
-    assert lm == ["- code: elastic (uniform) is not beaten (bits_per_byte 1.1); beats none",
-                  "- code: elastic (exponential) is not beaten (bits_per_byte 1.15); beats none"]
+def test_findings_state_the_bars_with_their_numbers(out):
+    lines = results.findings(results.collect(out)["mqar"], 1 / 16)
+    assert any("Control" in x and "0.900" in x and "misses the 0.95 bar" in x for x in lines)
+    assert any("`none`" in x and "1.000" in x and "meets" in x and "0.019" in x for x in lines)
+    best = [x for x in lines if x.startswith("- Best memory")][0]
+    assert "`elastic-order8-uniform` with 0.675" in best and "misses the 0.90 bar" in best
 
 
-def test_tables_show_numbers_and_failures(out):
-    table = results.load_results(out, ["none", "elastic", "xl"])
-    floats = {"none": 0, "elastic": 128, "xl": 128}
-    task = results.task_table(table, floats)
-    # per task: exact match, token accuracy, answer loss; then answers and floats
-    assert "| elastic (uniform) | 0.600 | 0.800 | 1.400 | 0.300 | 0.650 | 1.700 | 10/10 | 128 |" in task
-    lm = results.lm_table(table["code"], floats)
-    assert "| none | 10.000 | 1.2000 | 3.0000 | 3.0000 | 100 | 0 |" in lm
-    assert "| xl | failed | failed | failed | failed | - | 128 |" in lm
-
-
-def test_plot_writes_a_png(out, tmp_path):
-    results.plot(results.load_results(out, ["none", "elastic", "xl"])["code"], tmp_path / "curve.png")
-    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_write_makes_the_page_json_and_pngs(out, tmp_path):
+    dest = tmp_path / "docs" / "results.md"
+    results.write(out, dest)
+    page = dest.read_text()
+    assert "| elastic-order8-uniform | matched |" in page and "| xl-cache8 | | failed |" in page
+    data = json.loads(dest.with_suffix(".json").read_text())
+    assert data["mqar"]["elastic-order8-uniform"]["accuracy_by_distance"]["2"] == 0.8
+    for role in ("distance", "frontier", "sampling", "learning", "lm"):
+        assert (dest.parent / f"results-{role}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bins_are_token_weighted_means():
-    xs, ys = results.binned([1.0, 3.0, None, 5.0, 7.0], [1, 3, 0, 2, 2], width=2)
-    assert xs == [1.5, 3.5, 5.0]  # 1-based centres; the last bin holds one segment
+    import results_plots
+
+    xs, ys = results_plots.binned([1.0, 3.0, None, 5.0, 7.0], [1, 3, 0, 2, 2], width=2)
+    assert xs == [1.5, 3.5, 5.0]
     assert ys == [(1 * 1 + 3 * 3) / 4, 5.0, 7.0]
+
+
+def test_every_kind_has_a_matched_variant_and_the_sweep_names_its_size():
+    z = reproduce.SIZES["cpu"]
+    names = [v["name"] for v in reproduce.variants(z, sorted(reproduce_kinds()), None)]
+    assert "none-one-segment" in names and "elastic-order64-uniform" in names and "xl-cache8" in names
+    assert len(set(names)) == len(names) - 3  # none, elastic and xl also run on the code corpus
+
+
+def reproduce_kinds():
+    from elastic_cli.memory import REGISTRY
+
+    return REGISTRY

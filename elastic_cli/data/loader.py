@@ -81,10 +81,13 @@ class PreparedData:
     def doc_bytes(self, doc_id: int) -> int:
         return int(self.meta["docs"][doc_id]["bytes"])
 
-    def answer(self, doc_id: int) -> tuple[int, int] | None:
-        """Token span [start, end) of the answer in `tokens(doc_id)` (task data), else None."""
-        a = self.meta["docs"][doc_id].get("answer")
-        return None if a is None else (int(a[0]), int(a[1]))
+    def answers(self, doc_id: int) -> list[tuple[int, int, int | None]]:
+        """Answer spans of `tokens(doc_id)` (task data; [] otherwise): (start, end, source), the tokens
+        [start, end) answer a question about the fact written at offset `source` (None: not recorded)."""
+        doc = self.meta["docs"][doc_id]
+        if "answer" in doc:  # format of the first task generator: one span, no source
+            return [(int(doc["answer"][0]), int(doc["answer"][1]), None)]
+        return [(int(a), int(b), None if f is None else int(f)) for a, b, f in doc.get("answers", ())]
 
     def check_tokenizer(self, tok: Tokenizer) -> None:
         if tok.sha256 != self.meta["tokenizer_sha256"]:
@@ -99,22 +102,39 @@ class Batch(NamedTuple):
 
 
 class SegmentLoader:
+    """Windows of `segments` segments. `answers_only`: targets outside the answer spans of task data
+    are -1 (no loss). `set_segments` changes the window length between batches (a curriculum)."""
+
     def __init__(self, data: PreparedData, split: str, global_batch: int, segments: int, segment_len: int,
-                 seed: int, rank: int = 0, world: int = 1):
+                 seed: int, rank: int = 0, world: int = 1, answers_only: bool = False):
         if world < 1 or not 0 <= rank < world or global_batch % world:
             raise UsageError(f"global batch {global_batch} must split evenly over {world} processes (rank {rank})")
         if segments < 1 or segment_len < 1:
             raise UsageError(f"segments and segment_len must be positive, got {segments} and {segment_len}")
-        self.data, self.split, self.seed = data, split, seed
+        self.data, self.split, self.seed, self.answers_only = data, split, seed, answers_only
         self.global_batch, self.S, self.L, self.rank, self.world = global_batch, segments, segment_len, rank, world
         self.docs = np.asarray(data.documents(split), dtype=np.int64)
         if len(self.docs) == 0:
             raise DataError(f"split {split!r} of {data.path} has no documents")
+        if answers_only and not any(data.answers(int(d)) for d in self.docs):
+            raise DataError(f"train.loss_on=answers, but split {split!r} of {data.path} has no answer spans "
+                            f"(it is not task data); use train.loss_on=all")
         self.nseg = -(-data.index[self.docs, 1] // segment_len)               # (n,) segments per document
         self.total = int(self.nseg.sum())
         self.windows_per_epoch = -(-self.total // segments)
         self.window = 0
         self._order_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def set_segments(self, segments: int) -> None:
+        """Windows of `segments` from now on, starting at the first new window boundary at or after
+        the current position in this epoch's stream of segments."""
+        if segments == self.S:
+            return
+        epoch, w = divmod(self.window, self.windows_per_epoch)
+        offset = w * self.S                                                  # segments of the epoch consumed
+        self.S = segments
+        self.windows_per_epoch = -(-self.total // segments)
+        self.window = epoch * self.windows_per_epoch + -(-offset // segments)
 
     @property
     def epoch(self) -> int:
@@ -148,6 +168,11 @@ class SegmentLoader:
             nxt = toks[off + 1:off + L + 1]
             inp[s, :len(chunk)] = chunk
             tgt[s, :len(nxt)] = nxt
+            if self.answers_only:
+                keep = np.zeros(L, dtype=bool)
+                for a, b, _ in self.data.answers(int(self.docs[perm[k]])):  # target j is token j+1 of the chunk
+                    keep[max(a - 1 - off, 0):max(b - 1 - off, 0)] = True
+                tgt[s, ~keep] = -1
             start[s] = s == 0 or off == 0
         return inp, tgt, start
 
@@ -165,6 +190,10 @@ class SegmentLoader:
                 "segment_len": self.L, "n_docs": len(self.docs)}
 
     def load_state_dict(self, d: dict) -> None:
+        """Restore a cursor; the window length is taken from `d` (a curriculum may have changed it)."""
+        if isinstance(d.get("segments"), int) and d["segments"] > 0:
+            self.S = d["segments"]
+            self.windows_per_epoch = -(-self.total // self.S)
         mine = self.state_dict()
         for key in ("split", "seed", "segments", "segment_len", "n_docs"):
             if d.get(key) != mine[key]:

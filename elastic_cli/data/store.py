@@ -118,8 +118,9 @@ class Writer:
             self._f = open(self.tmp / name, "wb")
         return self._f
 
-    def add(self, name: str, ids, n_bytes: int, split: str, answer: tuple[int, int] | None = None) -> None:
-        """Store `[BOS] ids [EOS]`; `answer` is a token span of the stored document (BOS at 0)."""
+    def add(self, name: str, ids, n_bytes: int, split: str, answers=()) -> None:
+        """Store `[BOS] ids [EOS]`; `answers` are (start, end, source) token offsets of the stored document
+        (BOS at 0): the span [start, end) answers a question about the fact written at `source` (None: unknown)."""
         arr = np.empty(len(ids) + 2, dtype=np.dtype(self.dtype).newbyteorder("<"))
         arr[0], arr[-1] = BOS_ID, EOS_ID
         arr[1:-1] = ids
@@ -131,8 +132,8 @@ class Writer:
         self.index.append((self.n_tokens, len(arr)))
         self.n_tokens += len(arr)
         doc = {"name": name, "tokens": len(arr), "bytes": n_bytes, "split": split}
-        if answer is not None:
-            doc["answer"] = [int(answer[0]), int(answer[1])]
+        if answers:
+            doc["answers"] = [[int(a), int(b), None if f is None else int(f)] for a, b, f in answers]
         self.docs.append(doc)
 
     def finish(self, meta: dict) -> dict:

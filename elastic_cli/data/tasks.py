@@ -4,6 +4,8 @@
   (Mohtashami & Jaggi 2023, Landmark Attention, "passkey retrieval").
 - recall: key -> value statements spread over the document, one key queried at the end
   (associative recall as in RMT/ARMT, written as text).
+- mqar: multi-query associative recall with many answer spans per document and a chosen range of
+  distances in segments between each fact and its query (`data/mqar.py`).
 - sorting: the ∞-former task (Martins et al. 2022, §4.1): symbols drawn with frequencies that drift
   linearly between two random distributions (integer weights 1-9), then a separator and the 20
   symbols by descending frequency (ties: alphabetical).
@@ -16,31 +18,36 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from elastic_cli import console
-from elastic_cli.data import store
+from elastic_cli.data import mqar, store
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
 
-TASKS = ("passkey", "recall", "sorting")
+TASKS = ("passkey", "recall", "sorting", "mqar")
 FILLER = (" The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.", " There and back again.")
 SYMBOLS = tuple("ABCDEFGHIJKLMNOPQRST")
 SORT_SEP = "\nSorted by frequency:"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: answers carry the offset of their fact; mqar
 
 
 class _Doc:
-    """Text and token ids built piece by piece; `answer` is the span in the stored document (BOS at 0)."""
+    """Text and token ids built piece by piece. `answers` are (start, end, source) spans in the stored
+    document (BOS at 0); `source` is where the fact the answer needs was written (the last piece
+    added with `source=True`)."""
 
     def __init__(self, tok: Tokenizer):
-        self.tok, self.ids, self.parts, self.answer = tok, [], [], None
+        self.tok, self.ids, self.parts, self.answers, self.source = tok, [], [], [], None
 
-    def add(self, text: str, ids: list[int] | None = None, answer: bool = False) -> None:
+    def add(self, text: str, ids: list[int] | None = None, answer: bool = False, source: bool = False) -> None:
         ids = self.tok.encode(text) if ids is None else ids
+        if source:
+            self.source = 1 + len(self.ids)
         if answer:
-            self.answer = (1 + len(self.ids), 1 + len(self.ids) + len(ids))
+            self.answers.append((1 + len(self.ids), 1 + len(self.ids) + len(ids), self.source))
         self.ids += ids
         self.parts.append(text)
 
@@ -72,7 +79,7 @@ def passkey(tok: Tokenizer, length: int, rng: random.Random) -> _Doc:
     depth = rng.randint(0, len(filler))
     doc = _Doc(tok)
     for piece in [intro, *filler[:depth], needle, *filler[depth:], question]:
-        doc.add(piece)
+        doc.add(piece, source=piece is needle)
     doc.add(key, answer=True)
     return doc
 
@@ -89,7 +96,7 @@ def recall(tok: Tokenizer, length: int, rng: random.Random) -> _Doc:
     doc = _Doc(tok)
     cut = [round(i * len(filler) / n) for i in range(n + 1)]                # fact i after filler[:cut[i]]
     for i, fact in enumerate(facts):
-        doc.add(fact)
+        doc.add(fact, source=i == q)
         for piece in filler[cut[i]:cut[i + 1]]:
             doc.add(piece)
     doc.add(question)
@@ -141,18 +148,45 @@ def check_answer(task: str, text: str, answer: str) -> bool:
 
 
 GENERATORS = {"passkey": passkey, "recall": recall, "sorting": sorting}
+MQAR_DEFAULTS = {"pairs": 8, "queries": None, "distance": (0, 1 << 30), "segment_len": 64, "keys": 64, "values": 64}
+
+
+def _generator(task: str, tok: Tokenizer, length: int, options: dict):
+    """A function rng -> _Doc-like object (ids, text, answers) for one document of `task`."""
+    if task != "mqar":
+        if options:
+            raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in options)} only apply to --task mqar")
+        return lambda rng: GENERATORS[task](tok, length, rng)
+    o = {**MQAR_DEFAULTS, **options}
+    o["queries"] = o["pairs"] if o["queries"] is None else o["queries"]
+    if o["segment_len"] < 4 or o["distance"][0] < 0 or o["distance"][0] > o["distance"][1]:
+        raise UsageError(f"mqar needs --segment-len >= 4 and --distance A:B with 0 <= A <= B, got "
+                         f"{o['segment_len']} and {o['distance'][0]}:{o['distance'][1]}")
+    pools = mqar.word_pools(tok, o["keys"], o["values"])
+
+    def make(rng):
+        ids, text, spans = mqar.mqar(tok, length, rng, pools, o["pairs"], o["queries"], tuple(o["distance"]),
+                                     o["segment_len"])
+        return SimpleNamespace(ids=ids, text=text, answers=spans)
+    return make
 
 
 def prepare_task(task: str, length: int, count: int, tokenizer: str, out: str, seed: int = 0,
-                 val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False) -> None:
-    if task not in GENERATORS:
+                 val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
+                 options: dict | None = None) -> None:
+    """Write `count` documents of `task` to `out`. `options` are the task's own settings (mqar: pairs,
+    queries, distance (lo, hi) in segments, segment_len, keys, values)."""
+    if task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     if count < 1 or length < 8:
         raise UsageError(f"--count must be >= 1 and --length >= 8, got {count} and {length}")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
     out_p = Path(out)
-    info = {"name": task, "length": length, "count": count, "seed": seed, "generator_version": GENERATOR_VERSION}
+    make = _generator(task, tok, length, options)
+    info = {"name": task, "length": length, "count": count, "seed": seed, "generator_version": GENERATOR_VERSION,
+            **({"options": {**MQAR_DEFAULTS, **options}} if task == "mqar" else {})}
     settings = {"task": info, "val_frac": val_frac, "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256}
     fp = store.fingerprint(settings)
     if store.up_to_date(out_p, fp, force):
@@ -161,10 +195,10 @@ def prepare_task(task: str, length: int, count: int, tokenizer: str, out: str, s
     n_bytes = 0
     with store.Writer(out_p, dt) as w, console.progress(count, f"prepare {task}", "doc") as bar:
         for i in range(count):
-            doc = GENERATORS[task](tok, length, random.Random(f"{task}-{seed}-{i}"))
+            doc = make(random.Random(f"{task}-{seed}-{i}"))
             name = f"{task}-{i:06d}"
             nb = len(doc.text.encode("utf-8"))
-            w.add(name, doc.ids, nb, store.split_of(name, val_frac, test_frac), doc.answer)
+            w.add(name, doc.ids, nb, store.split_of(name, val_frac, test_frac), doc.answers)
             n_bytes += nb
             bar.update(1)
         w.finish({"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,

@@ -171,9 +171,11 @@ class Decoder(nn.Module):
             new.append(self.blocks[i].memory.write(states[j], view))
         return tuple(new)
 
-    def forward(self, tokens: Tensor, states: States) -> tuple[Tensor, States]:
+    def forward(self, tokens: Tensor, states: States, select: Tensor | None = None) -> tuple[Tensor, States]:
         """One segment. tokens: (B, l), l <= segment_len -> logits (B, l, V), new states.
-        With memory tokens the stream is [front slots ; tokens ; back slots]; logits are for the tokens."""
+        With memory tokens the stream is [front slots ; tokens ; back slots]; logits are for the tokens.
+        select: (B, l) bool -> logits (n, V) of the selected positions only, row-major (training on a
+        few answer tokens skips the vocabulary projection everywhere else)."""
         if tokens.shape[1] > self.segment_len:
             raise ValueError(f"Decoder: segment of {tokens.shape[1]} tokens > segment_len {self.segment_len}")
         b, l = tokens.shape
@@ -184,7 +186,8 @@ class Decoder(nn.Module):
         x, outs = self._blocks(x, states, past, reads, 0, self.front, self.back)
         h = self.norm(x)  # (B, p + l + s, D)
         final = h[:, self.front + l :] if self.back else None  # (B, s, D)
-        return self._project(h[:, self.front : self.front + l]), self._write(states, past, outs, final)
+        h = h[:, self.front : self.front + l]  # (B, l, D)
+        return self._project(h if select is None else h[select]), self._write(states, past, outs, final)
 
     def start_stream(self, batch: int, device: torch.device | str) -> Stream:
         n = len(self.blocks)
