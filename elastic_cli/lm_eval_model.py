@@ -6,7 +6,7 @@ its whole text through memory, segment by segment; nothing is truncated to a win
 - loglikelihood: the context is streamed into memory (`Decoder.step`), then the continuation is
   scored from that stream; requests sharing a context reuse its stream (a value, so branching is free);
 - loglikelihood_rolling: the document as `elastic eval` reads it, `[BOS] text`, scored by elastic's
-  own `evaluate.score` (teacher-forced segments). With `document_end=true` the end-of-document token
+  own `scoring.score` (teacher-forced segments). With `document_end=true` the end-of-document token
   is scored too, exactly as `elastic eval` does (its total NLL and bits per byte are then equal);
   the default scores the text only, the harness convention for Hugging Face models;
 - generate_until: streamed as `elastic generate` (greedy unless the task samples), stopped at the
@@ -23,12 +23,13 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from elastic_cli import evaluate, inference
+from elastic_cli import inference
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError
 from elastic_cli.generate import continuation
 from elastic_cli.lm_eval_tasks import MODEL_ARGS
 from elastic_cli.sampling import SamplingOptions, check_options, make_generator
+from elastic_cli.scoring import score
 
 TRUE = ("1", "true", "yes")
 
@@ -110,7 +111,7 @@ class ElasticLM(TemplateLM):
         for request in requests:
             (text,) = request.args
             ids = [self.tok.bos_id] + self.tok.encode(text) + [self.tok.eos_id] * self.document_end
-            tally = evaluate.score(self.model, [np.asarray(ids)], [None], 1, self._device, self._amp)
+            tally = score(self.model, [np.asarray(ids)], [None], 1, self._device, self._amp)
             out.append(-tally.nll)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), out[-1])
         return out

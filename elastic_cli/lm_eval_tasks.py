@@ -31,21 +31,25 @@ def require_lm_eval() -> None:
         raise UsageError(f"lm-eval needs the lm_eval package: {HINT}") from None
 
 
-def task_rows(data, split: str, tok) -> tuple[list[dict], int]:
-    """One JSON row per document of `split`: its text (BOS/EOS stripped) and, for task data, the text
-    before the answer and the answer. Also the number of documents whose text re-encodes to other
-    ids than stored (the harness passes text, so those are scored on other tokens than `elastic eval`'s)."""
-    rows, differ = [], 0
+def task_rows(data, split: str, tok) -> tuple[list[dict], list[dict], int]:
+    """Rows for the local tasks: one per document of `split` (its text, BOS/EOS stripped), one per
+    answer span of task data (the text before the answer, and the answer), and the number of documents
+    whose text re-encodes to other ids than stored (the harness passes text, so those are scored on
+    other tokens than `elastic eval`'s)."""
+    docs, answers, differ = [], [], 0
     for i in data.documents(split):
         ids = [int(t) for t in data.tokens(i)]
-        row = {"name": data.name(i), "text": tok.decode(ids[1:-1])}
-        differ += tok.encode(row["text"]) != ids[1:-1]
-        span = data.answer(i)
-        if span is not None:
-            row.update(context=tok.decode(ids[1 : span[0]]), answer=tok.decode(ids[span[0] : span[1]]),
-                       answer_tokens=span[1] - span[0])
-        rows.append(row)
-    return rows, differ
+        docs.append({"name": data.name(i), "text": tok.decode(ids[1:-1])})
+        differ += tok.encode(docs[-1]["text"]) != ids[1:-1]
+        for start, end, _ in data.answers(i):
+            answers.append({"name": data.name(i), "context": tok.decode(ids[1:start]),
+                            "answer": tok.decode(ids[start:end]), "answer_tokens": end - start})
+    return docs, answers, differ
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def _task(name: str, jsonl: Path, **fields) -> dict:
@@ -54,7 +58,7 @@ def _task(name: str, jsonl: Path, **fields) -> dict:
 
 
 def write_local_tasks(cfg, data_dir: str, split: str, out: Path) -> list[str]:
-    """Write docs.jsonl and the task YAMLs into `out`; returns the task names."""
+    """Write docs.jsonl (answers.jsonl for task data) and the task YAMLs into `out`; returns the task names."""
     from elastic_cli.data.loader import PreparedData
     from elastic_cli.data.tokenizer import Tokenizer
 
@@ -65,25 +69,25 @@ def write_local_tasks(cfg, data_dir: str, split: str, out: Path) -> list[str]:
     tok_path, _ = inference.model_tokenizer(cfg)
     if tok_path is None:
         raise DataError(f"cannot find the tokenizer the model was trained with ({cfg.data.tokenizer})")
-    rows, differ = task_rows(data, split, Tokenizer.load(tok_path))
+    rows, answers, differ = task_rows(data, split, Tokenizer.load(tok_path))
     if not rows:
         raise DataError(f"{data_dir} has no documents in split {split!r}")
     if differ:
         console.warn(f"{differ} of {len(rows)} documents re-encode to other tokens than stored: the harness scores "
                      f"their text, so its numbers differ from `elastic eval` on them")
-    jsonl = out / "docs.jsonl"
-    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tasks = {"elastic_docs": _task("elastic_docs", jsonl, output_type="loglikelihood_rolling", doc_to_text="",
+    docs = _jsonl(out / "docs.jsonl", rows)
+    tasks = {"elastic_docs": _task("elastic_docs", docs, output_type="loglikelihood_rolling", doc_to_text="",
                                    doc_to_target="{{text}}", metric_list=ROLLING_METRICS)}
-    if all("answer" in r for r in rows):
-        longest = max(r["answer_tokens"] for r in rows)
+    if answers:
+        spans = _jsonl(out / "answers.jsonl", answers)
+        longest = max(r["answer_tokens"] for r in answers)
         tasks["elastic_answer"] = _task(
-            "elastic_answer", jsonl, output_type="generate_until", doc_to_text="{{context}}",
+            "elastic_answer", spans, output_type="generate_until", doc_to_text="{{context}}",
             doc_to_target="{{answer}}", target_delimiter="",
             generation_kwargs={"until": ["\n"], "max_gen_toks": longest + 2, "do_sample": False},
             metric_list=[{"metric": "exact_match"}])
         tasks["elastic_answer_ll"] = _task(
-            "elastic_answer_ll", jsonl, output_type="loglikelihood", doc_to_text="{{context}}",
+            "elastic_answer_ll", spans, output_type="loglikelihood", doc_to_text="{{context}}",
             doc_to_target="{{answer}}", target_delimiter="", metric_list=[{"metric": "perplexity"}, {"metric": "acc"}])
     for name, task in tasks.items():
         (out / f"{name}.yaml").write_text(yaml.safe_dump(task, sort_keys=False, allow_unicode=True), encoding="utf-8")
