@@ -121,8 +121,15 @@ def test_greedy_generate_equals_elastic_generate(kind, tmp_path, capsys):
     assert len(set(want)) > 2  # a real continuation, not one token repeated
 
 
-def test_export_folder_and_model_card(tmp_path):
-    run, out = exported(tmp_path, "elastic")
+def test_export_folder_and_model_card(tmp_path, capsys):
+    run = make_run(tmp_path, "elastic")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0, "val_loss": 8.5}) + "\n")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--json", run / "eval.json")
+    assert code == 0, err
+    report = json.loads((run / "eval.json").read_text())["results"][0]
+    code, _, err = run_cli(capsys, "export", "--ckpt", run, "--out", tmp_path / "hf")
+    assert code == 0, err
+    out = tmp_path / "hf"
     names = sorted(p.name for p in out.iterdir())
     assert names == ["README.md", "config.json", "configuration_elastic.py", "generation_config.json",
                      "model.safetensors", "modeling_elastic.py", "tokenization_elastic.py", "tokenizer.model",
@@ -136,6 +143,7 @@ def test_export_folder_and_model_card(tmp_path):
     card = (out / "README.md").read_text()
     assert "`elastic` memory" in card and '"order": 8' in card and '"samples": 8' in card
     assert "8.5000 nats/token" in card and str(tmp_path / "data") in card
+    assert f"perplexity {report['perplexity']:.3f}, bits per byte {report['bits_per_byte']:.4f}" in card
     assert not list(tmp_path.glob(".hf.tmp-*"))
 
 

@@ -45,6 +45,11 @@ def test_tensorboard_events_equal_metrics_jsonl_after_resume(data, tmp_path, cap
     final = {r["step"]: r for r in records[:2] + records[4:]}
     assert [e.value for e in events] == pytest.approx([final[s]["loss"] for s in (1, 2, 3, 4)], rel=1e-6)
     assert [e.value for e in acc.Scalars("lr")] == pytest.approx([final[s]["lr"] for s in (1, 2, 3, 4)], rel=1e-6)
+    args = tiny_run.overrides(data, run, "train.steps=2", "run.loggers=[tensorboard]")
+    train(load_config("recipes/tiny.yaml", args), overwrite=True)  # starting over removes the old events
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2] and not (run / "metrics.jsonl").exists()
 
 
 def wandb_history(path) -> list[dict]:
