@@ -11,14 +11,13 @@ Inputs are random tokens: cost does not depend on the data. Ratios are medians o
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import flops, measure
+from . import flops, measure, precision
 from .atomic import write_atomic
 from .memory import REGISTRY
 from .memory.base import SegmentView
@@ -178,17 +177,20 @@ def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float
     return (2 + plan.train_repeats) * step_s + eval_s + gen_s
 
 
-def kind_configs(cfg):
-    """The recipe once per memory kind in the registry (`none` and `elastic` first), each with
-    the recipe's memory.* values for the options that kind takes (config defaults elsewhere)."""
-    from .config import MEMORY_OPTIONS
+def kind_configs(recipe: str, overrides: list[str]) -> dict:
+    """The recipe once per memory kind in the registry (`none` and `elastic` first): the recipe and
+    overrides with memory.kind=KIND (the recipe's own options for its kind, defaults for the others),
+    plus the overrides KIND.key=value as memory.key=value of that kind only."""
+    from .config import load_config
 
     kinds = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
-    return {kind: cfg.model_copy(update={"memory": cfg.memory.model_copy(update={"kind": kind})})
-            for kind in kinds if kind in MEMORY_OPTIONS}
+    shared = [o for o in overrides if o.split(".", 1)[0] not in REGISTRY]
+    return {kind: load_config(recipe, [*shared, f"memory.kind={kind}",
+                                       *(f"memory.{o.split('.', 1)[1]}" for o in overrides if o.split(".", 1)[0] == kind)])
+            for kind in kinds}
 
 
-def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable[[str], None]) -> dict:
+def run_bench(cfg, configs: dict, device: torch.device, quick: bool, recipe: str, say: Callable[[str], None]) -> dict:
     """All five measurements for the recipe's model size on `device`; returns the JSON-able result."""
     from .build import build_model
     from .config import to_dict
@@ -199,9 +201,8 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
     plan, start = (QUICK if quick else FULL), time.perf_counter()
     m, t = cfg.model, cfg.train
     batch, segments, seg_len = t.micro_batch, t.segments, m.segment_len
-    bf16 = device.type == "cuda" and t.dtype != "fp32"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    configs = kind_configs(cfg)
+    bf16 = precision.uses_bf16(device.type, t.dtype)
+    autocast = precision.autocast(device, t.dtype)
     models: dict[str, Decoder] = {}
     for kind, c in configs.items():
         models[kind] = build_model(c).to(device)
@@ -293,7 +294,7 @@ def run_bench(cfg, device: torch.device, quick: bool, recipe: str, say: Callable
         "quick": quick, "plan": plan._asdict(), "history_kinds": list(history), "peak_bf16_flops": peak,
         "model": to_dict(cfg)["model"], "train": {"micro_batch": batch, "segments": segments,
                                                   "bptt_segments": t.bptt_segments, "dtype": "bf16" if bf16 else "fp32"},
-        "variants": {k: {"memory": c.memory.options() | {"kind": k, "layers": c.memory.layers},
+        "variants": {k: {"memory": c.memory.model_dump(mode="json"),
                          "parameters": sum(p.numel() for p in models[k].parameters()),
                          "memory_floats_per_sequence": models[k].numel(models[k].empty_states(1, device))}
                      for k, c in configs.items()},
@@ -328,11 +329,12 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
     from .config import load_config
     from .errors import UsageError
 
-    cfg = load_config(recipe, overrides)
+    cfg = load_config(recipe, [o for o in overrides if o.split(".", 1)[0] not in REGISTRY])
+    configs = kind_configs(recipe, overrides)
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    result = run_bench(cfg, torch.device(name), quick, recipe, console.info)
+    result = run_bench(cfg, configs, torch.device(name), quick, recipe, console.info)
     text = json.dumps(result, indent=1, sort_keys=True)
     if json_path == "-":
         console.out(text)

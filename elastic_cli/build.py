@@ -1,7 +1,8 @@
 """The only place where config becomes modules: `build_model(cfg) -> Decoder`."""
 from __future__ import annotations
 
-from elastic_cli.config import RunConfig, long_layer, memory_layers
+from elastic_cli import precision
+from elastic_cli.config import RunConfig, layer_context, memory_layers
 from elastic_cli.errors import UsageError
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
@@ -23,12 +24,9 @@ def build_model(cfg: RunConfig) -> Decoder:
 
 
 def layer_options(cfg: RunConfig, layer: int) -> dict:
-    """Constructor options of the memory on `layer`: the kind's config fields, plus what melodi
-    derives from the model (its mixing window is the segment; one layer holds the long-term FIFO)."""
-    options = cfg.memory.options()
-    if cfg.memory.kind == "melodi":
-        options.update(window=cfg.model.segment_len, long_layer=layer == long_layer(cfg))
-    return options
+    """Constructor options of the memory on `layer`, as the kind's Options derive them (e.g. melodi
+    adds its window, the segment, and whether this layer holds the long-term FIFO)."""
+    return cfg.memory.memory_kwargs(layer_context(cfg, layer))
 
 
 def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
@@ -36,8 +34,8 @@ def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
 
     The memory estimate per process is rough: 16 bytes per parameter (fp32 weights, gradients and
     two AdamW moments) plus activations kept for one BPTT chunk of one micro-batch: per token and
-    layer about 10 d_model + 3 mlp_hidden values, M memory samples of keys and values per segment
-    and layer, and the logits (fp32 copy and its gradient)."""
+    layer about 10 d_model + 3 mlp_hidden values, the M extra keys and values each memory layer's
+    attention reads per segment (its `cost(...).keys`), and the logits (fp32 copy and its gradient)."""
     import torch
 
     with torch.device("meta"):
@@ -45,13 +43,12 @@ def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
         memory_floats = model.numel(model.empty_states(1, "meta"))
     params = sum(p.numel() for p in model.parameters())
     m, t = cfg.model, cfg.train
-    act_bytes = 2 if t.dtype == "bf16" or (t.dtype == "auto" and cfg.run.device != "cpu") else 4
+    act_bytes = 2 if precision.uses_bf16("cpu" if cfg.run.device == "cpu" else "cuda", t.dtype) else 4
     chunk_tokens = t.micro_batch * t.bptt_segments * m.segment_len
-    mem = cfg.memory
-    samples = {"elastic": mem.samples, "xl": mem.cache, "memorizing": mem.topk,
-               "melodi": mem.short_tokens + mem.summary_tokens}.get(mem.kind, 0)  # extra keys/values per segment
+    costs = [block.memory.cost(m.segment_len, m.segment_len) for block in model.blocks if block.memory is not None]
+    keys = sum(c.keys for c in costs if c is not None)  # extra keys/values per segment, all memory layers
     per_token = m.n_layer * (10 * m.d_model + 3 * m.mlp_hidden) * act_bytes + m.vocab_size * (act_bytes + 8)
-    per_segment = len(memory_layers(cfg)) * 2 * samples * m.d_model * act_bytes * t.micro_batch
+    per_segment = 2 * keys * m.d_model * act_bytes * t.micro_batch
     activations = chunk_tokens * per_token + t.bptt_segments * per_segment
     return {"parameters": params, "memory_floats_per_sequence": memory_floats, "processes": world,
             "tokens_per_step": t.global_batch * t.segments * m.segment_len,

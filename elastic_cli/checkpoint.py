@@ -139,7 +139,7 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] 
     """(RunConfig, Decoder in eval mode on CPU, checkpoint dir) from a run or checkpoint directory.
 
     The model is rebuilt from the checkpoint's config.yaml plus `overrides` (e.g.
-    "memory.sampling=exponential": Elastic Memory has no weights, so test-time options apply)."""
+    "memory.schedule=exponential": Elastic Memory has no weights, so test-time options apply)."""
     from elastic_cli.build import build_model
     from elastic_cli.config import load_config
 

@@ -78,8 +78,9 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed) -> Non
 @click.option("--segment-len", type=int, help="mqar: the segment length distances are counted in [64].")
 @click.option("--keys", type=int, help="mqar: key words to draw from [64].")
 @click.option("--values", type=int, help="mqar: value words to draw from [64]; chance is 1/VALUES.")
+@click.option("--noise", type=int, help="mqar: noise words between facts and queries [256]; 1 = one filler word.")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
-            workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values) -> None:
+            workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values, noise) -> None:
     """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out.
 
     \b
@@ -91,7 +92,7 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
           --tokenizer tokenizers/code-8k.model --out data/mqar-far
     """
     task_options = {"pairs": pairs, "queries": queries, "distance": distance, "segment_len": segment_len,
-                    "keys": keys, "values": values}
+                    "keys": keys, "values": values, "noise": noise}
     if task is not None:
         from elastic_cli.data.tasks import prepare_task
 
@@ -155,9 +156,6 @@ def config_show(args) -> None:
     console.out(dump_yaml(load_config(*split_args(args))), end="")
 
 
-SCHEDULES = ("uniform", "exponential", "gauss", "power")  # elastic_cli.memory.hippo.SCHEDULES (tests check)
-
-
 def _range(value: str | None) -> tuple[int, int] | None:
     """'A:B' (or 'A') -> (A, B) whole numbers."""
     if value is None:
@@ -169,12 +167,24 @@ def _range(value: str | None) -> tuple[int, int] | None:
         raise UsageError(f"--distance takes A:B in whole segments (e.g. 2:7), got {value!r}") from None
 
 
-def _schedules(value: str | None) -> list[str]:
-    names = [v.strip() for v in (value or "").split(",") if v.strip()]
-    bad = [n for n in names if n not in SCHEDULES]
-    if bad:
-        raise UsageError(f"--compare-sampling: unknown schedule(s) {', '.join(bad)}; choose from {', '.join(SCHEDULES)}")
-    return names
+class Schedule(click.ParamType):
+    """memory.schedule values (a comma-separated list when many), checked against the one list,
+    memory.hippo.SCHEDULES, when used (importing it at startup would import torch)."""
+
+    name = "schedule"
+
+    def __init__(self, many: bool = False):
+        self.many = many
+
+    def convert(self, value, param, ctx):
+        from elastic_cli.memory.hippo import SCHEDULES
+
+        names = [v.strip() for v in value.split(",") if v.strip()] if self.many else [value]
+        bad = [n for n in names if n not in SCHEDULES]
+        if bad or not names:
+            flag = param.opts[0] if param is not None else "schedule"
+            raise UsageError(f"{flag}: unknown schedule(s) {', '.join(bad) or repr(value)}; choose from {', '.join(SCHEDULES)}")
+        return names if self.many else value
 
 
 @cli.command("eval", epilog=EXIT_CODES_HELP)
@@ -183,17 +193,17 @@ def _schedules(value: str | None) -> list[str]:
 @click.option("--data", "data_dir", metavar="DIR", help="Prepared data (default: the run's data.path).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]),
               help="Which documents (default: the run's eval.split, usually val).")
-@click.option("--sampling", type=click.Choice(SCHEDULES),
-              help="Elastic Memory sampling schedule at test time (the same weights load).")
+@click.option("--schedule", "--sampling", "schedule", type=Schedule(), metavar="NAME",
+              help="Elastic Memory read schedule (memory.schedule) at test time: the same weights load.")
 @click.option("--samples", type=click.IntRange(min=1), metavar="M", help="Memory samples M read by attention.")
-@click.option("--compare-sampling", metavar="A,B,..",
-              help="Evaluate each schedule in one run, side by side, e.g. uniform,exponential,gauss.")
+@click.option("--compare-schedules", "--compare-sampling", "compare", type=Schedule(many=True), metavar="A,B,..",
+              help="Evaluate each read schedule in one run, side by side, e.g. uniform,exponential,gauss.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Documents read together (default: eval.batch).")
 @click.option("--max-docs", type=click.IntRange(min=1),
               help="Only the first N documents of the split (default: eval.max_batches x batch size, or all).")
 @click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
 @click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib).")
-def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_size, max_docs, json_path, plot_path):
+def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_docs, json_path, plot_path):
     """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
 
     Whole documents are read in order with memory carried through each one; the numbers (all
@@ -205,12 +215,11 @@ def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_s
     from elastic_cli import evaluate, inference
     from elastic_cli.atomic import write_atomic
 
-    compare = _schedules(compare_sampling)
     json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
     plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
     if plot_file is not None:
         evaluate.check_plot_available()
-    report = evaluate.run_eval(ckpt, data_dir, split, sampling, samples, compare, batch_size, max_docs)
+    report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs)
     text = json.dumps(report, indent=1)
     if json_path == "-":
         console.out(text)
@@ -237,10 +246,11 @@ def eval_cmd(ckpt, data_dir, split, sampling, samples, compare_sampling, batch_s
               help="Nucleus: keep the smallest set of tokens with probability >= p, in (0, 1].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same output.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--sampling", type=click.Choice(SCHEDULES), help="Elastic Memory sampling schedule at test time.")
+@click.option("--schedule", "--sampling", "schedule", type=Schedule(), metavar="NAME",
+              help="Elastic Memory read schedule (memory.schedule) at test time.")
 @click.option("--output", metavar="FILE.jsonl", help="Also write one JSON object per sample to this file.")
 def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
-                 sampling, output):
+                 schedule, output):
     """Continue a prompt, streaming tokens to stdout.
 
     A long --file (a whole book or repository) is read into memory segment by segment: each
@@ -251,16 +261,16 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
     top-k, temperature, top-p (as in litgpt); --temperature 0 is greedy decoding.
     """
     from elastic_cli import generate, inference
-    from elastic_cli.sampling import SamplingOptions, check_options
+    from elastic_cli.decoding import DecodingOptions, check_options
 
-    opts = check_options(SamplingOptions(temperature, top_k, top_p))
+    opts = check_options(DecodingOptions(temperature, top_k, top_p))
     if stdin is not None:
         if file is not None:
             raise UsageError("give either - (stdin) or --file, not both")
         file = "-"
     out_file = inference.check_writable(output, "--output") if output else None
     text = generate.read_prompt(prompt, file)
-    generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, sampling, out_file)
+    generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, schedule, out_file)
 
 
 @cli.command("export", epilog=EXIT_CODES_HELP)
@@ -287,7 +297,7 @@ def export_cmd(ckpt, out, overwrite) -> None:
 @click.option("--include-path", metavar="DIR", help="A folder of your own task YAMLs.")
 @click.option("--limit", type=float, help="Documents per task (a fraction if < 1).")
 @click.option("--num-fewshot", type=click.IntRange(min=0))
-@click.option("--model-args", metavar="K=V,..", help="sampling=, samples=, seed=, document_end=true (score EOS too).")
+@click.option("--model-args", metavar="K=V,..", help="schedule=, samples=, seed=, document_end=true (score EOS too).")
 @click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100000, show_default=True)
 @click.option("--json", "json_path", metavar="PATH", help="Also write the results as JSON.")
 def lm_eval_cmd(ckpt, tasks, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters,
@@ -312,7 +322,8 @@ Measure what memory costs, all variants in one process (interleaved, repeated; m
 train tokens/s of every memory kind vs `none`, peak memory at 4k vs 64k tokens of history, time per
 generated token after 1k vs 64k tokens, Elastic Memory kernels vs a plain matmul, MFU on CUDA.
   elastic bench --recipe recipes/tiny.yaml --quick
-  elastic bench --recipe recipes/tiny.yaml memory.order=32 memory.samples=32 --json bench.json"""
+  elastic bench --recipe recipes/tiny.yaml memory.order=32 memory.samples=32 --json bench.json
+KIND.key=value sets an option of one kind's variant only, e.g. xl.cache=32 memorizing.store=256."""
 
 
 @cli.command("bench", epilog=EXIT_CODES_HELP, help=BENCH_HELP)

@@ -16,13 +16,18 @@ from typing import Iterator
 from rich.console import Console
 from rich.table import Table
 
-_RANK = int(os.environ.get("RANK", "0"))
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 _out = Console(highlight=False, soft_wrap=True)
 
 
+def rank() -> int:
+    """This process's rank as the launcher set it (torchrun/srun: RANK), 0 when run alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_rank0() -> bool:
-    return _RANK == 0
+    """The one notion of rank 0 (console output, run files, checkpoints)."""
+    return rank() == 0
 
 
 def interactive() -> bool:
@@ -38,13 +43,13 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning from any rank; other ranks prefix their rank."""
-    prefix = "" if is_rank0() else f"[rank {_RANK}] "
+    prefix = "" if is_rank0() else f"[rank {rank()}] "
     _err.print(f"{prefix}warning: {message}", markup=False, style="yellow")
 
 
 def error(message: str) -> None:
     """The one line a failing command prints before it exits."""
-    prefix = "" if is_rank0() else f"[rank {_RANK}] "
+    prefix = "" if is_rank0() else f"[rank {rank()}] "
     _err.print(f"{prefix}error: {message}", markup=False, style="bold red")
 
 

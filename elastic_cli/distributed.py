@@ -40,10 +40,6 @@ def world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def is_main() -> bool:
-    return rank() == 0
-
-
 def pick_device(kind: str) -> torch.device:
     """run.device auto|cpu|cuda -> the device of this process (cuda:LOCAL_RANK under torchrun)."""
     if kind == "auto":

@@ -1,4 +1,4 @@
-"""Errors a user can fix, each with the exit code documented in `elastic --help` (DESIGN.md §4).
+"""Errors a user can fix, each with the exit code documented in `elastic --help` and README.md ("Exit codes").
 
 Raise these anywhere outside model/ and memory/; `cli.main` turns them into one line on stderr
 and the exit code, with no traceback.

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from elastic_cli import console, inference
+from elastic_cli import console, inference, precision
 from elastic_cli.atomic import write_atomic
+from elastic_cli.data.compat import check_data
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.scoring import GAIN_THRESHOLD, Tally, score  # noqa: F401  (Tally: part of this module's API)
 
@@ -46,10 +47,10 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return peak * (1 if sys.platform == "darwin" else 1024), "cpu_peak_rss"
 
 
-def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int | None,
+def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int | None,
                  batch_size: int | None, max_docs: int | None) -> dict:
     """One model variant on one split -> a result record."""
-    loaded = inference.load(ckpt, sampling, samples)
+    loaded = inference.load(ckpt, schedule, samples)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
     batch = batch_size or cfg.eval.batch
     if max_docs is None and cfg.eval.max_batches is not None:  # the run's eval.max_batches batches of documents
@@ -60,10 +61,10 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
     n_bytes = sum(int(data.doc_bytes(i)) for i in ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    label = f"eval {cfg.memory.kind}" + (f"/{cfg.memory.sampling}" if cfg.memory.kind == "elastic" else "")
+    label = f"eval {cfg.memory.kind}" + "".join(f"/{v}" for k, v in cfg.memory.options().items() if k == "schedule")
     t0 = time.perf_counter()
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
-        tally = score(model, docs, answers, batch, device, lambda: inference.autocast(cfg, device), bar,
+        tally = score(model, docs, answers, batch, device, lambda: precision.autocast(device, cfg.train.dtype), bar,
                       gain=not any(answers))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -72,8 +73,7 @@ def evaluate_one(ckpt: str, data, split: str, sampling: str | None, samples: int
     mem = cfg.memory
     return {
         "checkpoint": str(loaded.ckpt),
-        "memory": {"kind": mem.kind, **({"sampling": mem.sampling, "samples": mem.samples, "order": mem.order}
-                                        if mem.kind == "elastic" else {})},
+        "memory": {"kind": mem.kind, **mem.options()},
         "docs": len(ids), "tokens": tally.tokens, "bytes": n_bytes,
         "loss": tally.nll / tally.tokens,
         "perplexity": perplexity(tally.nll, tally.tokens),
@@ -120,25 +120,25 @@ def xz_bits_per_byte(data, ids: list[int], n_bytes: int) -> float | None:
     return 8.0 * size / n_bytes
 
 
-def run_eval(ckpt: str, data_dir: str | None, split: str | None, sampling: str | None, samples: int | None,
+def run_eval(ckpt: str, data_dir: str | None, split: str | None, schedule: str | None, samples: int | None,
              compare: list[str], batch_size: int | None, max_docs: int | None) -> dict:
-    """`elastic eval`: one result per sampling schedule (just one without --compare-sampling)."""
+    """`elastic eval`: one result per read schedule (just one without --compare-schedules)."""
     from elastic_cli.data.loader import PreparedData
 
-    if compare and sampling:
-        raise UsageError("use either --sampling or --compare-sampling, not both")
+    if compare and schedule:
+        raise UsageError("use either --schedule or --compare-schedules, not both")
     _, cfg = inference.read_config(ckpt)  # fail early on a bad checkpoint; its config names the data
     path = Path(data_dir or cfg.data.path)
     if not (path / "meta.json").is_file():
         raise DataError(f"no prepared data at {path} (no meta.json); run `elastic prepare` or pass --data")
     data = PreparedData(path)
-    warning = inference.check_data_matches(cfg, data.meta, path)
+    warning = check_data(cfg, data.meta, path)
     if warning:
         console.warn(warning)
     split = split or cfg.eval.split
     if not data.documents(split):
         raise DataError(f"{path} has no documents in split {split!r}")
-    results = [evaluate_one(ckpt, data, split, s, samples, batch_size, max_docs) for s in (compare or [sampling])]
+    results = [evaluate_one(ckpt, data, split, s, samples, batch_size, max_docs) for s in (compare or [schedule])]
     return {"data": str(path), "split": split, "results": results}
 
 
@@ -149,10 +149,10 @@ def shown_segments(n: int) -> list[int]:
 
 
 def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """Metrics down, variants across (side by side for --compare-sampling)."""
+    """Metrics down, variants across (side by side for --compare-schedules)."""
     res = report["results"]
-    names = [r["memory"]["kind"] + (f" {r['memory']['sampling']} M={r['memory']['samples']}"
-                                     if "sampling" in r["memory"] else "") for r in res]
+    names = [r["memory"]["kind"] + (f" {r['memory']['schedule']} M={r['memory']['samples']}"
+                                     if "schedule" in r["memory"] else "") for r in res]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     rows = [["perplexity"] + [fmt(r["perplexity"], ".3f") for r in res],
             ["bits per byte"] + [fmt(r["bits_per_byte"], ".4f") for r in res],

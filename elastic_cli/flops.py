@@ -3,59 +3,39 @@
 Convention (PaLM, Chowdhery et al. 2022, Appendix B; nanoGPT `estimate_mfu`): a multiply-add is
 2 FLOPs; only matrix products are counted (norms, softmax, RoPE, the optimizer are not); causal
 attention is counted as the full l x l square; backward = 2 x forward, so a train step is
-3 x forward. Memory FLOPs are the design's math (DESIGN.md §2.2): nothing is read or carried over
-at t = 0, although the implementation computes (and masks) an empty read there.
+3 x forward. Memory FLOPs are each kind's own count (`Memory.cost`, e.g. Elastic Memory's read
+2 * 2 M N D and write 2 (2 N l D + 2 N^2 D), docs/memory.md): nothing is read at t = 0, although
+an implementation may compute (and mask) an empty read there.
 
-Per layer, for one segment of l tokens of one sequence (D model width, F MLP hidden, M memory
-keys read, N order, H heads x d head width = D):
-  projections q, k, v, o      4 * 2 l D^2
-  SwiGLU MLP                  3 * 2 l D F
-  attention logits + values   2 * 2 l (l + M) D
-  Elastic Memory read         2 * 2 M N D           (S @ C_K and S @ C_V)
-  Elastic Memory write        2 * (2 N l D + 2 N^2 D)  (W @ X, and R @ C when t > 0)
+Per layer, for one segment of l tokens of one sequence, n = l + memory-token slots rows (D model
+width, F MLP hidden, M memory keys read in the softmax, H heads x d head width = D):
+  projections q, k, v, o      4 * 2 n D^2
+  SwiGLU MLP                  3 * 2 n D F
+  attention logits + values   2 * 2 n (n + M) D
+  memory read + write         Memory.cost(l, t)
 plus the output head 2 l D V once per segment.
 """
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 from torch import nn
 
-from .memory.elastic import ElasticMemory
-from .memory.none import NoMemory
-
-
-class MemoryCost(NamedTuple):
-    keys: int  # M: extra keys/values read by the attention of one layer
-    flops: int  # memory read + write FLOPs of one layer, one segment, one sequence
-
-
-def memory_cost(memory: nn.Module | None, l: int, t: int, d_model: int) -> MemoryCost | None:
-    """FLOPs a layer's memory adds for a segment of l tokens after t tokens; None for a kind
-    without a FLOP formula here (its MFU is then not reported)."""
-    if memory is None or isinstance(memory, NoMemory):
-        return MemoryCost(0, 0)
-    if isinstance(memory, ElasticMemory):
-        n, m = memory.order, memory.samples
-        write = 2 * (2 * n * l * d_model + (2 * n * n * d_model if t > 0 else 0))
-        if t == 0:
-            return MemoryCost(0, write)
-        return MemoryCost(m, 2 * 2 * m * n * d_model + write)
-    return None
+from .memory.base import MemoryCost
 
 
 def segment_flops(model: nn.Module, l: int, t: int) -> int | None:
     """Forward FLOPs of one sequence's segment of l tokens after t tokens of its document."""
     d = model.embed.weight.shape[1]
     vocab = model.embed.weight.shape[0]
+    n = l + model.front + model.back  # rows: tokens and memory-token slots
     total = 2 * l * d * vocab  # output head
     for block in model.blocks:
         hidden = block.mlp.w1.weight.shape[0]
-        cost = memory_cost(block.memory, l, t, d)
+        cost = MemoryCost(0, 0, 0) if block.memory is None else block.memory.cost(l, t)
         if cost is None:
             return None
-        total += 4 * 2 * l * d * d + 3 * 2 * l * d * hidden + 2 * 2 * l * (l + cost.keys) * d + cost.flops
+        total += 4 * 2 * n * d * d + 3 * 2 * n * d * hidden + 2 * 2 * n * (n + cost.keys) * d + cost.flops
     return total
 
 

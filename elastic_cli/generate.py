@@ -17,10 +17,10 @@ from typing import Iterator
 
 import torch
 
-from elastic_cli import console, inference
+from elastic_cli import console, inference, precision
 from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.sampling import SamplingOptions, make_generator, sample
+from elastic_cli.decoding import DecodingOptions, make_generator, next_token
 
 CONTEXT_TOKENS = 4  # prompt tokens the incremental decoder starts from (keeps the first space)
 
@@ -93,13 +93,13 @@ def prefill(model, ids: list[int], device: torch.device, amp=nullcontext) -> tup
 
 
 @torch.no_grad()
-def continuation(model, stream, logits: torch.Tensor, max_new: int, opts: SamplingOptions,
+def continuation(model, stream, logits: torch.Tensor, max_new: int, opts: DecodingOptions,
                  generator: torch.Generator, eos_id: int | None, amp=nullcontext) -> Iterator[tuple[int, float]]:
     """Yield (token, log-prob under the model) for up to max_new tokens, stopping after EOS.
 
     logits (1, V) predict the first token; the stream is not modified (values, not buffers)."""
     for i in range(max_new):
-        token = sample(logits, opts, generator)  # (1,)
+        token = next_token(logits, opts, generator)  # (1,)
         logprob = float(torch.log_softmax(logits.float(), dim=-1)[0, token[0]])
         yield int(token[0]), logprob
         if int(token[0]) == eos_id or i == max_new - 1:
@@ -124,15 +124,16 @@ def stream_numel(stream) -> int:
     return sum(t.numel() for t in leaves if t.is_floating_point())
 
 
-def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: SamplingOptions, seed: int,
-                 num_samples: int, sampling: str | None, output: Path | None) -> list[dict]:
+def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: DecodingOptions, seed: int,
+                 num_samples: int, schedule: str | None, output: Path | None) -> list[dict]:
     """`elastic generate`: prints each sample to stdout as it is produced; returns the records
     (also written as JSONL to `output`)."""
+    from elastic_cli.data.compat import model_tokenizer
     from elastic_cli.data.tokenizer import Tokenizer
 
-    loaded = inference.load(ckpt, sampling)
+    loaded = inference.load(ckpt, schedule)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
-    tok_path, _ = inference.model_tokenizer(cfg)
+    tok_path, _ = model_tokenizer(cfg)
     if tok_path is None:
         raise DataError(f"cannot find the tokenizer of {loaded.ckpt}: its data.tokenizer "
                         f"({cfg.data.tokenizer}) is not a file here")
@@ -140,7 +141,7 @@ def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: SamplingOption
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise DataError(f"tokenizer {tok_path} has {tokenizer.vocab_size} pieces, the model {cfg.model.vocab_size}")
     ids = [tokenizer.bos_id] + tokenizer.encode(text)
-    amp = lambda: inference.autocast(cfg, device)  # noqa: E731
+    amp = lambda: precision.autocast(device, cfg.train.dtype)  # noqa: E731
     t0 = time.perf_counter()
     logits, stream = prefill(model, ids, device, amp)
     console.info(f"read {len(ids)} prompt tokens in {time.perf_counter() - t0:.1f}s; "

@@ -12,7 +12,7 @@ its whole text through memory, segment by segment; nothing is truncated to a win
 - generate_until: streamed as `elastic generate` (greedy unless the task samples), stopped at the
   first stop string (cut off) or EOS.
 
-Model args: ckpt (required), sampling, samples (Elastic Memory test-time options), document_end,
+Model args: ckpt (required), schedule, samples (Elastic Memory test-time options), document_end,
 seed; batch_size, max_batch_size and device are accepted from the harness (documents are read one
 at a time; the device is the run's).
 """
@@ -23,12 +23,13 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from elastic_cli import inference
+from elastic_cli import inference, precision
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError
 from elastic_cli.generate import continuation
 from elastic_cli.lm_eval_tasks import MODEL_ARGS
-from elastic_cli.sampling import SamplingOptions, check_options, make_generator
+from elastic_cli.data.compat import model_tokenizer
+from elastic_cli.decoding import DecodingOptions, check_options, make_generator
 from elastic_cli.scoring import score
 
 TRUE = ("1", "true", "yes")
@@ -38,14 +39,14 @@ TRUE = ("1", "true", "yes")
 class ElasticLM(TemplateLM):
     backend = "causal"
 
-    def __init__(self, ckpt: str, sampling: str | None = None, samples: int | None = None,
+    def __init__(self, ckpt: str, schedule: str | None = None, samples: int | None = None,
                  document_end: bool | str = False, seed: int = 0, batch_size=None, max_batch_size=None,
                  device=None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"elastic model: unknown model_args {sorted(unknown)}; known: ckpt, {', '.join(MODEL_ARGS)}")
-        self.loaded = inference.load(ckpt, sampling, int(samples) if samples is not None else None)
-        tok_path, _ = inference.model_tokenizer(self.loaded.cfg)
+        self.loaded = inference.load(ckpt, schedule, int(samples) if samples is not None else None)
+        tok_path, _ = model_tokenizer(self.loaded.cfg)
         if tok_path is None:
             raise DataError(f"cannot find the tokenizer of {self.loaded.ckpt}")
         self.tok = Tokenizer.load(tok_path)
@@ -77,7 +78,7 @@ class ElasticLM(TemplateLM):
         return self.tok.decode(ids)
 
     def _amp(self):
-        return inference.autocast(self.loaded.cfg, self._device)
+        return precision.autocast(self._device, self.loaded.cfg.train.dtype)
 
     @torch.no_grad()
     def _stream(self, ids: list[int]):
@@ -128,7 +129,7 @@ class ElasticLM(TemplateLM):
         max_new = int(kwargs.pop("max_gen_toks", 256))
         sample = bool(kwargs.pop("do_sample", False))
         temperature = float(kwargs.pop("temperature", 1.0 if sample else 0.0))
-        opts = check_options(SamplingOptions(temperature if sample else 0.0, kwargs.pop("top_k", None),
+        opts = check_options(DecodingOptions(temperature if sample else 0.0, kwargs.pop("top_k", None),
                                              float(kwargs.pop("top_p", 1.0))))
         with self._amp():  # the prompt in one call: the same segment chunks as `elastic generate`'s prefill
             logits, stream = self.model.step(torch.tensor([self.tok_encode(context)], device=self._device),

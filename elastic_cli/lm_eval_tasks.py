@@ -20,7 +20,7 @@ from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
 
 HINT = "pip install 'elastic-cli[lm-eval]' (or: pip install lm_eval)"
-MODEL_ARGS = ("sampling", "samples", "document_end", "seed")  # ElasticLM's own options (besides ckpt)
+MODEL_ARGS = ("schedule", "samples", "document_end", "seed")  # ElasticLM's own options (besides ckpt)
 ROLLING_METRICS = [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")]
 
 
@@ -59,14 +59,15 @@ def _task(name: str, jsonl: Path, **fields) -> dict:
 
 def write_local_tasks(cfg, data_dir: str, split: str, out: Path) -> list[str]:
     """Write docs.jsonl (answers.jsonl for task data) and the task YAMLs into `out`; returns the task names."""
+    from elastic_cli.data.compat import check_data, model_tokenizer
     from elastic_cli.data.loader import PreparedData
     from elastic_cli.data.tokenizer import Tokenizer
 
     data = PreparedData(data_dir)
-    warning = inference.check_data_matches(cfg, data.meta, Path(data_dir))
+    warning = check_data(cfg, data.meta, Path(data_dir))
     if warning:
         console.warn(warning)
-    tok_path, _ = inference.model_tokenizer(cfg)
+    tok_path, _ = model_tokenizer(cfg)
     if tok_path is None:
         raise DataError(f"cannot find the tokenizer the model was trained with ({cfg.data.tokenizer})")
     rows, answers, differ = task_rows(data, split, Tokenizer.load(tok_path))

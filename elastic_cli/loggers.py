@@ -77,7 +77,10 @@ class WandbSink:
         self.run.log(scalars(record), step=record["step"])
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        wandb.teardown()  # wait until the W&B service has written every record (atexit is not reliable under torchrun)
 
 
 def scalars(record: dict) -> dict[str, float]:

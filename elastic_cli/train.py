@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from elastic_cli import checkpoint, console, distributed, loggers
+from elastic_cli import checkpoint, console, distributed, loggers, precision
 from elastic_cli.build import build_model, describe
-from elastic_cli.config import RunConfig, check_data, check_world, config_hash, diff, dump_yaml, load_config, to_dict
+from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
+from elastic_cli.data.compat import check_data
 from elastic_cli.data.loader import PreparedData, SegmentLoader
 from elastic_cli.errors import DataError, Preempted, UsageError
 from elastic_cli.memory.base import detach_state
@@ -77,7 +77,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     t, rank, world = cfg.train, distributed.rank(), distributed.world()
     check_world(cfg, world)
     loggers.check_installed(cfg.run.loggers)
-    if world != cfg.run.gpus * cfg.run.nodes and distributed.is_main():
+    if world != cfg.run.gpus * cfg.run.nodes and console.is_rank0():
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
     data = open_data(cfg)
@@ -98,8 +98,8 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
         step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
     net = distributed.wrap(model)
     forward = torch.compile(net) if t.compile else net
-    bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    bf16 = precision.uses_bf16(device.type, t.dtype)
+    autocast = precision.autocast(device, t.dtype)
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
@@ -143,7 +143,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                     log.write(f"saved {ckpt}", echo=not console.interactive())
                     t_last = time.monotonic()
                 if preempt and step < t.steps:
-                    if distributed.is_main():
+                    if console.is_rank0():
                         checkpoint.mark_preempted(run_dir, step)
                     distributed.barrier()
                     raise Preempted(f"stopped by a signal at step {step}; resume with --resume auto")
@@ -253,7 +253,7 @@ def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> tuple[float,
 def open_data(cfg: RunConfig) -> PreparedData:
     """The prepared data, checked against the model and tokenizer (DataError, exit 3)."""
     data = PreparedData(cfg.data.path)
-    check_data(cfg, data.vocab_size, data.meta.get("tokenizer_sha256"), cfg.data.path)
+    check_data(cfg, data.meta, cfg.data.path)  # its own meta: nothing to warn about when no tokenizer is named
     return data
 
 
@@ -276,7 +276,7 @@ def _prepare_run(cfg, run_dir, resume, overwrite, argv, world) -> str | None:
 def _on_rank0(fn):
     """Run fn on rank 0 and share its result (or its error) with every rank."""
     result, error = None, None
-    if distributed.is_main():
+    if console.is_rank0():
         try:
             result = fn()
         except (UsageError, DataError) as e:
@@ -306,7 +306,7 @@ def _resume(ckpt: Path, cfg, model, optimizer, loader, device) -> tuple[int, int
 def _save(cfg, run_dir, step, tokens, model, optimizer, loader) -> Path:
     rngs = distributed.all_gather_object(checkpoint.rng_state())
     path = None
-    if distributed.is_main():
+    if console.is_rank0():
         state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
                  "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
         path = checkpoint.save(run_dir, step, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last)
@@ -333,7 +333,7 @@ class _Log:
     """train.log (plain text, rank 0, appended on resume); lines are echoed on stderr when asked."""
 
     def __init__(self, path: Path):
-        self._f = open(path, "a", encoding="utf-8") if distributed.is_main() else None
+        self._f = open(path, "a", encoding="utf-8") if console.is_rank0() else None
 
     def write(self, line: str, echo: bool = True) -> None:
         if echo:

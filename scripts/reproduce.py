@@ -51,7 +51,7 @@ def memory(kind: str, z: dict, size: int | None = None) -> tuple[str, list[str]]
     table = {
         "none": ("none", ["memory.kind=none"]),
         "elastic": (f"elastic-order{n}-uniform", ["memory.kind=elastic", f"memory.order={n}", f"memory.samples={n}",
-                                                  "memory.sampling=uniform"]),
+                                                  "memory.schedule=uniform"]),
         "xl": (f"xl-cache{n}", ["memory.kind=xl", f"memory.cache={n}"]),
         "memorizing": (f"memorizing-store{layers * n}", ["memory.kind=memorizing", f"memory.layers=[{mid}]",
                                                          f"memory.store={layers * n}", f"memory.topk={max(1, n // 2)}"]),
@@ -89,6 +89,10 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             out.append({"name": f"memorizing-store{z['length']}-paper", "kind": "memorizing", "data": "mqar",
                         "group": "paper", "over": ["memory.kind=memorizing", f"memory.layers=[{z['layers'] // 2}]",
                                                    f"memory.store={z['length']}", "memory.topk=32"]})
+        if "infinity" in kinds:  # Martins et al. 2022 detach the long-term memory; ours passes gradients
+            name, over = memory("infinity", z)
+            out.append({"name": name + "-detached-paper", "kind": "infinity", "data": "mqar", "group": "paper",
+                        "over": [*over, "memory.detach=true"]})
         if "xl" in kinds:  # Dai et al. 2019 cache as many tokens as the segment (and more at eval): cover the document
             out.append({"name": f"xl-cache{z['length']}-paper", "kind": "xl", "data": "mqar", "group": "paper",
                         "over": ["memory.kind=xl", f"memory.cache={z['length']}"]})
@@ -165,7 +169,7 @@ def train_and_eval(run: Runner, z: dict, v: dict, data: Path) -> None:
     # the variant's own overrides come last: the control changes the segment length and window
     if not run(f"train-{tag}", "train", "recipes/tiny.yaml", *shape, *schedule, *where, *v["over"], "--overwrite"):
         return
-    compare = ["--compare-sampling", ",".join(v["compare"])] if v.get("compare") else []
+    compare = ["--compare-schedules", ",".join(v["compare"])] if v.get("compare") else []
     run(f"eval-{tag}", "eval", "--ckpt", str(run_dir), "--split", "test", "--max-docs",
         str(z["eval_docs"] if task else z["lm_docs"]), *compare, "--json", str(report))
 

@@ -63,13 +63,13 @@ def collect(out: Path) -> dict:
         results = json.loads(path.read_text())["results"] if path.is_file() else [None]
         floats = memory_floats(run_dir)
         for i, r in enumerate(results):
-            sampling = r and r["memory"].get("sampling")
-            name = v["name"] if i == 0 else v["name"].replace("-uniform", "") + f"-{sampling}"
+            schedule = r and (r["memory"].get("schedule") or r["memory"].get("sampling"))
+            name = v["name"] if i == 0 else v["name"].replace("-uniform", "") + f"-{schedule}"
             if r is None:
                 table[section][name] = None
                 continue
             base = {"kind": v["kind"], "group": v["group"] if i == 0 else "sampling", "footprint_floats": floats,
-                    "read_schedule": sampling, "command_run_dir": str(run_dir)}
+                    "read_schedule": schedule, "command_run_dir": str(run_dir)}
             if section == "mqar":
                 by_d = r["answer_by_distance"]
                 table[section][name] = {**base, "accuracy_by_distance": {d: x["accuracy"] for d, x in by_d.items()},

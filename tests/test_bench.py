@@ -121,7 +121,7 @@ def test_eval_peak_flat_for_none_and_elastic_and_grows_for_a_growing_memory():
     doc = toks(1, 8 * SEG)
     peaks = {}
     for kind in ("none", "elastic", "grow"):
-        model = build(kind, sampling="exponential") if kind == "elastic" else build("none")
+        model = build(kind, schedule="exponential") if kind == "elastic" else build("none")
         if kind == "grow":
             for block in model.blocks:
                 block.memory = GrowingMemory(HEADS, D // HEADS)
@@ -147,7 +147,7 @@ def test_evaluate_document_is_the_mean_next_token_loss():
 
 
 def test_generation_is_greedy_decoding_of_the_full_forward():
-    model = build(sampling="exponential")
+    model = build(schedule="exponential")
     prefix = toks(1, 2 * SEG + 3)
     stream, last = bench.read_prefix(model, prefix, nullcontext())
     got = bench.generate_greedy(model, stream, last, SEG, nullcontext())
@@ -214,7 +214,7 @@ def test_summary_rows_mark_targets():
 
 RECIPE = """
 model: {vocab_size: 64, d_model: 16, n_layer: 2, n_head: 2, mlp_hidden: 32, segment_len: 512}
-memory: {kind: elastic, order: 8, samples: 8, cache: 8, store: 16, topk: 4, short_tokens: 4, summary_tokens: 2}
+memory: {kind: elastic, order: 8, samples: 8}
 data: {path: unused-by-bench}
 train: {global_batch: 2, micro_batch: 2, segments: 2, bptt_segments: 1, steps: 1, lr: 1.0e-3}
 """
@@ -234,9 +234,13 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "b" / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "bench", "--recipe", str(recipe), "--quick",
-                           "--device", "cpu", "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+                           "--device", "cpu", "--json", str(out), "xl.cache=8", "memorizing.store=16", "memorizing.topk=4",
+                           "melodi.short_tokens=4", "melodi.summary_tokens=2"],
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
+    assert result["variants"]["xl"]["memory"] == {"kind": "xl", "layers": "all", "cache": 8}  # KIND.key=value
+    assert result["variants"]["elastic"]["memory"]["order"] == 8  # the recipe's own kind keeps its options
     kinds = [k for k in REGISTRY if k in result["variants"]]
     assert {"none", "elastic"} <= set(kinds)
     for key in ("device", "torch", "recipe", "variants", "train_ratio_elastic_vs_none", "eval_memory_ratio_64k_vs_4k",

@@ -130,9 +130,9 @@ def test_rng_state_round_trips_through_json():
 def test_load_for_inference_with_test_time_overrides(tmp_path):
     cfg, model, opt = trained()
     save(tmp_path, 1, cfg, model, opt)
-    cfg2, model2, ckpt = checkpoint.load_for_inference(tmp_path, ["memory.sampling=exponential"])
-    assert cfg2.memory.sampling == "exponential" and ckpt.name == "step_00000001" and not model2.training
-    assert model2.blocks[0].memory.sampling == "exponential"
+    cfg2, model2, ckpt = checkpoint.load_for_inference(tmp_path, ["memory.schedule=exponential"])
+    assert cfg2.memory.schedule == "exponential" and ckpt.name == "step_00000001" and not model2.training
+    assert model2.blocks[0].memory.schedule == "exponential"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
     tokens = torch.arange(8).view(1, 8)
     base = checkpoint.load_for_inference(tmp_path)[1]

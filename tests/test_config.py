@@ -13,7 +13,8 @@ import yaml
 
 import tiny_run
 from elastic_cli.build import build_model, layer_options
-from elastic_cli.config import MEMORY_KINDS, MEMORY_OPTIONS, check_data, dump_yaml, load_config
+from elastic_cli.config import dump_yaml, load_config, memory_kinds
+from elastic_cli.data.compat import check_data
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.memory import REGISTRY
 
@@ -51,17 +52,58 @@ def test_big_recipes_are_32k_windows_of_2048_and_about_100m_parameters():
 
 
 def test_memory_kinds_match_the_registry_and_their_constructors():
-    assert set(MEMORY_KINDS) == set(REGISTRY) == set(MEMORY_OPTIONS)
-    for kind in MEMORY_KINDS:
-        cfg = load_config("recipes/tiny.yaml", [f"memory.kind={kind}", "memory.long_layer=1"])
+    assert memory_kinds() == tuple(REGISTRY)
+    for kind in memory_kinds():
+        cfg = load_config("recipes/tiny.yaml", [f"memory.kind={kind}"])
+        assert isinstance(cfg.memory, REGISTRY[kind].Options)  # caching: a subclass that adds the base's options
+        options = type(cfg.memory).model_fields
+        assert set(cfg.memory.options()) == set(options) - {"kind", "layers"}
+        assert all(f.description for name, f in options.items() if name not in ("kind", "layers")), "help text"
         params = list(inspect.signature(REGISTRY[kind]).parameters)
         assert params[:2] == ["n_head", "head_dim"]
-        expected = set(MEMORY_OPTIONS[kind]) | ({"window", "long_layer"} if kind == "melodi" else set())
-        if kind == "caching":  # nested: the base kind's options ride along
-            expected |= set(MEMORY_OPTIONS[cfg.memory.base])
+        expected = set(cfg.memory.options()) | ({"window", "long_layer"} if kind == "melodi" else set())
+        if kind == "caching":  # the base kind's options sit next to caching's own
             params += list(inspect.signature(REGISTRY[cfg.memory.base]).parameters)
         assert set(layer_options(cfg, 1)) == expected and expected <= set(params[2:])
         build_model(cfg)
+
+
+def test_a_key_of_another_kind_is_an_error_naming_the_kinds_that_take_it(tmp_path):
+    with pytest.raises(UsageError, match=r"unknown key memory.order in command line \(an option of memory.kind=elastic, not xl\)"):
+        load_config("recipes/tiny.yaml", ["memory.kind=xl", "memory.order=999"])
+    with pytest.raises(UsageError, match=r"unknown key memory.cahce in command line; did you mean 'memory.cache'\?"):
+        load_config("recipes/tiny.yaml", ["memory.kind=xl", "memory.cahce=3"])
+    with pytest.raises(UsageError, match=r"unknown key memory.sampling in .*bad.yaml: it is now memory.schedule"):
+        load_config(write(tmp_path, "bad.yaml", f"base: {Path('recipes/tiny.yaml').resolve()}\nmemory: {{sampling: gauss}}\n"))
+
+
+def test_switching_kind_drops_the_old_kinds_options_and_keeps_layers(tmp_path):
+    cfg = load_config(["recipes/tiny.yaml", "recipes/memory/xl.yaml"], ["memory.layers=[1]"])
+    assert cfg.memory.model_dump() == {"kind": "xl", "layers": [1], "cache": 64}
+    shown = yaml.safe_load(dump_yaml(load_config("recipes/tiny.yaml", ["memory.cache=8", "memory.kind=xl"])))
+    assert shown["memory"] == {"kind": "xl", "layers": "all", "cache": 8}  # order of overrides does not matter
+    same = load_config("recipes/tiny.yaml", ["memory.kind=elastic", "memory.order=4"])
+    assert same.memory.samples == 16 and same.memory.order == 4  # same kind: options merge
+    base = load_config(["recipes/tiny.yaml", "recipes/memory/caching.yaml"], ["memory.base=infinity"])
+    assert base.memory.model_dump() == {"kind": "caching", "layers": "all", "base": "infinity", "aggregate": "gated",
+                                        "max_caches": 3, "top_k": 2, "basis": 64, "tau": 0.5, "ridge": 0.5,
+                                        "resample": 256, "sticky": False, "detach": False}  # caching's own options stay
+
+
+def test_config_saved_before_kinds_owned_their_options_still_loads(tmp_path):
+    """An old checkpoint's config.yaml holds every kind's fields, flat, and `sampling`."""
+    legacy = dict(order=8, samples=8, sampling="exponential", power=2.0, cache=64, store=768, topk=32, short_tokens=32,
+                  summary_tokens=16, long_layer=None, long_tokens=16, long_store=192, tokens=16, key_dim=64, nu=3,
+                  denom=True, basis=64, tau=0.5, ridge=0.5, resample=256, sticky=False, base="elastic",
+                  aggregate="residual", max_caches=8, top_k=2)
+    tree = yaml.safe_load(dump_yaml(load_config("recipes/tiny.yaml")))
+    for kind, expected in [("elastic", {"order": 8, "samples": 8, "schedule": "exponential", "power": 2.0}),
+                           ("caching", {"base": "elastic", "aggregate": "residual", "max_caches": 8, "top_k": 2,
+                                        "order": 8, "samples": 8, "schedule": "exponential", "power": 2.0})]:
+        tree["memory"] = {"kind": kind, "layers": "all", **legacy}
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        assert load_config(path).memory.model_dump() == {"kind": kind, "layers": "all", **expected}
 
 
 def test_melodi_gets_its_window_and_one_long_layer():
@@ -103,8 +145,8 @@ def test_config_show_round_trips(tmp_path):
 @pytest.mark.parametrize("text, override, message", [
     ("model: {d_modle: 64}", None, r"unknown key model.d_modle in .*bad.yaml; did you mean 'model.d_model'\?"),
     ("trian: {lr: 1.0}", None, r"unknown key trian in .*bad.yaml; did you mean 'train'\?"),
-    ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of none, elastic, xl, memorizing, melodi, rmt, armt, infinity, caching; did you mean 'elastic'\?"),
-    ("", "memory.sampling=exponentail", r"did you mean 'exponential'\?"),
+    ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of armt, caching, elastic, infinity, melodi, memorizing, none, rmt, xl; did you mean 'elastic'\?"),
+    ("", "memory.schedule=exponentail", r"did you mean 'exponential'\?"),
     ("model: {n_layer: two}", None, r"model.n_layer='two' in .*bad.yaml: input should be a valid integer"),
     ("", "train.betas=[0.9, x]", r"train.betas.1='x' in command line: input should be a valid number"),
     ("", "run.gpus=0", r"run.gpus=0 in command line: input should be greater than 0"),
@@ -145,14 +187,17 @@ def test_config_error_exits_2_without_traceback():
 
 
 def test_data_checks_are_data_errors(tmp_path):
-    cfg = load_config("recipes/tiny.yaml", [f"data.tokenizer={write(tmp_path, 't.model', 'spm')}"])
-    with pytest.raises(DataError, match="model.vocab_size=8000 but d/meta.json has vocab_size=4096"):
-        check_data(cfg, 4096, None, "d")
-    with pytest.raises(DataError, match="is not the tokenizer d was prepared with"):
-        check_data(cfg, 8000, "0" * 64, "d")
     import hashlib
 
-    check_data(cfg, 8000, hashlib.sha256(b"spm").hexdigest(), "d")
+    cfg = load_config("recipes/tiny.yaml", [f"data.tokenizer={write(tmp_path, 't.model', 'spm')}",
+                                            f"data.path={tmp_path / 'none'}"])
+    with pytest.raises(DataError, match="model.vocab_size=8000 but d/meta.json has vocab_size=4096"):
+        check_data(cfg, {"vocab_size": 4096, "tokenizer_sha256": None}, "d")
+    with pytest.raises(DataError, match="d was prepared with tokenizer sha256 000000000000, the model's tokenizer is"):
+        check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")
+    assert check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": hashlib.sha256(b"spm").hexdigest()}, "d") is None
+    unnamed = load_config("recipes/tiny.yaml", ["data.tokenizer=null", f"data.path={tmp_path / 'none'}"])
+    assert "records no tokenizer" in check_data(unnamed, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")
 
 
 def test_memory_option_checks():
@@ -162,7 +207,7 @@ def test_memory_option_checks():
         load_config("recipes/tiny.yaml", ["memory.kind=melodi", "memory.long_layer=0", "memory.long_tokens=0"])
     with pytest.raises(UsageError, match=r"memory.cache=-1 in command line: input should be greater than or equal to 0"):
         load_config("recipes/tiny.yaml", ["memory.kind=xl", "memory.cache=-1"])
-    with pytest.raises(UsageError, match=r"memory.base='xl' in command line: choose one of elastic, armt, infinity"):
+    with pytest.raises(UsageError, match=r"memory.base='xl' in command line: choose one of armt, elastic, infinity"):
         load_config("recipes/tiny.yaml", ["memory.kind=caching", "memory.base=xl"])
     bad = load_config("recipes/tiny.yaml", ["memory.kind=caching", "memory.base=elastic"])  # valid fields, rejected combination
     with pytest.raises(UsageError, match=r"memory.kind=caching: .*only aggregate=residual applies"):

@@ -108,9 +108,17 @@ def test_cursor_from_another_configuration_is_refused(data):
 
 
 def test_tokenizer_hash_is_checked(data, tmp_path):
-    data.check_tokenizer(Tokenizer.load(BOOKS))
+    from types import SimpleNamespace
+
+    from elastic_cli.data.compat import check_data
+
+    def model(tokenizer):  # the parts of a RunConfig the check reads
+        return SimpleNamespace(model=SimpleNamespace(vocab_size=data.vocab_size),
+                               data=SimpleNamespace(path=str(tmp_path / "elsewhere"), tokenizer=tokenizer))
+
+    assert check_data(model(BOOKS), data.meta, data.path) is None
     with pytest.raises(DataError, match="prepared with tokenizer sha256"):
-        data.check_tokenizer(Tokenizer.load(ROOT / "tokenizers" / "code-8k.model"))
+        check_data(model(str(ROOT / "tokenizers" / "code-8k.model")), data.meta, data.path)
 
 
 def test_truncated_shard_and_missing_meta_are_data_errors(data, tmp_path):

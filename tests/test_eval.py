@@ -98,7 +98,8 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tokenizers" / "code-8k.model"
 TINY = ["model.vocab_size=8000", "model.d_model=32", "model.n_head=2", "model.mlp_hidden=64",
-        "model.segment_len=16", "memory.order=8", "memory.samples=8"]
+        "model.segment_len=16"]
+SMALL_MEMORY = {"elastic": ["memory.order=8", "memory.samples=8"]}  # other kinds: their defaults
 
 
 def code_text(i: int) -> str:
@@ -121,7 +122,8 @@ def make_run(root: Path, kind: str = "elastic") -> Path:
         (src / f"mod{i}.py").write_text(code_text(i), encoding="utf-8")
     prepare([str(src)], str(TOKENIZER), str(root / "data"), val_frac=0.5, test_frac=0.2, workers=1)
     cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"data.path={root / 'data'}", f"data.tokenizer={TOKENIZER}",
-                                                       f"run.dir={root / 'run'}", f"memory.kind={kind}", *TINY])
+                                                       f"run.dir={root / 'run'}", f"memory.kind={kind}", *TINY,
+                                                       *SMALL_MEMORY.get(kind, [])])
     model = build_model(cfg)
     init_weights(model, seed=0)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -174,13 +176,13 @@ def test_eval_json_is_deterministic_and_consistent(run, capsys):
     assert r["speed"]["tokens_per_s"] > 0
 
 
-def test_compare_sampling_side_by_side_same_weights(run, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-sampling", "uniform,exponential,gauss",
+def test_compare_schedules_side_by_side_same_weights(run, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-schedules", "uniform,exponential,gauss",
                              "--samples", "4", "--json", tmp_path / "r.json", "--plot", tmp_path / "c.png")
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
     res = report["results"]
-    assert [r["memory"]["sampling"] for r in res] == ["uniform", "exponential", "gauss"]
+    assert [r["memory"]["schedule"] for r in res] == ["uniform", "exponential", "gauss"]
     assert all(r["memory"]["samples"] == 4 for r in res)
     # segment 1 has an empty memory: identical under every schedule; later segments read memory
     first = [r["loss_by_segment"][0] for r in res]
@@ -234,7 +236,7 @@ def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
     assert r["exact_match"] <= r["answer_token_accuracy"] <= 1 and r["answer_loss"] > 0
 
 
-def test_eval_other_memory_kind_and_sampling_only_for_elastic(capsys, tmp_path):
+def test_eval_other_memory_kind_and_schedule_only_for_elastic(capsys, tmp_path):
     run = make_run(tmp_path, kind="none")
     code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--max-docs", "1")
     assert code == 0, err
@@ -244,7 +246,11 @@ def test_eval_other_memory_kind_and_sampling_only_for_elastic(capsys, tmp_path):
 
 
 def test_cli_schedule_choices_are_the_memory_schedules():
-    from elastic_cli.cli import SCHEDULES
-    from elastic_cli.memory.hippo import SCHEDULES as HIPPO
+    from elastic_cli.cli import Schedule
+    from elastic_cli.errors import UsageError
+    from elastic_cli.memory.hippo import SCHEDULES
 
-    assert tuple(SCHEDULES) == tuple(HIPPO)
+    assert [Schedule().convert(name, None, None) for name in SCHEDULES] == list(SCHEDULES)
+    assert Schedule(many=True).convert(" gauss,power ", None, None) == ["gauss", "power"]
+    with pytest.raises(UsageError, match="unknown schedule"):
+        Schedule().convert("spiral", None, None)

@@ -92,3 +92,40 @@ def test_peak_table(name, peak):
 def test_mfu():
     assert flops.mfu(3e12, 2.0, 3e12) == pytest.approx(0.5)
     assert flops.mfu(3e12, 2.0, None) is None
+
+
+# every registered kind counts its own FLOPs (Memory.cost), so MFU is reported for each of them
+KIND_OPTIONS = [
+    ("elastic", {"order": 3, "samples": 2}), ("xl", {"cache": 3}), ("memorizing", {"store": 5, "topk": 2}),
+    ("melodi", {"short_tokens": 3, "summary_tokens": 2, "long_tokens": 2, "long_store": 5}),
+    ("rmt", {"tokens": 2}), ("armt", {"tokens": 2, "key_dim": 3, "nu": 2}),
+    ("armt", {"tokens": 2, "key_dim": 3, "nu": 2, "denom": False}),
+    ("infinity", {"basis": 4, "resample": 6}), ("infinity", {"basis": 4, "resample": 6, "sticky": True}),
+    ("caching", {"base": "armt", "aggregate": "gated", "max_caches": 2, "tokens": 2, "key_dim": 3, "nu": 2}),
+    ("caching", {"base": "armt", "aggregate": "residual", "max_caches": 2, "tokens": 2, "key_dim": 3, "nu": 2}),
+    ("caching", {"base": "infinity", "aggregate": "sparse", "max_caches": 2, "top_k": 1, "basis": 4, "resample": 6}),
+    ("caching", {"base": "elastic", "aggregate": "residual", "max_caches": 2, "order": 3, "samples": 2}),
+    ("caching", {"base": "armt", "aggregate": "soup", "max_caches": 2, "tokens": 2, "key_dim": 3, "nu": 2}),
+    ("caching", {"base": "infinity", "aggregate": "soup", "max_caches": 2, "basis": 4, "resample": 6}),
+]
+
+
+def test_every_kind_has_a_count():
+    assert {kind for kind, _ in KIND_OPTIONS} | {"none"} == set(REGISTRY)
+
+
+@pytest.mark.parametrize("kind, options", KIND_OPTIONS, ids=lambda v: v if isinstance(v, str) else "")
+def test_every_kind_forward_after_history_matches_torch_counter(kind, options):
+    layers = (0,) if kind == "rmt" else (0, 1)  # rmt: a decoder-level memory on the first layer
+    memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options, **({"window": SEG, "long_layer": i == 1}
+                                                                   if kind == "melodi" else {})) for i in layers}
+    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
+    init_weights(model, seed=0)
+    for block in model.blocks:
+        block.attn.reference = True
+    toks = torch.randint(0, V, (2, 3 * SEG), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        _, states = model(toks[:, :SEG], model.empty_states(2, "cpu"))
+        _, states = model(toks[:, SEG : 2 * SEG], states)
+        model(toks[:, 2 * SEG :], states)  # fill cached banks/regression maps: not model FLOPs
+        assert counted(lambda: model(toks[:, 2 * SEG :], states)) == 2 * flops.segment_flops(model, SEG, 2 * SEG)

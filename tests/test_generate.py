@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from elastic_cli.decoding import (DecodingOptions, check_options, filter_logits, make_generator, next_token,
+                                  top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.generate import IncrementalDecoder, continuation, prefill, read_prompt, stream_numel
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from elastic_cli.sampling import (SamplingOptions, check_options, filter_logits, make_generator, sample,
-                                  top_k_filter, top_p_filter)
 
 PROBS = torch.tensor([[0.05, 0.5, 0.15, 0.3]])  # ranked: 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
 
@@ -40,12 +40,12 @@ def test_filter_order_is_top_k_then_temperature_then_top_p():
     # temperature 2 flattens to sqrt(p): [0.2236, 0.7071, 0.3873, 0.5477] / 1.8657
     flat = PROBS.sqrt() / PROBS.sqrt().sum()
     assert flat[0, 1] + flat[0, 3] < 0.7 < flat[0, 1] + flat[0, 3] + flat[0, 2]
-    got = filter_logits(logits, SamplingOptions(temperature=2.0, top_k=None, top_p=0.7))
+    got = filter_logits(logits, DecodingOptions(temperature=2.0, top_k=None, top_p=0.7))
     assert kept(got) == [1, 2, 3]  # top-p judged on the tempered distribution (at T=1 it would keep [1, 3])
     probs = got.softmax(-1)[0]
     assert torch.allclose(probs[[1, 2, 3]], flat[0, [1, 2, 3]] / flat[0, [1, 2, 3]].sum(), atol=1e-6)
     # top-k first: with k=2 only {1, 3} remain; tempered renormalised mass of 1 is sqrt(.5)/(sqrt(.5)+sqrt(.3))
-    got = filter_logits(logits, SamplingOptions(temperature=2.0, top_k=2, top_p=0.6))
+    got = filter_logits(logits, DecodingOptions(temperature=2.0, top_k=2, top_p=0.6))
     share = math.sqrt(0.5) / (math.sqrt(0.5) + math.sqrt(0.3))
     assert share < 0.6 and kept(got) == [1, 3]
     assert got.softmax(-1)[0, 1].item() == pytest.approx(share, abs=1e-6)
@@ -53,9 +53,9 @@ def test_filter_order_is_top_k_then_temperature_then_top_p():
 
 def test_sample_frequencies_follow_filtered_distribution_and_seed_repeats():
     logits = PROBS.log().expand(20000, 4)
-    opts = SamplingOptions(temperature=1.0, top_k=3, top_p=1.0)
-    draws = sample(logits, opts, make_generator(7))
-    again = sample(logits, opts, make_generator(7))
+    opts = DecodingOptions(temperature=1.0, top_k=3, top_p=1.0)
+    draws = next_token(logits, opts, make_generator(7))
+    again = next_token(logits, opts, make_generator(7))
     assert torch.equal(draws, again)
     freq = torch.bincount(draws, minlength=4).double() / len(draws)
     expect = torch.tensor([0.0, 0.5, 0.15, 0.3], dtype=torch.double) / 0.95
@@ -65,14 +65,14 @@ def test_sample_frequencies_follow_filtered_distribution_and_seed_repeats():
 
 def test_temperature_zero_is_greedy():
     logits = torch.randn(5, 11, generator=torch.Generator().manual_seed(0))
-    out = sample(logits, SamplingOptions(temperature=0.0, top_k=3, top_p=0.1), make_generator(0))
+    out = next_token(logits, DecodingOptions(temperature=0.0, top_k=3, top_p=0.1), make_generator(0))
     assert torch.equal(out, logits.argmax(-1))
 
 
-@pytest.mark.parametrize("opts, flag", [(SamplingOptions(-0.1, None, 1.0), "--temperature"),
-                                        (SamplingOptions(1.0, None, 0.0), "--top-p"),
-                                        (SamplingOptions(1.0, None, 1.5), "--top-p"),
-                                        (SamplingOptions(1.0, 0, 1.0), "--top-k")])
+@pytest.mark.parametrize("opts, flag", [(DecodingOptions(-0.1, None, 1.0), "--temperature"),
+                                        (DecodingOptions(1.0, None, 0.0), "--top-p"),
+                                        (DecodingOptions(1.0, None, 1.5), "--top-p"),
+                                        (DecodingOptions(1.0, 0, 1.0), "--top-k")])
 def test_bad_options_name_the_flag(opts, flag):
     with pytest.raises(UsageError, match=flag):
         check_options(opts)
@@ -121,8 +121,8 @@ def test_incremental_decoder_prints_whole_characters_and_spaces():
 V, D, LAYERS, HEADS, HIDDEN, SEG = 41, 16, 2, 2, 32, 8
 
 
-def model(sampling="uniform"):
-    mems = {i: REGISTRY["elastic"](HEADS, D // HEADS, order=6, samples=5, sampling=sampling) for i in range(LAYERS)}
+def model(schedule="uniform"):
+    mems = {i: REGISTRY["elastic"](HEADS, D // HEADS, order=6, samples=5, schedule=schedule) for i in range(LAYERS)}
     m = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, mems)
     init_weights(m, seed=3)
     return m.eval()
@@ -132,13 +132,13 @@ def ids(n, seed=1):
     return torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "exponential"])
+@pytest.mark.parametrize("schedule", ["uniform", "exponential"])
 @pytest.mark.parametrize("n_prompt", [5, 8, 19])
-def test_streaming_logprobs_equal_teacher_forced_segments(sampling, n_prompt):
-    m = model(sampling)
+def test_streaming_logprobs_equal_teacher_forced_segments(schedule, n_prompt):
+    m = model(schedule)
     prompt = ids(n_prompt)
     logits, stream = prefill(m, prompt, torch.device("cpu"))
-    out = list(continuation(m, stream, logits, 3 * SEG, SamplingOptions(1.0, None, 1.0), make_generator(0), None))
+    out = list(continuation(m, stream, logits, 3 * SEG, DecodingOptions(1.0, None, 1.0), make_generator(0), None))
     gen = [t for t, _ in out]
     full = torch.tensor(prompt + gen)[None]  # (1, n)
     states, chunks = m.empty_states(1, "cpu"), []
@@ -154,7 +154,7 @@ def test_streaming_logprobs_equal_teacher_forced_segments(sampling, n_prompt):
 def test_same_seed_same_tokens():
     m = model()
     logits, stream = prefill(m, ids(11), torch.device("cpu"))
-    opts = SamplingOptions(0.9, 20, 0.95)
+    opts = DecodingOptions(0.9, 20, 0.95)
     a = [t for t, _ in continuation(m, stream, logits, 12, opts, make_generator(5), None)]
     b = [t for t, _ in continuation(m, stream, logits, 12, opts, make_generator(5), None)]
     c = [t for t, _ in continuation(m, stream, logits, 12, opts, make_generator(6), None)]
@@ -164,9 +164,9 @@ def test_same_seed_same_tokens():
 def test_generation_stops_after_eos():
     m = model()
     logits, stream = prefill(m, ids(4), torch.device("cpu"))
-    greedy = [t for t, _ in continuation(m, stream, logits, 6, SamplingOptions(0.0, None, 1.0), make_generator(0), None)]
+    greedy = [t for t, _ in continuation(m, stream, logits, 6, DecodingOptions(0.0, None, 1.0), make_generator(0), None)]
     stop = greedy[2]
-    cut = [t for t, _ in continuation(m, stream, logits, 6, SamplingOptions(0.0, None, 1.0), make_generator(0), stop)]
+    cut = [t for t, _ in continuation(m, stream, logits, 6, DecodingOptions(0.0, None, 1.0), make_generator(0), stop)]
     assert cut == greedy[: greedy.index(stop) + 1]
 
 

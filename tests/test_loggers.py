@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import tiny_run
-from elastic_cli import console, loggers
+from elastic_cli import loggers
 from elastic_cli.config import load_config
 from elastic_cli.errors import UsageError
 from elastic_cli.train import train
@@ -101,7 +101,7 @@ def test_wandb_offline_keeps_one_run_id_across_resume(data, tmp_path, capsys, mo
 
 
 def test_other_ranks_write_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(console, "_RANK", 1)
+    monkeypatch.setenv("RANK", "1")
     sinks = loggers.open_metrics(["jsonl", "tensorboard"], tmp_path, 0, {})
     sinks.write({"step": 1, "loss": 1.0})
     sinks.close()

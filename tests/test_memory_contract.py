@@ -5,15 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elastic_cli.memory import REGISTRY
+from elastic_cli.memory import REGISTRY, LayerContext
+from elastic_cli.memory import options as memory_options
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
 from memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, check_fast_equals_reference, tokens
 
-# constructor options per kind and layer; every registered kind needs an entry
+# constructor options per kind and layer, chosen to reach interesting paths; a kind not listed is
+# built from its declared Options' defaults
 OPTIONS = {
     "none": lambda layer: {},
-    "elastic": lambda layer: {"order": 8, "samples": 5, "sampling": "exponential"},
+    "elastic": lambda layer: {"order": 8, "samples": 5, "schedule": "exponential"},
     "xl": lambda layer: {"cache": 9},  # more than one segment
     "memorizing": lambda layer: {"store": 10, "topk": 3},
     "melodi": lambda layer: {"window": SEG, "short_tokens": 3, "summary_tokens": 2, "long_layer": layer == 1,
@@ -27,10 +29,14 @@ OPTIONS = {
 KINDS = sorted(REGISTRY)
 
 
+def options(kind, layer):
+    if kind in OPTIONS:
+        return OPTIONS[kind](layer)
+    return memory_options.validate({"kind": kind}).memory_kwargs(LayerContext(layer, tuple(range(LAYERS)), LAYERS, SEG))
+
+
 def build(kind, seed=0):
-    if kind not in OPTIONS:
-        pytest.fail(f"tests/test_memory_contract.py: add constructor options for memory kind {kind!r} to OPTIONS")
-    memories = {i: REGISTRY[kind](HEADS, D // HEADS, **OPTIONS[kind](i)) for i in range(LAYERS)}
+    memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options(kind, i)) for i in range(LAYERS)}
     model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
     init_weights(model, seed=seed)
     return model

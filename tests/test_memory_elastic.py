@@ -22,7 +22,7 @@ def random_view(gen, b=3, l=7, dtype=torch.float32):
 
 def test_registry_builds_both_kinds():
     assert {"none", "elastic"} <= set(REGISTRY)
-    mem = REGISTRY["elastic"](H, D_HEAD, order=ORDER, samples=SAMPLES, sampling="gauss")
+    mem = REGISTRY["elastic"](H, D_HEAD, order=ORDER, samples=SAMPLES, schedule="gauss")
     assert isinstance(mem, ElasticMemory) and sum(p.numel() for p in mem.parameters()) == 0
     none = REGISTRY["none"](H, D_HEAD)
     state = none.empty(2, "cpu")
@@ -56,9 +56,9 @@ def test_write_is_the_projection_of_all_keys_and_values():
     torch.testing.assert_close(state.cv.double(), hippo.absorb(zero, 0, values), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("sampling", hippo.SCHEDULES)
-def test_constant_history_reads_back_the_constant(sampling):
-    mem = ElasticMemory(H, D_HEAD, ORDER, SAMPLES, sampling=sampling, power=3.0)
+@pytest.mark.parametrize("schedule", hippo.SCHEDULES)
+def test_constant_history_reads_back_the_constant(schedule):
+    mem = ElasticMemory(H, D_HEAD, ORDER, SAMPLES, schedule=schedule, power=3.0)
     const = torch.randn(1, H, 1, D_HEAD)
     state = mem.write(mem.empty(1, "cpu"), view(const.expand(1, H, 50, D_HEAD), 2 * const.expand(1, H, 50, D_HEAD)))
     read = mem.read(state, None)
@@ -69,7 +69,7 @@ def test_constant_history_reads_back_the_constant(sampling):
 
 def test_read_is_samples_of_the_polynomial_per_row():
     gen = torch.Generator().manual_seed(2)
-    mem = ElasticMemory(H, D_HEAD, ORDER, SAMPLES, sampling="exponential")
+    mem = ElasticMemory(H, D_HEAD, ORDER, SAMPLES, schedule="exponential")
     state = mem.write(mem.empty(3, "cpu"), random_view(gen, l=40))
     state = mem.reset(state, torch.tensor([False, True, False]))
     state = mem.write(state, random_view(gen, l=9))  # t = 49, 9, 49
@@ -109,7 +109,7 @@ def test_write_is_differentiable_and_fp32_under_bf16_autocast():
 
 
 def test_bad_options_are_rejected():
-    with pytest.raises(ValueError, match="unknown sampling"):
-        ElasticMemory(H, D_HEAD, ORDER, SAMPLES, sampling="cubic")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        ElasticMemory(H, D_HEAD, ORDER, SAMPLES, schedule="cubic")
     with pytest.raises(ValueError, match=">= 1"):
         ElasticMemory(H, D_HEAD, 0, SAMPLES)

@@ -147,3 +147,27 @@ def test_decoder_aux_loss_sums_the_layers_kl():
     assert model.aux_loss(s2).item() > 0 and model.aux_loss(s2).requires_grad
     elastic = build("elastic", order=4, samples=3)
     assert elastic.aux_loss(by_segments(elastic, toks)[1]).item() == 0.0
+
+
+def test_detach_stops_gradients_into_the_long_term_memory_only():
+    """detach=True (the paper): a read in segment 2 sends no gradient to what segment 1 wrote (its layer
+    inputs x); detach=False does. The forward values are the same."""
+    from elastic_cli.memory.base import SegmentView
+    from elastic_cli.memory.infinity import InfinityMemory
+
+    g = torch.Generator().manual_seed(0)
+    B, H, d, l = 2, 2, 4, 5
+    x1 = torch.randn(B, l, H * d, generator=g)
+    q1, q2 = torch.randn(B, H, l, d, generator=g), torch.randn(B, H, l, d, generator=g)
+    grads, outs = {}, {}
+    for detach in (False, True):
+        torch.manual_seed(1)
+        mem = InfinityMemory(H, d, basis=8, resample=12, detach=detach)
+        x = x1.clone().requires_grad_(True)
+        state = mem.write(mem.empty(B, "cpu"), SegmentView(x, q1, q1, q1, None, None))
+        state = mem.write(state, SegmentView(x.detach() * 0.5, q1, q1, q1, None, None))  # one carried update too
+        out = mem.read(state, SegmentView(x1, q2, q2, q2, None, None)).out  # (B, l, D)
+        out.square().sum().backward()
+        grads[detach], outs[detach] = 0.0 if x.grad is None else x.grad.abs().max().item(), out.detach()
+    assert grads[True] == 0.0 and grads[False] > 1e-6
+    torch.testing.assert_close(outs[True], outs[False])

@@ -65,9 +65,9 @@ def test_parameters_match_between_elastic_and_none():
     assert elastic.numel(states) == LAYERS * 2 * HEADS * 8 * (D // HEADS) and none.numel(none.empty_states(1, "cpu")) == 0
 
 
-@pytest.mark.parametrize("layers,sampling", [((0, 1), "exponential"), ((1,), "uniform")])
-def test_segments_equal_streaming_token_by_token(layers, sampling):
-    model = build("elastic", layers, sampling=sampling)
+@pytest.mark.parametrize("layers,schedule", [((0, 1), "exponential"), ((1,), "uniform")])
+def test_segments_equal_streaming_token_by_token(layers, schedule):
+    model = build("elastic", layers, schedule=schedule)
     toks = tokens(2, 4 * SEG + 3, seed=1)
     with torch.no_grad():
         expected, states = by_segments(model, toks)
@@ -81,7 +81,7 @@ def test_segments_equal_streaming_token_by_token(layers, sampling):
 
 
 def test_batch_rows_are_independent_also_after_a_reset():
-    model = build("elastic", sampling="exponential")
+    model = build("elastic", schedule="exponential")
     a, b = tokens(1, 3 * SEG, seed=2), tokens(1, 3 * SEG, seed=3)
     with torch.no_grad():
         both, _ = by_segments(model, torch.cat([a, b]))
@@ -98,7 +98,7 @@ def test_batch_rows_are_independent_also_after_a_reset():
 
 
 def test_fast_attention_equals_reference_path():
-    model = build("elastic", sampling="gauss", tie=False)
+    model = build("elastic", schedule="gauss", tie=False)
     check_fast_equals_reference(model, tokens(3, 3 * SEG, seed=4))
 
 
@@ -123,8 +123,8 @@ def test_gradients_reach_segment_zero_through_memory():
     assert (wk - grads["detached"][0]).abs().max() > 1e-6 and (wv - grads["detached"][1]).abs().max() > 1e-6
 
 
-def test_sampling_schedule_changes_outputs_not_parameters():
-    uniform, expo = build("elastic", sampling="uniform"), build("elastic", sampling="exponential")
+def test_read_schedule_changes_outputs_not_parameters():
+    uniform, expo = build("elastic", schedule="uniform"), build("elastic", schedule="exponential")
     expo.load_state_dict(uniform.state_dict())
     toks = tokens(1, 2 * SEG, seed=6)
     with torch.no_grad():
@@ -164,7 +164,7 @@ def test_bad_construction_is_rejected():
 
 @pytest.mark.gpu
 def test_cuda_streaming_and_bf16_states():
-    model = build("elastic", sampling="exponential").cuda()
+    model = build("elastic", schedule="exponential").cuda()
     toks = tokens(2, 3 * SEG + 2, seed=9).cuda()
     with torch.no_grad():
         expected, _ = by_segments(model, toks, model.empty_states(2, "cuda"))

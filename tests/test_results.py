@@ -20,7 +20,7 @@ def mqar_record(kind, acc, sampling=None):
     """acc: accuracy per distance 0, 1, 2, 3 (10, 10, 30, 50 answer tokens)."""
     tokens = [10, 10, 30, 50]
     by_d = {str(d): {"tokens": n, "accuracy": a, "loss": 1 - a} for d, (n, a) in enumerate(zip(tokens, acc))}
-    mem = {"kind": kind, **({"sampling": sampling} if sampling else {})}
+    mem = {"kind": kind, **({"schedule": sampling} if sampling else {})}
     total = sum(n * a for n, a in zip(tokens, acc)) / sum(tokens)
     return {"memory": mem, "answer_by_distance": by_d, "answer_token_accuracy": total, "answer_loss": 1 - total}
 
@@ -86,6 +86,7 @@ def test_every_kind_has_a_matched_variant_and_the_sweep_names_its_size():
     z = reproduce.SIZES["cpu"]
     names = [v["name"] for v in reproduce.variants(z, sorted(reproduce_kinds()), None)]
     assert "none-one-segment" in names and "elastic-order64-uniform" in names and "xl-cache8" in names
+    assert "infinity-basis32-detached-paper" in names
     assert len(set(names)) == len(names) - 3  # none, elastic and xl also run on the code corpus
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tokenizers" / "code-8k.model"
 TINY = ["model.d_model=32", "model.n_layer=2", "model.n_head=2", "model.mlp_hidden=64", "model.segment_len=16",
-        "memory.order=8", "memory.samples=8", "train.global_batch=4", "train.micro_batch=2", "train.segments=4",
+        "train.global_batch=4", "train.micro_batch=2", "train.segments=4",
         "train.bptt_segments=2", "train.steps=6", "train.warmup=2", "train.lr=3e-3", "train.min_lr=3e-4",
         "train.log_every=1", "train.eval_every=0", "train.save_every=0", "data.tokenizer=null", "run.device=cpu"]
 
@@ -36,8 +36,12 @@ def prepare(out: Path) -> Path:
     return out / "data"
 
 
+SMALL_ELASTIC = ["memory.order=8", "memory.samples=8"]  # the recipe's kind; another kind keeps its defaults
+
+
 def overrides(data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.path={data}", f"run.dir={run_dir}", *extra]
+    other_kind = any(e.startswith("memory.kind=") and e != "memory.kind=elastic" for e in extra)
+    return [*TINY, *([] if other_kind else SMALL_ELASTIC), f"data.path={data}", f"run.dir={run_dir}", *extra]
 
 
 def env() -> dict:

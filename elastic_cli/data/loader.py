@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from elastic_cli.data.store import FORMAT_VERSION, SPLITS
-from elastic_cli.data.tokenizer import PAD_ID, Tokenizer
+from elastic_cli.data.tokenizer import PAD_ID
 from elastic_cli.errors import DataError, UsageError
 
 
@@ -88,11 +88,6 @@ class PreparedData:
         if "answer" in doc:  # format of the first task generator: one span, no source
             return [(int(doc["answer"][0]), int(doc["answer"][1]), None)]
         return [(int(a), int(b), None if f is None else int(f)) for a, b, f in doc.get("answers", ())]
-
-    def check_tokenizer(self, tok: Tokenizer) -> None:
-        if tok.sha256 != self.meta["tokenizer_sha256"]:
-            raise DataError(f"{self.path} was prepared with tokenizer sha256 {self.meta['tokenizer_sha256'][:12]}, "
-                            f"but {tok.path} is {tok.sha256[:12]}")
 
 
 class Batch(NamedTuple):

@@ -2,7 +2,7 @@
 
 A document is a row of single-token words. `pairs` keys are written once each, each followed by
 its value ("k v"); later, `queries` of those keys are written again, and the token after each is
-its value: an answer span. Every other position holds a noise word. Keys, values and noise come
+its value: an answer span. Every other position holds a noise word (`noise` of them; 1 = one filler word repeated). Keys, values and noise come
 from three disjoint pools of words that the tokenizer encodes as one piece each, so every word is
 exactly one token and a span's position is exact.
 
@@ -22,10 +22,10 @@ from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
 
 WORD = re.compile(r"[a-z]{3,8}")
-NOISE_POOL = 256
+NOISE_POOL = 256  # noise words at most (`noise` chooses how many are used)
 
 
-def word_pools(tok: Tokenizer, keys: int, values: int) -> tuple[list[str], list[str], list[str]]:
+def word_pools(tok: Tokenizer, keys: int, values: int, noise: int = NOISE_POOL) -> tuple[list[str], list[str], list[str]]:
     """Disjoint key, value and noise words, each exactly one token after a space. Deterministic for a
     tokenizer: its one-piece lower-case words in id order, dealt in turn to keys, values and noise."""
     words = [p[1:] for p in map(tok.piece, range(tok.vocab_size))
@@ -33,7 +33,9 @@ def word_pools(tok: Tokenizer, keys: int, values: int) -> tuple[list[str], list[
     if len(words) < 3 * max(keys, values, NOISE_POOL):
         raise UsageError(f"the tokenizer has {len(words)} one-token words; mqar with --keys {keys} and "
                          f"--values {values} needs {3 * max(keys, values, NOISE_POOL)}")
-    return words[0::3][:keys], words[1::3][:values], words[2::3][:NOISE_POOL]
+    if not 1 <= noise <= NOISE_POOL:
+        raise UsageError(f"--noise must be in [1, {NOISE_POOL}], got {noise}")
+    return words[0::3][:keys], words[1::3][:values], words[2::3][:noise]
 
 
 def _slots(length: int, segment_len: int) -> list[list[int]]:

@@ -148,7 +148,7 @@ def check_answer(task: str, text: str, answer: str) -> bool:
 
 
 GENERATORS = {"passkey": passkey, "recall": recall, "sorting": sorting}
-MQAR_DEFAULTS = {"pairs": 8, "queries": None, "distance": (0, 1 << 30), "segment_len": 64, "keys": 64, "values": 64}
+MQAR_DEFAULTS = {"pairs": 8, "queries": None, "distance": (0, 1 << 30), "segment_len": 64, "keys": 64, "values": 64, "noise": 256}
 
 
 def _generator(task: str, tok: Tokenizer, length: int, options: dict):
@@ -162,7 +162,7 @@ def _generator(task: str, tok: Tokenizer, length: int, options: dict):
     if o["segment_len"] < 4 or o["distance"][0] < 0 or o["distance"][0] > o["distance"][1]:
         raise UsageError(f"mqar needs --segment-len >= 4 and --distance A:B with 0 <= A <= B, got "
                          f"{o['segment_len']} and {o['distance'][0]}:{o['distance'][1]}")
-    pools = mqar.word_pools(tok, o["keys"], o["values"])
+    pools = mqar.word_pools(tok, o["keys"], o["values"], o["noise"])
 
     def make(rng):
         ids, text, spans = mqar.mqar(tok, length, rng, pools, o["pairs"], o["queries"], tuple(o["distance"]),
@@ -175,7 +175,7 @@ def prepare_task(task: str, length: int, count: int, tokenizer: str, out: str, s
                  val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
                  options: dict | None = None) -> None:
     """Write `count` documents of `task` to `out`. `options` are the task's own settings (mqar: pairs,
-    queries, distance (lo, hi) in segments, segment_len, keys, values)."""
+    queries, distance (lo, hi) in segments, segment_len, keys, values, noise)."""
     if task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     if count < 1 or length < 8:

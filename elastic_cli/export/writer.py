@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from elastic_cli import __version__, console, inference
+from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.errors import DataError, UsageError
 
 # Kinds whose export is checked against elastic (tests/test_export.py: logits, greedy generation).
@@ -43,7 +44,7 @@ def export(ckpt: str, out: str, overwrite: bool = False) -> Path:
     if cfg.memory.kind not in EXPORTABLE:
         raise UsageError(f"memory.kind={cfg.memory.kind} is not exported yet: its Hugging Face model has not been "
                          f"checked against elastic (exported kinds: {', '.join(EXPORTABLE)})")
-    tok_path, _ = inference.model_tokenizer(cfg)
+    tok_path, _ = model_tokenizer(cfg)
     if tok_path is None:
         raise DataError(f"cannot find the tokenizer of {path}: its data.tokenizer ({cfg.data.tokenizer}) is not a file here")
     check_out(out_dir, overwrite)

@@ -1,5 +1,23 @@
-"""Memories behind one contract (base.py); importing this package fills `base.REGISTRY`."""
-from . import armt, caching, elastic, infinity, melodi, memorizing, none, rmt, xl  # noqa: F401  (registration)
-from .base import REGISTRY, Memory, Read, SegmentView, detach_state
+"""Memories behind one contract (base.py); importing this package fills `base.REGISTRY`.
 
-__all__ = ["REGISTRY", "Memory", "Read", "SegmentView", "detach_state"]
+A kind outside this package registers itself when its module is imported (`@register`); installed
+packages can also name such modules under the entry-point group `elastic.memory`."""
+from importlib.metadata import entry_points
+
+from . import armt, caching, elastic, infinity, melodi, memorizing, none, rmt, xl  # noqa: F401  (registration)
+from .base import REGISTRY, Memory, MemoryCost, Read, SegmentView, detach_state, register
+from .options import LayerContext, MemoryOptions, OptionError
+
+
+
+def load_plugins(group: str = "elastic.memory") -> None:
+    """Import the memory modules installed packages name under the entry-point group (each
+    registers its kind on import)."""
+    for plugin in entry_points(group=group):
+        plugin.load()
+
+
+load_plugins()
+
+__all__ = ["REGISTRY", "LayerContext", "Memory", "MemoryCost", "MemoryOptions", "OptionError", "Read",
+           "SegmentView", "detach_state", "load_plugins", "register"]

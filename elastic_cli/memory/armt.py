@@ -19,9 +19,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
 
 EPS = 1e-5
 
@@ -55,9 +57,19 @@ def delta_write(a: Tensor, z: Tensor, k: Tensor, v: Tensor, beta: Tensor) -> tup
     return a, z + (gamma * k).sum(dim=1)  # (B, K)
 
 
+class ARMTOptions(MemoryOptions):
+    tokens: int = Field(16, gt=0, description="memory tokens m appended to every segment (write slots)")
+    key_dim: int = Field(64, gt=0, description="DPFP input width d_mem")
+    nu: int = Field(3, gt=0, description="DPFP rolls ν (features K = 2 ν key_dim)")
+    denom: bool = Field(True, description="normalise reads by z (false: read Aᵀφ(q), linear in the state)")
+
+
 @register("armt")
 class ARMTMemory(Memory):
     """Options: tokens (m memory tokens), key_dim (d_mem), nu (DPFP order), denom (normaliser on)."""
+
+    Options = ARMTOptions
+    cache_read = "pre"
 
     def __init__(self, n_head: int, head_dim: int, tokens: int = 16, key_dim: int = 64, nu: int = 3,
                  denom: bool = True):
@@ -85,6 +97,15 @@ class ARMTMemory(Memory):
 
     def slot_counts(self) -> tuple[int, int]:
         return 0, self.tokens
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Read (every row, memory tokens too): W_q, φ(q) A (and φ(q) z). Write (m tokens): W_k, W_v,
+        W_β, the delta rule's A-read (and z-read) and update (and the γ read of z)."""
+        d, k, m, z = self.n_head * self.head_dim, self.features, self.tokens, int(self.denom)
+        rows = l + m if rows is None else rows
+        read = 2 * rows * (d * self.key_dim + k * d + z * k)
+        write = 2 * m * (d * self.key_dim + d * d + d + k * d + z * k + k * d + z * k)
+        return MemoryCost(0, read, write)
 
     def inject(self, state: ARMTState, batch: int) -> tuple[Tensor | None, Tensor | None]:
         return None, self.memory_tokens[None].expand(batch, -1, -1)  # (B, m, D)

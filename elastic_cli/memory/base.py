@@ -6,10 +6,12 @@ M memory entries read by attention.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from .options import MemoryOptions
 
 
 class SegmentView(NamedTuple):
@@ -49,13 +51,33 @@ class Read(NamedTuple):
 State = Any  # a NamedTuple of tensors, batch on axis 0
 
 
+class MemoryCost(NamedTuple):
+    """What one layer's memory adds to a segment of one sequence (flops.py, build.describe)."""
+
+    keys: int  # M: extra keys/values the layer's attention reads (in its softmax)
+    read: int  # matrix-product FLOPs of the read (a multiply-add is 2)
+    write: int  # matrix-product FLOPs of the write
+
+    @property
+    def flops(self) -> int:
+        return self.read + self.write
+
+
 def _where_rows(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     """Per-row select: rows with mask=True take `new`. mask: (B,), new/old: (B, ...)."""
     return torch.where(mask.view(-1, *([1] * (old.dim() - 1))), new, old)
 
 
 class Memory(nn.Module):
-    """Base class of every memory kind; subclasses are built as Cls(n_head, head_dim, **options)."""
+    """Base class of every memory kind; subclasses are built as Cls(n_head, head_dim, **options).
+
+    A kind declares next to its class: `Options` (its memory.* options, memory/options.py) and
+    `cache_read` (how `caching` can combine its reads over cached states: "keys" when the read is
+    extra keys/values from the state alone, "out" for a per-token `Read.out`, "pre" for the `pre`
+    residual; None: it cannot be cached)."""
+
+    Options: ClassVar[type[MemoryOptions]] = MemoryOptions
+    cache_read: ClassVar[str | None] = None
 
     def __init__(self, n_head: int, head_dim: int):
         super().__init__()
@@ -81,6 +103,13 @@ class Memory(nn.Module):
     def numel(self, state: State) -> int:
         """Floats held per sequence (the footprint axis on which memories are compared)."""
         raise NotImplementedError
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost | None:
+        """Keys read and FLOPs of read and write for a segment of l tokens after t tokens of the
+        document (one sequence; the design's math: nothing is read at t = 0); a per-token read
+        covers `rows` rows (default: the l tokens and this memory's slots). None: not counted
+        (then MFU is not reported)."""
+        return None
 
     # Optional hooks (docs/internals.md, "Memory tokens and pre-layer reads"); the defaults do nothing,
     # so a memory that does not override them runs the plain code path.

@@ -1,5 +1,6 @@
 """`caching`: Memory Caching (Behrouz, Li, Deng, Zhong, Razaviyayn, Mirrokni 2026, arXiv 2602.24281)
-as a wrapper around a state-based memory (`base`: elastic | armt | infinity).
+as a wrapper around a state-based memory (`base`: any kind that declares `cache_read`: elastic,
+armt, infinity).
 
 Axis legend: B batch, C = max_caches, C1 = C + 1 (online + cached), n rows of a chunk, D model width.
 
@@ -12,21 +13,70 @@ last segment. A read combines the base's reads from the online state Y_0 and the
   soup      y = read(Σ_i γ_i S_i): the states mixed per token, then read once (equals gated when the
             read is linear in the state, e.g. armt with denom=false)
 x̂_t is the RMS-normalised input of the read (layer input for `read`, residual stream for `pre`).
-For elastic (keys/values in the attention softmax, which must not depend on the token) only
-`residual` applies: the samples of all states join the one softmax.
+For a base read as keys/values in the attention softmax (cache_read "keys", e.g. elastic), which
+must not depend on the token, only `residual` applies: the samples of all states join the one softmax.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple
 
 import torch
+from pydantic import Field, create_model
 from torch import Tensor, nn
 
-from .base import REGISTRY, Memory, Read, SegmentView, register
+from .base import REGISTRY, Memory, MemoryCost, Read, SegmentView, register
+from .options import LayerContext, MemoryOptions, validate
 
-BASES = ("elastic", "armt", "infinity")
 AGGREGATES = ("residual", "gated", "sparse", "soup")
+
+
+def bases() -> tuple[str, ...]:
+    """The registered kinds whose states can be cached (they declare `cache_read`)."""
+    return tuple(k for k, cls in REGISTRY.items() if cls.cache_read is not None)
+
+
+class CachingOptions(MemoryOptions):
+    """caching's own options; the base kind's options sit next to them (memory.tokens, ...)."""
+
+    base: str = Field("armt", description="the memory whose states are cached (a kind with cache_read)")
+    aggregate: Literal[AGGREGATES] = Field("gated", description="how the reads of the cached states mix")  # type: ignore[valid-type]
+    max_caches: int = Field(8, gt=0, description="state snapshots kept (FIFO)")
+    top_k: int = Field(2, gt=0, description="snapshots read per token by `sparse`")
+
+    @classmethod
+    def for_raw(cls, raw: dict) -> type[MemoryOptions]:
+        return _with_base(raw.get("base", "armt"), bases())
+
+    @classmethod
+    def carry_over(cls, old: dict, new: dict) -> dict:
+        """Switching memory.base drops the old base's options."""
+        if new.get("base", old.get("base", "armt")) == old.get("base", "armt"):
+            return old
+        return {k: v for k, v in old.items() if k in CachingOptions.model_fields}
+
+    def base_options(self) -> MemoryOptions:
+        """The base kind's options, as if it were the memory section's kind."""
+        values = {k: v for k, v in self.options().items() if k not in CachingOptions.model_fields}
+        return validate({"kind": self.base, **values}, bases())
+
+    def memory_kwargs(self, ctx: LayerContext) -> dict:
+        own = {k: v for k, v in self.options().items() if k in CachingOptions.model_fields}
+        return {**own, **self.base_options().memory_kwargs(ctx)}
+
+    def check(self, ctx: LayerContext, prefix: str) -> None:
+        self.base_options().check(ctx, prefix)
+
+
+@lru_cache(maxsize=None)
+def _with_base(base: str, kinds: tuple[str, ...]) -> type[MemoryOptions]:
+    """CachingOptions with `base` one of `kinds` and, for a valid base, the base's options added."""
+    fields: dict[str, Any] = {"base": (Literal[kinds], Field("armt", description=CachingOptions.model_fields["base"].description))}  # type: ignore[valid-type]
+    if base in kinds:
+        extra = REGISTRY[base].Options.model_fields
+        fields.update({k: (f.annotation, f) for k, f in extra.items() if k not in MemoryOptions.model_fields})
+    return create_model(f"CachingOptions_{base}", __base__=CachingOptions, **fields)
 
 
 _STATE_TYPES: dict[type, type] = {}
@@ -59,15 +109,18 @@ def _map(fn, *states):
 class CachingMemory(Memory):
     """Options: base, aggregate, max_caches, top_k (sparse), plus the base's own options."""
 
+    Options = CachingOptions
+
     def __init__(self, n_head: int, head_dim: int, base: str = "armt", aggregate: str = "gated",
                  max_caches: int = 8, top_k: int = 2, **base_options):
         super().__init__(n_head, head_dim)
-        if base not in BASES:
-            raise ValueError(f"CachingMemory: base must be one of {', '.join(BASES)}, got {base!r}")
+        if base not in bases():
+            raise ValueError(f"CachingMemory: base must be one of {', '.join(bases())}, got {base!r}")
         if aggregate not in AGGREGATES:
             raise ValueError(f"CachingMemory: unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-        if base == "elastic" and aggregate != "residual":
-            raise ValueError("CachingMemory: base=elastic reads keys/values inside the attention softmax; "
+        self.mode = REGISTRY[base].cache_read
+        if self.mode == "keys" and aggregate != "residual":
+            raise ValueError(f"CachingMemory: base={base} reads keys/values inside the attention softmax; "
                              "only aggregate=residual applies")
         if max_caches < 1 or top_k < 1:
             raise ValueError(f"CachingMemory: max_caches and top_k must be >= 1, got {max_caches}, {top_k}")
@@ -149,16 +202,16 @@ class CachingMemory(Memory):
         return torch.einsum("bnc,bcnd->bnd", w.to(y.dtype), y.view(b, c1, n, -1))  # (B, n, D)
 
     def read(self, state: Any, seg: SegmentView) -> Read:
-        if self.base_kind == "elastic":  # keys/values of every state in the one softmax
+        if self.mode == "keys":  # keys/values of every state in the one softmax
             c1 = self.max_caches + 1
             r = self.base.read(self.stacked(state), seg)
-            b, h, m, d = state.ck.shape[0], r.k.shape[1], r.k.shape[2], r.k.shape[3]
+            b, h, m, d = r.k.shape[0] // c1, r.k.shape[1], r.k.shape[2], r.k.shape[3]
             k = r.k.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)  # (B, H, C1 * M, d)
             v = r.v.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)
             valid = (r.valid.view(b, c1, m) & self.live(state)[..., None]).flatten(1)  # (B, C1 * M)
             return Read(k=k, v=v, valid=valid)
 
-        if self.base_kind != "infinity":
+        if self.mode != "out":
             return Read()
         b, n = seg.x.shape[:2]
 
@@ -173,7 +226,7 @@ class CachingMemory(Memory):
         return Read(out=self.combine(state, seg.x, one))
 
     def pre(self, state: Any, x: Tensor) -> Tensor | None:
-        return self.combine(state, x, self.base.pre) if self.base_kind == "armt" else None
+        return self.combine(state, x, self.base.pre) if self.mode == "pre" else None
 
     def slot_counts(self) -> tuple[int, int]:
         return self.base.slot_counts()
@@ -193,6 +246,24 @@ class CachingMemory(Memory):
 
     def aux_loss(self, state: Any) -> Tensor | None:
         return self.base.aux_loss(self.online(state))
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost | None:
+        """The base's read from each of the C1 states (its write once); mixing 2 n C1 D, and with a
+        router W_u x̂ (2 n D^2) and its logits over the descriptors (2 n C1 D). `soup` instead mixes
+        the states per row (2 n C1 per float of a state) and reads each row from its own state."""
+        base = self.base.cost(l, t, rows)
+        if base is None:
+            return None
+        c1, d = self.max_caches + 1, self.n_head * self.head_dim
+        if self.mode == "keys":
+            return MemoryCost(c1 * base.keys, c1 * base.read, base.write)
+        n = rows if rows is not None else l + sum(self.slot_counts()) if self.mode == "pre" else l
+        route = 0 if self.router is None else 2 * n * d * d + 2 * n * c1 * d
+        if self.aggregate == "soup":
+            floats = sum(x.numel() for x in self.base.empty(1, "meta") if x.is_floating_point())
+            per_row = self.base.cost(1, t, 1)
+            return None if per_row is None else MemoryCost(0, route + 2 * n * c1 * floats + n * per_row.read, base.write)
+        return MemoryCost(c1 * base.keys, c1 * base.read + 2 * n * c1 * d + route, base.write)
 
     def numel(self, state: Any) -> int:
         per = self.base.numel(self.online(state))

@@ -1,5 +1,5 @@
 """Elastic Memory: online HiPPO-LegS compression of a layer's keys (before RoPE) and values,
-read back by polynomial sampling (DESIGN.md §2.2, docs/memory.md).
+read back by polynomial sampling at the points of a schedule (docs/memory.md).
 
 Axis legend: B batch, H heads, N order, d head width, l segment tokens, M samples.
 No trainable parameters: the state dicts of `elastic` and `none` models match.
@@ -7,13 +7,23 @@ No trainable parameters: the state dicts of `elastic` and `none` models match.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from . import hippo
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
+
+
+class ElasticOptions(MemoryOptions):
+    order: int = Field(64, gt=0, description="LegS order N: coefficients per head and key/value width")
+    samples: int = Field(64, gt=0, description="M points read back as extra keys/values per head")
+    schedule: Literal[hippo.SCHEDULES] = Field("uniform", description="where the M points lie in [0, 1] "  # type: ignore[valid-type]
+                                               "(1 = now); can change at test time")
+    power: float = Field(2.0, gt=0, description="strength of the `power` schedule")
 
 
 class ElasticState(NamedTuple):
@@ -23,7 +33,7 @@ class ElasticState(NamedTuple):
 
 
 @lru_cache(maxsize=64)
-def _sampling(schedule: str, m: int, t: int, order: int, power: float, device: torch.device) -> Tensor:
+def _bank(schedule: str, m: int, t: int, order: int, power: float, device: torch.device) -> Tensor:
     """S (M, N) fp32 on `device`, built in float64; t is ignored (pass 0) for t-free schedules."""
     return hippo.sampling_matrix(schedule, m, t, order, power=power).to(device=device, dtype=torch.float32)
 
@@ -33,17 +43,26 @@ class ElasticMemory(Memory):
     """State: C_K, C_V (N x d per head) and t. Write: exact segment LegS projection of the
     segment's keys/values (`hippo.absorb`). Read: M samples S @ C as extra keys/values."""
 
+    Options = ElasticOptions
+    cache_read = "keys"
+
     def __init__(self, n_head: int, head_dim: int, order: int, samples: int,
-                 sampling: str = "uniform", power: float = 2.0):
+                 schedule: str = "uniform", power: float = 2.0):
         super().__init__(n_head, head_dim)
         if order < 1 or samples < 1:
             raise ValueError(f"ElasticMemory: order and samples must be >= 1, got {order}, {samples}")
-        if sampling not in hippo.SCHEDULES:
-            raise ValueError(f"ElasticMemory: unknown sampling {sampling!r}; choose one of {', '.join(hippo.SCHEDULES)}")
-        self.order, self.samples, self.sampling, self.power = order, samples, sampling, float(power)
+        if schedule not in hippo.SCHEDULES:
+            raise ValueError(f"ElasticMemory: unknown schedule {schedule!r}; choose one of {', '.join(hippo.SCHEDULES)}")
+        self.order, self.samples, self.schedule, self.power = order, samples, schedule, float(power)
 
     def extra_repr(self) -> str:
-        return f"order={self.order}, samples={self.samples}, sampling={self.sampling}, power={self.power}"
+        return f"order={self.order}, samples={self.samples}, schedule={self.schedule}, power={self.power}"
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Write 2 (2 N l D + 2 N^2 D) (W @ X, and R @ C when t > 0); read 2 * 2 M N D (S @ C_K, S @ C_V)."""
+        n, m, d = self.order, self.samples, self.n_head * self.head_dim
+        write = 2 * (2 * n * l * d + (2 * n * n * d if t > 0 else 0))
+        return MemoryCost(m, 2 * 2 * m * n * d, write) if t > 0 else MemoryCost(0, 0, write)
 
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
         zeros = torch.zeros(batch, self.n_head, self.order, self.head_dim, device=device)  # (B, H, N, d)
@@ -51,10 +70,10 @@ class ElasticMemory(Memory):
 
     def sampling_rows(self, t: Tensor) -> Tensor:
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
-        if not hippo.depends_on_t(self.sampling):
-            return _sampling(self.sampling, self.samples, 0, self.order, self.power, t.device)
+        if not hippo.depends_on_t(self.schedule):
+            return _bank(self.schedule, self.samples, 0, self.order, self.power, t.device)
         values, inverse = torch.unique(t, return_inverse=True)  # (U,), (B,)
-        banks = [_sampling(self.sampling, self.samples, int(v), self.order, self.power, t.device) for v in values.tolist()]
+        banks = [_bank(self.schedule, self.samples, int(v), self.order, self.power, t.device) for v in values.tolist()]
         return torch.stack(banks)[inverse]  # (B, M, N)
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:

@@ -1,7 +1,7 @@
 """HiPPO-LegS mathematics for Elastic Memory: pure functions, float64-capable, no nn.Module.
 
 Reference: Gu et al., "HiPPO: Recurrent Memory with Optimal Polynomial Projections" (NeurIPS 2020),
-LegS measure (eq. 19-20, Appendix D.3); segment form: DESIGN.md §2.2 and docs/memory.md.
+LegS measure (eq. 19-20, Appendix D.3); segment form: docs/memory.md ("Write: exact segment update").
 
 Axis legend
   N  polynomial order (number of coefficients), n, m index it

@@ -28,9 +28,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
 
 KL_SIGMA0 = 0.05  # σ0 of the KL regulariser (paper value)
 STICKY_BINS = 128  # histogram bins of the sticky-memory density (paper value)
@@ -99,12 +101,26 @@ def sticky_points(mu: Tensor, var: Tensor, samples: int) -> Tensor:
     return (edges[hi - 1] + frac * (edges[hi] - edges[hi - 1])).clamp(0, 1)  # (B, S)
 
 
+class InfinityOptions(MemoryOptions):
+    basis: int = Field(64, gt=0, description="Gaussian RBF basis functions N (even)")
+    tau: float = Field(0.5, gt=0, lt=1, description="share τ of [0, 1] given to the old signal")
+    ridge: float = Field(0.5, ge=0, description="ridge penalty λ of the regression")
+    resample: int = Field(256, gt=0, description="points S resampled from the old signal")
+    sticky: bool = Field(False, description="resample where the last segment attended (sticky memories)")
+    detach: bool = Field(False, description="no gradient into the long-term memory (the paper's choice)")
+
+
 @register("infinity")
 class InfinityMemory(Memory):
-    """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky."""
+    """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky, detach (the paper's choice:
+    no gradient flows into the long-term memory, so what a segment writes is not trained by later reads;
+    default False: gradients flow through the memory like every other kind's within a BPTT window)."""
+
+    Options = InfinityOptions
+    cache_read = "out"
 
     def __init__(self, n_head: int, head_dim: int, basis: int = 64, tau: float = 0.5, ridge: float = 0.5,
-                 resample: int = 256, sticky: bool = False):
+                 resample: int = 256, sticky: bool = False, detach: bool = False):
         super().__init__(n_head, head_dim)
         if basis < 2 or basis % 2:
             raise ValueError(f"InfinityMemory: basis must be an even number >= 2, got {basis}")
@@ -116,6 +132,7 @@ class InfinityMemory(Memory):
             raise ValueError(f"InfinityMemory: resample must be >= 1, got {resample}")
         d = n_head * head_dim
         self.basis, self.tau, self.ridge, self.resample, self.sticky = basis, float(tau), float(ridge), resample, bool(sticky)
+        self.detach = bool(detach)
         self.wk = nn.Linear(d, d, bias=False)
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
@@ -126,7 +143,21 @@ class InfinityMemory(Memory):
         self.register_buffer("widths", widths, persistent=False)  # (N,)
 
     def extra_repr(self) -> str:
-        return f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}"
+        return (f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}, "
+                f"detach={self.detach}")
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Read (r = l queries): K = B W_K, V = B W_V (2 N D^2 each), scores 2 r N D, μ/σ 2 * 2 H r N,
+        r V 2 r N D, W_O 2 r D^2. Write: the densities again (K and scores), the old signal carried
+        (sticky: ψ(u) resampled, 2 N S N, then 2 N^2 D; else 2 N^2 D) and new @ X, first @ X (2 N l D each)."""
+        n, d, h, r = self.basis, self.n_head * self.head_dim, self.n_head, l if rows is None else rows
+
+        def density(q: int) -> int:
+            return 2 * n * d * d + 2 * q * n * d + 4 * h * q * n
+
+        read = density(r) + 2 * n * d * d + 2 * r * n * d + 2 * r * d * d
+        carried = 2 * n * n * d + (2 * n * self.resample * n if self.sticky else 0)
+        return MemoryCost(0, read, density(l) + carried + 2 * 2 * n * l * d)
 
     def empty(self, batch: int, device: torch.device | str) -> InfinityState:
         coef = torch.zeros(batch, self.basis, self.n_head * self.head_dim, device=device)  # (B, N, D)
@@ -156,13 +187,16 @@ class InfinityMemory(Memory):
     def write(self, state: InfinityState, seg: SegmentView) -> InfinityState:
         with torch.autocast(device_type=state.coef.device.type, enabled=False):
             x = seg.x.float()  # (B, l, D) layer inputs leaving the local window
+            coef = state.coef
+            if self.detach:  # the paper's memory: a constant to later segments' gradients
+                x, coef = x.detach(), coef.detach()
             first, old, new, uniform = _maps(self.basis, x.shape[1], self.resample, self.tau, self.ridge, x.device)
             mu, var = self.density(state.coef, seg.q.float())  # (B, H, l) what this segment attended
             if self.sticky:
                 u = sticky_points(mu.detach(), var.detach(), self.resample)  # (B, S)
-                carried = (old @ design(u, self.basis)) @ state.coef  # (B, N, D)
+                carried = (old @ design(u, self.basis)) @ coef  # (B, N, D)
             else:
-                carried = uniform @ state.coef  # (B, N, D)
+                carried = uniform @ coef  # (B, N, D)
             full = torch.where((state.t > 0)[:, None, None], carried + new @ x, first @ x)  # (B, N, D)
             sd = torch.sqrt(var)
             kl = (math.log(KL_SIGMA0) - torch.log(sd) + var / (2 * KL_SIGMA0**2) - 0.5).mean(dim=(1, 2))  # (B,)

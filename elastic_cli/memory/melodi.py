@@ -31,12 +31,41 @@ Axis legend: B batch, H heads, S/U/L/C short/summary/increment/long entries, l w
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Union
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import LayerContext, MemoryOptions, OptionError
+
+
+class MelodiOptions(MemoryOptions):
+    """The window W is model.segment_len; `long_layer` picks the one layer with the long-term FIFO."""
+
+    short_tokens: int = Field(32, gt=0, description="short-term memory tokens S per layer (recurrent mixing)")
+    summary_tokens: int = Field(16, ge=0, description="summary tokens U per layer (mixing of the last window)")
+    long_layer: Union[int, Literal["middle"], None] = Field(
+        None, description="the layer holding the long-term FIFO (middle: n_layer // 2; null: none)")
+    long_tokens: int = Field(16, ge=0, description="long-term entries L added per window")
+    long_store: int = Field(192, ge=0, description="long-term FIFO capacity")
+
+    def long_index(self, n_layer: int) -> int | None:
+        return n_layer // 2 if self.long_layer == "middle" else self.long_layer
+
+    def memory_kwargs(self, ctx: LayerContext) -> dict:
+        return {**self.options(), "window": ctx.segment_len, "long_layer": ctx.layer == self.long_index(ctx.n_layer)}
+
+    def check(self, ctx: LayerContext, prefix: str) -> None:
+        if self.long_layer is None:
+            return
+        if self.long_index(ctx.n_layer) not in ctx.layers:
+            raise OptionError("long_layer", f"{prefix}long_layer={self.long_layer} is not one of the memory layers "
+                                            f"{list(ctx.layers)}")
+        if not 1 <= self.long_tokens <= self.long_store:
+            raise OptionError("long_tokens", f"{prefix}long_tokens={self.long_tokens} must be in "
+                                             f"[1, {prefix}long_store={self.long_store}]")
 
 
 class MelodiState(NamedTuple):
@@ -58,6 +87,8 @@ def mix(a: Tensor, x: Tensor) -> Tensor:
 @register("melodi")
 class MelodiMemory(Memory):
     """Short-term memory + summary tokens by token mixing; optional long-term FIFO with a gated read."""
+
+    Options = MelodiOptions
 
     def __init__(self, n_head: int, head_dim: int, window: int, short_tokens: int, summary_tokens: int = 0,
                  long_layer: bool = False, long_tokens: int = 0, long_store: int = 0):
@@ -82,6 +113,14 @@ class MelodiMemory(Memory):
     def extra_repr(self) -> str:
         return (f"window={self.window}, short_tokens={self.short}, summary_tokens={self.summary}, "
                 f"long_layer={self.long_layer}, long_tokens={self.long_tokens}, long_store={self.long_store}")
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Read: S + U keys in the softmax; on the long layer q Kᵀ and probs @ V over C, 2 * 2 l C D.
+        Write (keys and values): A_z 2 S (S + l) D, A_u 2 U l D, on the long layer A_m 2 L l D."""
+        d = self.n_head * self.head_dim
+        read = 4 * (l if rows is None else rows) * self.long_store * d if t > 0 else 0
+        write = 2 * 2 * d * (self.short * (self.short + l) + self.summary * l + self.long_tokens * l)
+        return MemoryCost(self.short + self.summary if t > 0 else 0, read, write)
 
     def empty(self, batch: int, device: torch.device | str) -> MelodiState:
         def zeros(m: int) -> Tensor:

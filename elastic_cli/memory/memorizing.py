@@ -22,9 +22,20 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import LayerContext, MemoryOptions, OptionError
+
+
+class MemorizingOptions(MemoryOptions):
+    store: int = Field(768, gt=0, description="FIFO capacity: (key, value) entries kept per head")
+    topk: int = Field(32, gt=0, description="neighbours each query retrieves per head (exact top-k)")
+
+    def check(self, ctx: LayerContext, prefix: str) -> None:
+        if self.topk > self.store:
+            raise OptionError("topk", f"{prefix}topk={self.topk} exceeds {prefix}store={self.store}")
 
 
 class StoreState(NamedTuple):
@@ -36,6 +47,8 @@ class StoreState(NamedTuple):
 @register("memorizing")
 class MemorizingMemory(Memory):
     """kNN attention over a FIFO store of past keys/values, gated with local attention."""
+
+    Options = MemorizingOptions
 
     def __init__(self, n_head: int, head_dim: int, store: int, topk: int):
         super().__init__(n_head, head_dim)
@@ -50,6 +63,11 @@ class MemorizingMemory(Memory):
 
     def extra_repr(self) -> str:
         return f"store={self.store}, topk={self.topk}"
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """Read: logits q̂ K̂ᵀ and probs @ V over the whole store, 2 * 2 l S D (a separate softmax)."""
+        rows = l if rows is None else rows
+        return MemoryCost(0, 4 * rows * self.store * self.n_head * self.head_dim if t > 0 else 0, 0)
 
     def empty(self, batch: int, device: torch.device | str) -> StoreState:
         zeros = torch.zeros(batch, self.n_head, self.store, self.head_dim, device=device)  # (B, H, S, d)

@@ -5,7 +5,12 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
+
+
+class NoneOptions(MemoryOptions):
+    """No options."""
 
 
 class NoState(NamedTuple):
@@ -15,6 +20,11 @@ class NoState(NamedTuple):
 @register("none")
 class NoMemory(Memory):
     """Reads nothing (no extra keys, no output), writes nothing, holds 0 floats."""
+
+    Options = NoneOptions
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        return MemoryCost(0, 0, 0)
 
     def empty(self, batch: int, device: torch.device | str) -> NoState:
         return NoState()

@@ -16,9 +16,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
+
+
+class RMTOptions(MemoryOptions):
+    tokens: int = Field(16, gt=0, description="memory tokens m read at the front and written at the back of a segment")
 
 
 class RMTState(NamedTuple):
@@ -29,6 +35,8 @@ class RMTState(NamedTuple):
 @register("rmt")
 class RMTMemory(Memory):
     """Options: tokens (m). tokens=0 is the plain decoder."""
+
+    Options = RMTOptions
 
     def __init__(self, n_head: int, head_dim: int, tokens: int = 10):
         super().__init__(n_head, head_dim)
@@ -46,6 +54,10 @@ class RMTMemory(Memory):
 
     def slot_counts(self) -> tuple[int, int]:
         return self.tokens, self.tokens
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """No products of its own: its 2m slot rows run through every layer (counted by flops.py)."""
+        return MemoryCost(0, 0, 0)
 
     def memory(self, state: RMTState) -> Tensor:
         """M_{s-1} per row: the carried tokens, or M_0 at a document start. (B, m, D)"""

@@ -17,9 +17,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from .base import Memory, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView, register
+from .options import MemoryOptions
+
+
+class XLOptions(MemoryOptions):
+    cache: int = Field(64, ge=0, description="tokens whose keys/values each layer keeps (the paper: one segment)")
 
 
 class XLState(NamedTuple):
@@ -32,6 +38,8 @@ class XLState(NamedTuple):
 class XLMemory(Memory):
     """A detached FIFO of the last `cache` keys/values, read at positions -cache..-1."""
 
+    Options = XLOptions
+
     def __init__(self, n_head: int, head_dim: int, cache: int):
         super().__init__(n_head, head_dim)
         if not isinstance(cache, int) or cache < 0:
@@ -40,6 +48,10 @@ class XLMemory(Memory):
 
     def extra_repr(self) -> str:
         return f"cache={self.cache}"
+
+    def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
+        """The cache joins the softmax (counted by the attention); writing is a copy."""
+        return MemoryCost(self.cache if t > 0 else 0, 0, 0)
 
     def empty(self, batch: int, device: torch.device | str) -> XLState:
         zeros = torch.zeros(batch, self.n_head, self.cache, self.head_dim, device=device)  # (B, H, C, d)

@@ -3,7 +3,7 @@
 Axis legend: B batch, H heads, n queries (this chunk), S = start + n local keys (the segment so
 far), M memory entries, d head width, D model width.
 
-Logits (DESIGN.md §2.2, "Attention"):
+Logits (docs/memory.md, "Attention"):
   memory  q_i · k_mem_j / sqrt(d)            un-rotated query, un-rotated memory key, masked by valid
   local   rope(q_i) · rope(k_j) / sqrt(d)    causal: key j visible to query i iff j <= start + i
 softmax over [memory ; local], output = P @ [v_mem ; v].

@@ -1,4 +1,4 @@
-"""Token sampling: top-k -> temperature -> top-p, then a draw from a seeded generator.
+"""Decoding: choosing each generated token: top-k -> temperature -> top-p, then a draw from a seeded generator.
 
 The filter order is litgpt's (`litgpt.generate.base.sample`): crop to the k largest logits,
 divide by the temperature, then keep the smallest set of tokens whose probability reaches
@@ -17,13 +17,13 @@ from torch import Tensor
 from elastic_cli.errors import UsageError
 
 
-class SamplingOptions(NamedTuple):
+class DecodingOptions(NamedTuple):
     temperature: float = 1.0  # 0: greedy
     top_k: int | None = None  # None: no crop
     top_p: float = 1.0  # 1: no nucleus crop
 
 
-def check_options(opts: SamplingOptions) -> SamplingOptions:
+def check_options(opts: DecodingOptions) -> DecodingOptions:
     """UsageError (exit 2) naming the flag for values outside their range."""
     if not opts.temperature >= 0:
         raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {opts.temperature}")
@@ -53,7 +53,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def filter_logits(logits: Tensor, opts: SamplingOptions) -> Tensor:
+def filter_logits(logits: Tensor, opts: DecodingOptions) -> Tensor:
     """The distribution a draw is taken from, as logits: top-k, then temperature, then top-p.
 
     Requires temperature > 0 (greedy decoding does not filter)."""
@@ -64,7 +64,7 @@ def filter_logits(logits: Tensor, opts: SamplingOptions) -> Tensor:
     return top_p_filter(logits, opts.top_p)
 
 
-def sample(logits: Tensor, opts: SamplingOptions, generator: torch.Generator) -> Tensor:
+def next_token(logits: Tensor, opts: DecodingOptions, generator: torch.Generator) -> Tensor:
     """logits (B, V) -> token ids (B,) long, on the logits' device."""
     if opts.temperature == 0:
         return logits.argmax(dim=-1)
