@@ -32,7 +32,8 @@ from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
-RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state")
+RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state",
+             "tensorboard", "wandb")  # the last two: run.loggers (loggers.py)
 
 
 def step_name(step: int) -> str:
@@ -81,7 +82,7 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
             return found[-1]
         if used and not (run_dir / "config.yaml").is_file() and not overwrite:
             raise UsageError(f"{run_dir} is not empty and is not a run directory; choose another run.dir")
-        for name in ("metrics.jsonl", "train.log", "state"):  # a run that never saved: start over
+        for name in ("metrics.jsonl", "train.log", "state", "tensorboard", "wandb"):  # a run that never saved: start over
             target = run_dir / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         return None
