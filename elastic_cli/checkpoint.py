@@ -37,7 +37,8 @@ from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
 CKPT_FILES = ("model.safetensors", "optimizer.pt", "train_state.json", "config.yaml")
-RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state")
+RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state",
+             "tensorboard", "wandb")  # the last two: run.loggers (loggers.py)
 
 
 def step_name(step: int) -> str:
@@ -153,7 +154,7 @@ def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
             return found, ()
         if used and not (run_dir / "config.yaml").is_file() and not overwrite:
             raise UsageError(f"{run_dir} is not empty and is not a run directory; choose another run.dir")
-        return None, ("metrics.jsonl", "train.log", "state")  # a run that never saved: start over
+        return None, ("metrics.jsonl", "train.log", "state", "tensorboard", "wandb")  # a run that never saved: start over
     return resolve(resume), ()
 
 

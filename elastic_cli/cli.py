@@ -276,6 +276,50 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
     generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, schedule, out_file)
 
 
+@cli.command("export", epilog=EXIT_CODES_HELP)
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.option("--out", required=True, metavar="DIR", help="Folder to write (built beside it, then renamed).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+def export_cmd(ckpt, out, overwrite) -> None:
+    """Write a Hugging Face folder: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
+
+    \b
+    Example: elastic export --ckpt runs/tiny --out hf/tiny   (needs: pip install 'elastic-cli[hf]')
+    """
+    from elastic_cli.export.writer import export
+
+    console.info(f"wrote {export(ckpt, out, overwrite)}")
+
+
+@cli.command("lm-eval", epilog=EXIT_CODES_HELP)
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.option("--tasks", required=True, metavar="A,B,..", help="Harness task names (or local ones, see --data).")
+@click.option("--data", "data_dir", metavar="DIR", help="Prepared data as local tasks: elastic_docs (whole documents, "
+              "rolling); task data adds elastic_answer (generation) and elastic_answer_ll.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Documents of --data (default: eval.split).")
+@click.option("--include-path", metavar="DIR", help="A folder of your own task YAMLs.")
+@click.option("--limit", type=float, help="Documents per task (a fraction if < 1).")
+@click.option("--num-fewshot", type=click.IntRange(min=0))
+@click.option("--model-args", metavar="K=V,..", help="schedule=, samples=, seed=, document_end=true (score EOS too).")
+@click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100000, show_default=True)
+@click.option("--json", "json_path", metavar="PATH", help="Also write the results as JSON.")
+def lm_eval_cmd(ckpt, tasks, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters,
+                json_path) -> None:
+    """Score a checkpoint with lm-evaluation-harness tasks, whole texts through memory (never truncated).
+
+    \b
+    Needs: pip install 'elastic-cli[lm-eval]'. Examples:
+      elastic lm-eval --ckpt runs/tiny --data data/stdlib --tasks elastic_docs
+      elastic lm-eval --ckpt runs/tiny --tasks wikitext --json lm-eval.json
+    """
+    from elastic_cli import inference
+    from elastic_cli.lm_eval_tasks import run_lm_eval
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    json_file = inference.check_writable(json_path, "--json") if json_path else None
+    run_lm_eval(ckpt, names, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters, json_file)
+
+
 BENCH_HELP = """\b
 Measure what memory costs, all variants in one process (interleaved, repeated; medians and spread):
 train tokens/s of every memory kind vs `none`, peak memory at 4k vs 64k tokens of history, time per

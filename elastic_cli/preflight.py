@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from elastic_cli import checkpoint, distributed, runlock
+from elastic_cli import checkpoint, distributed, loggers, runlock
 from elastic_cli.config import RunConfig, check_world
 from elastic_cli.data.compat import check_data
 from elastic_cli.data.loader import PreparedData
@@ -17,11 +17,12 @@ from elastic_cli.errors import DataError, UsageError
 
 
 def check_run(cfg: RunConfig, resume: str, overwrite: bool, world: int) -> PreparedData:
-    """Everything that would stop a run later: process count, device, data and its splits, the
+    """Everything that would stop a run later: process count, device, metric loggers, data and its splits, the
     memory/truncation setting, the run directory (writable, empty or resumable, not in use) and
     the checkpoint to resume. Read-only: nothing is written. Returns the opened data."""
     check_world(cfg, world)
     distributed.pick_device(cfg.run.device)  # run.device=cuda without CUDA: UsageError
+    loggers.check_installed(cfg.run.loggers)
     data = open_data(cfg)
     check_splits(cfg, data)
     check_truncation(cfg)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from elastic_cli import checkpoint, console, distributed, precision, preflight, runlock
+from elastic_cli import checkpoint, console, distributed, loggers, precision, preflight, runlock
 from elastic_cli.build import build_model, describe
-from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config
+from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
 from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.memory.base import detach_state
@@ -78,6 +78,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
            lock: runlock.RunLock) -> Summary:
     t, rank, world = cfg.train, distributed.rank(), distributed.world()
     check_world(cfg, world)
+    loggers.check_installed(cfg.run.loggers)
     if world != cfg.run.gpus * cfg.run.nodes and console.is_rank0():
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
@@ -104,7 +105,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
-    metrics = console.MetricsWriter(run_dir / "metrics.jsonl")
+    metrics = loggers.open_metrics(cfg.run.loggers, run_dir, step, to_dict(cfg))
     log.write(f"start step={step} steps={t.steps} world={world} device={device} dtype={'bf16' if bf16 else 'fp32'} "
               f"params={sum(p.numel() for p in model.parameters())} run_dir={run_dir}")
     loss = float("nan")
