@@ -14,7 +14,6 @@ skipped for the newest checkpoint that verifies. Weights are saved from the unwr
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import platform
@@ -33,10 +32,10 @@ from torch import nn
 
 from elastic_cli import __version__, console, runlock
 from elastic_cli.atomic import write_atomic
+from elastic_cli.checkpoint_files import CKPT_FILES, file_sha256, verify  # noqa: F401 (verify: public here)
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
-CKPT_FILES = ("model.safetensors", "optimizer.pt", "train_state.json", "config.yaml")
 RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state",
              "tensorboard", "wandb")  # the last two: run.loggers (loggers.py)
 
@@ -69,6 +68,9 @@ def resolve(path: str | Path) -> Path:
     return found
 
 
+_warned: set[str] = set()  # checkpoints reported as failing verification (once each)
+
+
 def newest_verified(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run whose files match their recorded sha256; newer ones
     that do not are reported and skipped. None when the run has no complete checkpoint; DataError
@@ -88,51 +90,6 @@ def newest_verified(run_dir: Path) -> Path | None:
         raise DataError(f"no checkpoint in {run_dir} verifies (newest: {reasons[0]}); "
                         f"start over with --overwrite")
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-_verified: dict[tuple, str | None] = {}  # (checkpoint, its files' sizes and mtimes) -> error or None
-_warned: set[str] = set()
-
-
-def verify(ckpt: Path) -> None:
-    """DataError (exit 3) naming the first file of a checkpoint that is missing or whose sha256
-    differs from the one COMPLETE recorded at save time (checkpoints from before checksums: presence only)."""
-    ckpt = Path(ckpt)
-    marker = ckpt / "COMPLETE"
-    stats = [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None
-             for f in [marker, *(ckpt / n for n in CKPT_FILES)]]
-    key = (str(ckpt.resolve()), tuple(stats))  # a file changed since it was hashed is hashed again
-    if key not in _verified:
-        try:
-            _check_files(ckpt, marker)
-            _verified[key] = None
-        except DataError as e:
-            _verified[key] = str(e)
-    if _verified[key] is not None:
-        raise DataError(_verified[key])
-
-
-def _check_files(ckpt: Path, marker: Path) -> None:
-    text = marker.read_text(encoding="utf-8", errors="replace").strip()
-    try:
-        recorded = json.loads(text)["sha256"] if text else {n: None for n in CKPT_FILES}
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise DataError(f"checkpoint file {marker} is corrupted (not the JSON written at save time)") from None
-    for name, sha in recorded.items():
-        f = ckpt / name
-        if not f.is_file():
-            raise DataError(f"checkpoint file {f} is missing")
-        if sha is not None and file_sha256(f) != sha:
-            raise DataError(f"checkpoint file {f} is truncated or corrupted (its sha256 differs from the one "
-                            f"recorded when it was saved)")
 
 
 def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, tuple[str, ...]]:
@@ -191,6 +148,8 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
         _write_files(tmp, model, optimizer, train_state, config_yaml)
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
+        if _interrupted(e):  # Ctrl-C inside torch.save can surface as the writer's RuntimeError: still 130
+            raise KeyboardInterrupt from None
         previous = complete_checkpoints(run_dir)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
@@ -204,6 +163,15 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     for stale in root.glob("step_*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    """True when a KeyboardInterrupt is somewhere in the chain of exceptions behind `e`."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: str) -> None:
