@@ -64,8 +64,9 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
     label = f"eval {cfg.memory.kind}" + "".join(f"/{v}" for k, v in cfg.memory.options().items() if k == "schedule")
     t0 = time.perf_counter()
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
+        unit = ((data.task or {}).get("options") or {}).get("segment_len")  # mqar counts distances in its own unit
         tally = score(model, docs, answers, batch, device, lambda: precision.autocast(device, cfg.train.dtype), bar,
-                      gain=not any(answers))
+                      gain=not any(answers), distance_unit=unit)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
