@@ -33,7 +33,7 @@ def readme_commands() -> list[list[str]]:
     for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M):
         if lang not in ("", "sh", "bash"):  # e.g. the Python example of the Hugging Face export
             continue
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the command
             line = line.split("|")[-1].strip().replace("$SLURM_NNODES", "4")
             words = shlex.split(line, comments=True)
             if words[:1] == ["srun"]:
