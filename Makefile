@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	else \
 	  $(PY) -m pip install -q $(TORCH_CPU); \
 	fi
-	$(PY) -m pip install -q -e '.[dev,plot]'
+	$(PY) -m pip install -q -e '.[dev,plot,hf,lm-eval,tensorboard,wandb]'
 	touch $@
 
 test: venv

@@ -5,8 +5,10 @@
     runs/<name>/checkpoints/latest          name of the newest complete checkpoint
     runs/<name>/state/PREEMPTED             stopped by a signal after a complete save
 
-A checkpoint is written into step_X.tmp/, COMPLETE last, then renamed; a directory without
-COMPLETE (or still named .tmp) is never loaded. Weights are saved from the unwrapped module
+A checkpoint is written into step_X.tmp/, COMPLETE last (it records the sha256 of every file), then
+renamed; a directory without COMPLETE (or still named .tmp) is never loaded, and one whose files no
+longer match their recorded sha256 is refused (exit 3, naming the file) or, for a run directory,
+skipped for the newest checkpoint that verifies. Weights are saved from the unwrapped module
 (no `module.`/`_orig_mod.` prefixes), so DDP, compiled and plain runs share one format.
 """
 from __future__ import annotations
@@ -24,15 +26,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from elastic_cli import __version__
+from elastic_cli import __version__, console, runlock
 from elastic_cli.atomic import write_atomic
+from elastic_cli.checkpoint_files import CKPT_FILES, file_sha256, verify  # noqa: F401 (verify: public here)
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
-RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state")
+RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state",
+             "tensorboard", "wandb")  # the last two: run.loggers (loggers.py)
 
 
 def step_name(step: int) -> str:
@@ -47,45 +52,76 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resolve(path: str | Path) -> Path:
-    """A run directory (its newest complete checkpoint) or a checkpoint directory -> checkpoint dir."""
+    """A run directory (its newest checkpoint that verifies) or a checkpoint directory (verified)
+    -> checkpoint dir; DataError (exit 3) naming what is missing, incomplete or corrupted."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
     if (path / "COMPLETE").is_file() and (path / "model.safetensors").is_file():
+        verify(path)
         return path
     if _STEP.match(path.name) or path.name.endswith(".tmp"):
         raise DataError(f"checkpoint {path} is incomplete (no COMPLETE file); it was not fully written")
-    found = complete_checkpoints(path)
-    if not found:
+    found = newest_verified(path)
+    if found is None:
         raise DataError(f"no complete checkpoint in {path}")
-    return found[-1]
+    return found
 
 
-def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
-    """Check the run directory against --resume/--overwrite; return the checkpoint to resume from.
+_warned: set[str] = set()  # checkpoints reported as failing verification (once each)
 
-    never: an empty (or --overwrite'n) directory; auto: the newest complete checkpoint, or a fresh
-    start; PATH: that checkpoint (or a run directory's newest)."""
+
+def newest_verified(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run whose files match their recorded sha256; newer ones
+    that do not are reported and skipped. None when the run has no complete checkpoint; DataError
+    when it has some but none verifies."""
+    found, reasons = complete_checkpoints(run_dir), []
+    for ckpt in reversed(found):
+        try:
+            verify(ckpt)
+        except DataError as e:
+            reasons.append(str(e))
+            if str(e) not in _warned:  # preflight and the run both look: say it once
+                _warned.add(str(e))
+                console.warn(f"skipping {ckpt.name}: {e}")
+            continue
+        return ckpt
+    if found:
+        raise DataError(f"no checkpoint in {run_dir} verifies (newest: {reasons[0]}); "
+                        f"start over with --overwrite")
+    return None
+
+
+def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, tuple[str, ...]]:
+    """Check the run directory against --resume/--overwrite without changing it: (the checkpoint to
+    resume from, the run files a fresh start removes).
+
+    never: an empty (or --overwrite'n) directory; auto: the newest checkpoint that verifies, or a
+    fresh start; PATH: that checkpoint (or a run directory's newest)."""
     run_dir = Path(run_dir)
-    used = run_dir.is_dir() and any(run_dir.iterdir())
+    used = run_dir.is_dir() and any(p.name != runlock.NAME for p in run_dir.iterdir())
     if resume == "never":
         if used and not overwrite:
             raise UsageError(f"run directory {run_dir} is not empty: pass --resume auto to continue it "
                              f"or --overwrite to start over")
-        if used:
-            for name in RUN_FILES:
-                target = run_dir / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        return None
+        return None, RUN_FILES if used else ()
     if resume == "auto":
-        found = complete_checkpoints(run_dir)
-        if found:
-            return found[-1]
+        found = newest_verified(run_dir)
+        if found is not None:
+            return found, ()
         if used and not (run_dir / "config.yaml").is_file() and not overwrite:
             raise UsageError(f"{run_dir} is not empty and is not a run directory; choose another run.dir")
-        for name in ("metrics.jsonl", "train.log", "state"):  # a run that never saved: start over
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        return None
-    return resolve(resume)
+        return None, ("metrics.jsonl", "train.log", "state", "tensorboard", "wandb")  # a run that never saved: start over
+    return resolve(resume), ()
+
+
+def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
+    """`check_run_dir`, then remove the run files of a fresh start; returns the checkpoint to resume from."""
+    start, remove = check_run_dir(run_dir, resume, overwrite)
+    for name in remove:
+        target = Path(run_dir) / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    return start
 
 
 def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
@@ -102,19 +138,22 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
          config_yaml: str, keep_last: int) -> Path:
-    """Write checkpoints/step_X atomically (rank 0 only), update `latest`, drop the oldest beyond keep_last."""
+    """Write checkpoints/step_X atomically (rank 0 only), update `latest`, drop the oldest beyond keep_last.
+    A write error (disk full, quota, read-only) -> DataError; nothing new is marked complete and the
+    previous checkpoints are untouched."""
     root = Path(run_dir) / "checkpoints"
     final = root / step_name(step)
     tmp = root / (final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # shared (tied) tensors stored once
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "train_state.json").write_text(json.dumps(train_state), encoding="utf-8")
-    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync(f)
-    write_atomic(tmp / "COMPLETE", b"")  # last: marks every file above as fully written
+    try:
+        _write_files(tmp, model, optimizer, train_state, config_yaml)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _interrupted(e):  # Ctrl-C inside torch.save can surface as the writer's RuntimeError: still 130
+            raise KeyboardInterrupt from None
+        previous = complete_checkpoints(run_dir)
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
+        raise DataError(f"could not write checkpoint {final}: {reason}; nothing was marked complete and {kept}") from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -126,12 +165,41 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
     return final
 
 
+def _interrupted(e: BaseException | None) -> bool:
+    """True when a KeyboardInterrupt is somewhere in the chain of exceptions behind `e`."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: str) -> None:
+    """The checkpoint's files in `tmp`, fsynced, then COMPLETE with their sha256 (read back from disk)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))  # shared (tied) tensors stored once
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_atomic(tmp / "train_state.json", json.dumps(train_state).encode())
+    write_atomic(tmp / "config.yaml", config_yaml.encode())
+    for name in CKPT_FILES:
+        _fsync(tmp / name)
+    sums = {name: file_sha256(tmp / name) for name in CKPT_FILES}
+    write_atomic(tmp / "COMPLETE", json.dumps({"sha256": sums}, indent=1).encode())  # last: all above are whole
+
+
 def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> dict:
     """Load weights (and optimizer state) into the unwrapped model; return train_state."""
     _load_weights(ckpt, model, device)
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-    return json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
+        try:
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        except (RuntimeError, ValueError, KeyError, EOFError, OSError) as e:
+            raise DataError(f"checkpoint file {ckpt / 'optimizer.pt'} cannot be loaded: {' '.join(str(e).split())[:200]}") from None
+    try:
+        return json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise DataError(f"checkpoint file {ckpt / 'train_state.json'} is not valid JSON") from None
 
 
 def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
@@ -147,6 +215,11 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] 
     model = build_model(cfg)
     _load_weights(ckpt, model, torch.device("cpu"))
     return cfg, model.eval(), ckpt
+
+
+def saved_step(ckpt: Path) -> int:
+    """The optimizer step a checkpoint was saved at (from its directory name)."""
+    return int(_STEP.match(Path(ckpt).name).group(1))
 
 
 def mark_preempted(run_dir: Path, step: int) -> Path:
@@ -180,7 +253,7 @@ def set_rng_state(state: dict) -> None:
 def _load_weights(ckpt: Path, model: nn.Module, device: torch.device) -> None:
     try:
         load_model(model, str(ckpt / "model.safetensors"), strict=True, device=str(device))
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, SafetensorError) as e:
         first = " ".join(str(e).split())[:300]
         raise DataError(f"checkpoint {ckpt} does not fit the model built from its config and overrides: {first}") from None
 

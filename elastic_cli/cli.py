@@ -11,7 +11,7 @@ import sys
 import click
 
 from elastic_cli import __version__, console
-from elastic_cli.errors import EXIT_INTERRUPTED, ElasticError, UsageError
+from elastic_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElasticError, UsageError
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -19,6 +19,7 @@ Exit codes:
   1   unexpected error (a bug: please report the traceback)
   2   usage or config error
   3   bad data, tokenizer or incompatible checkpoint
+  4   training diverged (NaN/inf loss); the last good checkpoint is kept
   75  preempted (SIGTERM/SIGUSR1) after writing a complete checkpoint
   130 interrupted (Ctrl-C)
 """
@@ -43,15 +44,16 @@ def tokenizer() -> None:
 @click.option("--kind", type=click.Choice(["books", "code"]), default="books", show_default=True)
 @click.option("--sample", type=int, default=1_000_000, show_default=True, help="Lines sampled (reservoir) for training.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed) -> None:
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force) -> None:
     """Train a tokenizer on a line sample of SOURCES (files, .gz, folders).
 
     \b
-    Example: elastic tokenizer train ~/books --vocab-size 8000 --out tok/books-8k.model
+    Example: elastic tokenizer train ~/books --vocab-size 8000 --out my-tokenizers/books-8k.model
     """
     from elastic_cli.data.tokenizer import train_from_sources
 
-    tok, lines = train_from_sources(list(sources), vocab_size, out, kind, sample, seed, corpus)
+    tok, lines = train_from_sources(list(sources), vocab_size, out, kind, sample, seed, corpus, force)
     console.info(f"wrote {out}: {tok.vocab_size} pieces from {lines} sampled lines, sha256 {tok.sha256[:12]}")
 
 
@@ -202,7 +204,8 @@ class Schedule(click.ParamType):
 @click.option("--max-docs", type=click.IntRange(min=1),
               help="Only the first N documents of the split (default: eval.max_batches x batch size, or all).")
 @click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
-@click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib).")
+@click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib); "
+              "the suffix names the format (.png, .pdf, .svg, .jpg, ...).")
 def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_docs, json_path, plot_path):
     """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
 
@@ -218,7 +221,7 @@ def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_
     json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
     plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
     if plot_file is not None:
-        evaluate.check_plot_available()
+        evaluate.check_plot_available(plot_file)
     report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs)
     text = json.dumps(report, indent=1)
     if json_path == "-":
@@ -273,6 +276,50 @@ def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, 
     generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, schedule, out_file)
 
 
+@cli.command("export", epilog=EXIT_CODES_HELP)
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.option("--out", required=True, metavar="DIR", help="Folder to write (built beside it, then renamed).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+def export_cmd(ckpt, out, overwrite) -> None:
+    """Write a Hugging Face folder: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
+
+    \b
+    Example: elastic export --ckpt runs/tiny --out hf/tiny   (needs: pip install 'elastic-cli[hf]')
+    """
+    from elastic_cli.export.writer import export
+
+    console.info(f"wrote {export(ckpt, out, overwrite)}")
+
+
+@cli.command("lm-eval", epilog=EXIT_CODES_HELP)
+@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.option("--tasks", required=True, metavar="A,B,..", help="Harness task names (or local ones, see --data).")
+@click.option("--data", "data_dir", metavar="DIR", help="Prepared data as local tasks: elastic_docs (whole documents, "
+              "rolling); task data adds elastic_answer (generation) and elastic_answer_ll.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), help="Documents of --data (default: eval.split).")
+@click.option("--include-path", metavar="DIR", help="A folder of your own task YAMLs.")
+@click.option("--limit", type=float, help="Documents per task (a fraction if < 1).")
+@click.option("--num-fewshot", type=click.IntRange(min=0))
+@click.option("--model-args", metavar="K=V,..", help="schedule=, samples=, seed=, document_end=true (score EOS too).")
+@click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100000, show_default=True)
+@click.option("--json", "json_path", metavar="PATH", help="Also write the results as JSON.")
+def lm_eval_cmd(ckpt, tasks, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters,
+                json_path) -> None:
+    """Score a checkpoint with lm-evaluation-harness tasks, whole texts through memory (never truncated).
+
+    \b
+    Needs: pip install 'elastic-cli[lm-eval]'. Examples:
+      elastic lm-eval --ckpt runs/tiny --data data/stdlib --tasks elastic_docs
+      elastic lm-eval --ckpt runs/tiny --tasks wikitext --json lm-eval.json
+    """
+    from elastic_cli import inference
+    from elastic_cli.lm_eval_tasks import run_lm_eval
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    json_file = inference.check_writable(json_path, "--json") if json_path else None
+    run_lm_eval(ckpt, names, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters, json_file)
+
+
 BENCH_HELP = """\b
 Measure what memory costs, all variants in one process (interleaved, repeated; medians and spread):
 train tokens/s and peak memory of every memory kind vs `none`; eval peak memory and time per token
@@ -301,20 +348,36 @@ def bench_command(overrides, recipe, device, quick, kinds, history, train_steps,
 
 
 def main() -> None:
-    """Console entry point: maps ElasticError to its exit code without a traceback."""
+    """Console entry point: maps ElasticError to its exit code without a traceback. Commands that
+    end with a code (a launched torchrun job's 75, 130, ...) return it through click; it is the exit code.
+    A launched worker also leaves its code for the launcher (`distributed.record_exit`)."""
+    code = _run()
+    if code:
+        from elastic_cli.distributed import record_exit
+
+        record_exit(code)
+    sys.exit(code)
+
+
+def _run() -> int:
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False, prog_name="elastic")
     except click.exceptions.Abort:
         console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except click.UsageError as e:  # bad flag, missing argument: one line, like every other error
+        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        console.error(" ".join(e.format_message().split()) + hint)
+        return EXIT_USAGE
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        console.error(" ".join(e.format_message().split()))
+        return e.exit_code
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except ElasticError as e:
         console.error(str(e))
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
         console.error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    return code if isinstance(code, int) else 0

@@ -141,3 +141,27 @@ class MetricsWriter:
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
+
+
+def drop_metrics_after(path: Path, step: int) -> int:
+    """Remove the rows of a metrics.jsonl logged after `step` (a resumed run logs them again), and a
+    torn last line; rewritten atomically. Returns the number of rows removed."""
+    from elastic_cli.atomic import write_atomic
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        write_atomic(path, "".join(kept).encode("utf-8"))
+    return dropped

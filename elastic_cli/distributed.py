@@ -2,16 +2,18 @@
 collectives). The only module that imports torch.distributed.
 
 A process started by torchrun (or by srun with RANK/WORLD_SIZE/LOCAL_RANK exported) is a worker.
-Otherwise `elastic train --gpus N` re-executes itself under `python -m torch.distributed.run`
+Otherwise `elastic train --gpus N` re-executes itself under `python -m elastic_cli.torchrun` (torchrun, quiet about failed workers)
 with a c10d rendezvous on localhost:0 (a free port, so two jobs on one node never collide).
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,13 +69,18 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module) -> nn.Module:
+def wrap(model: nn.Module, find_unused: bool = False) -> nn.Module:
     """DistributedDataParallel when there is more than one process; the model itself otherwise.
-    DDP averages gradients over ranks, so the loss of each rank is scaled by world() (train.py)."""
+    DDP averages gradients over ranks, so the loss of each rank is scaled by world() (train.py).
+    `find_unused`: some parameters may get no gradient in the backward that reduces (memory-write
+    parameters when the last truncation chunk holds one segment); DDP then reduces what the
+    accumulation left in their .grad instead of waiting for them forever."""
     if world() == 1:
         return model
     ids = [_device.index] if _device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    buffers = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused, **buffers)
 
 
 def no_sync(model: nn.Module, skip: bool):
@@ -140,7 +147,7 @@ def first_slurm_host(nodelist: str) -> str:
 
 def launch_command(gpus: int, nodes: int, rdzv_endpoint: str | None, worker_argv: list[str]) -> list[str]:
     """The exact torchrun command line that runs `python -m elastic_cli <worker_argv>` N x M times."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(gpus), "--nnodes", str(nodes),
+    cmd = [sys.executable, "-m", "elastic_cli.torchrun", "--nproc-per-node", str(gpus), "--nnodes", str(nodes),
            "--rdzv-backend", "c10d", "--max-restarts", "0"]
     if nodes == 1:
         cmd += ["--rdzv-endpoint", rdzv_endpoint or "localhost:0"]
@@ -153,32 +160,55 @@ def launch_command(gpus: int, nodes: int, rdzv_endpoint: str | None, worker_argv
     return cmd + ["-m", "elastic_cli", *worker_argv]
 
 
-def launch(cmd: list[str], preempted_marker: Path, cpu: bool) -> int:
-    """Run torchrun and map its outcome to an exit code: 0, 75 when the workers wrote a new
-    PREEMPTED marker (torchrun itself reports any worker failure as 1), 130 on Ctrl-C, else 1.
-    SIGTERM/SIGUSR1 sent to this process are relayed to torchrun as SIGTERM, which torchrun
-    forwards to every worker (they finish the step, save, and exit 75)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")  # time workers get to save after a signal
-    if cpu:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, int(cmd[cmd.index("--nproc-per-node") + 1])))))
-    started = time.time()
-    proc = subprocess.Popen(cmd, env=env)
-    relay = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731
-    old = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    interrupted = False
-    try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:  # the terminal sent SIGINT to torchrun and the workers too
-                interrupted = True
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+EXIT_DIR_ENV = "ELASTIC_EXIT_DIR"  # where launched workers leave their exit code (rank-<RANK>)
+
+
+def record_exit(code: int) -> None:
+    """In a launched worker: leave this process's exit code for the launcher (no-op elsewhere)."""
+    folder = os.environ.get(EXIT_DIR_ENV)
+    if folder and is_worker() and Path(folder).is_dir():
+        (Path(folder) / f"rank-{os.environ['RANK']}").write_text(f"{code}\n")
+
+
+def job_exit_code(rc: int, codes: dict[int, int], interrupted: bool, preempted: bool) -> int:
+    """The launcher's exit code from torchrun's `rc` and the workers' recorded codes (by rank):
+    0; 130 when interrupted; 75 when preempted after a complete save; else the code of the lowest
+    rank that recorded a documented one (2, 3, 4); else 1 (a worker crashed)."""
     if rc == 0:
         return 0
-    if preempted_marker.exists() and preempted_marker.stat().st_mtime >= started:
+    if interrupted or rc in (-signal.SIGINT, 128 + signal.SIGINT) or 130 in codes.values():
+        return 130
+    if preempted or 75 in codes.values():
         return 75
-    return 130 if interrupted or rc in (-signal.SIGINT, 130) else 1
+    documented = [codes[r] for r in sorted(codes) if codes[r] not in (0, 1)]
+    return documented[0] if documented else 1
+
+
+def launch(cmd: list[str], preempted_marker: Path, cpu: bool) -> int:
+    """Run torchrun and map its outcome to an exit code (`job_exit_code`). SIGTERM/SIGUSR1 sent to
+    this process are relayed to torchrun as SIGTERM, which torchrun forwards to every worker (they
+    finish the step, save, and exit 75)."""
+    with tempfile.TemporaryDirectory(prefix="elastic-exit-") as folder:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{EXIT_DIR_ENV: folder})
+        env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")  # time workers get to save after a signal
+        if cpu:
+            per = max(1, (os.cpu_count() or 1) // max(1, int(cmd[cmd.index("--nproc-per-node") + 1])))
+            env.setdefault("OMP_NUM_THREADS", str(per))
+        started = time.time()
+        proc = subprocess.Popen(cmd, env=env)
+        relay = lambda signum, frame: proc.send_signal(signal.SIGTERM)  # noqa: E731
+        old = {s: signal.signal(s, relay) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        interrupted = False
+        try:
+            while True:
+                try:
+                    rc = proc.wait()
+                    break
+                except KeyboardInterrupt:  # the terminal sent SIGINT to torchrun and the workers too
+                    interrupted = True
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        codes = {int(p.name.split("-")[1]): int(p.read_text()) for p in Path(folder).glob("rank-*")}
+    preempted = preempted_marker.exists() and preempted_marker.stat().st_mtime >= started
+    return job_exit_code(rc, codes, interrupted, preempted)

@@ -8,6 +8,7 @@ EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_USAGE = 2
 EXIT_DATA = 3
+EXIT_DIVERGED = 4
 EXIT_PREEMPTED = 75
 EXIT_INTERRUPTED = 130
 
@@ -34,3 +35,9 @@ class Preempted(ElasticError):
     """Stopped by SIGTERM/SIGUSR1 after writing a complete checkpoint (exit 75)."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class Diverged(ElasticError):
+    """The loss or gradient became NaN/inf; the update was not applied, nothing was saved (exit 4)."""
+
+    exit_code = EXIT_DIVERGED

@@ -64,8 +64,9 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
     label = f"eval {cfg.memory.kind}" + "".join(f"/{v}" for k, v in cfg.memory.options().items() if k == "schedule")
     t0 = time.perf_counter()
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
+        unit = ((data.task or {}).get("options") or {}).get("segment_len")  # mqar counts distances in its own unit
         tally = score(model, docs, answers, batch, device, lambda: precision.autocast(device, cfg.train.dtype), bar,
-                      gain=not any(answers))
+                      gain=not any(answers), distance_unit=unit)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -186,11 +187,17 @@ def _distance_key(d: str) -> tuple[int, int]:
     return (1, 0) if d == "unknown" else (0, int(d))
 
 
-def check_plot_available() -> None:
+def check_plot_available(path: Path | None = None) -> None:
+    """UsageError (exit 2) before any work: no matplotlib, or a --plot suffix it cannot write."""
     try:
         import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'elastic-cli[plot]' (or pip install matplotlib)") from None
+    if path is not None:
+        formats = FigureCanvasAgg.get_supported_filetypes()
+        if Path(path).suffix.lower().lstrip(".") not in formats:
+            raise UsageError(f"--plot {path}: the suffix must name an image format: {', '.join('.' + f for f in sorted(formats))}")
 
 
 def plot_curves(report: dict, path: Path) -> None:

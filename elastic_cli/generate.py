@@ -8,12 +8,14 @@ Axis legend: B rows (1 here), n tokens in a chunk, V vocabulary.
 """
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
@@ -23,30 +25,71 @@ from elastic_cli.errors import DataError, UsageError
 from elastic_cli.decoding import DecodingOptions, make_generator, next_token
 
 CONTEXT_TOKENS = 4  # prompt tokens the incremental decoder starts from (keeps the first space)
+BLOCK_BYTES = 1 << 20  # a --file prompt is read and encoded this much at a time
 
 
-def read_prompt(prompt: str | None, file: str | None) -> str:
-    """The prompt text from --prompt, --file PATH or --file - (stdin). Empty -> UsageError (2);
-    not UTF-8 -> DataError (3)."""
+class PromptFile(NamedTuple):
+    """A --file prompt, checked (UTF-8, not empty) but not read into memory: `prompt_texts` streams it."""
+
+    path: Path
+
+
+def read_prompt(prompt: str | None, file: str | None) -> str | PromptFile:
+    """The prompt from --prompt TEXT, --file - (stdin; read whole) or --file PATH (checked, streamed
+    later). Empty -> UsageError (2); a directory or unreadable -> UsageError (2); not UTF-8 -> DataError (3)."""
     if (prompt is None) == (file is None):
         raise UsageError("give exactly one of --prompt TEXT, --file PATH or - (stdin)")
-    if prompt is not None:
-        text, where = prompt, "--prompt"
-    else:
-        where = "stdin" if file == "-" else file
+    if file not in (None, "-"):
+        return _check_file(Path(file))
+    text, where = (prompt, "--prompt") if prompt is not None else (sys.stdin.buffer.read(), "stdin")
+    if isinstance(text, bytes):
         try:
-            raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-        except FileNotFoundError:
-            raise UsageError(f"--file {file}: no such file") from None
-        except OSError as e:
-            raise UsageError(f"--file {file}: cannot read ({e.strerror})") from None
-        try:
-            text = raw.decode("utf-8")
+            text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise DataError(f"{where} is not UTF-8 text (invalid byte at offset {e.start})") from None
     if not text.strip():
         raise UsageError(f"{where}: the prompt is empty")
     return text
+
+
+def _check_file(path: Path) -> PromptFile:
+    """Read the file once in blocks (constant memory): it must be a non-blank UTF-8 text file."""
+    if path.is_dir():
+        raise UsageError(f"--file {path}: is a directory; give a text file")
+    if not path.exists():
+        raise UsageError(f"--file {path}: no such file")
+    blank, offset = True, 0  # offset: bytes read so far, including the block being decoded
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            for block in itertools.chain(iter(lambda: f.read(BLOCK_BYTES), b""), [b""]):
+                offset += len(block)
+                blank = not decoder.decode(block, final=not block).strip() and blank
+    except UnicodeDecodeError as e:  # e.object: the bytes held back from earlier blocks + this block
+        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {offset - len(e.object) + e.start})") from None
+    except OSError as e:
+        raise UsageError(f"--file {path}: cannot read ({e.strerror})") from None
+    if blank:
+        raise UsageError(f"{path}: the prompt is empty")
+    return PromptFile(path)
+
+
+def prompt_texts(prompt: str | PromptFile) -> Iterator[str]:
+    """The prompt as text pieces that end at a newline (the tokenizers never merge across one, so
+    encoding the pieces equals encoding the whole); a file is read BLOCK_BYTES at a time."""
+    if isinstance(prompt, str):
+        yield prompt
+        return
+    decoder, rest = codecs.getincrementaldecoder("utf-8")(), ""
+    with open(prompt.path, "rb") as f:
+        for block in iter(lambda: f.read(BLOCK_BYTES), b""):
+            text = rest + decoder.decode(block)
+            cut = text.rfind("\n") + 1
+            if cut:
+                yield text[:cut]
+            rest = text[cut:]
+    if rest:
+        yield rest
 
 
 class IncrementalDecoder:
@@ -80,16 +123,34 @@ class IncrementalDecoder:
 @torch.no_grad()
 def prefill(model, ids: list[int], device: torch.device, amp=nullcontext) -> tuple[torch.Tensor, object]:
     """Feed the prompt one segment at a time -> (logits of its last token (1, V), stream)."""
-    stream = model.start_stream(1, device)
-    tokens = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, n)
-    L = model.segment_len
-    n_seg = -(-tokens.shape[1] // L)
-    with console.progress(n_seg, "reading prompt", unit="seg") as bar:
-        for s in range(n_seg):
-            with amp():
-                logits, stream = model.step(tokens[:, s * L : (s + 1) * L], stream)  # (1, n, V)
+    logits, stream, _, _ = prefill_chunks(model, [ids], device, amp)
+    return logits, stream
+
+
+@torch.no_grad()
+def prefill_chunks(model, chunks: Iterable[list[int]], device: torch.device, amp=nullcontext):
+    """Feed token chunks of any size one segment at a time (at most one segment of them held) ->
+    (logits of the last token (1, V), stream, number of tokens, the last CONTEXT_TOKENS ids)."""
+    stream, L = model.start_stream(1, device), model.segment_len
+    pending, n, tail, logits = [], 0, [], None
+    with console.progress(None, "reading prompt", unit="seg") as bar:
+        for chunk in chunks:
+            pending, n, tail = pending + list(chunk), n + len(chunk), (tail + list(chunk))[-CONTEXT_TOKENS:]
+            i = 0
+            while len(pending) - i > L:  # keep the last (partial or full) segment for the final call
+                logits, stream = _feed(model, pending[i:i + L], stream, device, amp)
+                i += L
+                bar.update(1)
+            pending = pending[i:]
+        if pending:
+            logits, stream = _feed(model, pending, stream, device, amp)
             bar.update(1)
-    return logits[:, -1].float(), stream  # (1, V)
+    return logits[:, -1].float(), stream, n, tail  # (1, V)
+
+
+def _feed(model, ids: list[int], stream, device, amp):
+    with amp():
+        return model.step(torch.tensor(ids, dtype=torch.long, device=device)[None], stream)  # (1, n, V)
 
 
 @torch.no_grad()
@@ -124,7 +185,7 @@ def stream_numel(stream) -> int:
     return sum(t.numel() for t in leaves if t.is_floating_point())
 
 
-def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: DecodingOptions, seed: int,
+def run_generate(ckpt: str, text: str | PromptFile, max_new_tokens: int, opts: DecodingOptions, seed: int,
                  num_samples: int, schedule: str | None, output: Path | None) -> list[dict]:
     """`elastic generate`: prints each sample to stdout as it is produced; returns the records
     (also written as JSONL to `output`)."""
@@ -140,17 +201,17 @@ def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: DecodingOption
     tokenizer = Tokenizer.load(tok_path)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise DataError(f"tokenizer {tok_path} has {tokenizer.vocab_size} pieces, the model {cfg.model.vocab_size}")
-    ids = [tokenizer.bos_id] + tokenizer.encode(text)
+    chunks = itertools.chain([[tokenizer.bos_id]], (tokenizer.encode(t) for t in prompt_texts(text)))
     amp = lambda: precision.autocast(device, cfg.train.dtype)  # noqa: E731
     t0 = time.perf_counter()
-    logits, stream = prefill(model, ids, device, amp)
-    console.info(f"read {len(ids)} prompt tokens in {time.perf_counter() - t0:.1f}s; "
+    logits, stream, n_prompt, context = prefill_chunks(model, chunks, device, amp)
+    console.info(f"read {n_prompt} prompt tokens in {time.perf_counter() - t0:.1f}s; "
                  f"stream state {stream_numel(stream)} floats")
     generator, records = make_generator(seed), []
     for i in range(num_samples):
         if num_samples > 1:
             console.info(f"--- sample {i + 1}/{num_samples}")
-        decoder = IncrementalDecoder(tokenizer, ids[-CONTEXT_TOKENS:])
+        decoder = IncrementalDecoder(tokenizer, context)
         tokens, t0 = [], time.perf_counter()
         for token, _ in continuation(model, stream, logits, max_new_tokens, opts, generator, tokenizer.eos_id, amp):
             tokens.append(token)
@@ -160,7 +221,7 @@ def run_generate(ckpt: str, text: str, max_new_tokens: int, opts: DecodingOption
         seconds = time.perf_counter() - t0
         finish = "eos" if tokens and tokens[-1] == tokenizer.eos_id else "length"
         body = tokens[:-1] if finish == "eos" else tokens
-        records.append({"sample": i, "seed": seed, "prompt_tokens": len(ids), "tokens": body,
+        records.append({"sample": i, "seed": seed, "prompt_tokens": n_prompt, "tokens": body,
                         "text": tokenizer.decode(body), "finish_reason": finish,
                         "tokens_per_s": len(tokens) / seconds if seconds > 0 else None})
         console.info(f"{len(tokens)} tokens, {len(tokens) / max(seconds, 1e-9):.1f} tokens/s ({finish})")

@@ -133,18 +133,20 @@ class _Answers:
 
 @torch.no_grad()
 def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device: torch.device,
-          amp=nullcontext, bar=None, gain: bool = False) -> Tally:
+          amp=nullcontext, bar=None, gain: bool = False, distance_unit: int | None = None) -> Tally:
     """Teacher-forced NLL of every next token of every document, memory carried per document.
 
     answers[i]: document i's answer spans (see `spans_of`); amp() gives the autocast context of each
-    forward; `gain`: also score each segment with empty memory (the long-context gain)."""
+    forward; `gain`: also score each segment with empty memory (the long-context gain);
+    `distance_unit`: tokens per segment when counting distances (default: the model's segment_len;
+    a task's own unit keeps distances comparable between models with other segment lengths)."""
     tally, L = Tally(), model.segment_len
     order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))  # similar lengths share a batch
     for first in range(0, len(order), batch_size):
         rows = order[first : first + batch_size]
         inputs, targets, n_seg = batch_arrays([docs[i] for i in rows], L)
         inputs, targets = inputs.to(device), targets.to(device)
-        spans = [_Answers(spans_of(answers[i]), L) for i in rows]
+        spans = [_Answers(spans_of(answers[i]), distance_unit or L) for i in rows]
         states = model.empty_states(len(rows), device)
         for s in range(n_seg):
             x, y = inputs[:, s * L : (s + 1) * L], targets[:, s * L : (s + 1) * L]  # (B, L)

@@ -7,6 +7,7 @@ one process and N processes give the same gradients up to rounding.
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 from pathlib import Path
@@ -16,12 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from elastic_cli import checkpoint, console, distributed, precision
+from elastic_cli import checkpoint, console, distributed, loggers, precision, preflight, runlock
 from elastic_cli.build import build_model, describe
-from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config
-from elastic_cli.data.compat import check_data
-from elastic_cli.data.loader import PreparedData, SegmentLoader
-from elastic_cli.errors import DataError, Preempted, UsageError
+from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
+from elastic_cli.data.loader import SegmentLoader
+from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.memory.base import detach_state
 from elastic_cli.model.init import init_weights
 from elastic_cli.optim import build_optimizer, lr_at, segments_at, set_lr
@@ -43,8 +43,7 @@ def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dr
     launching = distributed.needs_launch(gpus, nodes)
     cmd = distributed.launch_command(gpus, nodes, rdzv_endpoint, worker_argv) if launching else None
     if dry_run:
-        check_world(cfg, gpus * nodes)
-        data = open_data(cfg)
+        data = preflight.check_run(cfg, resume, overwrite, gpus * nodes)
         sizes = describe(cfg, gpus * nodes)
         rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
         rows.append(["data", f"{cfg.data.path}: {len(data.documents(cfg.data.train_split))} train documents, "
@@ -56,7 +55,7 @@ def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dr
         device = distributed.pick_device(cfg.run.device)
         if device.type == "cuda" and gpus > torch.cuda.device_count():
             raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
-        preflight(cfg, resume, overwrite, gpus * nodes)
+        preflight.check_run(cfg, resume, overwrite, gpus * nodes)
         console.info("launching: " + " ".join(cmd))
         return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu")
     train(cfg, resume, overwrite, ("elastic", *worker_argv))
@@ -67,21 +66,25 @@ def train(cfg: RunConfig, resume: str = "never", overwrite: bool = False, argv: 
     """Train in this process (one worker of a torchrun job, or alone); returns the final step."""
     device = distributed.pick_device(cfg.run.device)
     distributed.init(device)
+    lock = runlock.RunLock(cfg.run.dir)  # held by rank 0 while it trains; the kernel drops it if we die
     try:
-        return _train(cfg, device, resume, overwrite, list(argv))
+        return _train(cfg, device, resume, overwrite, list(argv), lock)
     finally:
+        lock.release()
         distributed.shutdown()
 
 
-def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, argv: list[str]) -> Summary:
+def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, argv: list[str],
+           lock: runlock.RunLock) -> Summary:
     t, rank, world = cfg.train, distributed.rank(), distributed.world()
     check_world(cfg, world)
+    loggers.check_installed(cfg.run.loggers)
     if world != cfg.run.gpus * cfg.run.nodes and console.is_rank0():
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
-    data = open_data(cfg)
+    data = preflight.open_data(cfg)
     run_dir = Path(cfg.run.dir)
-    start = _on_rank0(lambda: _prepare_run(cfg, run_dir, resume, overwrite, argv, world))
+    start = _on_rank0(lambda: _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock))
     torch.manual_seed(t.seed)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -95,14 +98,14 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
-    net = distributed.wrap(model)
+    net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
     forward = torch.compile(net) if t.compile else net
     bf16 = precision.uses_bf16(device.type, t.dtype)
     autocast = precision.autocast(device, t.dtype)
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
-    metrics = console.MetricsWriter(run_dir / "metrics.jsonl")
+    metrics = loggers.open_metrics(cfg.run.loggers, run_dir, step, to_dict(cfg))
     log.write(f"start step={step} steps={t.steps} world={world} device={device} dtype={'bf16' if bf16 else 'fp32'} "
               f"params={sum(p.numel() for p in model.parameters())} run_dir={run_dir}")
     loss = float("nan")
@@ -115,7 +118,14 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                 set_lr(optimizer, lr)
                 loader.set_segments(segments_at(step, t.curriculum, t.segments))
                 batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
-                loss, n_tokens, grad_norm = train_step(cfg, model, optimizer, batch, autocast, device, net, forward)
+                try:
+                    loss, n_tokens, grad_norm = train_step(cfg, model, optimizer, batch, autocast, device, net, forward)
+                except Diverged as e:
+                    saved = checkpoint.complete_checkpoints(run_dir)
+                    kept = f"the last good checkpoint {saved[-1]} is kept" if saved else "no checkpoint was saved yet"
+                    log.write(f"step {step + 1}: {e}", echo=False)
+                    raise Diverged(f"training diverged at step {step + 1}: {e}; the weights were not updated and "
+                                   f"{kept}; lower train.lr or raise train.warmup, then --resume auto") from None
                 step, tokens = step + 1, tokens + n_tokens
 
                 record = {}
@@ -130,8 +140,9 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                     t_last, tokens_last = now, tokens
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
                     record["val_loss"], record["val_accuracy"] = evaluate_loss(cfg, model, data, autocast, device)
-                    log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f}",
-                              echo=not console.interactive())
+                    log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
+                              f"(training windows of the val split, memory empty at each window start; elastic eval "
+                              f"carries memory through whole documents)", echo=not console.interactive())
                 if record:
                     metrics.write({"step": step, **record})
                 bar.update(1, loss=f"{loss:.3f}", **({"tok/s": f"{record['tokens_per_s']:,.0f}"} if "tokens_per_s" in record else {}))
@@ -166,7 +177,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
     total = int(distributed.all_reduce_sum([local])[0])
     scale = distributed.world() / max(total, 1)  # DDP averages over ranks: undo it, then divide by all tokens
     optimizer.zero_grad(set_to_none=True)
-    total_nll = 0.0
+    total_nll, bad = 0.0, None  # bad: (micro-batch, first segment) of this rank's first non-finite loss
     starts = list(range(0, rows, t.micro_batch))
     for i, r0 in enumerate(starts):
         x = batch.inputs[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
@@ -190,11 +201,24 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
                         if t.aux_weight:  # mean over segments, micro-batches and (by DDP) ranks
                             aux = aux + model.aux_loss(states) / (len(starts) * segments)
                 (chunk * scale + t.aux_weight * aux).backward()
-            total_nll += chunk.item()
+            value = chunk.item()
+            total_nll += value
+            bad = bad or (None if math.isfinite(value) else (i, c0))
             states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-    optimizer.step()
-    return distributed.all_reduce_sum([total_nll])[0] / max(total, 1), total, float(grad_norm)
+    loss = distributed.all_reduce_sum([total_nll])[0] / max(total, 1)
+    if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):  # the same on every rank: all stop
+        raise Diverged(nonfinite_message(loss, float(grad_norm), distributed.all_gather_object(bad), t.micro_batch))
+    optimizer.step()  # only finite updates: NaN weights are never saved
+    return loss, total, float(grad_norm)
+
+
+def nonfinite_message(loss: float, grad_norm: float, bad: list, micro_batch: int) -> str:
+    """Where a non-finite loss appeared: per rank, (micro-batch, first segment of its chunk) or None."""
+    where = [f"rank {r} micro-batch {b[0]} (rows {b[0] * micro_batch}..{(b[0] + 1) * micro_batch - 1}, segments "
+             f"from {b[1]})" for r, b in enumerate(bad) if b is not None]
+    what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm} (loss {loss:.4f})"
+    return f"{what} in {', '.join(where) or 'the backward pass'}"
 
 
 def segment_nll(forward, x, y, states, sparse: bool = False):
@@ -249,25 +273,15 @@ def evaluate_loss(cfg: RunConfig, model, data, autocast, device) -> tuple[float,
     return nll / max(count, 1), correct / max(count, 1)
 
 
-def open_data(cfg: RunConfig) -> PreparedData:
-    """The prepared data, checked against the model and tokenizer (DataError, exit 3)."""
-    data = PreparedData(cfg.data.path)
-    check_data(cfg, data.meta, cfg.data.path)  # its own meta: nothing to warn about when no tokenizer is named
-    return data
-
-
-def preflight(cfg: RunConfig, resume: str, overwrite: bool, world: int) -> None:
-    """What a launcher checks before it starts workers, so mistakes exit 2/3 at once."""
-    check_world(cfg, world)
-    open_data(cfg)
-    if resume == "never" and not overwrite:
-        checkpoint.prepare_run_dir(Path(cfg.run.dir), resume, overwrite=False)
-    elif resume not in ("never", "auto"):
-        checkpoint.resolve(resume)
-
-
-def _prepare_run(cfg, run_dir, resume, overwrite, argv, world) -> str | None:
+def _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock) -> str | None:
+    """Rank 0: every check before step 1 (preflight), the run lock, then the run files."""
+    preflight.check_run(cfg, resume, overwrite, world)
+    lock.acquire()
     start = checkpoint.prepare_run_dir(run_dir, resume, overwrite)
+    if start is not None:  # rows logged after the checkpoint are logged again by the resumed run
+        dropped = console.drop_metrics_after(run_dir / "metrics.jsonl", checkpoint.saved_step(start))
+        if dropped:
+            console.warn(f"dropped {dropped} metrics.jsonl row(s) logged after {start.name}; the resumed run logs them again")
     checkpoint.write_run_files(run_dir, dump_yaml(cfg), argv, world)
     return None if start is None else str(start)
 

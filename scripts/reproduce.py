@@ -32,14 +32,14 @@ SCHEDULES = ("uniform", "exponential", "gauss", "power")
 # task: mqar documents; model: the shared shape; train: steps and batch; lm: the language-modelling runs
 SIZES = {
     "smoke": dict(length=128, seg=16, count=400, pairs=4, keys=16, values=16, d=32, layers=2, heads=2, mlp=64,
-                  order=8, steps=30, batch=8, lr=3e-3, eval_docs=40, lm_steps=10, lm_segments=4, lm_batch=4,
-                  lm_docs=4, device="cpu", jobs=2, sweep=(4, 16)),
-    "cpu": dict(length=256, seg=32, count=6000, pairs=6, keys=32, values=16, d=128, layers=2, heads=4, mlp=384,
+                  order=8, steps=30, batch=8, lr=3e-3, eval_docs=40, lm_steps=10, lm_segments=4, lm_batch=4, lm_seg=16,
+                  lm_docs=4, device="cpu", jobs=2, sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)}),
+    "cpu": dict(length=128, seg=16, count=8000, pairs=8, keys=16, values=16, d=128, layers=2, heads=4, mlp=384,
                 order=32, steps=600, batch=32, lr=3e-3, eval_docs=300, lm_steps=300, lm_segments=8, lm_batch=8,
-                lm_docs=12, device="cpu", jobs=2, sweep=(8, 16, 64)),
+                lm_seg=64, lm_docs=12, device="cpu", jobs=2, sweep={"elastic": (8, 64), "xl": (8,), "memorizing": (8,)}),
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
-                mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, eval_docs=1000, lm_steps=4000, lm_segments=16,
-                lm_batch=16, lm_docs=200, device="cuda", jobs=1, sweep=(32, 64, 256)),
+                mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, eval_docs=1000, lm_steps=4000, lm_segments=16, lm_seg=512,
+                lm_batch=16, lm_docs=200, device="cuda", jobs=1, sweep={"elastic": (32, 64, 256), "xl": (32, 512), "memorizing": (32, 512)}),
 }
 
 
@@ -58,11 +58,15 @@ def memory(kind: str, z: dict, size: int | None = None) -> tuple[str, list[str]]
         "melodi": (f"melodi-{n}", ["memory.kind=melodi", f"memory.short_tokens={n // 2}",
                                    f"memory.summary_tokens={max(1, n // 4)}", f"memory.long_layer={mid}",
                                    f"memory.long_tokens={max(1, n // 4)}", f"memory.long_store={layers * n // 4}"]),
-        "infinity": (f"infinity-basis{n}", ["memory.kind=infinity", f"memory.basis={n}", f"memory.resample={4 * n}"]),
-        "armt": (f"armt-tokens{max(1, n // 4)}", ["memory.kind=armt", f"memory.tokens={max(1, n // 4)}",
-                                                  f"memory.key_dim={max(4, z['d'] // z['heads'])}"]),
-        "caching": ("caching-armt", ["memory.kind=caching", "memory.base=armt", f"memory.tokens={max(1, n // 8)}",
-                                     f"memory.key_dim={max(4, z['d'] // z['heads'] // 2)}", "memory.max_caches=4"]),
+        # infinity holds basis * d_model floats per layer; armt about 6 * key_dim * (d_model + 1) (nu = 3);
+        # caching (max_caches + 1) armt states
+        "infinity": (f"infinity-basis{2 * n}", ["memory.kind=infinity", f"memory.basis={2 * n}",
+                                                f"memory.resample={8 * n}"]),
+        "armt": (f"armt-keydim{max(2, round(n / 3))}", ["memory.kind=armt", f"memory.tokens={max(1, n // 4)}",
+                                                        f"memory.key_dim={max(2, round(n / 3))}"]),
+        "caching": (f"caching-armt-keydim{max(2, round(n / 12))}", [
+            "memory.kind=caching", "memory.base=armt", f"memory.tokens={max(1, n // 8)}",
+            f"memory.key_dim={max(2, round(n / 12))}", "memory.max_caches=3"]),
         "rmt": (f"rmt-tokens{max(1, n // 4)}", ["memory.kind=rmt", "memory.layers=[0]", f"memory.tokens={max(1, n // 4)}"]),
     }
     return table[kind]
@@ -80,9 +84,9 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             out.append({"name": "none-one-segment", "kind": "none", "data": "mqar", "group": "control",
                         "over": ["memory.kind=none", f"model.segment_len={z['length']}", "train.segments=1",
                                  "train.bptt_segments=1"]})
-        for kind in ("elastic", "xl", "memorizing"):
+        for kind, sizes in z["sweep"].items():
             if kind in kinds:
-                for n in z["sweep"]:
+                for n in sizes:
                     name, over = memory(kind, z, n)
                     out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "sweep"})
         if "memorizing" in kinds:  # Wu et al. 2022 keep 8k+ entries: a store that holds the whole document
@@ -97,7 +101,7 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             out.append({"name": f"xl-cache{z['length']}-paper", "kind": "xl", "data": "mqar", "group": "paper",
                         "over": ["memory.kind=xl", f"memory.cache={z['length']}"]})
     if only in (None, "lm"):
-        for kind in [k for k in ("none", "elastic", "xl") if k in kinds]:
+        for kind in [k for k in ("none", "elastic") if k in kinds]:
             name, over = memory(kind, z)
             out.append({"name": name, "kind": kind, "data": "code", "over": over, "group": "lm",
                         "compare": ["uniform", "exponential"] if kind == "elastic" else None})
@@ -157,7 +161,7 @@ def train_and_eval(run: Runner, z: dict, v: dict, data: Path) -> None:
     segs, steps = (z["length"] // z["seg"], z["steps"]) if task else (z["lm_segments"], z["lm_steps"])
     batch = z["batch"] if task else z["lm_batch"]
     shape = [f"model.d_model={z['d']}", f"model.n_layer={z['layers']}", f"model.n_head={z['heads']}",
-             f"model.mlp_hidden={z['mlp']}", f"model.segment_len={z['seg']}"]
+             f"model.mlp_hidden={z['mlp']}", f"model.segment_len={z['seg'] if task else z['lm_seg']}"]
     schedule = [f"train.steps={steps}", f"train.warmup={max(1, steps // 20)}", f"train.lr={z['lr']}",
                 f"train.min_lr={z['lr'] / 10}", f"train.global_batch={batch}", f"train.micro_batch={batch}",
                 f"train.segments={segs}", f"train.bptt_segments={segs}", f"train.eval_every={max(1, steps // 10)}",

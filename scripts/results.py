@@ -136,12 +136,17 @@ def findings(rows: dict, chance: float) -> list[str]:
                      f"({'meets' if d0 is not None and d0 >= 0.95 else 'misses'} the 0.95 within-segment bar); at distance >= {FAR}: "
                      f"{fmt(none[f'accuracy_distance_ge_{FAR}'], '.3f')} (chance {chance:.3f}).")
     far = {n: r[f"accuracy_distance_ge_{FAR}"] for n, r in ok.items() if r[f"accuracy_distance_ge_{FAR}"] is not None
-           and r["kind"] != "none"}
+           and r["kind"] != "none" and r["group"] != "sampling"}
     if far:
         best = max(far, key=far.get)
         lines.append(f"- Best memory at distance >= {FAR}: `{best}` with {far[best]:.3f} "
                      f"({'meets' if far[best] >= 0.90 else 'misses'} the 0.90 bar). Ranking: "
                      + ", ".join(f"{n} {a:.3f}" for n, a in sorted(far.items(), key=lambda kv: -kv[1])) + ".")
+    schedules = {r["read_schedule"]: r[f"accuracy_distance_ge_{FAR}"] for r in ok.values()
+                 if r["kind"] == "elastic" and r["group"] in ("matched", "sampling") and r["read_schedule"]}
+    if len(schedules) > 1:
+        lines.append(f"- Elastic Memory's weights read with each schedule, accuracy at distance >= {FAR}: "
+                     + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in schedules.items()) + ".")
     return lines
 
 

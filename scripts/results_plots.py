@@ -107,7 +107,8 @@ def lm_plot(rows: dict, path: Path, width: int = 10) -> None:
             bottom.plot(xs, [y - b for y, b in zip(ys, base[1])], marker=".", color=f"C{i % 10}", label=name)
     top.set_ylabel("loss (nats/token)")
     top.set_title(f"held-out code: loss by segment index (token-weighted bins of {width} segments)")
-    top.legend(fontsize=7, ncol=2)
+    if curves:
+        top.legend(fontsize=7, ncol=2)
     bottom.axhline(0.0, color="black", linewidth=0.8)
     bottom.set_ylabel("loss minus none's (nats/token)")
     bottom.set_xlabel("segment index in the document")

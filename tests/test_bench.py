@@ -218,7 +218,7 @@ def test_train_step_is_sgd_on_the_truncated_bptt_loss(bptt):
     ref = copy.deepcopy(model)
     x, y = toks(2, 3, SEG, seed=1), toks(2, 3, SEG, seed=2)
     cfg = SimpleNamespace(train=SimpleNamespace(micro_batch=2, bptt_segments=bptt, aux_weight=0.0, grad_clip=0.0,
-                                                loss_on="all", checkpoint_segments=False))
+                                                checkpoint_segments=False, loss_on="all"))
     batch = Batch(x, y, torch.tensor([[True, False, False]] * 2))
     loss, n_tokens, _ = train_step(cfg, model, torch.optim.SGD(model.parameters(), lr=1.0), batch, nullcontext(), CPU)
     assert n_tokens == 2 * 3 * SEG

@@ -113,6 +113,9 @@ def test_run_dir_rules(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only run files are removed
     with pytest.raises(UsageError, match="not a run directory"):
         checkpoint.prepare_run_dir(run, "auto", False)
+    with pytest.raises(DataError, match="nothing does not exist"):
+        checkpoint.prepare_run_dir(run, str(tmp_path / "nothing"), False)
+    (tmp_path / "nothing").mkdir()
     with pytest.raises(DataError, match="no complete checkpoint"):
         checkpoint.prepare_run_dir(run, str(tmp_path / "nothing"), False)
 
@@ -148,3 +151,21 @@ def test_load_for_inference_with_test_time_overrides(tmp_path):
         checkpoint.load_for_inference(tmp_path, ["model.mlp_hidden=32"])
     with pytest.raises(DataError, match="does not fit the model"):
         checkpoint.load_for_inference(tmp_path, ["model.tie_embeddings=true"])
+
+
+def test_ctrl_c_inside_a_save_stays_an_interrupt(tmp_path, monkeypatch):
+    """torch.save's writer can turn a KeyboardInterrupt into its own RuntimeError on the way out:
+    that is still Ctrl-C (exit 130), not a write error, and nothing is left half-written."""
+    cfg, model, opt = trained()
+    good = save(tmp_path, 1, cfg, model, opt)
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 2, cfg, model, opt)
+    assert checkpoint.resolve(tmp_path) == good and not list((tmp_path / "checkpoints").glob("*.tmp"))

@@ -104,7 +104,7 @@ def test_split_is_deterministic_and_follows_fractions():
 def test_repos_documents_have_sorted_files_behind_headers(tmp_path, monkeypatch, capsys):
     repos = make_repos(tmp_path)
     code, err = cli(monkeypatch, capsys, "prepare", repos, "--repos", "--tokenizer", CODE, "--out", tmp_path / "out",
-                    "--workers", "1")
+                    "--workers", "1", "--val-frac", "0", "--test-frac", "0")  # two documents: no tails held out
     assert code == 0, err
     text = decoded(PreparedData(tmp_path / "out"), Tokenizer.load(CODE))
     assert text == {

@@ -30,8 +30,10 @@ def demo_lines(**variables) -> list[str]:
 def readme_commands() -> list[list[str]]:
     """Every `elastic ...` command in the README's code blocks, as argv lists (after `elastic`)."""
     found = []
-    for block in re.findall(r"```\n(.*?)```", README, flags=re.S):
-        for line in block.splitlines():
+    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M):
+        if lang not in ("", "sh", "bash"):  # e.g. the Python example of the Hugging Face export
+            continue
+        for line in block.replace("\\\n", " ").splitlines():  # a trailing backslash continues the command
             line = line.split("|")[-1].strip().replace("$SLURM_NNODES", "4")
             words = shlex.split(line, comments=True)
             if words[:1] == ["srun"]:

@@ -26,7 +26,7 @@ def test_first_slurm_host(nodelist, host):
 def test_single_node_launch_uses_a_free_local_port(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
     cmd = distributed.launch_command(4, 1, None, ["train", "r.yaml", "--resume", "never"])
-    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[:3] == [sys.executable, "-m", "elastic_cli.torchrun"]
     text = " ".join(cmd)
     assert "--nproc-per-node 4 --nnodes 1 --rdzv-backend c10d" in text
     assert "--rdzv-endpoint localhost:0" in text

@@ -194,7 +194,7 @@ def test_compare_schedules_side_by_side_same_weights(run, capsys, tmp_path):
 
 def test_eval_errors_exit_codes(run, capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", "--ckpt", tmp_path / "nope")
-    assert code == 3 and "no complete checkpoint" in err
+    assert code == 3 and f"{tmp_path / 'nope'} does not exist" in err
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
     (next((broken / "checkpoints").glob("step_*")) / "COMPLETE").unlink()
@@ -204,6 +204,9 @@ def test_eval_errors_exit_codes(run, capsys, tmp_path):
     shutil.copytree(run, other)
     ckpt = next((other / "checkpoints").glob("step_*"))
     (ckpt / "config.yaml").write_text((ckpt / "config.yaml").read_text().replace("d_model: 32", "d_model: 64"))
+    code, _, err = run_cli(capsys, "eval", "--ckpt", other)
+    assert code == 3 and f"checkpoint file {ckpt / 'config.yaml'} is truncated or corrupted" in err
+    (ckpt / "COMPLETE").write_text("")  # a checkpoint from before checksums: only the weights can object
     code, _, err = run_cli(capsys, "eval", "--ckpt", other)
     assert code == 3 and "does not fit" in err
     code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--json", tmp_path / "missing-dir" / "r.json")

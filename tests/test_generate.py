@@ -1,6 +1,7 @@
 """Sampling filters (closed forms), incremental decoding, streaming generation vs teacher forcing,
 and bounded per-token state and work after short and long prompts."""
 import math
+import shutil
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from elastic_cli.decoding import (DecodingOptions, check_options, filter_logits, make_generator, next_token,
                                   top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.generate import IncrementalDecoder, continuation, prefill, read_prompt, stream_numel
+from elastic_cli import generate
+from elastic_cli.generate import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts,
+                                   read_prompt, stream_numel)
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
@@ -90,7 +93,49 @@ def test_read_prompt_errors(tmp_path):
     with pytest.raises(UsageError, match="exactly one"):
         read_prompt("a", str(tmp_path / "latin1.txt"))
     (tmp_path / "ok.txt").write_text("déf")
-    assert read_prompt(None, str(tmp_path / "ok.txt")) == "déf"
+    assert "".join(prompt_texts(read_prompt(None, str(tmp_path / "ok.txt")))) == "déf"
+    with pytest.raises(UsageError, match="is a directory"):
+        read_prompt(None, str(tmp_path))
+    with pytest.raises(UsageError, match="no such file"):
+        read_prompt(None, str(tmp_path / "gone.txt"))
+
+
+def test_a_long_file_is_read_in_blocks_at_constant_memory(tmp_path, monkeypatch):
+    """40 MB (about 10M tokens of text): checking and streaming it holds one block at a time, and
+    the pieces (ending at newlines, also where a character straddles a block) are the whole text."""
+    import tracemalloc
+
+    monkeypatch.setattr(generate, "BLOCK_BYTES", 1 << 16)
+    line = "def f(x):  # ünïcödé ✓\n"
+    big = tmp_path / "big.py"
+    big.write_text(line * (40_000_000 // len(line.encode())), encoding="utf-8")
+    tracemalloc.start()
+    prompt = read_prompt(None, str(big))
+    n_chars = sum(len(piece) for piece in prompt_texts(prompt))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n_chars == len(line) * (40_000_000 // len(line.encode()))
+    assert peak < 2_000_000  # a few blocks of 64 kB, not the 40 MB file
+    odd = tmp_path / "odd.txt"
+    odd.write_bytes(b"a" * ((1 << 16) - 1) + "é\nb".encode() + b"\xff")
+    with pytest.raises(DataError, match=f"offset {(1 << 16) + 3}"):
+        read_prompt(None, str(odd))
+    odd.write_bytes(b"a" * ((1 << 16) - 1) + "é\nb".encode())
+    assert list(prompt_texts(read_prompt(None, str(odd)))) == ["a" * ((1 << 16) - 1) + "é\n", "b"]
+
+
+def test_prefill_in_chunks_equals_prefill_of_the_whole_prompt():
+    torch.manual_seed(0)
+    model = Decoder(vocab_size=64, d_model=32, n_layer=2, n_head=2, mlp_hidden=64, segment_len=8,
+                    memories={i: REGISTRY["elastic"](2, 16, order=4, samples=4) for i in range(2)})
+    init_weights(model, 0)
+    ids = (torch.arange(45) * 7 % 60 + 4).tolist()
+    whole, _ = prefill(model.eval(), ids, torch.device("cpu"))
+    for cuts in ([3, 8, 20, 44], [1], [8, 16, 24, 32, 40]):
+        pieces = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        logits, _, n, tail = prefill_chunks(model, pieces, torch.device("cpu"))
+        torch.testing.assert_close(logits, whole, rtol=1e-5, atol=1e-5)
+        assert n == 45 and tail == ids[-4:]
 
 
 class PieceTokenizer:
@@ -243,6 +288,7 @@ def test_generate_from_long_file_and_stdin(run, capsys, tmp_path, monkeypatch):
     (["--prompt", ""], 2, "empty"),
     (["--file", "EMPTY"], 2, "empty"),
     (["--file", "LATIN1"], 3, "not UTF-8"),
+    (["--file", "DIR"], 2, "is a directory"),
     (["--prompt", "x", "--top-p", "0"], 2, "--top-p"),
     (["--prompt", "x", "--top-p", "1.5"], 2, "--top-p"),
     (["--prompt", "x", "--temperature", "-1"], 2, "--temperature"),
@@ -261,7 +307,10 @@ def test_generate_errors_exit_codes(run, capsys, tmp_path, extra, expect_code, m
 
 def test_generate_missing_or_incomplete_checkpoint(run, capsys, tmp_path):
     code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "none", "--prompt", "x")
-    assert code == 3 and "no complete checkpoint" in err
+    assert code == 3 and f"{tmp_path / 'none'} does not exist" in err
     ckpt = next((run / "checkpoints").glob("step_*"))
-    code, _, err = run_cli(capsys, "generate", "--ckpt", ckpt.with_name(ckpt.name + ".tmp"), "--prompt", "x")
+    torn = tmp_path / (ckpt.name + ".tmp")
+    shutil.copytree(ckpt, torn)
+    (torn / "COMPLETE").unlink()
+    code, _, err = run_cli(capsys, "generate", "--ckpt", torn, "--prompt", "x")
     assert code == 3 and "incomplete" in err

@@ -86,8 +86,8 @@ def test_every_kind_has_a_matched_variant_and_the_sweep_names_its_size():
     z = reproduce.SIZES["cpu"]
     names = [v["name"] for v in reproduce.variants(z, sorted(reproduce_kinds()), None)]
     assert "none-one-segment" in names and "elastic-order64-uniform" in names and "xl-cache8" in names
-    assert "infinity-basis32-detached-paper" in names
-    assert len(set(names)) == len(names) - 3  # none, elastic and xl also run on the code corpus
+    assert "infinity-basis64-detached-paper" in names and "memorizing-store128-paper" in names
+    assert len(set(names)) == len(names) - 2  # none and elastic also run on the code corpus
 
 
 def reproduce_kinds():

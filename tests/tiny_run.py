@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# ELASTIC_FULL_FAULTS=1: every launcher exit path and >= 20 kill -9 trials per fault test (minutes);
+# by default a few of each keep the suite fast.
+FULL_FAULTS = os.environ.get("ELASTIC_FULL_FAULTS") == "1"
 TOKENIZER = ROOT / "tokenizers" / "code-8k.model"
 TINY = ["model.d_model=32", "model.n_layer=2", "model.n_head=2", "model.mlp_hidden=64", "model.segment_len=16",
         "train.global_batch=4", "train.micro_batch=2", "train.segments=4",

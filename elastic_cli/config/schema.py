@@ -76,6 +76,7 @@ class RunSection(_Section):
     gpus: int = Field(1, gt=0)  # processes per node (on CPU: gloo processes)
     nodes: int = Field(1, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]  # metric sinks (elastic_cli/loggers.py)
 
 
 class RunConfig(_Section):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from elastic_cli import console
+from elastic_cli.data import holdout
 from elastic_cli.data import sources as src
 from elastic_cli.data import store
 from elastic_cli.data.tokenizer import Tokenizer
@@ -56,6 +57,39 @@ def _check_fracs(val_frac: float, test_frac: float) -> None:
         raise UsageError(f"--val-frac and --test-frac must be >= 0 with a sum below 1, got {val_frac} and {test_frac}")
 
 
+def _add(w: store.Writer, name: str, ids, n_bytes: int, val_frac: float, test_frac: float) -> None:
+    w.add(name, ids, n_bytes, store.split_of(name, val_frac, test_frac))
+
+
+def _finish_splits(w: store.Writer, pending: list, fracs: dict[str, float], tok: Tokenizer) -> None:
+    """Write the pending documents and make every requested split non-empty when possible
+    (data/holdout.py): 1-2 documents -> the longest one's tail held out; 3+ -> documents moved."""
+    if len(pending) + len(w.docs) <= 2 and pending:
+        longest = max(range(len(pending)), key=lambda i: len(pending[i][1]))
+        name, ids, nb = pending[longest]
+        missing = {s: f for s, f in fracs.items()
+                   if f > 0 and not any(store.split_of(p[0], fracs["val"], fracs["test"]) == s for p in pending)}
+        head, tails = holdout.cut_tails(ids, {s: missing.get(s, 0.0) for s in holdout.SPLITS})
+        for p in pending:
+            if p is pending[longest] and tails:
+                tail_bytes = {s: len(tok.decode(t.tolist()).encode("utf-8")) for s, t in tails.items()}
+                w.add(name, head, max(nb - sum(tail_bytes.values()), 0), "train")
+                for split, tail in tails.items():
+                    w.add(f"{name}#{split}-tail", tail, tail_bytes[split], split)
+                    console.info(f"split {split!r} was empty: held out the last {len(tail)} tokens of {name!r} "
+                                 f"as document {name + '#' + split + '-tail'!r}")
+            else:
+                _add(w, *p, fracs["val"], fracs["test"])
+        return
+    for p in pending:
+        _add(w, *p, fracs["val"], fracs["test"])
+    splits, notes = holdout.fill_empty_splits([d["name"] for d in w.docs], [d["split"] for d in w.docs], fracs)
+    for doc, split in zip(w.docs, splits):
+        doc["split"] = split
+    for note in notes:
+        console.info(note)
+
+
 def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, min_tokens: int = 1,
             val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
             corpus: str | None = None, workers: int | None = None) -> Summary:
@@ -83,17 +117,22 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
     workers = workers or min(2, os.cpu_count() or 1)
     t0 = time.monotonic()
     dropped = n_bytes = 0
+    fracs = {"val": val_frac, "test": test_frac}
     with store.Writer(out_p, dt) as w, console.progress(len(col.docs), "prepare", "doc") as bar:
+        pending: list[tuple[str, np.ndarray, int]] = []  # the first two documents wait: maybe tails are cut
         for doc, (ids, nb) in zip(col.docs, _encoded(col.docs, str(tok.path), workers)):
             if len(ids) < min_tokens:
                 dropped += 1
             else:
-                w.add(doc.name, ids, nb, store.split_of(doc.name, val_frac, test_frac))
+                pending.append((doc.name, ids, nb))
                 n_bytes += nb
+                if len(pending) + len(w.docs) > 2:
+                    _add(w, *pending.pop(0), val_frac, test_frac)
             elapsed = max(time.monotonic() - t0, 1e-9)
             bar.update(1, MB_s=f"{n_bytes / elapsed / 1e6:.2f}", tok_s=f"{w.n_tokens / elapsed:.0f}")
-        if not w.docs:
+        if not pending and not w.docs:
             raise DataError(f"every document is shorter than --min-tokens {min_tokens} ({dropped} dropped)")
+        _finish_splits(w, pending, fracs, tok)
         meta = {"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
                 "fingerprint": fp, "settings": settings, "n_bytes": n_bytes,
                 "stats": {"dropped_short": dropped, "skipped_binary": len(col.binary),

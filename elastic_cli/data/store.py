@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from elastic_cli import __version__
+from elastic_cli.data import holdout
 from elastic_cli.data.tokenizer import BOS_ID, EOS_ID
 from elastic_cli.errors import DataError, UsageError
 
@@ -36,8 +37,8 @@ def choose_dtype(vocab_size: int, dtype: str) -> str:
 
 
 def split_of(name: str, val_frac: float, test_frac: float) -> str:
-    """Deterministic split of a document from a hash of its name."""
-    u = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
+    """Deterministic split of a document from a hash of its name (see holdout.py for empty splits)."""
+    u = holdout.draw(name)
     return "val" if u < val_frac else "test" if u < val_frac + test_frac else "train"
 
 

@@ -1,0 +1,55 @@
+"""Checkpoint file checksums: COMPLETE records the sha256 of every file at save time; `verify`
+re-hashes them, so a truncated or corrupted file is a DataError (exit 3) naming it."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from elastic_cli.errors import DataError
+
+CKPT_FILES = ("model.safetensors", "optimizer.pt", "train_state.json", "config.yaml")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_verified: dict[tuple, str | None] = {}  # (checkpoint, its files' sizes and mtimes) -> error or None
+
+
+def verify(ckpt: Path) -> None:
+    """DataError (exit 3) naming the first file of a checkpoint that is missing or whose sha256
+    differs from the one COMPLETE recorded at save time (checkpoints from before checksums: presence only)."""
+    ckpt = Path(ckpt)
+    marker = ckpt / "COMPLETE"
+    stats = [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None
+             for f in [marker, *(ckpt / n for n in CKPT_FILES)]]
+    key = (str(ckpt.resolve()), tuple(stats))  # a file changed since it was hashed is hashed again
+    if key not in _verified:
+        try:
+            _check_files(ckpt, marker)
+            _verified[key] = None
+        except DataError as e:
+            _verified[key] = str(e)
+    if _verified[key] is not None:
+        raise DataError(_verified[key])
+
+
+def _check_files(ckpt: Path, marker: Path) -> None:
+    text = marker.read_text(encoding="utf-8", errors="replace").strip()
+    try:
+        recorded = json.loads(text)["sha256"] if text else {n: None for n in CKPT_FILES}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"checkpoint file {marker} is corrupted (not the JSON written at save time)") from None
+    for name, sha in recorded.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise DataError(f"checkpoint file {f} is missing")
+        if sha is not None and file_sha256(f) != sha:
+            raise DataError(f"checkpoint file {f} is truncated or corrupted (its sha256 differs from the one "
+                            f"recorded when it was saved)")

@@ -1,0 +1,91 @@
+"""`elastic export --ckpt RUN --out DIR`: a folder `transformers` loads with
+`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)` and `AutoTokenizer`.
+
+The folder is built in a temporary sibling and renamed into place, so DIR is never half-written.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from elastic_cli import __version__, console, inference
+from elastic_cli.data.compat import model_tokenizer
+from elastic_cli.errors import DataError, UsageError
+
+# Kinds whose export is checked against elastic (tests/test_export.py: logits, greedy generation).
+# A kind missing here (a new one) is refused until it is added to that test.
+EXPORTABLE = ("none", "elastic", "xl", "memorizing", "melodi", "rmt", "armt", "infinity", "caching")
+HF_HINT = "pip install 'elastic-cli[hf]' (or: pip install transformers)"
+
+
+def require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UsageError(f"export needs the transformers package: {HF_HINT}") from None
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out}: not empty; pass --overwrite to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: directory {parent} does not exist or is not writable")
+
+
+def export(ckpt: str, out: str, overwrite: bool = False) -> Path:
+    """Write the export folder; returns its path."""
+    require_transformers()
+    out_dir = Path(out)
+    path, cfg = inference.read_config(ckpt)
+    if cfg.memory.kind not in EXPORTABLE:
+        raise UsageError(f"memory.kind={cfg.memory.kind} is not exported yet: its Hugging Face model has not been "
+                         f"checked against elastic (exported kinds: {', '.join(EXPORTABLE)})")
+    tok_path, _ = model_tokenizer(cfg)
+    if tok_path is None:
+        raise DataError(f"cannot find the tokenizer of {path}: its data.tokenizer ({cfg.data.tokenizer}) is not a file here")
+    check_out(out_dir, overwrite)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(path, tok_path, tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _write(ckpt: Path, tok_path: Path, tmp: Path) -> None:
+    from elastic_cli import checkpoint
+    from elastic_cli.config import to_dict
+    from elastic_cli.data.tokenizer import Tokenizer
+    from elastic_cli.export.card import model_card
+    from elastic_cli.export.configuration_elastic import ElasticConfig
+    from elastic_cli.export.modeling_elastic import ElasticForCausalLM
+    from elastic_cli.export.tokenization_elastic import ElasticTokenizer
+    from transformers import GenerationConfig
+
+    cfg, model, _ = checkpoint.load_for_inference(ckpt)
+    tok = Tokenizer.load(tok_path)
+    if tok.vocab_size != cfg.model.vocab_size:
+        raise DataError(f"tokenizer {tok_path} has {tok.vocab_size} pieces, the model {cfg.model.vocab_size}")
+    config = ElasticConfig(elastic=to_dict(cfg), elastic_version=__version__, vocab_size=cfg.model.vocab_size,
+                           segment_len=cfg.model.segment_len, memory_kind=cfg.memory.kind,
+                           bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    ElasticConfig.register_for_auto_class()
+    ElasticForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    ElasticTokenizer.register_for_auto_class("AutoTokenizer")
+    hf = ElasticForCausalLM(config)
+    hf.decoder.load_state_dict(model.state_dict(), strict=True)
+    hf.generation_config = GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                                            pad_token_id=tok.pad_id, do_sample=False, max_new_tokens=128)
+    tmp.mkdir(parents=True)
+    hf.save_pretrained(tmp)
+    ElasticTokenizer(vocab_file=str(tok_path)).save_pretrained(tmp)
+    (tmp / "README.md").write_text(model_card(cfg, ckpt, tok), encoding="utf-8")
+    console.info(f"exported {ckpt} ({cfg.memory.kind} memory) as a Hugging Face model")

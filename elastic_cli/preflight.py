@@ -1,0 +1,89 @@
+"""What `elastic train` checks before step 1, so a mistake costs seconds, not the hours before the
+first evaluation or save. The real run, `--dry-run` and the torchrun launcher call the same
+`check_run`, so they reject the same things with the same message and exit code.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from elastic_cli import checkpoint, distributed, loggers, runlock
+from elastic_cli.config import RunConfig, check_world
+from elastic_cli.data.compat import check_data
+from elastic_cli.data.loader import PreparedData
+from elastic_cli.errors import DataError, UsageError
+
+
+def check_run(cfg: RunConfig, resume: str, overwrite: bool, world: int) -> PreparedData:
+    """Everything that would stop a run later: process count, device, metric loggers, data and its splits, the
+    memory/truncation setting, the run directory (writable, empty or resumable, not in use) and
+    the checkpoint to resume. Read-only: nothing is written. Returns the opened data."""
+    check_world(cfg, world)
+    distributed.pick_device(cfg.run.device)  # run.device=cuda without CUDA: UsageError
+    loggers.check_installed(cfg.run.loggers)
+    data = open_data(cfg)
+    check_splits(cfg, data)
+    check_truncation(cfg)
+    check_run_dir(Path(cfg.run.dir), resume, overwrite)
+    return data
+
+
+def open_data(cfg: RunConfig) -> PreparedData:
+    """The prepared data, checked against the model and tokenizer (DataError, exit 3)."""
+    data = PreparedData(cfg.data.path)
+    check_data(cfg, data.meta, cfg.data.path)  # its own meta: nothing to warn about when no tokenizer is named
+    return data
+
+
+def check_splits(cfg: RunConfig, data: PreparedData) -> None:
+    """A training split with at least one document (one window), and a validation split with one
+    when `train.eval_every > 0` (else the run would die at the first evaluation)."""
+    if not data.documents(cfg.data.train_split):
+        raise DataError(f"split {cfg.data.train_split!r} of {data.path} has no documents: prepare more data or "
+                        f"set data.train_split")
+    if cfg.train.eval_every > 0 and not data.documents(cfg.data.val_split):
+        raise DataError(f"split {cfg.data.val_split!r} of {data.path} has no documents but train.eval_every="
+                        f"{cfg.train.eval_every}: prepare it again (with --val-frac > 0 and at least 3 documents) "
+                        f"or set train.eval_every=0")
+
+
+def write_only_parameters(cfg: RunConfig) -> list[str]:
+    """Parameters that get no gradient from one segment's own loss: they are used only by the memory
+    *write* and learn through the next segment's read (armt's wk/wv/wbeta, melodi's mixing weights).
+    Found by one backward of a narrow copy of the model (same kinds, layers and options; cheap)."""
+    from elastic_cli.build import build_model
+
+    m = cfg.model
+    small = m.model_copy(update={"d_model": m.n_head * 8, "mlp_hidden": 16, "vocab_size": 64})
+    with torch.random.fork_rng(devices=[]):  # the probe must not move the run's RNG (exact resume)
+        model = build_model(cfg.model_copy(update={"model": small}))
+        logits, _ = model(torch.full((1, 2), 5), model.empty_states(1, "cpu"))  # (1, 2, 64)
+        logits.float().square().sum().backward()
+    return sorted(name for name, p in model.named_parameters() if p.requires_grad and p.grad is None)
+
+
+def check_truncation(cfg: RunConfig) -> list[str]:
+    """UsageError when gradient truncation would cut every path from a segment's write to a later
+    read (train.segments or train.bptt_segments = 1) while the memory has write-only parameters:
+    they would never train. Returns those parameters (DDP must then look for unused ones)."""
+    names = write_only_parameters(cfg)
+    t = cfg.train
+    if names and min(t.segments, t.bptt_segments) < 2:
+        shown = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+        raise UsageError(f"memory.kind={cfg.memory.kind} learns {shown} only through the next segment's read, but "
+                         f"train.segments={t.segments} train.bptt_segments={t.bptt_segments} cut that gradient: "
+                         f"set both to at least 2")
+    return names
+
+
+def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
+    """The run directory can be written, is empty / resumable as asked, is not in use by another
+    `elastic train`, and a --resume PATH exists and verifies."""
+    checkpoint.check_run_dir(run_dir, resume, overwrite)
+    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"run.dir={run_dir}: {existing} is not a writable directory")
+    if run_dir.is_dir():
+        runlock.check_free(run_dir)
