@@ -49,7 +49,7 @@ class ElasticMemory(Memory):
         self.order, self.samples, self.schedule, self.power = order, samples, schedule, float(power)
         # Constants, not state: never saved (the state dicts of elastic and none stay equal), moved with
         # the model, so the write and read find them on their device without a cache.
-        for name, value in hippo.bank_constants(order)._asdict().items():  # float64: u, gw, dmat, gscale
+        for name, value in hippo.bank_constants(order)._asdict().items():  # float64: u, gw, band, gscale
             self.register_buffer(f"bank_{name}", value, persistent=False)
         fixed = torch.zeros(0) if hippo.depends_on_t(schedule) else hippo.sampling_matrix(schedule, samples, 0, order, power)
         self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
@@ -64,7 +64,7 @@ class ElasticMemory(Memory):
         return MemoryCost(m, 2 * 2 * m * n * d, write) if t > 0 else MemoryCost(0, 0, write)
 
     def bank_constants(self) -> hippo.BankConstants:
-        return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_dmat, self.bank_gscale)
+        return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_band, self.bank_gscale)
 
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
         zeros = torch.zeros(batch, self.n_head, self.order, self.head_dim, device=device)  # (B, H, N, d)

@@ -149,7 +149,7 @@ class BankConstants(NamedTuple):
 
     u: Tensor  # (K,) Gauss–Legendre nodes on [0, 1]
     gw: Tensor  # (N, K) w_k g_n(u_k), weights summing to 1
-    dmat: Tensor  # (N, N+1) G_n(r) = Σ_m dmat[n, m] V_m(2r-1): antiderivatives from the recurrence
+    band: Tensor  # (2, N) G_n(r) = band[0, n] V_{n+1} + band[1, n] V_{n-1} at u = 2r-1 (V_{-1} := V_0)
     gscale: Tensor  # (N+1,) g_n = gscale_n V_n
 
 
@@ -157,13 +157,12 @@ def bank_constants(order: int) -> BankConstants:
     x, w = gauss_legendre(order + 1)
     f = torch.tensor(_legendre_factors(order + 2)[0], dtype=F64, device="cpu")  # (N+2,)
     root = torch.sqrt(2 * torch.arange(order + 1, dtype=F64, device="cpu") + 1)  # (N+1,)
-    dmat = torch.zeros(order, order + 1, dtype=F64, device="cpu")  # G_0 = r = (P_0 + P_1)/2; G_n = (P_{n+1} - P_{n-1}) / (2 root_n)
-    dmat[0, :2] = 0.5 * f[:2]
+    band = torch.zeros(2, order, dtype=F64, device="cpu")  # G_0 = r = (P_1 + P_0)/2; G_n = (P_{n+1} - P_{n-1}) / (2 root_n)
+    band[0, 0], band[1, 0] = 0.5 * f[1], 0.5 * f[0]
     n = torch.arange(1, order, device="cpu")
-    dmat[n, n + 1] = f[n + 1] / (2 * root[n])
-    dmat[n, n - 1] = -f[n - 1] / (2 * root[n])
+    band[0, n], band[1, n] = f[n + 1] / (2 * root[n]), -f[n - 1] / (2 * root[n])
     gw = legendre_basis((x + 1) / 2, order).T * (w / 2)  # (N, K)
-    return BankConstants((x + 1) / 2, gw, dmat, root * f[: order + 1])
+    return BankConstants((x + 1) / 2, gw, band, root * f[: order + 1])
 
 
 def segment_banks(t: Tensor, l: int, order: int, consts: BankConstants | None = None) -> tuple[Tensor, Tensor]:
@@ -193,7 +192,8 @@ def _banks(xp, tt, j, l: int, order: int, c: BankConstants):
     rho = tt / big  # (B, 1)
     v = _recurrence(xp.concatenate([edges.reshape(-1), (rho * c.u).reshape(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
     e = b * (l + 1)
-    g = (c.dmat @ v[:, :e]).reshape(order, b, l + 1)  # (N, B, l+1) G_n at the edges
+    lower = xp.concatenate([v[:1, :e], v[: order - 1, :e]])  # (N, B(l+1)) V_{n-1}, V_0 for n = 0
+    g = (c.band[0, :, None] * v[1:, :e] + c.band[1, :, None] * lower).reshape(order, b, l + 1)  # (N, B, l+1) G_n
     w_bank = (g[..., 1:] - g[..., :-1]).swapaxes(0, 1)  # (B, N, l)
     g_rho = v[:order, e:].reshape(order, b, k).swapaxes(0, 1)  # (B, N, K) V_n(ρ u_k)
     return (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T), w_bank  # (B, N, N), (B, N, l)

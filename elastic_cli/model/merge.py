@@ -81,9 +81,12 @@ def fused_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
 
 
 def _parts(k: Tensor, v: Tensor, start: int) -> list[tuple[Tensor, Tensor, bool]]:
-    """Local keys as fused-kernel parts: [(keys, values, causal)]; keys before `start` are seen by all."""
+    """Local keys as fused-kernel parts: [(keys, values, causal)]; keys before `start` are seen by all,
+    and one query (a generated token) sees every key."""
     if start == 0:
         return [(k, v, True)]
+    if k.shape[2] - start == 1:
+        return [(k, v, False)]
     return [(k[:, :, :start], v[:, :, :start], False), (k[:, :, start:], v[:, :, start:], True)]
 
 
