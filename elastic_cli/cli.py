@@ -132,14 +132,14 @@ The run directory is run.dir (default runs/<recipe names>)."""
 @click.option("--dry-run", is_flag=True, help="Validate, build the model on the meta device, print sizes, a memory "
               "estimate and the launch command, then exit.")
 def train_command(args, gpus, nodes, rdzv_endpoint, resume, overwrite, dry_run) -> None:
-    from elastic_cli import train as training
+    from elastic_cli import launch
     from elastic_cli.config import load_config, split_args
 
     recipes, overrides = split_args(args)
     overrides += [f"run.gpus={gpus}"] * (gpus is not None) + [f"run.nodes={nodes}"] * (nodes is not None)
     cfg = load_config(recipes, overrides)
     worker_argv = ["train", *recipes, *overrides, "--resume", resume] + ["--overwrite"] * overwrite
-    code = training.run(cfg, worker_argv, resume, overwrite, dry_run, rdzv_endpoint)
+    code = launch.run(cfg, worker_argv, resume, overwrite, dry_run, rdzv_endpoint)
     if code:
         raise click.exceptions.Exit(code)
 
