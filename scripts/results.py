@@ -184,7 +184,7 @@ def write(out: Path, dest: Path) -> None:
     pngs = results_plots.write_all(table, dest, FAR)
     write_text(dest.with_suffix(".json"), json.dumps({"commit": git("rev-parse", "HEAD"), "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")
-    matched = {n: r for n, r in mq.items() if r is None or r["group"] in ("matched", "control")}
+    matched = {n: r for n, r in mq.items() if r is None or r["group"] in ("matched", "control", "ablation")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""
     lines = [
         "# Results", "",

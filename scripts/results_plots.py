@@ -35,7 +35,7 @@ def _by_distance(ax, rows: dict, title: str) -> None:
 def distance_plot(mq: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _by_distance(ax, {n: r for n, r in mq.items() if r and r["group"] in ("matched", "control")},
+    _by_distance(ax, {n: r for n, r in mq.items() if r and r["group"] in ("matched", "control", "ablation")},
                  "mqar: accuracy by distance, every kind at a matched footprint")
     _save(fig, path)
 
