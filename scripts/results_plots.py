@@ -1,7 +1,6 @@
 """The PNGs of docs/results.md, drawn from the table `results.collect` builds (no number of their own)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -15,10 +14,14 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    import io
+
+    from elastic_cli.atomic import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
 def _by_distance(ax, rows: dict, title: str) -> None:
