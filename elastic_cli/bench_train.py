@@ -37,7 +37,7 @@ def build_variants(cfg, configs: dict, device: torch.device, autocast) -> Varian
     from .build import build_model
     from .model.init import init_weights
     from .optim import build_optimizer
-    from .train import train_step
+    from .step import train_step
 
     m, t = cfg.model, cfg.train
     shape = (t.micro_batch, t.segments, m.segment_len)

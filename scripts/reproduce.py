@@ -97,6 +97,10 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             name, over = memory("infinity", z)
             out.append({"name": name + "-detached-paper", "kind": "infinity", "data": "mqar", "group": "paper",
                         "over": [*over, "memory.detach=true"]})
+        if "xl" in kinds:  # ablation, not the paper: does the detached write keep xl from learning?
+            name, over = memory("xl", z)
+            out.append({"name": name + "-grad", "kind": "xl", "data": "mqar", "group": "ablation",
+                        "over": [*over, "memory.grad=true"]})
         if "xl" in kinds:  # Dai et al. 2019 cache as many tokens as the segment (and more at eval): cover the document
             out.append({"name": f"xl-cache{z['length']}-paper", "kind": "xl", "data": "mqar", "group": "paper",
                         "over": ["memory.kind=xl", f"memory.cache={z['length']}"]})

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import results_plots  # noqa: E402
 
 FAR = 2  # distances of at least this many segments: local attention cannot see the fact
@@ -170,10 +170,10 @@ def git(*args: str) -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    from elastic_cli.atomic import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))
 
 
 def write(out: Path, dest: Path) -> None:
@@ -184,7 +184,7 @@ def write(out: Path, dest: Path) -> None:
     pngs = results_plots.write_all(table, dest, FAR)
     write_text(dest.with_suffix(".json"), json.dumps({"commit": git("rev-parse", "HEAD"), "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")
-    matched = {n: r for n, r in mq.items() if r is None or r["group"] in ("matched", "control")}
+    matched = {n: r for n, r in mq.items() if r is None or r["group"] in ("matched", "control", "ablation")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""
     lines = [
         "# Results", "",
@@ -226,5 +226,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     main()

@@ -1,7 +1,6 @@
 """The PNGs of docs/results.md, drawn from the table `results.collect` builds (no number of their own)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -15,10 +14,14 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    import io
+
+    from elastic_cli.atomic import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
 def _by_distance(ax, rows: dict, title: str) -> None:
@@ -35,7 +38,7 @@ def _by_distance(ax, rows: dict, title: str) -> None:
 def distance_plot(mq: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _by_distance(ax, {n: r for n, r in mq.items() if r and r["group"] in ("matched", "control")},
+    _by_distance(ax, {n: r for n, r in mq.items() if r and r["group"] in ("matched", "control", "ablation")},
                  "mqar: accuracy by distance, every kind at a matched footprint")
     _save(fig, path)
 

@@ -79,9 +79,9 @@ def test_a_key_of_another_kind_is_an_error_naming_the_kinds_that_take_it(tmp_pat
 
 def test_switching_kind_drops_the_old_kinds_options_and_keeps_layers(tmp_path):
     cfg = load_config(["recipes/tiny.yaml", "recipes/memory/xl.yaml"], ["memory.layers=[1]"])
-    assert cfg.memory.model_dump() == {"kind": "xl", "layers": [1], "cache": 64}
+    assert cfg.memory.model_dump() == {"kind": "xl", "layers": [1], "cache": 64, "grad": False}
     shown = yaml.safe_load(dump_yaml(load_config("recipes/tiny.yaml", ["memory.cache=8", "memory.kind=xl"])))
-    assert shown["memory"] == {"kind": "xl", "layers": "all", "cache": 8}  # order of overrides does not matter
+    assert shown["memory"] == {"kind": "xl", "layers": "all", "cache": 8, "grad": False}  # order of overrides does not matter
     same = load_config("recipes/tiny.yaml", ["memory.kind=elastic", "memory.order=4"])
     assert same.memory.samples == 16 and same.memory.order == 4  # same kind: options merge
     base = load_config(["recipes/tiny.yaml", "recipes/memory/caching.yaml"], ["memory.base=infinity"])

@@ -249,7 +249,7 @@ def test_eval_other_memory_kind_and_schedule_only_for_elastic(capsys, tmp_path):
 
 
 def test_cli_schedule_choices_are_the_memory_schedules():
-    from elastic_cli.cli import Schedule
+    from elastic_cli.cli_model import Schedule
     from elastic_cli.errors import UsageError
     from elastic_cli.memory.hippo import SCHEDULES
 
@@ -289,3 +289,21 @@ def test_answers_by_distance_count_segments_between_fact_and_question():
     assert t.distance_report() == {"0": {"tokens": 1, "accuracy": 1.0, "loss": pytest.approx(math.log(2))},
                                    "1": {"tokens": 2, "accuracy": 1.0, "loss": pytest.approx(math.log(2))}}
     assert (t.answers, t.exact) == (2, 2)
+
+
+def test_eval_task_data_by_distance_json_and_plot(run, capsys, tmp_path):
+    """mqar through the CLI: accuracy by distance in the task's own segment unit, and --plot draws it."""
+    from elastic_cli.data.tasks import prepare_task
+
+    prepare_task("mqar", 64, 8, str(TOKENIZER), str(tmp_path / "mq"), val_frac=0.5, test_frac=0.0,
+                 options={"pairs": 3, "segment_len": 8, "distance": (1, 3), "keys": 8, "values": 8})
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "mq", "--json", "-",
+                             "--plot", tmp_path / "d.png")
+    assert code == 0, err
+    (r,) = json.loads(out)["results"]
+    by_d = r["answer_by_distance"]
+    assert set(by_d) <= {"1", "2", "3"} and sum(v["tokens"] for v in by_d.values()) == r["answers"]  # 1 token each
+    assert sum(v["tokens"] * v["accuracy"] for v in by_d.values()) == pytest.approx(
+        r["answer_token_accuracy"] * sum(v["tokens"] for v in by_d.values()))
+    assert r["long_context_gain"] is None and r["xz_bits_per_byte"] is None  # task data: recall, not LM
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

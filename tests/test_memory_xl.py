@@ -120,3 +120,28 @@ def test_bad_options_are_rejected():
         XLMemory(H, DH, -1)
     with pytest.raises(ValueError, match="cache"):
         XLMemory(H, DH, 2.5)
+
+
+def test_grad_option_lets_gradients_into_the_cache_and_changes_nothing_else():
+    """grad=False (the paper): a read in the next segment sends no gradient to the keys/values written;
+    grad=True (the ablation) does. Forward values are equal."""
+    from elastic_cli.memory.base import SegmentView
+    from elastic_cli.memory.xl import XLMemory
+
+    g = torch.Generator().manual_seed(0)
+    k1, v1 = torch.randn(2, 2, 3, 4, generator=g), torch.randn(2, 2, 3, 4, generator=g)
+    out, grads = {}, {}
+    for grad in (False, True):
+        mem = XLMemory(2, 4, cache=5, grad=grad)
+        k, v = k1.clone().requires_grad_(True), v1.clone().requires_grad_(True)
+        state = mem.write(mem.empty(2, "cpu"), SegmentView(None, k, k, v, None, None))
+        read = mem.read(state, None)
+        loss = read.k.square().sum() + read.v.sum()
+        if loss.requires_grad:  # with the paper's stop-gradient nothing before the cache is in the graph
+            loss.backward()
+        out[grad] = (read.k.detach(), read.v.detach())
+        grads[grad] = (k.grad, v.grad)
+    assert grads[False] == (None, None)
+    torch.testing.assert_close(grads[True][0], 2 * k1)
+    torch.testing.assert_close(grads[True][1], torch.ones_like(v1))
+    assert all(torch.equal(a, b) for a, b in zip(out[False], out[True]))

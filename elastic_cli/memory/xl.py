@@ -26,6 +26,8 @@ from .options import MemoryOptions
 
 class XLOptions(MemoryOptions):
     cache: int = Field(64, ge=0, description="tokens whose keys/values each layer keeps (the paper: one segment)")
+    grad: bool = Field(False, description="let gradients into the cache within a BPTT window (NOT the paper, "
+                                          "which stops them: an ablation of the detached write)")
 
 
 class XLState(NamedTuple):
@@ -40,14 +42,14 @@ class XLMemory(Memory):
 
     Options = XLOptions
 
-    def __init__(self, n_head: int, head_dim: int, cache: int):
+    def __init__(self, n_head: int, head_dim: int, cache: int, grad: bool = False):
         super().__init__(n_head, head_dim)
         if not isinstance(cache, int) or cache < 0:
             raise ValueError(f"XLMemory: cache must be an integer >= 0, got {cache!r}")
-        self.cache = cache
+        self.cache, self.grad = cache, bool(grad)
 
     def extra_repr(self) -> str:
-        return f"cache={self.cache}"
+        return f"cache={self.cache}, grad={self.grad}"
 
     def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """The cache joins the softmax (counted by the attention); writing is a copy."""
@@ -68,8 +70,9 @@ class XLMemory(Memory):
     def write(self, state: XLState, seg: SegmentView) -> XLState:
         if self.cache == 0:
             return state
-        k = torch.cat([state.k, seg.k.detach().to(state.k.dtype)], dim=2)[:, :, -self.cache:]  # (B, H, C, d)
-        v = torch.cat([state.v, seg.v.detach().to(state.v.dtype)], dim=2)[:, :, -self.cache:]  # (B, H, C, d)
+        new_k, new_v = (seg.k, seg.v) if self.grad else (seg.k.detach(), seg.v.detach())  # SG unless grad
+        k = torch.cat([state.k, new_k.to(state.k.dtype)], dim=2)[:, :, -self.cache:]  # (B, H, C, d)
+        v = torch.cat([state.v, new_v.to(state.v.dtype)], dim=2)[:, :, -self.cache:]  # (B, H, C, d)
         return XLState(k, v, (state.n + seg.k.shape[2]).clamp(max=self.cache))
 
     def numel(self, state: XLState) -> int:
