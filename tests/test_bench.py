@@ -295,7 +295,7 @@ def test_cli_quick_run_emits_every_key(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
-    assert result["variants"]["xl"]["memory"] == {"kind": "xl", "layers": "all", "cache": 8}  # KIND.key=value
+    assert result["variants"]["xl"]["memory"] == {"kind": "xl", "layers": "all", "cache": 8, "grad": False}  # KIND.key=value
     assert result["variants"]["elastic"]["memory"]["order"] == 8  # the recipe's own kind keeps its options
     kinds = [k for k in REGISTRY if k in result["variants"]]
     assert {"none", "elastic"} <= set(kinds)
