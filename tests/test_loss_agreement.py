@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import tiny_run
-from elastic_cli import evaluate
-from elastic_cli import train as training
+from elastic_cli import evaluate, scoring
+from elastic_cli import step as training
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.data.loader import PreparedData, SegmentLoader
@@ -59,7 +59,7 @@ def test_train_eval_and_generation_score_each_token_alike(kind, data, monkeypatc
 
     model.eval()
     with torch.no_grad():
-        seen = recording(monkeypatch, evaluate)
+        seen = recording(monkeypatch, scoring)
         evaluate.score(model, [doc[:n + 1]], [None], 1, torch.device("cpu"))
         eval_nll = torch.cat(seen)[:n]
         stream, gen = model.start_stream(1, "cpu"), []
