@@ -53,7 +53,8 @@ def far_accuracy(by_distance: dict, lo: int = FAR) -> float | None:
 
 
 def collect(out: Path) -> dict:
-    """The numbers behind the page: {"mqar": {variant: ...}, "lm": {variant: ...}} (None: failed)."""
+    """The numbers behind the page: {"mqar": {variant: ...}, "lm": {variant: ...}} ("failed": True when
+    the variant has no eval file)."""
     settings = json.loads((out / "settings.json").read_text())
     table: dict = {"mqar": {}, "lm": {}}
     for v in settings["variants"]:
@@ -65,8 +66,8 @@ def collect(out: Path) -> dict:
         for i, r in enumerate(results):
             schedule = r and (r["memory"].get("schedule") or r["memory"].get("sampling"))
             name = v["name"] if i == 0 else v["name"].replace("-uniform", "") + f"-{schedule}"
-            if r is None:
-                table[section][name] = None
+            if r is None:  # failed or not run: the row stays in its table
+                table[section][name] = {"kind": v["kind"], "group": v["group"], "failed": True}
                 continue
             base = {"kind": v["kind"], "group": v["group"] if i == 0 else "sampling", "footprint_floats": floats,
                     "read_schedule": schedule, "command_run_dir": str(run_dir)}
@@ -94,8 +95,8 @@ def mqar_table(rows: dict, distances: list[str]) -> list[str]:
     lines = ["| variant | group | memory floats / seq | " + " | ".join(f"d={d}" for d in distances)
              + f" | d>={FAR} | all | answer loss |", "|---|---|---|" + "---|" * (len(distances) + 3)]
     for name, r in rows.items():
-        if r is None:
-            lines.append(f"| {name} | | failed |" + " |" * (len(distances) + 3))
+        if r.get("failed"):
+            lines.append(f"| {name} | {r['group']} | failed |" + " |" * (len(distances) + 3))
             continue
         acc = r["accuracy_by_distance"]
         lines.append(f"| {name} | {r['group']} | {fmt(r['footprint_floats'], ',d')} | "
@@ -109,7 +110,7 @@ def lm_table(rows: dict) -> list[str]:
     lines = ["| variant | bits per byte | xz -9 bits per byte | loss, seg 1 | loss, last seg | long-context gain "
              "(nats/token) | key tokens | key-token ppl | memory floats / seq |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        if r is None:
+        if r.get("failed"):
             lines.append(f"| {name} | failed |" + " |" * 7)
             continue
         seg = [x for x in r["loss_by_segment"] if x is not None]
@@ -123,7 +124,7 @@ def lm_table(rows: dict) -> list[str]:
 
 def findings(rows: dict, chance: float) -> list[str]:
     """Sentences computed from the table: the bars of the issue, met or not, with the numbers."""
-    ok = {n: r for n, r in rows.items() if r is not None}
+    ok = {n: r for n, r in rows.items() if not r.get("failed")}
     lines = []
     ctrl = ok.get("none-one-segment")
     if ctrl:
@@ -180,11 +181,12 @@ def write(out: Path, dest: Path) -> None:
     settings = json.loads((out / "settings.json").read_text())
     z, table = settings["settings"], collect(out)
     mq = table["mqar"]
-    distances = sorted({d for r in mq.values() if r for d in r["accuracy_by_distance"] if d != "unknown"}, key=int)
+    done = {n: r for n, r in mq.items() if not r.get("failed")}
+    distances = sorted({d for r in done.values() for d in r["accuracy_by_distance"] if d != "unknown"}, key=int)
     pngs = results_plots.write_all(table, dest, FAR)
     write_text(dest.with_suffix(".json"), json.dumps({"commit": git("rev-parse", "HEAD"), "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")
-    matched = {n: r for n, r in mq.items() if r is None or r["group"] in ("matched", "control", "ablation")}
+    matched = {n: r for n, r in mq.items() if r["group"] in ("matched", "control", "ablation")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""
     lines = [
         "# Results", "",
@@ -201,11 +203,11 @@ def write(out: Path, dest: Path) -> None:
         "### Every kind at a matched footprint", "", *mqar_table(matched, distances), "",
         *findings(mq, 1 / z["values"]), "", f"![accuracy by distance]({pngs['distance']})", "",
         "### Footprint sweep (quality against memory floats per sequence)", "",
-        *mqar_table({n: r for n, r in mq.items() if r and r["group"] in ("sweep", "paper", "matched")
-                     and r["kind"] in ("elastic", "xl", "memorizing")}, distances), "",
+        *mqar_table({n: r for n, r in mq.items() if r["group"] in ("sweep", "paper", "matched")
+                     and r["kind"] in ("elastic", "xl", "memorizing", "infinity")}, distances), "",
         f"![frontier]({pngs['frontier']})", "",
         "### Elastic Memory's test-time sampling bias (one set of trained weights)", "",
-        *mqar_table({n: r for n, r in mq.items() if r and r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
+        *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
                     distances), "", f"![sampling schedules]({pngs['sampling']})", "",
         "### Learning curves (validation answer accuracy against step)", "", f"![learning curves]({pngs['learning']})", "",
         "## Language modelling (held-out Python standard library, test split)", "",

@@ -38,7 +38,7 @@ def _by_distance(ax, rows: dict, title: str) -> None:
 def distance_plot(mq: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _by_distance(ax, {n: r for n, r in mq.items() if r and r["group"] in ("matched", "control", "ablation")},
+    _by_distance(ax, {n: r for n, r in mq.items() if not r.get("failed") and r["group"] in ("matched", "control", "ablation")},
                  "mqar: accuracy by distance, every kind at a matched footprint")
     _save(fig, path)
 
@@ -47,10 +47,10 @@ def frontier_plot(mq: dict, path: Path, far: int) -> None:
     """Accuracy at distance >= far against memory floats per sequence, one line per kind."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    kinds = sorted({r["kind"] for r in mq.values() if r and r["group"] in ("sweep", "paper", "matched")})
+    kinds = sorted({r["kind"] for r in mq.values() if not r.get("failed") and r["group"] in ("sweep", "paper", "matched")})
     for i, kind in enumerate(kinds):
         pts = sorted((r["footprint_floats"], r[f"accuracy_distance_ge_{far}"]) for r in mq.values()
-                     if r and r["kind"] == kind and r["group"] in ("sweep", "paper", "matched")
+                     if not r.get("failed") and r["kind"] == kind and r["group"] in ("sweep", "paper", "matched")
                      and r["footprint_floats"] and r[f"accuracy_distance_ge_{far}"] is not None)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=kind)
@@ -67,7 +67,7 @@ def sampling_plot(mq: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _by_distance(ax, {(r["read_schedule"] or n): r for n, r in mq.items()
-                      if r and r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
+                      if not r.get("failed") and r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
                  "Elastic Memory: one set of weights, read with each schedule")
     _save(fig, path)
 
@@ -75,7 +75,7 @@ def sampling_plot(mq: dict, path: Path) -> None:
 def learning_plot(mq: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (name, r) in enumerate((n, r) for n, r in mq.items() if r and r.get("learning_curve")):
+    for i, (name, r) in enumerate((n, r) for n, r in mq.items() if not r.get("failed") and r.get("learning_curve")):
         ax.plot([p[0] for p in r["learning_curve"]], [p[1] for p in r["learning_curve"]], marker=".",
                 color=f"C{i % 10}", linestyle="-" if i < 10 else "--", label=name)
     ax.set_xlabel("optimizer step")
@@ -101,7 +101,7 @@ def lm_plot(rows: dict, path: Path, width: int = 10) -> None:
     """Loss by segment index (token-weighted bins of `width` segments) and the difference to `none`."""
     plt = _plt()
     curves = {name: binned(r["loss_by_segment"], r.get("tokens_by_segment") or [1] * len(r["loss_by_segment"]), width)
-              for name, r in rows.items() if r is not None}
+              for name, r in rows.items() if not r.get("failed")}
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     base = curves.get("none")
     for i, (name, (xs, ys)) in enumerate(curves.items()):

@@ -52,7 +52,7 @@ def test_collect_reads_every_number_from_the_eval_files(out):
     assert e["accuracy_distance_ge_2"] == pytest.approx((30 * 0.8 + 50 * 0.6) / 80)
     assert e["learning_curve"] == [[3, 0.25]] and e["group"] == "matched"
     assert table["elastic-order8-exponential"]["group"] == "sampling"
-    assert table["xl-cache8"] is None  # no eval file: failed
+    assert table["xl-cache8"] == {"kind": "xl", "group": "matched", "failed": True}  # no eval file
 
 
 def test_findings_state_the_bars_with_their_numbers(out):
@@ -67,7 +67,7 @@ def test_write_makes_the_page_json_and_pngs(out, tmp_path):
     dest = tmp_path / "docs" / "results.md"
     results.write(out, dest)
     page = dest.read_text()
-    assert "| elastic-order8-uniform | matched |" in page and "| xl-cache8 | | failed |" in page
+    assert "| elastic-order8-uniform | matched |" in page and "| xl-cache8 | matched | failed |" in page
     data = json.loads(dest.with_suffix(".json").read_text())
     assert data["mqar"]["elastic-order8-uniform"]["accuracy_by_distance"]["2"] == 0.8
     for role in ("distance", "frontier", "sampling", "learning", "lm"):
