@@ -88,7 +88,7 @@ def collect(out: Path) -> dict:
 
 
 def fmt(value, spec: str) -> str:
-    return "failed" if value is None else format(value, spec)
+    return "n/a" if value is None else format(value, spec)
 
 
 def mqar_table(rows: dict, distances: list[str]) -> list[str]:
@@ -154,7 +154,8 @@ def findings(rows: dict, chance: float) -> list[str]:
 def provenance() -> list[str]:
     import torch
 
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+    code = git("status", "--porcelain", "--untracked-files=no", "--", "elastic_cli", "scripts", "recipes")
+    dirty = " (with uncommitted changes to the code)" if code else ""
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [f"- commit: `{git('rev-parse', 'HEAD')}`{dirty}",
@@ -180,6 +181,8 @@ def write_text(path: Path, text: str) -> None:
 def write(out: Path, dest: Path) -> None:
     settings = json.loads((out / "settings.json").read_text())
     z, table = settings["settings"], collect(out)
+    meta = out / "data" / "mqar" / "meta.json"  # what the task data really holds
+    task = json.loads(meta.read_text()).get("task", {}).get("options", {}) if meta.is_file() else {}
     mq = table["mqar"]
     done = {n: r for n, r in mq.items() if not r.get("failed")}
     distances = sorted({d for r in done.values() for d in r["accuracy_by_distance"] if d != "unknown"}, key=int)
@@ -196,7 +199,8 @@ def write(out: Path, dest: Path) -> None:
         "## Multi-query associative recall (mqar)", "",
         f"{z['count']} documents of {z['length']} tokens ({z['length'] // z['seg']} segments of {z['seg']}), {z['pairs']} "
         f"key-value pairs each, every pair asked once; the distance d is the number of segments between a fact and its "
-        f"query (0: same segment). Keys from {z['keys']} words, values from {z['values']} (chance {1 / z['values']:.3f}). "
+        f"query (0: same segment). Keys from {z['keys']} words, values from {z['values']} (chance {1 / z['values']:.3f}), "
+        f"{task.get('noise', 'n/a')} noise words around them (the task's options are in `{meta.parent}/meta.json`). "
         f"Model: d_model {z['d']}, {z['layers']} layers, {z['heads']} heads; {z['steps']} steps of {z['batch']} "
         "documents, loss on answer tokens only (`train.loss_on=answers`), gradients through the whole document. "
         f"Answer-token accuracy on {z['eval_docs']} test documents.", "",

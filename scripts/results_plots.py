@@ -27,7 +27,8 @@ def _save(fig, path: Path) -> None:
 def _by_distance(ax, rows: dict, title: str) -> None:
     for i, (name, r) in enumerate(rows.items()):
         pts = sorted((int(d), a) for d, a in r["accuracy_by_distance"].items() if d != "unknown")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=name,
+                linestyle="-" if i < 10 else "--")
     ax.set_xlabel("distance from fact to query (segments)")
     ax.set_ylabel("answer token accuracy")
     ax.set_ylim(-0.02, 1.02)
