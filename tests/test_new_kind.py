@@ -103,4 +103,6 @@ def test_toy_has_a_flop_count_so_mfu_is_reported():
     model = build_model(load_config("recipes/tiny.yaml", ["memory.kind=toy"]))
     per_layer = [b.memory.cost(64, 64) for b in model.blocks]
     assert all(c.keys == 1 and c.flops == 0 for c in per_layer)
-    assert flops.train_step_flops(model, batch=1, segments=2, l=64) is not None
+    plain = build_model(load_config("recipes/tiny.yaml", ["memory.kind=none"]))
+    # its one memory key per layer is attended by every query: more FLOPs than the same model without memory
+    assert flops.train_step_flops(model, batch=1, segments=2, l=64) > flops.train_step_flops(plain, batch=1, segments=2, l=64)
