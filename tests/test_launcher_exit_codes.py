@@ -33,7 +33,8 @@ def start(data: Path, run_dir: Path, *extra: str, fault: str | None = None) -> s
     args = [sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
             *tiny_run.overrides(data, run_dir, "train.warmup=0", *extra), "--gpus", "2"]
     return subprocess.Popen(args, cwd=tiny_run.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # own process group: Ctrl-C goes to all of it
+                            text=True, start_new_session=True,  # own process group: Ctrl-C goes to all of it
+                            preexec_fn=tiny_run.as_from_a_terminal)
 
 
 def wait_for_step(proc: subprocess.Popen, run_dir: Path) -> None:

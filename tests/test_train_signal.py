@@ -24,7 +24,7 @@ def start(run_dir: Path, data: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
             *tiny_run.overrides(data, run_dir, "train.warmup=0", "train.save_every=0", *extra)]
     return subprocess.Popen(args, cwd=tiny_run.ROOT, env=tiny_run.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=tiny_run.as_from_a_terminal)
 
 
 def wait_for_steps(proc: subprocess.Popen, run_dir: Path, n: int) -> None:

@@ -53,3 +53,12 @@ def env() -> dict:
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def as_from_a_terminal() -> None:
+    """Popen preexec_fn: SIGINT back to its default, as a terminal's child has it. A shell starts
+    background jobs with SIGINT ignored, Python then keeps ignoring it, and a Ctrl-C test would
+    wait for an interrupt that never comes (seen when the suite itself ran as a background job)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
