@@ -12,13 +12,10 @@ import math
 import resource
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from elastic_cli import console, inference, precision
 from elastic_cli.atomic import write_atomic

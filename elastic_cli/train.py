@@ -21,7 +21,7 @@ from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.model.init import init_weights
 from elastic_cli.optim import build_optimizer, lr_at, segments_at, set_lr
-from elastic_cli.step import evaluate_loss, reset_at, segment_nll, train_step  # noqa: F401  (this module's API)
+from elastic_cli.step import evaluate_loss, reset_at, train_step  # noqa: F401  (reset_at: re-exported)
 
 ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
 

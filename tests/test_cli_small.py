@@ -56,7 +56,7 @@ def test_readme_tokenizer_example_fits_the_recipes():
     vocabulary size the recipe it points to expects (else the next README step fails)."""
     readme = (ROOT / "README.md").read_text()
     m = re.search(r"elastic tokenizer train \S+ --vocab-size (\d+) --out (\S+)", readme)
-    assert m is not None
+    assert m, "the README has no `elastic tokenizer train ... --vocab-size N --out PATH` example"
     size, out = int(m.group(1)), m.group(2)
     assert not (ROOT / out).exists() and not out.startswith("tokenizers/")
     assert f"--tokenizer {out}" in readme and f"data.tokenizer={out}" in readme
