@@ -6,6 +6,13 @@ read (optional hooks), read memory (with this segment's view), attend over [memo
 After the last layer every memory writes the segment (tokens only, plus the outputs at the back
 memory-token slots). A memory layer's state is not used again within the segment, so writing after
 all layers equals writing after each.
+
+`smear` (optional): each token's embedding gets a learned per-channel gate times the previous
+token's embedding in the same segment, e_i + g * e_{i-1} (the "smeared key" of Olsson et al. 2022,
+§"Smeared key" model; here on the embedding so every layer and every memory sees it). A token knows
+its predecessor from the input on, so associative recall needs one attention hop, not an induction
+circuit learned across two layers. The first token of a segment has no predecessor (a segment carries
+nothing but memory); generation carries the previous embedding inside the segment (`Stream.last`).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ class Stream(NamedTuple):
     past: tuple  # per layer: SegmentView of the current segment so far, or None at a segment start
     reads: tuple  # per layer: the Read of the current segment (memory samples, computed once), or None
     pos: int  # tokens of the current segment already consumed, 0 <= pos < segment_len
+    last: Tensor | None = None  # (B, D) embedding of the segment's last consumed token (smear), None at its start
 
 
 def _join(past: SegmentView | None, chunk: SegmentView) -> SegmentView:
@@ -92,7 +100,7 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_layer: int, n_head: int, mlp_hidden: int,
                  segment_len: int, memories: dict[int, Memory], rope_base: float = 10000.0,
-                 tie_embeddings: bool = True):
+                 tie_embeddings: bool = True, smear: bool = False):
         super().__init__()
         bad = sorted(i for i in memories if not 0 <= i < n_layer)
         if bad:
@@ -113,6 +121,7 @@ class Decoder(nn.Module):
             Block(d_model, n_head, mlp_hidden, rope_base, memories.get(i)) for i in range(n_layer))
         self.norm = RMSNorm(d_model)
         self.lm_head = None if tie_embeddings else nn.Linear(d_model, vocab_size, bias=False)
+        self.smear = nn.Parameter(torch.zeros(d_model)) if smear else None  # (D,) gate
 
     def _memories(self) -> list[Memory]:
         return [self.blocks[i].memory for i in self.memory_layers]
@@ -142,6 +151,16 @@ class Decoder(nn.Module):
 
     def _project(self, h: Tensor) -> Tensor:
         return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)  # (B, n, V)
+
+    def _embed(self, tokens: Tensor, last: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens (B, n) -> embeddings (B, n, D) (smeared with the previous token's embedding, `last`
+        (B, D) before the first token or None at a segment start), and the raw embedding of the last token."""
+        e = self.embed(tokens)  # (B, n, D)
+        if self.smear is None:
+            return e, e[:, -1]
+        prev = e[:, :-1] if last is None else torch.cat([last[:, None].to(e.dtype), e[:, :-1]], dim=1)
+        head = e[:, : e.shape[1] - prev.shape[1]]  # (B, 1, D) at a segment start, else (B, 0, D)
+        return torch.cat([head, e[:, head.shape[1]:] + self.smear.to(e.dtype) * prev], dim=1), e[:, -1]
 
     def _slot_input(self, batch: int, n: int) -> Tensor:
         return torch.zeros(batch, n, self.embed.weight.shape[1], device=self.embed.weight.device,
@@ -179,7 +198,7 @@ class Decoder(nn.Module):
         if tokens.shape[1] > self.segment_len:
             raise ValueError(f"Decoder: segment of {tokens.shape[1]} tokens > segment_len {self.segment_len}")
         b, l = tokens.shape
-        x = torch.cat([self._slot_input(b, self.front), self.embed(tokens), self._slot_input(b, self.back)],
+        x = torch.cat([self._slot_input(b, self.front), self._embed(tokens)[0], self._slot_input(b, self.back)],
                       dim=1)  # (B, p + l + s, D)
         n = len(self.blocks)
         past, reads = [None] * n, [None] * n
@@ -211,10 +230,11 @@ class Decoder(nn.Module):
         past, reads = list(stream.past), list(stream.reads)
         if stream.pos == 0 and self.front:
             self._blocks(self._slot_input(b, self.front), stream.states, past, reads, 0, self.front, 0)
-        x, _ = self._blocks(self.embed(tokens), stream.states, past, reads, self.front + stream.pos, 0, 0)
+        e, last = self._embed(tokens, stream.last if stream.pos else None)  # (B, n, D), (B, D)
+        x, _ = self._blocks(e, stream.states, past, reads, self.front + stream.pos, 0, 0)
         pos = stream.pos + tokens.shape[1]
         if pos < self.segment_len:
-            return self.logits(x), Stream(stream.states, tuple(past), tuple(reads), pos)
+            return self.logits(x), Stream(stream.states, tuple(past), tuple(reads), pos, last)
         outs, final = {}, None
         if self.back:
             tail, outs = self._blocks(self._slot_input(b, self.back), stream.states, past, reads,
