@@ -18,7 +18,7 @@ def build_model(cfg: RunConfig) -> Decoder:
         memories = {i: REGISTRY[cfg.memory.kind](m.n_head, head_dim, **layer_options(cfg, i)) for i in memory_layers(cfg)}
         return Decoder(vocab_size=m.vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
                        mlp_hidden=m.mlp_hidden, segment_len=m.segment_len, memories=memories,
-                       rope_base=m.rope_base, tie_embeddings=m.tie_embeddings, smear=m.smear)
+                       rope_base=m.rope_base, tie_embeddings=m.tie_embeddings, prev_embed=m.prev_embed)
     except ValueError as e:  # a combination the modules reject (e.g. caching over elastic with gating)
         raise UsageError(f"memory.kind={cfg.memory.kind}: {e}") from None
 

@@ -30,7 +30,7 @@ class ModelConfig(_Section):
     segment_len: int = Field(gt=0)
     rope_base: float = Field(10000.0, gt=0)
     tie_embeddings: bool = True
-    smear: bool = False  # add a learned gate times the previous token's embedding (Olsson et al. 2022, smeared keys)
+    prev_embed: bool = False  # add a second embedding of the previous token (a bigram input; model/decoder.py)
 
 
 class DataConfig(_Section):

@@ -7,12 +7,13 @@ After the last layer every memory writes the segment (tokens only, plus the outp
 memory-token slots). A memory layer's state is not used again within the segment, so writing after
 all layers equals writing after each.
 
-`smear` (optional): each token's embedding gets a learned per-channel gate times the previous
-token's embedding in the same segment, e_i + g * e_{i-1} (the "smeared key" of Olsson et al. 2022,
-§"Smeared key" model; here on the embedding so every layer and every memory sees it). A token knows
-its predecessor from the input on, so associative recall needs one attention hop, not an induction
-circuit learned across two layers. The first token of a segment has no predecessor (a segment carries
-nothing but memory); generation carries the previous embedding inside the segment (`Stream.last`).
+`prev_embed` (optional): each token's input adds a second embedding of the token before it in the
+same segment, x_i = E[t_i] + P[t_{i-1}] (a learned bigram input: the "smeared key" idea of Olsson
+et al. 2022, and what the short convolutions of H3/Based give MQAR, Arora et al. 2023). A position
+then knows its predecessor from the input on, so associative recall is one attention hop instead of
+an induction circuit that a 2-layer model finds only after a long plateau. The first token of a
+segment has none (a segment carries nothing but memory); generation keeps the last token id of the
+current segment (`Stream.last`).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Stream(NamedTuple):
     past: tuple  # per layer: SegmentView of the current segment so far, or None at a segment start
     reads: tuple  # per layer: the Read of the current segment (memory samples, computed once), or None
     pos: int  # tokens of the current segment already consumed, 0 <= pos < segment_len
-    last: Tensor | None = None  # (B, D) embedding of the segment's last consumed token (smear), None at its start
+    last: Tensor | None = None  # (B,) id of the segment's last consumed token (prev_embed), None at its start
 
 
 def _join(past: SegmentView | None, chunk: SegmentView) -> SegmentView:
@@ -100,7 +101,7 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, n_layer: int, n_head: int, mlp_hidden: int,
                  segment_len: int, memories: dict[int, Memory], rope_base: float = 10000.0,
-                 tie_embeddings: bool = True, smear: bool = False):
+                 tie_embeddings: bool = True, prev_embed: bool = False):
         super().__init__()
         bad = sorted(i for i in memories if not 0 <= i < n_layer)
         if bad:
@@ -121,7 +122,7 @@ class Decoder(nn.Module):
             Block(d_model, n_head, mlp_hidden, rope_base, memories.get(i)) for i in range(n_layer))
         self.norm = RMSNorm(d_model)
         self.lm_head = None if tie_embeddings else nn.Linear(d_model, vocab_size, bias=False)
-        self.smear = nn.Parameter(torch.zeros(d_model)) if smear else None  # (D,) gate
+        self.prev_embed = nn.Embedding(vocab_size, d_model) if prev_embed else None
 
     def _memories(self) -> list[Memory]:
         return [self.blocks[i].memory for i in self.memory_layers]
@@ -153,14 +154,14 @@ class Decoder(nn.Module):
         return h @ self.embed.weight.T if self.lm_head is None else self.lm_head(h)  # (B, n, V)
 
     def _embed(self, tokens: Tensor, last: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """tokens (B, n) -> embeddings (B, n, D) (smeared with the previous token's embedding, `last`
-        (B, D) before the first token or None at a segment start), and the raw embedding of the last token."""
+        """tokens (B, n) -> input embeddings (B, n, D) and the last token id (B,). With `prev_embed`,
+        position i adds P[t_{i-1}]; `last` (B,) is the token before the chunk, None at a segment start."""
         e = self.embed(tokens)  # (B, n, D)
-        if self.smear is None:
-            return e, e[:, -1]
-        prev = e[:, :-1] if last is None else torch.cat([last[:, None].to(e.dtype), e[:, :-1]], dim=1)
-        head = e[:, : e.shape[1] - prev.shape[1]]  # (B, 1, D) at a segment start, else (B, 0, D)
-        return torch.cat([head, e[:, head.shape[1]:] + self.smear.to(e.dtype) * prev], dim=1), e[:, -1]
+        if self.prev_embed is None:
+            return e, tokens[:, -1]
+        prev = tokens[:, :-1] if last is None else torch.cat([last[:, None], tokens[:, :-1]], dim=1)  # (B, n or n-1)
+        skip = e.shape[1] - prev.shape[1]  # 1 at a segment start: the first token has no predecessor
+        return torch.cat([e[:, :skip], e[:, skip:] + self.prev_embed(prev)], dim=1), tokens[:, -1]
 
     def _slot_input(self, batch: int, n: int) -> Tensor:
         return torch.zeros(batch, n, self.embed.weight.shape[1], device=self.embed.weight.device,

@@ -21,7 +21,7 @@ def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
     | attn.wo, mlp.w2 (residual outputs)         | N(0, 0.02 / sqrt(2 n_layer))  |
     | lm_head.weight (untied)                    | N(0, 0.02)                    |
     | RMSNorm weights                            | 1                             |
-    | smear gate (model.smear)                   | 0 (starts as the plain model) |
+    | prev_embed.weight (model.prev_embed)       | N(0, 0.02)                    |
     | memory parameters: >= 2-D / 1-D            | N(0, 0.02) / 0                |
 
     Residual-output scaling as in GPT-2 (Radford et al. 2019, §2.3). Draws happen on the CPU in
@@ -32,15 +32,12 @@ def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
     for name, p in model.named_parameters():
         if ".memory." in name:
             std = 0.02 if p.dim() >= 2 else 0.0
-        elif name in ("embed.weight", "lm_head.weight") or name.endswith(_INPUT):
+        elif name in ("embed.weight", "lm_head.weight", "prev_embed.weight") or name.endswith(_INPUT):
             std = 0.02
         elif name.endswith(_OUTPUT):
             std = 0.02 / math.sqrt(2 * n_layer)
         elif name.endswith("norm.weight"):
             p.fill_(1.0)
-            continue
-        elif name == "smear":
-            p.zero_()
             continue
         else:
             raise ValueError(f"init_weights: no rule for parameter {name}")

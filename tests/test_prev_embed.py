@@ -1,6 +1,6 @@
-"""model.smear: e_i + g * e_{i-1} inside a segment (Olsson et al. 2022's smeared key, on the embedding).
-Checked against the formula, against the plain model (a zero gate changes nothing), and streaming
-(token by token, ragged chunks) against the segment forward with a non-zero gate."""
+"""model.prev_embed: x_i = E[t_i] + P[t_{i-1}] inside a segment. Checked against the formula, against
+the plain model (P = 0 changes nothing), and streaming (token by token, ragged chunks) against the
+segment forward."""
 from __future__ import annotations
 
 import pytest
@@ -13,13 +13,13 @@ from elastic_cli.model.init import init_weights
 V, D, SEG = 37, 16, 8
 
 
-def model(smear: bool, kind: str = "elastic", gate: float = 0.0) -> Decoder:
+def model(prev: bool, kind: str = "elastic", scale: float = 1.0) -> Decoder:
     opts = {"elastic": {"order": 6, "samples": 5}, "xl": {"cache": 8}}[kind]
-    m = Decoder(V, D, 2, 2, 32, SEG, {i: REGISTRY[kind](2, D // 2, **opts) for i in range(2)}, smear=smear)
+    m = Decoder(V, D, 2, 2, 32, SEG, {i: REGISTRY[kind](2, D // 2, **opts) for i in range(2)}, prev_embed=prev)
     init_weights(m, 5)
-    if smear:
+    if prev:
         with torch.no_grad():
-            m.smear.copy_(gate * torch.linspace(-1, 1, D))
+            m.prev_embed.weight.mul_(scale)
     return m.eval()
 
 
@@ -32,29 +32,29 @@ def by_segments(m, toks):
 
 
 def test_embedding_is_the_formula_and_the_first_token_of_a_segment_is_plain():
-    m = model(True, gate=0.7)
+    m = model(True)
     toks = torch.tensor([[3, 9, 4, 4, 30]])
-    e = m.embed.weight[toks[0]]  # (5, D)
+    e, p = m.embed.weight[toks[0]], m.prev_embed.weight[toks[0]]  # (5, D) each
     x, last = m._embed(toks)
-    want = torch.cat([e[:1], e[1:] + m.smear * e[:-1]])
+    want = torch.cat([e[:1], e[1:] + p[:-1]])
     torch.testing.assert_close(x[0], want, rtol=0, atol=0)
-    torch.testing.assert_close(last[0], e[-1], rtol=0, atol=0)
-    x2, _ = m._embed(toks[:, 2:], last=e[1][None])  # a chunk continuing the segment after token 9
+    assert last.tolist() == [30]
+    x2, _ = m._embed(toks[:, 2:], last=toks[:, 1])  # a chunk continuing the segment after token 9
     torch.testing.assert_close(x2[0], want[2:], rtol=0, atol=0)
 
 
-def test_a_zero_gate_is_the_plain_model():
+def test_a_zero_table_is_the_plain_model():
     toks = torch.randint(0, V, (2, 3 * SEG), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(by_segments(model(True, gate=0.0), toks), by_segments(model(False), toks),
+        torch.testing.assert_close(by_segments(model(True, scale=0.0), toks), by_segments(model(False), toks),
                                    rtol=0, atol=0)
-        assert (by_segments(model(True, gate=0.5), toks) - by_segments(model(False), toks)).abs().max() > 1e-3
+        assert (by_segments(model(True), toks) - by_segments(model(False), toks)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["elastic", "xl"])
 @pytest.mark.parametrize("sizes", [[1], [3, 5, 2], [SEG]])
-def test_streaming_equals_the_segment_forward_with_a_gate(kind, sizes):
-    m = model(True, kind, gate=0.8)
+def test_streaming_equals_the_segment_forward(kind, sizes):
+    m = model(True, kind, scale=5.0)
     toks = torch.randint(0, V, (2, 3 * SEG + 3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = by_segments(m, toks)
