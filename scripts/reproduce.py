@@ -35,8 +35,8 @@ SIZES = {
                   order=8, steps=30, batch=8, lr=3e-3, eval_docs=40, lm_steps=10, lm_segments=4, lm_batch=4, lm_seg=16,
                   lm_docs=4, device="cpu", jobs=2, sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)}),
     "cpu": dict(length=128, seg=16, count=8000, pairs=8, keys=16, values=16, d=128, layers=2, heads=4, mlp=384,
-                order=32, steps=600, batch=32, lr=3e-3, eval_docs=300, lm_steps=300, lm_segments=8, lm_batch=8,
-                lm_seg=64, lm_docs=12, device="cpu", jobs=2, sweep={"elastic": (8, 64), "xl": (8,), "memorizing": (8,)}),
+                order=32, steps=700, batch=32, lr=3e-3, eval_docs=300, lm_steps=300, lm_segments=8, lm_batch=8,
+                lm_seg=64, lm_docs=12, device="cpu", jobs=2, sweep={"elastic": (8, 64)}),
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
                 mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, eval_docs=1000, lm_steps=4000, lm_segments=16, lm_seg=512,
                 lm_batch=16, lm_docs=200, device="cuda", jobs=1, sweep={"elastic": (32, 64, 256), "xl": (32, 512), "memorizing": (32, 512)}),
@@ -81,9 +81,11 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "matched",
                         "compare": list(SCHEDULES) if kind == "elastic" else None})
         if "none" in kinds:  # the control: one segment holds the whole document (plain full attention)
-            out.append({"name": "none-one-segment", "kind": "none", "data": "mqar", "group": "control",
-                        "over": ["memory.kind=none", f"model.segment_len={z['length']}", "train.segments=1",
-                                 "train.bptt_segments=1"]})
+            control = ["memory.kind=none", f"model.segment_len={z['length']}", "train.segments=1", "train.bptt_segments=1"]
+            out.append({"name": "none-one-segment", "kind": "none", "data": "mqar", "group": "control", "over": control})
+            # ablation: without the previous-token embedding, even full attention sits on a plateau
+            out.append({"name": "none-one-segment-no-prev-embed", "kind": "none", "data": "mqar", "group": "ablation",
+                        "over": [*control, "model.prev_embed=false"]})
         for kind, sizes in z["sweep"].items():
             if kind in kinds:
                 for n in sizes:
@@ -144,12 +146,13 @@ class Runner:
 
 
 def prepare(run: Runner, z: dict, data: Path, only: str | None) -> None:
-    if only in (None, "mqar"):
+    """Prepare each dataset once (a folder that holds it already is kept, and its command not repeated)."""
+    if only in (None, "mqar") and not (data / "mqar" / "meta.json").is_file():
         run("prepare-mqar", "prepare", "--task", "mqar", "--length", str(z["length"]), "--count", str(z["count"]),
             "--pairs", str(z["pairs"]), "--keys", str(z["keys"]), "--values", str(z["values"]), "--segment-len",
             str(z["seg"]), "--distance", f"0:{z['length'] // z['seg'] - 1}", "--val-frac", "0.05", "--test-frac",
             "0.05", "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / "mqar"))
-    if only in (None, "lm"):
+    if only in (None, "lm") and not (data / "code" / "meta.json").is_file():
         run("prepare-code", "prepare", "--corpus", "python-stdlib", "--tokenizer", "tokenizers/code-8k.model",
             "--out", str(data / "code"))
 
@@ -165,7 +168,9 @@ def train_and_eval(run: Runner, z: dict, v: dict, data: Path) -> None:
     segs, steps = (z["length"] // z["seg"], z["steps"]) if task else (z["lm_segments"], z["lm_steps"])
     batch = z["batch"] if task else z["lm_batch"]
     shape = [f"model.d_model={z['d']}", f"model.n_layer={z['layers']}", f"model.n_head={z['heads']}",
-             f"model.mlp_hidden={z['mlp']}", f"model.segment_len={z['seg'] if task else z['lm_seg']}"]
+             f"model.mlp_hidden={z['mlp']}", f"model.segment_len={z['seg'] if task else z['lm_seg']}",
+             # mqar: each token also embeds its predecessor, so recall is one attention hop (model/decoder.py)
+             *(["model.prev_embed=true"] if task else [])]
     schedule = [f"train.steps={steps}", f"train.warmup={max(1, steps // 20)}", f"train.lr={z['lr']}",
                 f"train.min_lr={z['lr'] / 10}", f"train.global_batch={batch}", f"train.micro_batch={batch}",
                 f"train.segments={segs}", f"train.bptt_segments={segs}", f"train.eval_every={max(1, steps // 10)}",

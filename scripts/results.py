@@ -201,7 +201,10 @@ def write(out: Path, dest: Path) -> None:
         f"key-value pairs each, every pair asked once; the distance d is the number of segments between a fact and its "
         f"query (0: same segment). Keys from {z['keys']} words, values from {z['values']} (chance {1 / z['values']:.3f}), "
         f"{task.get('noise', 'n/a')} noise words around them (the task's options are in `{meta.parent}/meta.json`). "
-        f"Model: d_model {z['d']}, {z['layers']} layers, {z['heads']} heads; {z['steps']} steps of {z['batch']} "
+        f"Model: d_model {z['d']}, {z['layers']} layers, {z['heads']} heads, and each token's input also embeds the token "
+        "before it in its segment (`model.prev_embed=true`, a learned bigram input: without it even full attention sits "
+        "on a plateau at this budget, see the `-no-prev-embed` row); "
+        f"{z['steps']} steps of {z['batch']} "
         "documents, loss on answer tokens only (`train.loss_on=answers`), gradients through the whole document. "
         f"Answer-token accuracy on {z['eval_docs']} test documents.", "",
         "### Every kind at a matched footprint", "", *mqar_table(matched, distances), "",
