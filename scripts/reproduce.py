@@ -83,6 +83,13 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
         if "none" in kinds:  # the control: one segment holds the whole document (plain full attention)
             control = ["memory.kind=none", f"model.segment_len={z['length']}", "train.segments=1", "train.bptt_segments=1"]
             out.append({"name": "none-one-segment", "kind": "none", "data": "mqar", "group": "control", "over": control})
+            # the within-segment control: every fact in its query's segment (mqar-near, --distance 0:0)
+            out.append({"name": "none-distance0", "kind": "none", "data": "mqar-near", "group": "control",
+                        "over": ["memory.kind=none"]})
+        if "elastic" in kinds:  # the matched elastic run, twice as long: is it still learning at the end?
+            name, over = memory("elastic", z)
+            out.append({"name": f"{name}-steps{2 * z['steps']}", "kind": "elastic", "data": "mqar", "group": "long",
+                        "over": [*over, f"train.steps={2 * z['steps']}"], "compare": list(SCHEDULES)})
             # ablation: without the previous-token embedding, even full attention sits on a plateau
             out.append({"name": "none-one-segment-no-prev-embed", "kind": "none", "data": "mqar", "group": "ablation",
                         "over": [*control, "model.prev_embed=false"]})
@@ -147,11 +154,12 @@ class Runner:
 
 def prepare(run: Runner, z: dict, data: Path, only: str | None) -> None:
     """Prepare each dataset once (a folder that holds it already is kept, and its command not repeated)."""
-    if only in (None, "mqar") and not (data / "mqar" / "meta.json").is_file():
-        run("prepare-mqar", "prepare", "--task", "mqar", "--length", str(z["length"]), "--count", str(z["count"]),
-            "--pairs", str(z["pairs"]), "--keys", str(z["keys"]), "--values", str(z["values"]), "--segment-len",
-            str(z["seg"]), "--distance", f"0:{z['length'] // z['seg'] - 1}", "--val-frac", "0.05", "--test-frac",
-            "0.05", "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / "mqar"))
+    for name, far in (("mqar", z["length"] // z["seg"] - 1), ("mqar-near", 0)):  # facts 0..S-1 / 0 segments back
+        if only in (None, "mqar") and not (data / name / "meta.json").is_file():
+            run(f"prepare-{name}", "prepare", "--task", "mqar", "--length", str(z["length"]), "--count",
+                str(z["count"]), "--pairs", str(z["pairs"]), "--keys", str(z["keys"]), "--values", str(z["values"]),
+                "--segment-len", str(z["seg"]), "--distance", f"0:{far}", "--val-frac", "0.05", "--test-frac", "0.05",
+                "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / name))
     if only in (None, "lm") and not (data / "code" / "meta.json").is_file():
         run("prepare-code", "prepare", "--corpus", "python-stdlib", "--tokenizer", "tokenizers/code-8k.model",
             "--out", str(data / "code"))
@@ -164,7 +172,7 @@ def train_and_eval(run: Runner, z: dict, v: dict, data: Path) -> None:
     if report.is_file():
         return
     run_dir = run.out / "runs" / tag
-    task = v["data"] == "mqar"
+    task = v["data"].startswith("mqar")
     segs, steps = (z["length"] // z["seg"], z["steps"]) if task else (z["lm_segments"], z["lm_steps"])
     batch = z["batch"] if task else z["lm_batch"]
     shape = [f"model.d_model={z['d']}", f"model.n_layer={z['layers']}", f"model.n_head={z['heads']}",

@@ -60,7 +60,7 @@ def collect(out: Path) -> dict:
     for v in settings["variants"]:
         tag = f"{v['data']}-{v['name']}"
         path, run_dir = out / "eval" / f"{tag}.json", out / "runs" / tag
-        section = "mqar" if v["data"] == "mqar" else "lm"
+        section = "mqar" if v["data"].startswith("mqar") else "lm"
         results = json.loads(path.read_text())["results"] if path.is_file() else [None]
         floats = memory_floats(run_dir)
         for i, r in enumerate(results):
@@ -70,7 +70,7 @@ def collect(out: Path) -> dict:
                 table[section][name] = {"kind": v["kind"], "group": v["group"], "failed": True}
                 continue
             base = {"kind": v["kind"], "group": v["group"] if i == 0 else "sampling", "footprint_floats": floats,
-                    "read_schedule": schedule, "command_run_dir": str(run_dir)}
+                    "read_schedule": schedule, "command_run_dir": str(run_dir), "trained_as": v["group"]}
             if section == "mqar":
                 by_d = r["answer_by_distance"]
                 table[section][name] = {**base, "accuracy_by_distance": {d: x["accuracy"] for d, x in by_d.items()},
@@ -130,6 +130,11 @@ def findings(rows: dict, chance: float) -> list[str]:
     if ctrl:
         lines.append(f"- Control (one segment spans the document, plain attention): answer accuracy "
                      f"{ctrl['answer_accuracy']:.3f} over all distances ({'meets' if ctrl['answer_accuracy'] >= 0.95 else 'misses'} the 0.95 bar).")
+    near = ok.get("none-distance0")
+    if near:
+        lines.append(f"- Within-segment control (`none` trained and tested with every fact in its query's segment, "
+                     f"`--distance 0:0`): answer accuracy {near['answer_accuracy']:.3f} "
+                     f"({'meets' if near['answer_accuracy'] >= 0.95 else 'misses'} the 0.95 bar).")
     none = ok.get("none")
     if none:
         d0 = none["accuracy_by_distance"].get("0")
@@ -143,11 +148,12 @@ def findings(rows: dict, chance: float) -> list[str]:
         lines.append(f"- Best memory at distance >= {FAR}: `{best}` with {far[best]:.3f} "
                      f"({'meets' if far[best] >= 0.90 else 'misses'} the 0.90 bar). Ranking: "
                      + ", ".join(f"{n} {a:.3f}" for n, a in sorted(far.items(), key=lambda kv: -kv[1])) + ".")
-    schedules = {r["read_schedule"]: r[f"accuracy_distance_ge_{FAR}"] for r in ok.values()
-                 if r["kind"] == "elastic" and r["group"] in ("matched", "sampling") and r["read_schedule"]}
-    if len(schedules) > 1:
-        lines.append(f"- Elastic Memory's weights read with each schedule, accuracy at distance >= {FAR}: "
-                     + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in schedules.items()) + ".")
+    for trained in ("matched", "long"):
+        schedules = {r["read_schedule"]: r[f"accuracy_distance_ge_{FAR}"] for r in ok.values()
+                     if r["kind"] == "elastic" and r.get("trained_as") == trained and r["read_schedule"]}
+        if len(schedules) > 1:
+            lines.append(f"- Elastic Memory's weights ({trained} run) read with each schedule, accuracy at distance "
+                         f">= {FAR}: " + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in schedules.items()) + ".")
     return lines
 
 
@@ -189,7 +195,7 @@ def write(out: Path, dest: Path) -> None:
     pngs = results_plots.write_all(table, dest, FAR)
     write_text(dest.with_suffix(".json"), json.dumps({"commit": git("rev-parse", "HEAD"), "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")
-    matched = {n: r for n, r in mq.items() if r["group"] in ("matched", "control", "ablation")}
+    matched = {n: r for n, r in mq.items() if r["group"] in ("matched", "control", "ablation", "long")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""
     lines = [
         "# Results", "",
@@ -214,7 +220,7 @@ def write(out: Path, dest: Path) -> None:
                      and r["kind"] in ("elastic", "xl", "memorizing", "infinity")}, distances), "",
         f"![frontier]({pngs['frontier']})", "",
         "### Elastic Memory's test-time sampling bias (one set of trained weights)", "",
-        *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
+        *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "sampling", "long")},
                     distances), "", f"![sampling schedules]({pngs['sampling']})", "",
         "### Learning curves (validation answer accuracy against step)", "", f"![learning curves]({pngs['learning']})", "",
         "## Language modelling (held-out Python standard library, test split)", "",

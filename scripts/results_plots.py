@@ -68,7 +68,7 @@ def sampling_plot(mq: dict, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _by_distance(ax, {(r["read_schedule"] or n): r for n, r in mq.items()
-                      if not r.get("failed") and r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
+                      if not r.get("failed") and r["kind"] == "elastic" and r.get("trained_as") == "matched"},
                  "Elastic Memory: one set of weights, read with each schedule")
     _save(fig, path)
 
