@@ -85,8 +85,9 @@ def test_bins_are_token_weighted_means():
 def test_every_kind_has_a_matched_variant_and_the_sweep_names_its_size():
     z = reproduce.SIZES["cpu"]
     names = [v["name"] for v in reproduce.variants(z, sorted(reproduce_kinds()), None)]
-    assert "none-one-segment" in names and "elastic-order64-uniform" in names and "xl-cache8" in names
+    assert "none-one-segment" in names and "none-distance0" in names and "elastic-order64-uniform" in names
     assert "infinity-basis64-detached-paper" in names and "memorizing-store128-paper" in names
+    assert "xl-cache128-paper" in names and "xl-cache32" in names  # xl's frontier: matched and paper
     assert len(set(names)) == len(names) - 2  # none and elastic also run on the code corpus
 
 
