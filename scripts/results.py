@@ -69,7 +69,9 @@ def collect(out: Path) -> dict:
             if r is None:  # failed or not run: the row stays in its table
                 table[section][name] = {"kind": v["kind"], "group": v["group"], "failed": True}
                 continue
+            lr = out / "eval" / f"{tag}.lr"  # trained again at this learning rate after a divergence
             base = {"kind": v["kind"], "group": v["group"] if i == 0 else "sampling", "footprint_floats": floats,
+                    "retrained_lr": float(lr.read_text()) if lr.is_file() else None,
                     "read_schedule": schedule, "command_run_dir": str(run_dir), "trained_as": v["group"]}
             if section == "mqar":
                 by_d = r["answer_by_distance"]
@@ -99,7 +101,8 @@ def mqar_table(rows: dict, distances: list[str]) -> list[str]:
             lines.append(f"| {name} | {r['group']} | failed |" + " |" * (len(distances) + 3))
             continue
         acc = r["accuracy_by_distance"]
-        lines.append(f"| {name} | {r['group']} | {fmt(r['footprint_floats'], ',d')} | "
+        group = r["group"] + (f" (lr {r['retrained_lr']:g}: diverged at the size's lr)" if r.get("retrained_lr") else "")
+        lines.append(f"| {name} | {group} | {fmt(r['footprint_floats'], ',d')} | "
                      + " | ".join(fmt(acc.get(d), ".3f") for d in distances)
                      + f" | {fmt(r[f'accuracy_distance_ge_{FAR}'], '.3f')} | {fmt(r['answer_accuracy'], '.3f')}"
                      f" | {fmt(r['answer_loss'], '.3f')} |")
