@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +101,10 @@ def test_run_dir_rules(tmp_path):
     assert checkpoint.prepare_run_dir(run, "never", False) is None  # missing: fine
     assert checkpoint.prepare_run_dir(run, "auto", False) is None  # nothing to resume: fresh
     checkpoint.write_run_files(run, "model: {}\n", ["elastic", "train", "r.yaml"], 1)
-    assert json.loads((run / "env.json").read_text())["torch"] == torch.__version__
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(checkpoint.__file__).parent, capture_output=True, text=True)
+    assert env["commit"] == (head.stdout.strip() if head.returncode == 0 else None)  # the code the run used
     assert (run / "command.txt").read_text() == "elastic train r.yaml\n"
     with pytest.raises(UsageError, match="not empty"):
         checkpoint.prepare_run_dir(run, "never", False)
