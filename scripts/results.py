@@ -125,7 +125,7 @@ def lm_table(rows: dict) -> list[str]:
     return lines
 
 
-def findings(rows: dict, chance: float) -> list[str]:
+def findings(rows: dict, chance: float, z: dict) -> list[str]:
     """Sentences computed from the table: the bars of the issue, met or not, with the numbers."""
     ok = {n: r for n, r in rows.items() if not r.get("failed")}
     lines = []
@@ -151,12 +151,40 @@ def findings(rows: dict, chance: float) -> list[str]:
         lines.append(f"- Best memory at distance >= {FAR}: `{best}` with {far[best]:.3f} "
                      f"({'meets' if far[best] >= 0.90 else 'misses'} the 0.90 bar). Ranking: "
                      + ", ".join(f"{n} {a:.3f}" for n, a in sorted(far.items(), key=lambda kv: -kv[1])) + ".")
+    lines += exact_memory_lines(ok, z)
     for trained in ("matched", "long"):
         schedules = {r["read_schedule"]: r[f"accuracy_distance_ge_{FAR}"] for r in ok.values()
                      if r["kind"] == "elastic" and r.get("trained_as") == trained and r["read_schedule"]}
         if len(schedules) > 1:
             lines.append(f"- Elastic Memory's weights ({trained} run) read with each schedule, accuracy at distance "
                          f">= {FAR}: " + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in schedules.items()) + ".")
+    return lines
+
+
+def span_accuracy(r: dict, lo: int, hi: int) -> float | None:
+    """Token-weighted answer accuracy over distances lo..hi (segments)."""
+    rows = [(r["accuracy_by_distance"][d], r["tokens_by_distance"][d]) for d in r["accuracy_by_distance"]
+            if d != "unknown" and lo <= int(d) <= hi]
+    n = sum(t for _, t in rows)
+    return sum(a * t for a, t in rows) / n if n else None
+
+
+def exact_memory_lines(ok: dict, z: dict) -> list[str]:
+    """Why exact memories (xl's cache, memorizing's kNN store) land where they do, from the rows that
+    test it: xl detached vs with gradients inside its cache's reach, and each kind holding the whole
+    document as in its paper."""
+    lines = []
+    name, reach = f"xl-cache{z['order']}", max(1, z["order"] // z["seg"])  # segments the matched cache covers
+    if name in ok and f"{name}-grad" in ok:
+        det, grad = ok[name], ok[f"{name}-grad"]
+        lines.append(f"- Exact cache inside its reach (d=1..{reach}): `{name}` (detached, as the paper) "
+                     f"{fmt(span_accuracy(det, 1, reach), '.3f')}, `{name}-grad` (gradients into the cache, ablation) "
+                     f"{fmt(span_accuracy(grad, 1, reach), '.3f')}; beyond it {fmt(span_accuracy(det, reach + 1, 99), '.3f')} "
+                     f"and {fmt(span_accuracy(grad, reach + 1, 99), '.3f')}.")
+    for n, r in ok.items():
+        if r["group"] == "paper" and r["kind"] in ("xl", "memorizing"):
+            lines.append(f"- `{n}` (holds the whole document, detached as in the paper): d=0 "
+                         f"{fmt(span_accuracy(r, 0, 0), '.3f')}, d>={FAR} {fmt(r[f'accuracy_distance_ge_{FAR}'], '.3f')}.")
     return lines
 
 
@@ -217,7 +245,7 @@ def write(out: Path, dest: Path) -> None:
         "documents, loss on answer tokens only (`train.loss_on=answers`), gradients through the whole document. "
         f"Answer-token accuracy on {z['eval_docs']} test documents.", "",
         "### Every kind at a matched footprint", "", *mqar_table(matched, distances), "",
-        *findings(mq, 1 / z["values"]), "", f"![accuracy by distance]({pngs['distance']})", "",
+        *findings(mq, 1 / z["values"], z), "", f"![accuracy by distance]({pngs['distance']})", "",
         "### Footprint sweep (quality against memory floats per sequence)", "",
         *mqar_table({n: r for n, r in mq.items() if r["group"] in ("sweep", "paper", "matched")
                      and r["kind"] in ("elastic", "xl", "memorizing", "infinity")}, distances), "",

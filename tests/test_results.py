@@ -32,9 +32,10 @@ def out(tmp_path):
     (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
     (tmp_path / "eval").mkdir()
     acc = {"none": [1.0, 0.1, 0.05, 0.0], "elastic-order8-uniform": [1.0, 0.9, 0.8, 0.6],
-           "none-one-segment": [1.0, 1.0, 1.0, 0.8]}
+           "none-one-segment": [1.0, 1.0, 1.0, 0.8], "xl-cache8": [1.0, 0.2, 0.06, 0.06],
+           "xl-cache8-grad": [1.0, 0.9, 0.1, 0.1]}
     for name, a in acc.items():
-        kind = name.split("-")[0]
+        kind = name.split("-")[0]  # none, elastic, xl
         recs = [mqar_record(kind, a, "uniform" if kind == "elastic" else None)]
         if kind == "elastic":
             recs.append(mqar_record(kind, [1.0, 0.5, 0.5, 0.5], "exponential"))
@@ -52,13 +53,17 @@ def test_collect_reads_every_number_from_the_eval_files(out):
     assert e["accuracy_distance_ge_2"] == pytest.approx((30 * 0.8 + 50 * 0.6) / 80)
     assert e["learning_curve"] == [[3, 0.25]] and e["group"] == "matched"
     assert table["elastic-order8-exponential"]["group"] == "sampling"
-    assert table["xl-cache8"] == {"kind": "xl", "group": "matched", "failed": True}  # no eval file
+    assert table["xl-cache128-paper"] == {"kind": "xl", "group": "paper", "failed": True}  # no eval file
 
 
 def test_findings_state_the_bars_with_their_numbers(out):
-    lines = results.findings(results.collect(out)["mqar"], 1 / 16)
+    lines = results.findings(results.collect(out)["mqar"], 1 / 16, reproduce.SIZES["smoke"])
     assert any("Control" in x and "0.900" in x and "misses the 0.95 bar" in x for x in lines)
-    assert any("`none`" in x and "1.000" in x and "meets" in x and "0.019" in x for x in lines)
+    assert any("`none`" in x and "1.000" in x and "0.019" in x for x in lines)
+    # xl's cache of 8 tokens reaches d=1 (one segment of 16 at most): 10 answers there, 80 beyond
+    exact = [x for x in lines if x.startswith("- Exact cache")][0]
+    assert "(d=1..1)" in exact and "detached, as the paper) 0.200" in exact and "ablation) 0.900" in exact
+    assert "beyond it 0.060 and 0.100" in exact
     best = [x for x in lines if x.startswith("- Best memory")][0]
     assert "`elastic-order8-uniform` with 0.675" in best and "misses the 0.90 bar" in best
 
@@ -67,7 +72,7 @@ def test_write_makes_the_page_json_and_pngs(out, tmp_path):
     dest = tmp_path / "docs" / "results.md"
     results.write(out, dest)
     page = dest.read_text()
-    assert "| elastic-order8-uniform | matched |" in page and "| xl-cache8 | matched | failed |" in page
+    assert "| elastic-order8-uniform | matched |" in page and "| xl-cache128-paper | paper | failed |" in page
     data = json.loads(dest.with_suffix(".json").read_text())
     assert data["mqar"]["elastic-order8-uniform"]["accuracy_by_distance"]["2"] == 0.8
     for role in ("distance", "frontier", "sampling", "learning", "lm"):
