@@ -21,6 +21,7 @@ import random
 import re
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -139,8 +140,6 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
 def code_version() -> dict:
     """{"commit": SHA or None, "dirty": bool or None} of the git checkout elastic_cli runs from (None
     when it is installed without one, or git is missing)."""
-    import subprocess
-
     src = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)

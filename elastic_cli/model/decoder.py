@@ -231,7 +231,7 @@ class Decoder(nn.Module):
         past, reads = list(stream.past), list(stream.reads)
         if stream.pos == 0 and self.front:
             self._blocks(self._slot_input(b, self.front), stream.states, past, reads, 0, self.front, 0)
-        e, last = self._embed(tokens, stream.last if stream.pos else None)  # (B, n, D), (B, D)
+        e, last = self._embed(tokens, stream.last if stream.pos else None)  # (B, n, D), (B,)
         x, _ = self._blocks(e, stream.states, past, reads, self.front + stream.pos, 0, 0)
         pos = stream.pos + tokens.shape[1]
         if pos < self.segment_len:
