@@ -100,9 +100,13 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
                     name, over = memory(kind, z, n)
                     out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "sweep"})
         if "memorizing" in kinds:  # Wu et al. 2022 keep 8k+ entries: a store that holds the whole document
+            paper = ["memory.kind=memorizing", f"memory.layers=[{z['layers'] // 2}]", f"memory.store={z['length']}",
+                     "memory.topk=32"]
             out.append({"name": f"memorizing-store{z['length']}-paper", "kind": "memorizing", "data": "mqar",
-                        "group": "paper", "over": ["memory.kind=memorizing", f"memory.layers=[{z['layers'] // 2}]",
-                                                   f"memory.store={z['length']}", "memory.topk=32"]})
+                        "group": "paper", "over": paper})
+            # is it the budget? the same store trained twice as long
+            out.append({"name": f"memorizing-store{z['length']}-paper-steps{2 * z['steps']}", "kind": "memorizing",
+                        "data": "mqar", "group": "long", "over": [*paper, f"train.steps={2 * z['steps']}"]})
         if "infinity" in kinds:  # Martins et al. 2022 detach the long-term memory; ours passes gradients
             name, over = memory("infinity", z)
             out.append({"name": name + "-detached-paper", "kind": "infinity", "data": "mqar", "group": "paper",
@@ -111,6 +115,9 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             name, over = memory("xl", z)
             out.append({"name": name + "-grad", "kind": "xl", "data": "mqar", "group": "ablation",
                         "over": [*over, "memory.grad=true"]})
+            # or the budget? the detached cache trained twice as long
+            out.append({"name": f"{name}-steps{2 * z['steps']}", "kind": "xl", "data": "mqar", "group": "long",
+                        "over": [*over, f"train.steps={2 * z['steps']}"]})
         if "xl" in kinds:  # Dai et al. 2019 cache as many tokens as the segment (and more at eval): cover the document
             out.append({"name": f"xl-cache{z['length']}-paper", "kind": "xl", "data": "mqar", "group": "paper",
                         "over": ["memory.kind=xl", f"memory.cache={z['length']}"]})

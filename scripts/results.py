@@ -175,15 +175,19 @@ def exact_memory_lines(ok: dict, z: dict) -> list[str]:
     document as in its paper."""
     lines = []
     name, reach = f"xl-cache{z['order']}", max(1, z["order"] // z["seg"])  # segments the matched cache covers
+    long = f"{name}-steps{2 * z['steps']}"
     if name in ok and f"{name}-grad" in ok:
         det, grad = ok[name], ok[f"{name}-grad"]
         lines.append(f"- Exact cache inside its reach (d=1..{reach}): `{name}` (detached, as the paper) "
                      f"{fmt(span_accuracy(det, 1, reach), '.3f')}, `{name}-grad` (gradients into the cache, ablation) "
-                     f"{fmt(span_accuracy(grad, 1, reach), '.3f')}; beyond it {fmt(span_accuracy(det, reach + 1, 99), '.3f')} "
+                     f"{fmt(span_accuracy(grad, 1, reach), '.3f')}"
+                     + (f", `{long}` (detached, twice the steps) {fmt(span_accuracy(ok[long], 1, reach), '.3f')}"
+                        if long in ok else "")
+                     + f"; beyond it {fmt(span_accuracy(det, reach + 1, 99), '.3f')} "
                      f"and {fmt(span_accuracy(grad, reach + 1, 99), '.3f')}.")
     for n, r in ok.items():
-        if r["group"] == "paper" and r["kind"] in ("xl", "memorizing"):
-            lines.append(f"- `{n}` (holds the whole document, detached as in the paper): d=0 "
+        if r["kind"] in ("xl", "memorizing") and "-paper" in n:
+            lines.append(f"- `{n}` (holds the whole document, detached as in the paper{', twice the steps' if r['group'] == 'long' else ''}): d=0 "
                          f"{fmt(span_accuracy(r, 0, 0), '.3f')}, d>={FAR} {fmt(r[f'accuracy_distance_ge_{FAR}'], '.3f')}.")
     return lines
 
