@@ -21,7 +21,6 @@ import random
 import re
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from torch import nn
 
 from elastic_cli import __version__, console, runlock
 from elastic_cli.atomic import write_atomic
+from elastic_cli.code_version import code_version
 from elastic_cli.checkpoint_files import CKPT_FILES, file_sha256, verify  # noqa: F401 (verify: public here)
 from elastic_cli.errors import DataError, UsageError
 
@@ -135,21 +135,6 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
            "world": world, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
            "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())], **code_version()}
     write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
-
-
-def code_version() -> dict:
-    """{"commit": SHA or None, "dirty": bool or None} of the git checkout elastic_cli runs from (None
-    when it is installed without one, or git is missing)."""
-    src = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=10)
-        if sha.returncode:
-            return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "elastic_cli"],
-                                cwd=src, capture_output=True, text=True, timeout=10)
-        return {"commit": sha.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
 
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,

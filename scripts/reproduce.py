@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a NaN/inf loss)
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
-DIVERGED = 4  # `elastic train`'s exit code for a NaN/inf loss
 
 # task: mqar documents; model: the shared shape; train: steps and batch; lm: the language-modelling runs
 SIZES = {
@@ -198,7 +199,7 @@ def train_and_eval(run: Runner, z: dict, v: dict, data: Path) -> None:
     # the variant's own overrides come last: the control changes the segment length and window
     train = ["train", "recipes/tiny.yaml", *shape, *schedule, *where, *v["over"], "--overwrite"]
     rc = run(f"train-{tag}", *train)
-    if rc == DIVERGED:  # once, at a third of the learning rate; the page says so (OUT/eval/TAG.lr)
+    if rc == EXIT_DIVERGED:  # once, at a third of the learning rate; the page says so (OUT/eval/TAG.lr)
         lr = z["lr"] / 3
         print(f"  {tag}: diverged; training again at train.lr={lr:g}", flush=True)
         rc = run(f"train-{tag}-lr", *train, f"train.lr={lr}", f"train.min_lr={lr / 10}")

@@ -14,12 +14,12 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import results_plots  # noqa: E402
+from elastic_cli.code_version import code_version  # noqa: E402
 
 FAR = 2  # distances of at least this many segments: local attention cannot see the fact
 
@@ -45,11 +45,13 @@ def curve(run_dir: Path) -> list[list[float]]:
     return [[r["step"], r["val_accuracy"]] for r in rows if "val_accuracy" in r]
 
 
-def far_accuracy(by_distance: dict, lo: int = FAR) -> float | None:
-    """Token-weighted answer accuracy over the distance buckets >= lo."""
-    rows = [v for d, v in by_distance.items() if d != "unknown" and int(d) >= lo]
-    n = sum(v["tokens"] for v in rows)
-    return sum(v["accuracy"] * v["tokens"] for v in rows) / n if n else None
+def span_accuracy(r: dict, lo: int, hi: int | None = None) -> float | None:
+    """Token-weighted answer accuracy of a table row over the distances lo..hi (segments; no hi: all
+    from lo on)."""
+    rows = [(r["accuracy_by_distance"][d], r["tokens_by_distance"][d]) for d in r["accuracy_by_distance"]
+            if d != "unknown" and lo <= int(d) and (hi is None or int(d) <= hi)]
+    n = sum(t for _, t in rows)
+    return sum(a * t for a, t in rows) / n if n else None
 
 
 def collect(out: Path) -> dict:
@@ -75,11 +77,12 @@ def collect(out: Path) -> dict:
                     "read_schedule": schedule, "command_run_dir": str(run_dir), "trained_as": v["group"]}
             if section == "mqar":
                 by_d = r["answer_by_distance"]
-                table[section][name] = {**base, "accuracy_by_distance": {d: x["accuracy"] for d, x in by_d.items()},
-                                        "loss_by_distance": {d: x["loss"] for d, x in by_d.items()},
-                                        "tokens_by_distance": {d: x["tokens"] for d, x in by_d.items()},
+                row = {**base, "accuracy_by_distance": {d: x["accuracy"] for d, x in by_d.items()},
+                       "loss_by_distance": {d: x["loss"] for d, x in by_d.items()},
+                       "tokens_by_distance": {d: x["tokens"] for d, x in by_d.items()}}
+                table[section][name] = {**row,
                                         "answer_accuracy": r["answer_token_accuracy"], "answer_loss": r["answer_loss"],
-                                        f"accuracy_distance_ge_{FAR}": far_accuracy(by_d),
+                                        f"accuracy_distance_ge_{FAR}": span_accuracy(row, FAR),
                                         "learning_curve": curve(run_dir) if i == 0 else None}
             else:
                 table[section][name] = {**base, **{k: r.get(k) for k in ("bits_per_byte", "xz_bits_per_byte", "loss",
@@ -161,14 +164,6 @@ def findings(rows: dict, chance: float, z: dict) -> list[str]:
     return lines
 
 
-def span_accuracy(r: dict, lo: int, hi: int) -> float | None:
-    """Token-weighted answer accuracy over distances lo..hi (segments)."""
-    rows = [(r["accuracy_by_distance"][d], r["tokens_by_distance"][d]) for d in r["accuracy_by_distance"]
-            if d != "unknown" and lo <= int(d) <= hi]
-    n = sum(t for _, t in rows)
-    return sum(a * t for a, t in rows) / n if n else None
-
-
 def exact_memory_lines(ok: dict, z: dict) -> list[str]:
     """Why exact memories (xl's cache, memorizing's kNN store) land where they do, from the rows that
     test it: xl detached vs with gradients inside its cache's reach, and each kind holding the whole
@@ -183,8 +178,8 @@ def exact_memory_lines(ok: dict, z: dict) -> list[str]:
                      f"{fmt(span_accuracy(grad, 1, reach), '.3f')}"
                      + (f", `{long}` (detached, twice the steps) {fmt(span_accuracy(ok[long], 1, reach), '.3f')}"
                         if long in ok else "")
-                     + f"; beyond it {fmt(span_accuracy(det, reach + 1, 99), '.3f')} "
-                     f"and {fmt(span_accuracy(grad, reach + 1, 99), '.3f')}.")
+                     + f"; beyond it {fmt(span_accuracy(det, reach + 1), '.3f')} "
+                     f"and {fmt(span_accuracy(grad, reach + 1), '.3f')}.")
     for n, r in ok.items():
         if r["kind"] in ("xl", "memorizing") and "-paper" in n:
             lines.append(f"- `{n}` (holds the whole document, detached as in the paper{', twice the steps' if r['group'] == 'long' else ''}): d=0 "
@@ -195,21 +190,14 @@ def exact_memory_lines(ok: dict, z: dict) -> list[str]:
 def provenance() -> list[str]:
     import torch
 
-    code = git("status", "--porcelain", "--untracked-files=no", "--", "elastic_cli", "scripts", "recipes")
-    dirty = " (with uncommitted changes to the code)" if code else ""
+    code = code_version(("elastic_cli", "scripts", "recipes"))
+    dirty = " (with uncommitted changes to the code)" if code["dirty"] else ""
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return [f"- commit: `{git('rev-parse', 'HEAD')}`{dirty}",
+    return [f"- commit: `{code['commit'] or 'unknown'}`{dirty}",
             f"- written: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- hardware: {platform.system()} {cpu}, {os.cpu_count()} CPU cores, GPU: {gpu}",
             f"- software: Python {platform.python_version()}, torch {torch.__version__}"]
-
-
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def write_text(path: Path, text: str) -> None:
@@ -228,7 +216,7 @@ def write(out: Path, dest: Path) -> None:
     done = {n: r for n, r in mq.items() if not r.get("failed")}
     distances = sorted({d for r in done.values() for d in r["accuracy_by_distance"] if d != "unknown"}, key=int)
     pngs = results_plots.write_all(table, dest, FAR)
-    write_text(dest.with_suffix(".json"), json.dumps({"commit": git("rev-parse", "HEAD"), "size": settings["size"],
+    write_text(dest.with_suffix(".json"), json.dumps({"commit": code_version()["commit"] or "unknown", "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")
     matched = {n: r for n, r in mq.items() if r["group"] in ("matched", "control", "ablation", "long")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from elastic_cli.code_version import code_version  # noqa: E402
 
 GPU_BARS = {"mfu": (">=", 0.40), "train_ratio_elastic_vs_none": (">=", 0.90)}  # issue 13, on a GPU
 GIB = 1 << 30
@@ -123,14 +125,6 @@ def render(out: Path, commit: str | None) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="the gpu-check.sh output folder")
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.is_dir():
         print(f"error: {args.out} is not a folder (run scripts/gpu-check.sh first)", file=sys.stderr)
         return 2
-    text = render(args.out, git_commit())
+    text = render(args.out, code_version()["commit"])
     args.dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.dest.with_name(args.dest.name + ".tmp")
     tmp.write_text(text)
