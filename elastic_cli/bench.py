@@ -155,6 +155,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     """Every measurement for the recipe's model size on `device`, one variant per config in
     `configs` (`kind_configs`); returns the JSON-able result."""
     from .bench_history import evaluate_document, generate_greedy, stream_after
+    from .code_version import code_version
     from .config import to_dict
 
     start, m, t = time.perf_counter(), cfg.model, cfg.train
@@ -188,7 +189,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     if "mfu_elastic" in result:
         result["mfu"] = result["mfu_elastic"]
     return {
-        "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick,
+        "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick, "code": code_version(),
         "clock": measure.clock(device)[1],
         "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
         "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,

@@ -10,7 +10,7 @@
 #   2. bench  `elastic bench` on CUDA at the code-32k model shape, bf16, train.compile=true, kinds
 #             none and elastic: MFU and 50 train steps each (tokens/s, peak memory), the Elastic
 #             Memory kernels, eval peak memory and generation after a 1M-token history
-#   3. report scripts/results_gpu.py: $OUT/*.json -> docs/results-gpu.md
+#   3. report scripts/results_bench.py: $OUT/*.json -> docs/results-gpu.md
 # Environment: PYTHON (default python3), OUT (default runs/gpu-check), RESULTS (default
 # docs/results-gpu.md), HISTORY (default 1048576 tokens), STEPS (default 50 train steps per kind).
 set -euo pipefail
@@ -34,21 +34,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 mkdir -p "$OUT"
 : > "$OUT/steps.jsonl"
 
-step() {  # step NAME LIMIT_S CMD...: run CMD under a time limit, log to $OUT/NAME.log, record rc and seconds
-  local name=$1 limit=$2
-  shift 2
-  echo "$*" >> "$OUT/commands.txt"
-  if [ "$DRY" = 1 ]; then
-    echo "[$name, at most ${limit} s] $*"
-    return 0
-  fi
-  local t0 rc=0
-  t0=$(date +%s)
-  timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
-  printf '{"step": "%s", "rc": %d, "seconds": %d, "limit_s": %d}\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$limit" \
-    >> "$OUT/steps.jsonl"
-  echo "gpu-check: $name rc=$rc ($(( $(date +%s) - t0 )) s; log $OUT/$name.log)"
-}
+. scripts/steps.sh  # step NAME LIMIT_S CMD...
 
 : > "$OUT/commands.txt"
 if [ "$DRY" = 0 ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
@@ -60,5 +46,5 @@ step tests 120 "$PY" -m pytest -q -m gpu --junitxml "$OUT/tests.xml" tests
 step bench 300 "$PY" -m elastic_cli bench --recipe recipes/code-32k.yaml --device cuda --quick \
   --kinds none,elastic --history "$HISTORY" --train-steps "$STEPS" --json "$OUT/bench.json" \
   train.dtype=bf16 train.compile=true train.micro_batch=1
-step report 30 "$PY" scripts/results_gpu.py "$OUT" --out "$RESULTS"
+step report 30 "$PY" scripts/results_bench.py "$OUT" --out "$RESULTS"
 [ "$DRY" = 1 ] || echo "gpu-check: wrote $RESULTS"

@@ -57,21 +57,49 @@ def test_fast_gradients_equal_reference(n, start, m, positions):
         torch.testing.assert_close(fast, ref, rtol=1e-6, atol=1e-6)  # rope_at rotates in fp32
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("causal", [True, False])
-def test_math_twin_equals_the_fused_kernel(causal):
+def test_math_twin_equals_the_fused_kernel(causal, masked):
     """The unfused twin (used where no fused kernel applies) equals the CPU flash kernel, forward
-    and backward, including the backward handed a merged output and log-sum-exp."""
+    and backward, including the backward handed a merged output and log-sum-exp; with an additive
+    key mask too (the memory part), rows that see some key."""
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(B, H, 7, D, generator=gen, dtype=torch.float64) for _ in range(3))
-    out, lse, extra = merge.fused_forward(q, k, v, causal, 0.3)
-    out_m, lse_m = merge.math_forward(q, k, v, causal, 0.3)
+    mask = None
+    if masked:  # (B, 1, 1, S): row 0 sees every key, row 1 the first two, row 2 all but the last
+        seen = torch.tensor([[True] * 7, [True] * 2 + [False] * 5, [True] * 6 + [False]])
+        mask = torch.zeros(B, 7, dtype=torch.float64).masked_fill(~seen, float("-inf"))[:, None, None, :]
+    out, lse, extra = merge.fused_forward(q, k, v, causal, 0.3, mask)
+    out_m, lse_m = merge.math_forward(q, k, v, causal, 0.3, mask)
     torch.testing.assert_close(out, out_m)
     torch.testing.assert_close(lse, lse_m)
     dy, y = torch.randn_like(q), torch.randn_like(q)
     merged_lse = lse + torch.rand(lse.shape, generator=gen, dtype=torch.float64)  # as if other keys joined
-    for a, b in zip(merge.fused_backward(dy, q, k, v, y, merged_lse, causal, 0.3, extra),
-                    merge.math_backward(dy, q, k, v, y, merged_lse, causal, 0.3)):
+    for a, b in zip(merge.fused_backward(dy, q, k, v, y, merged_lse, causal, 0.3, extra, mask),
+                    merge.math_backward(dy, q, k, v, y, merged_lse, causal, 0.3, mask)):
         torch.testing.assert_close(a, b)
+
+
+def test_math_twin_row_that_sees_no_key_has_no_mass():
+    """out 0 and lse -inf (so the merge gives it weight 0); the CPU kernel says lse 0 there, which
+    `merged_attention` overrides from the valid mask."""
+    q, k, v = (torch.randn(1, 1, 2, D, dtype=torch.float64) for _ in range(3))
+    out, lse = merge.math_forward(q, k, v, False, 0.3, torch.full((1, 1, 1, 2), float("-inf"), dtype=torch.float64))
+    assert (out == 0).all() and (lse == float("-inf")).all()
+
+
+def test_memory_with_no_valid_key_anywhere_is_local_attention_exactly():
+    """Every row empty (a document start): the fast path skips the memory; same value as the
+    reference, and the memory keys and values get no gradient."""
+    q, k, v, read = tensors(torch.Generator().manual_seed(12), 6, 0, 3)
+    read = read._replace(valid=torch.zeros(B, 3, dtype=torch.bool), k=read.k.requires_grad_(), v=read.v.requires_grad_())
+    q.requires_grad_()
+    rotary = Rotary(D)
+    out = attend(q, k, v, read, rotary, 0)
+    torch.testing.assert_close(out, attend_reference(q, k, v, read, rotary, 0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, attend(q, k, v, Read(), rotary, 0), rtol=0, atol=0)
+    out.sum().backward()
+    assert read.k.grad is None and read.v.grad is None
 
 
 def test_all_memory_masked_rows_have_no_nan_and_zero_memory_gradient():

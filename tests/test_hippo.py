@@ -216,7 +216,7 @@ def test_unknown_schedule_names_the_choices():
         hippo.sample_points("cubic", 4, 10)
 
 
-# ---------------------------------------------------------------- the fast banks (no per-t cache)
+# ---------------------------------------------------------------- the fast banks and their bounded cache
 
 @pytest.mark.parametrize("order", [1, 2, 16, 64])
 def test_segment_banks_equal_the_float64_reference(order):
@@ -261,15 +261,55 @@ def test_rows_at_distinct_unsorted_t_get_their_own_banks():
         torch.testing.assert_close(out[b], hippo.absorb(c[b], int(t[b]), x[b]), rtol=0, atol=1e-14)
 
 
-def test_new_t_leaves_no_cache_behind():
-    """Writing at 50 never-seen t builds nothing that is kept: no cache is consulted or filled."""
-    c, x, nodes = torch.zeros(1, 8, 2), torch.randn(1, 4, 2), hippo.bank_constants(8)
-    before = hippo.gauss_legendre.cache_info()
-    for t in range(1000, 1050):
-        hippo.absorb(c, torch.tensor([t]), x, nodes)
-    after = hippo.gauss_legendre.cache_info()
-    assert (after.hits, after.misses, after.currsize) == (before.hits, before.misses, before.currsize)
-    torch.testing.assert_close(hippo.absorb(c, torch.tensor([7]), x, nodes), hippo.absorb(c, torch.tensor([7]), x))
+def test_bank_cache_stays_within_its_bytes_and_evicts_the_least_recently_used():
+    """A document of many new t never grows the cache past its bound; revisited t come back equal to
+    a fresh build; the least recently used entry goes first; an entry over the bound is not kept."""
+    cache = hippo.BankCache(3 * 4 * (8 * 8 + 8 * 4), 10)  # bytes of three fp32 entries of N=8, l=4
+    real = hippo.BANKS
+    hippo.BANKS = cache
+    try:
+        c, x = torch.zeros(1, 8, 2), torch.randn(1, 4, 2)
+        for t in range(1000, 1050):  # 50 never-seen t
+            hippo.absorb(c, torch.tensor([t]), x)
+            assert cache.bytes <= cache.max_bytes
+        assert len(cache.entries) == 3 and cache.bytes == cache.max_bytes
+        assert [k[2] for k in cache.entries] == [torch.tensor([t]).numpy().tobytes() for t in (1047, 1048, 1049)]
+        key = (8, 4, torch.tensor([1047]).numpy().tobytes(), torch.float32)
+        r, w = hippo.segment_banks(torch.tensor([1047]), 4, 8)
+        assert torch.equal(cache.get(key)[0], r.float()) and torch.equal(cache.get(key)[1], w.float())
+        hippo.absorb(c, torch.tensor([2000]), x)  # evicts 1048: 1047 was used last
+        assert [k[2] for k in cache.entries][:1] == [torch.tensor([1049]).numpy().tobytes()]
+        cache.put(("big",), (torch.zeros(1000), torch.zeros(1)))
+        assert ("big",) not in cache.entries and cache.bytes <= cache.max_bytes
+        few = hippo.BankCache(1 << 20, 2)  # bounded in entries too
+        for t in range(5):
+            few.put((t,), (torch.zeros(1), torch.zeros(1)))
+        assert list(few.entries) == [(3,), (4,)] and few.bytes == 4 * 4
+    finally:
+        hippo.BANKS = real
+
+
+def test_cached_write_equals_a_fresh_one():
+    gen = torch.Generator().manual_seed(8)
+    c = torch.randn(2, 3, 16, 4, generator=gen)  # (B, H, N, d)
+    x = torch.randn(2, 3, 64, 4, generator=gen)  # (B, H, l, d)
+    t = torch.tensor([192, 64])
+    hippo.BANKS.clear()
+    fresh = hippo.absorb(c, t, x)
+    assert len(hippo.BANKS.entries) == 1
+    torch.testing.assert_close(hippo.absorb(c, t, x), fresh, rtol=0, atol=0)  # a hit
+    for b in range(2):
+        torch.testing.assert_close(fresh[b].double(), hippo.absorb_reference(c[b].double(), int(t[b]), x[b].double()).double(),
+                                   rtol=0, atol=1e-5)
+
+
+def test_absorb_from_empty_rows_is_the_injection_alone():
+    """Every row at t = 0 (the CPU shortcut skips R @ C): exactly W(0, l) @ X, whatever C holds."""
+    gen = torch.Generator().manual_seed(9)
+    c = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    out = hippo.absorb(c, torch.zeros(2, dtype=torch.long), x)
+    torch.testing.assert_close(out, hippo.injection(0, 5, 6) @ x, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("order", [16, 1024])

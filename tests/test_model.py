@@ -114,7 +114,7 @@ def test_gradients_reach_segment_zero_through_memory():
         _, states = model(toks[:, SEG : 2 * SEG], states)
         logits, _ = model(toks[:, 2 * SEG :], states)
         loss = F.cross_entropy(logits.reshape(-1, V), toks[:, 2 * SEG :].reshape(-1))
-        grad_state = torch.autograd.grad(loss, after0[0].ck, retain_graph=True, allow_unused=True)[0]
+        grad_state = torch.autograd.grad(loss, after0[0].c, retain_graph=True, allow_unused=True)[0]
         loss.backward(retain_graph=True)
         grads[carry] = (model.blocks[0].attn.wk.weight.grad.clone(), model.blocks[0].attn.wv.weight.grad.clone(), grad_state)
     wk, wv, g_state = grads["through"]

@@ -26,14 +26,21 @@ class ElasticOptions(MemoryOptions):
 
 
 class ElasticState(NamedTuple):
-    ck: Tensor  # (B, H, N, d) fp32 LegS coefficients of the keys before RoPE
-    cv: Tensor  # (B, H, N, d) fp32 LegS coefficients of the values
+    c: Tensor  # (B, H, N, 2d) fp32 LegS coefficients [C_K | C_V] of the keys before RoPE and the values
     t: Tensor  # (B,) long, tokens absorbed since the document start
+
+    @property
+    def ck(self) -> Tensor:
+        return self.c[..., : self.c.shape[-1] // 2]  # (B, H, N, d) C_K
+
+    @property
+    def cv(self) -> Tensor:
+        return self.c[..., self.c.shape[-1] // 2 :]  # (B, H, N, d) C_V
 
 
 @register("elastic")
 class ElasticMemory(Memory):
-    """State: C_K, C_V (N x d per head) and t. Write: exact segment LegS projection of the
+    """State: [C_K | C_V] (N x 2d per head) and t. Write: exact segment LegS projection of the
     segment's keys/values (`hippo.absorb`). Read: M samples S @ C as extra keys/values."""
 
     Options = ElasticOptions
@@ -67,8 +74,8 @@ class ElasticMemory(Memory):
         return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_band, self.bank_gscale)
 
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
-        zeros = torch.zeros(batch, self.n_head, self.order, self.head_dim, device=device)  # (B, H, N, d)
-        return ElasticState(zeros, zeros.clone(), torch.zeros(batch, dtype=torch.long, device=device))
+        c = torch.zeros(batch, self.n_head, self.order, 2 * self.head_dim, device=device)  # (B, H, N, 2d)
+        return ElasticState(c, torch.zeros(batch, dtype=torch.long, device=device))
 
     def sampling_rows(self, t: Tensor) -> Tensor:
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
@@ -77,21 +84,20 @@ class ElasticMemory(Memory):
         return hippo.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
-        with torch.autocast(device_type=state.ck.device.type, enabled=False):
+        with torch.autocast(device_type=state.c.device.type, enabled=False):
             s = self.sampling_rows(state.t)  # (M, N) or (B, M, N)
             if s.dim() == 3:
                 s = s[:, None]  # (B, 1, M, N)
-            k = s @ state.ck  # (B, H, M, d)
-            v = s @ state.cv  # (B, H, M, d)
+            k, v = (s @ state.c).split(self.head_dim, dim=-1)  # (B, H, M, 2d) -> (B, H, M, d) each
         valid = (state.t > 0)[:, None].expand(-1, self.samples)  # (B, M)
         return Read(k=k, v=v, valid=valid)
 
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
-        with torch.autocast(device_type=state.ck.device.type, enabled=False):
-            kv = torch.cat([state.ck, state.cv], dim=-1)  # (B, H, N, 2d): one bank build for keys and values
-            kv = hippo.absorb(kv, state.t, torch.cat([seg.k, seg.v], dim=-1).float(), self.bank_constants())  # (B, H, N, 2d)
-            ck, cv = kv.split(self.head_dim, dim=-1)  # (B, H, N, d) each
-        return ElasticState(ck, cv, state.t + seg.k.shape[2])
+        """Keys and values in one absorb: one bank build for both."""
+        with torch.autocast(device_type=state.c.device.type, enabled=False):
+            x = torch.cat([seg.k, seg.v], dim=-1).float()  # (B, H, l, 2d)
+            c = hippo.absorb(state.c, state.t, x, self.bank_constants())  # (B, H, N, 2d)
+        return ElasticState(c, state.t + seg.k.shape[2])
 
     def numel(self, state: ElasticState) -> int:
         return 2 * self.n_head * self.order * self.head_dim

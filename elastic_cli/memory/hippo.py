@@ -16,6 +16,7 @@ The history x_1..x_T is a step function, token k on [k-1, k). Its LegS coefficie
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -199,14 +200,64 @@ def _banks(xp, tt, j, l: int, order: int, c: BankConstants):
     return (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T), w_bank  # (B, N, N), (B, N, l)
 
 
-def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None) -> tuple[Tensor, Tensor]:
-    """`segment_banks` for every row of t (B,), or once (batch 1) when all rows share t on the CPU, where
-    grouping is free. On an accelerator every row is built: grouping would need a host sync."""
+class BankCache:
+    """Least-recently-used (R, W) banks on the CPU, bounded: at most `max_entries` entries and
+    `max_bytes` of tensor storage in all (an entry larger than that is not kept). Keyed by (order, l,
+    the rows' t, dtype).
+
+    Training windows revisit the same few t at every step (one per segment of the window), and a
+    model's layers write the same t in one segment; a long document meets a new t at every segment,
+    so its first write misses and builds the banks from the closed forms (`segment_banks`), which cost
+    no more than the write. The cache is full after `max_entries` segments and never grows past its
+    bound, whatever the document length."""
+
+    def __init__(self, max_bytes: int, max_entries: int):
+        self.max_bytes, self.max_entries, self.bytes = max_bytes, max_entries, 0
+        self.entries: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
+
+    def get(self, key: tuple) -> tuple[Tensor, Tensor] | None:
+        found = self.entries.get(key)
+        if found is not None:
+            self.entries.move_to_end(key)
+        return found
+
+    def put(self, key: tuple, banks: tuple[Tensor, Tensor]) -> None:
+        size = sum(b.untyped_storage().nbytes() for b in banks)
+        if key in self.entries or size > self.max_bytes:
+            return
+        while self.entries and (self.bytes + size > self.max_bytes or len(self.entries) >= self.max_entries):
+            self.bytes -= sum(b.untyped_storage().nbytes() for b in self.entries.popitem(last=False)[1])
+        self.entries[key] = banks
+        self.bytes += size
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
+BANKS = BankCache(16 << 20, 16)  # 16 t (a window of 16 segments), 16 MiB: 16 t at N=64, l=2048 take 8.4 MiB in fp32
+
+
+def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
+               dtype: torch.dtype = F64) -> tuple[Tensor, Tensor]:
+    """`segment_banks` for every row of t (B,) in `dtype`. On the CPU once per distinct t (batch 1 when
+    all rows share it), through the bounded `BANKS` cache; on an accelerator every row is built
+    (grouping or a cache key would need a host sync)."""
     if t.device.type != "cpu":
-        return segment_banks(t, l, order, consts)
-    values, inverse = np.unique(t.numpy(), return_inverse=True)  # (U,), (B,)
+        r, w = segment_banks(t, l, order, consts)
+        return r.to(dtype), w.to(dtype)
+    rows = t.numpy()
+    key = (order, l, rows.tobytes(), dtype)
+    found = BANKS.get(key)
+    if found is not None:
+        return found
+    values, inverse = np.unique(rows, return_inverse=True)  # (U,), (B,)
     r, w = segment_banks(torch.from_numpy(values), l, order, consts)  # (U, N, N), (U, N, l)
-    return (r, w) if values.shape[0] == 1 else (r[torch.from_numpy(inverse)], w[torch.from_numpy(inverse)])
+    if values.shape[0] > 1:
+        r, w = r[torch.from_numpy(inverse)], w[torch.from_numpy(inverse)]  # (B, N, N), (B, N, l)
+    banks = r.to(dtype), w.to(dtype)
+    BANKS.put(key, banks)
+    return banks
 
 
 def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None = None) -> Tensor:
@@ -225,10 +276,12 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None =
             r, w = segment_banks(torch.tensor([t], device=c.device), l, order, consts)
             new = w[0].to(c.dtype) @ x.to(c.dtype)  # (..., N, D)
             return new if t == 0 else r[0].to(c.dtype) @ c + new
-        r, w = _row_banks(t, l, order, consts)  # (B or 1, N, N), (B or 1, N, l)
+        r, w = _row_banks(t, l, order, consts, c.dtype)  # (B or 1, N, N), (B or 1, N, l)
         lead = (1,) * (c.dim() - 3)  # banks broadcast over the axes between B and N (and over B if shared)
-        old = r.to(c.dtype).view(r.shape[0], *lead, order, order) @ c  # (B, ..., N, D)
-        new = w.to(c.dtype).view(w.shape[0], *lead, order, l) @ x.to(c.dtype)  # (B, ..., N, D)
+        new = w.view(w.shape[0], *lead, order, l) @ x.to(c.dtype)  # (B, ..., N, D)
+        if t.device.type == "cpu" and not bool(t.any()):  # every row starts empty (free to know on the CPU)
+            return new
+        old = r.view(r.shape[0], *lead, order, order) @ c  # (B, ..., N, D)
         return torch.where((t > 0).view(-1, *lead, 1, 1), old, 0) + new
 
 

@@ -65,31 +65,35 @@ def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary
     return (local.softmax(dim=-1) @ values).to(q.dtype)  # (B, H, n, d)
 
 
+def nothing_valid(read: Read) -> bool:
+    """True when no memory key is valid in any row (e.g. an empty memory at a document start), so the
+    joint softmax is the local one. Only asked on the CPU, where reading the mask costs no device sync."""
+    return read.valid is not None and read.valid.device.type == "cpu" and not bool(read.valid.any())
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: int) -> Tensor:
     """Fast path of `attend_reference` (same arguments and result).
 
-    Without memory keys: SDPA (`is_causal` at a segment start, flash-eligible). With them, local
-    attention runs in the fused kernel, the memory logits (n x M) are computed beside it, and the two
-    are merged exactly by their log-sum-exp (`merge.merged_attention`). The local QK product keeps its
-    width d and the kernel its causal flag, so memory costs what its M extra keys cost.
+    Without memory keys: SDPA (`is_causal` at a segment start, flash-eligible). With them, the local
+    attention and the memory keys (with their own queries) run as separate fused-kernel parts merged
+    exactly by their log-sum-exp (`merge.merged_attention`). The local QK product keeps its width d and
+    the kernel its causal flag, so memory costs what its M extra keys cost.
     """
-    n, d = q.shape[-2], q.shape[-1]
+    n = q.shape[-2]
     q_rot, k_rot = rotary(q, start), rotary(k, 0)
-    if read.k is None:
+    if read.k is None or nothing_valid(read):
         if start == 0:
             return F.scaled_dot_product_attention(q_rot, k_rot, v, is_causal=True)
         mask = None if n == 1 else causal_mask(n, start, q.device)  # one query sees every key
         return F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=mask)
-    scale = 1.0 / math.sqrt(d)
-    wide = torch.promote_types(q.dtype, torch.float32)  # memory logits in fp32 (fp64 for fp64 inputs)
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        if read.pos is None:
-            mem = q.to(wide) @ read.k.to(wide).transpose(-1, -2) * scale  # (B, H, n, M) un-rotated query
-        else:
-            k_mem = rope_at(rotary, read.k.to(wide), read.pos)  # (B, H, M, d) rotated at its positions
-            mem = q_rot.to(wide) @ k_mem.transpose(-1, -2) * scale  # (B, H, n, M)
-        mem = torch.where(read.valid[:, None, None, :], mem, float("-inf"))  # (B, H, n, M)
-    return merged_attention(q_rot, k_rot, v, mem, read.v, start)
+    if read.pos is None:
+        q_mem, k_mem = q, read.k  # un-rotated query against the un-rotated memory keys
+    else:
+        q_mem, k_mem = q_rot, rope_at(rotary, read.k.float(), read.pos)  # (B, H, M, d) rotated at its positions
+    valid = read.valid
+    if valid is not None and valid.device.type == "cpu" and bool(valid.all()):
+        valid = None  # every key valid: no mask (free to know on the CPU)
+    return merged_attention(q_rot, k_rot, v, q_mem, k_mem.to(q.dtype), read.v.to(q.dtype), valid, start)
 
 
 class Attention(nn.Module):

@@ -1,10 +1,13 @@
-"""Write docs/results-gpu.md from a `scripts/gpu-check.sh` output folder.
+"""Write a bench results page from a measurement folder: docs/results-gpu.md from
+`scripts/gpu-check.sh`'s, docs/results-cpu.md from `scripts/bench-cpu.sh`'s.
 
 Every number comes from the folder's files: steps.jsonl (exit code and seconds of each step),
-tests.xml (pytest's JUnit report of the GPU-marked tests), bench.json (`elastic bench --json`) and
-commands.txt. A step without its file is reported as not measured, never filled in.
+tests.xml (pytest's JUnit report of the GPU-marked tests, GPU check only), bench.json
+(`elastic bench --json`, which records the commit it ran) and commands.txt. A step without its file
+is reported as not measured, never filled in.
 
-  python scripts/results_gpu.py runs/gpu-check --out docs/results-gpu.md
+  python scripts/results_bench.py runs/gpu-check --out docs/results-gpu.md
+  python scripts/results_bench.py runs/bench-cpu --out docs/results-cpu.md --title "CPU bench"
 """
 from __future__ import annotations
 
@@ -76,13 +79,29 @@ def history_section(bench: dict) -> list[str]:
         lines.append(f"| {kind} | {peaks[str(es)] / (1 << 20):.1f} | {peaks[str(el)] / (1 << 20):.1f} | "
                      f"{ev[str(es)]['median'] * 1e3:.3f} | {ev[str(el)]['median'] * 1e3:.3f} | "
                      f"{gen[str(gs)]['median'] * 1e3:.3f} | {gen[str(gl)]['median'] * 1e3:.3f} |")
+    lines += ["", "Long against short, per kind (medians of interleaved per-repeat ratios; spread in brackets), "
+              "and the memory floats held per sequence after each history (equal: the state is bounded):", "",
+              "| kind | eval peak memory | eval time per token | generation time per token | memory floats |",
+              "|---|---|---|---|---|"]
+    spread = bench.get("spread", {})
+    for kind in bench.get("history_kinds", []):
+        cells = []
+        for prefix in ("eval_memory_ratio_", "eval_time_ratio_", "generate_latency_ratio_"):
+            key = next((k for k in bench if k.startswith(prefix) and k.endswith(f"_{kind}")
+                        and k[len(prefix):-len(kind) - 1].count("_vs_") == 1), None)
+            cell = num(bench.get(key))
+            cells.append(cell + (f" ({spread[key]:.3f})" if key in spread else ""))
+        floats = bench.get("state_floats", {}).get(kind, {})
+        cells.append(" / ".join(f"{v:,}" for _, v in sorted(floats.items(), key=lambda kv: int(kv[0]))) or "not recorded")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
 def bars_section(bench: dict) -> list[str]:
     lines = ["## Bars", "", "| metric | measured | spread | bar | verdict |", "|---|---|---|---|---|"]
     bars = {k: tuple(v.split()) for k, v in bench.get("targets", {}).items()}
-    bars.update({k: (op, str(b)) for k, (op, b) in GPU_BARS.items()})  # on a GPU: elastic >= 0.9 x none
+    if bench.get("device") == "cuda":
+        bars.update({k: (op, str(b)) for k, (op, b) in GPU_BARS.items()})  # on a GPU: elastic >= 0.9 x none
     for key, (op, bound) in bars.items():
         value = bench.get(key)
         spread = bench.get("spread", {}).get(key)
@@ -97,24 +116,34 @@ def bars_section(bench: dict) -> list[str]:
     return lines
 
 
-def render(out: Path, commit: str | None) -> str:
+def code_line(bench: dict | None, commit: str | None) -> str:
+    """The commit the bench ran (recorded in bench.json), else the checkout's at writing time."""
+    code = (bench or {}).get("code") or {}
+    if code.get("commit"):
+        return f", commit `{code['commit'][:12]}`" + (" with uncommitted changes" if code.get("dirty") else "")
+    return f", written at commit `{commit[:12]}`" if commit else ""
+
+
+def render(out: Path, commit: str | None, title: str = "GPU check") -> str:
     steps, tests = read_steps(out), read_tests(out)
     bench_path = out / "bench.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
     head = f"{bench['device_name']}, torch {bench['torch']}" if bench else "device not recorded (no bench.json)"
-    lines = ["# GPU check", "",
-             f"Written by `scripts/results_gpu.py` from `{out}` (made by `scripts/gpu-check.sh`): {head}"
-             + (f", commit `{commit}`" if commit else "") + ". Every number below comes from the files there.", "",
+    lines = [f"# {title}", "",
+             f"Written by `scripts/results_bench.py` from `{out}`: {head}{code_line(bench, commit)}. "
+             "Every number below comes from the files there.", "",
              "| step | exit code | seconds | limit (s) |", "|---|---|---|---|"]
     lines += [f"| {s['step']} | {s['rc']} | {s['seconds']} | {s['limit_s']} |" for s in steps] or ["| (none run) | | | |"]
-    lines += ["", "## GPU-marked tests", ""]
-    if tests is None:
-        lines.append("Not measured (no tests.xml).")
-    else:
-        passed = tests["tests"] - tests["failures"] - tests["errors"] - tests["skipped"]
-        lines.append(f"{passed} passed, {tests['failures'] + tests['errors']} failed, {tests['skipped']} skipped.")
-        lines += [f"- failed: `{name}`" for name in tests["failed"]]
     lines.append("")
+    if any(s["step"] == "tests" for s in steps) or tests is not None:
+        lines += ["## GPU-marked tests", ""]
+        if tests is None:
+            lines.append("Not measured (no tests.xml).")
+        else:
+            passed = tests["tests"] - tests["failures"] - tests["errors"] - tests["skipped"]
+            lines.append(f"{passed} passed, {tests['failures'] + tests['errors']} failed, {tests['skipped']} skipped.")
+            lines += [f"- failed: `{name}`" for name in tests["failed"]]
+        lines.append("")
     if bench is None:
         lines += ["## Bench", "", "Not measured (no bench.json: see the bench step's exit code and log).", ""]
     else:
@@ -127,13 +156,15 @@ def render(out: Path, commit: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path, help="the gpu-check.sh output folder")
+    parser.add_argument("out", type=Path, help="the measurement folder (gpu-check.sh, bench-cpu.sh)")
     parser.add_argument("--out", dest="dest", type=Path, default=Path("docs/results-gpu.md"))
+    parser.add_argument("--title", default="GPU check", help="the page's title")
     args = parser.parse_args(argv)
     if not args.out.is_dir():
-        print(f"error: {args.out} is not a folder (run scripts/gpu-check.sh first)", file=sys.stderr)
+        print(f"error: {args.out} is not a folder (run scripts/gpu-check.sh or scripts/bench-cpu.sh first)",
+              file=sys.stderr)
         return 2
-    text = render(args.out, code_version()["commit"])
+    text = render(args.out, code_version()["commit"], args.title)
     args.dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.dest.with_name(args.dest.name + ".tmp")
     tmp.write_text(text)

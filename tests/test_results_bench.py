@@ -1,4 +1,4 @@
-"""scripts/results_gpu.py and scripts/gpu-check.sh, on the CPU: the report is written from a
+"""scripts/results_bench.py, scripts/gpu-check.sh and scripts/bench-cpu.sh, on the CPU: the report is written from a
 measurement folder (numbers come from its files, missing steps say so); the script's arguments."""
 import importlib.util
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = importlib.util.spec_from_file_location("results_gpu", ROOT / "scripts" / "results_gpu.py")
-results_gpu = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(results_gpu)
+SPEC = importlib.util.spec_from_file_location("results_bench", ROOT / "scripts" / "results_bench.py")
+results_bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(results_bench)
 
 
 def summary(median, spread=0.01):
@@ -18,7 +18,8 @@ def summary(median, spread=0.01):
 
 
 BENCH = {
-    "device_name": "NVIDIA H200", "torch": "2.13.0", "model": {"segment_len": 2048},
+    "device": "cuda", "device_name": "NVIDIA H200", "torch": "2.13.0",
+    "code": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False}, "model": {"segment_len": 2048},
     "train": {"micro_batch": 1, "segments": 16, "bptt_segments": 4, "dtype": "bf16", "compile": True},
     "plan": {"train_repeats": 50, "eval_histories": [2048, 1048576], "generate_histories": [2048, 1048576]},
     "train_tokens_per_s": {"none": summary(123456.0), "elastic": summary(111111.0)},
@@ -29,7 +30,10 @@ BENCH = {
     "eval_s_per_token": {k: {"2048": summary(2e-6), "1048576": summary(2.1e-6)} for k in ("none", "elastic")},
     "generate_s_per_token": {k: {"2048": summary(3e-3), "1048576": summary(3.3e-3)} for k in ("none", "elastic")},
     "eval_memory_ratio_1M_vs_2k": 1.01, "generate_latency_ratio_1M_vs_2k": 1.1, "write_new_t_vs_seen_t": 1.02,
-    "absorb_vs_matmul_floor": 1.7, "spread": {"generate_latency_ratio_1M_vs_2k": 0.05},
+    "absorb_vs_matmul_floor": 1.7, "spread": {"generate_latency_ratio_1M_vs_2k": 0.05,
+                                              "generate_latency_ratio_1M_vs_2k_elastic": 0.05},
+    "eval_memory_ratio_1M_vs_2k_elastic": 1.01, "generate_latency_ratio_1M_vs_2k_elastic": 1.1,
+    "state_floats": {"elastic": {"1048576": 8192, "2048": 8192}},
     "targets": {"train_ratio_elastic_vs_none": ">= 0.95", "eval_memory_ratio_1M_vs_2k": "<= 1.02",
                 "generate_latency_ratio_1M_vs_2k": "<= 1.05", "write_new_t_vs_seen_t": "<= 1.5"},
 }
@@ -52,7 +56,7 @@ def out(tmp_path):
 
 def test_report_numbers_come_from_the_files(out, tmp_path):
     dest = tmp_path / "docs" / "results-gpu.md"
-    assert results_gpu.main([str(out), "--out", str(dest)]) == 0
+    assert results_bench.main([str(out), "--out", str(dest)]) == 0
     text = dest.read_text()
     assert "NVIDIA H200, torch 2.13.0" in text
     assert "| tests | 1 | 41 | 90 |" in text and "| bench | 0 | 250 | 330 |" in text
@@ -71,14 +75,14 @@ def test_missing_measurements_are_reported_not_invented(out, tmp_path):
     (out / "bench.json").unlink()
     (out / "tests.xml").unlink()
     dest = tmp_path / "r.md"
-    assert results_gpu.main([str(out), "--out", str(dest)]) == 0
+    assert results_bench.main([str(out), "--out", str(dest)]) == 0
     text = dest.read_text()
     assert "Not measured (no tests.xml)." in text and "Not measured (no bench.json" in text
     assert "tokens/s" not in text
 
 
 def test_missing_folder_is_a_usage_error(tmp_path, capsys):
-    assert results_gpu.main([str(tmp_path / "nope")]) == 2
+    assert results_bench.main([str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 
@@ -98,3 +102,28 @@ def test_gpu_check_dry_run_lists_the_steps_within_8_minutes(tmp_path):
 def test_gpu_check_rejects_unknown_arguments():
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--fast"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown argument --fast" in proc.stderr
+
+
+def test_cpu_page_has_no_gpu_bars_or_tests_and_names_the_commit_the_bench_ran(out, tmp_path):
+    bench = dict(BENCH, device="cpu", device_name="cpu", code={"commit": "fedcba9876543210" * 2 + "01234567", "dirty": True})
+    (out / "bench.json").write_text(json.dumps(bench))
+    (out / "tests.xml").unlink()
+    (out / "steps.jsonl").write_text('{"step": "bench", "rc": 0, "seconds": 2500, "limit_s": 7200}\n')
+    dest = tmp_path / "results-cpu.md"
+    assert results_bench.main([str(out), "--out", str(dest), "--title", "CPU bench"]) == 0
+    text = dest.read_text()
+    assert text.startswith("# CPU bench") and "commit `fedcba987654` with uncommitted changes" in text
+    assert "GPU-marked tests" not in text and "`mfu`" not in text
+    assert "| `train_ratio_elastic_vs_none` | 0.901 |  | >= 0.95 | MISSED |" in text  # the CPU bar, not the GPU one
+    assert "| elastic | 1.010 | not measured | 1.100 (0.050) | 8,192 / 8,192 |" in text  # per kind, short then long
+    assert "| none | not measured | not measured | not measured | not recorded |" in text
+
+
+def test_bench_cpu_dry_run_lists_the_full_bench_and_the_report(tmp_path):
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "bench-cpu.sh"), "--dry-run"], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "o")}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    steps = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert [s.split(",")[0][1:] for s in steps] == ["bench", "report"]
+    assert "recipes/tiny.yaml" in steps[0] and "--quick" not in steps[0] and "--kinds" not in steps[0]
+    assert "--title CPU bench" in steps[1] and "docs/results-cpu.md" in steps[1]

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The full `elastic bench` on the CPU at the tiny recipe, every memory kind (train step, Elastic
+# Memory kernels, eval and generation after 4k / 1k and 1M tokens of history), and
+# docs/results-cpu.md written from it (no number in it is typed by hand). About 45 minutes on two
+# cores; run it on a quiet machine (the train ratios are of CPU time, interleaved).
+#
+#   scripts/bench-cpu.sh             # measure, then write the page
+#   scripts/bench-cpu.sh --dry-run   # print the steps and their time limits, run nothing
+#
+# Environment: PYTHON (default .venv/bin/python when present, else python3), OUT (default
+# runs/bench-cpu), RESULTS (default docs/results-cpu.md), OMP_NUM_THREADS (default 2).
+set -euo pipefail
+
+DRY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench-cpu.sh: unknown argument $arg (use --dry-run or --help)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+DEFAULT_PY=python3
+[ -x .venv/bin/python ] && DEFAULT_PY=.venv/bin/python
+PY=${PYTHON:-$DEFAULT_PY}
+OUT=${OUT:-runs/bench-cpu}
+RESULTS=${RESULTS:-docs/results-cpu.md}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+mkdir -p "$OUT"
+: > "$OUT/steps.jsonl"
+: > "$OUT/commands.txt"
+. scripts/steps.sh  # step NAME LIMIT_S CMD...
+
+step bench 7200 env OMP_NUM_THREADS="$OMP_NUM_THREADS" "$PY" -m elastic_cli bench --recipe recipes/tiny.yaml --device cpu \
+  --json "$OUT/bench.json"
+step report 60 "$PY" scripts/results_bench.py "$OUT" --out "$RESULTS" --title "CPU bench"
+[ "$DRY" = 1 ] || echo "bench-cpu: wrote $RESULTS"
