@@ -11,26 +11,21 @@
 # runs/bench-cpu), RESULTS (default docs/results-cpu.md), OMP_NUM_THREADS (default 2).
 set -euo pipefail
 
-DRY=0
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "bench-cpu.sh: unknown argument $arg (use --dry-run or --help)" >&2; exit 2 ;;
-  esac
-done
-
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
+. scripts/steps.sh  # parse_args, step NAME LIMIT_S CMD...
+parse_args 2,11 "$@"
 DEFAULT_PY=python3
 [ -x .venv/bin/python ] && DEFAULT_PY=.venv/bin/python
 PY=${PYTHON:-$DEFAULT_PY}
 OUT=${OUT:-runs/bench-cpu}
 RESULTS=${RESULTS:-docs/results-cpu.md}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-mkdir -p "$OUT"
-: > "$OUT/steps.jsonl"
-: > "$OUT/commands.txt"
-. scripts/steps.sh  # step NAME LIMIT_S CMD...
+if [ "$DRY" = 0 ]; then  # a dry run writes nothing
+  mkdir -p "$OUT"
+  : > "$OUT/steps.jsonl"
+  : > "$OUT/commands.txt"
+fi
 
 step bench 7200 env OMP_NUM_THREADS="$OMP_NUM_THREADS" "$PY" -m elastic_cli bench --recipe recipes/tiny.yaml --device cpu \
   --json "$OUT/bench.json"

@@ -15,28 +15,21 @@
 # docs/results-gpu.md), HISTORY (default 1048576 tokens), STEPS (default 50 train steps per kind).
 set -euo pipefail
 
-DRY=0
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "gpu-check.sh: unknown argument $arg (use --dry-run or --help)" >&2; exit 2 ;;
-  esac
-done
-
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
+. scripts/steps.sh  # parse_args, step NAME LIMIT_S CMD...
+parse_args 2,17 "$@"
 PY=${PYTHON:-python3}
 OUT=${OUT:-runs/gpu-check}
 RESULTS=${RESULTS:-docs/results-gpu.md}
 HISTORY=${HISTORY:-1048576}
 STEPS=${STEPS:-50}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-mkdir -p "$OUT"
-: > "$OUT/steps.jsonl"
-
-. scripts/steps.sh  # step NAME LIMIT_S CMD...
-
-: > "$OUT/commands.txt"
+if [ "$DRY" = 0 ]; then  # a dry run writes nothing
+  mkdir -p "$OUT"
+  : > "$OUT/steps.jsonl"
+  : > "$OUT/commands.txt"
+fi
 if [ "$DRY" = 0 ] && ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   echo "gpu-check.sh: no CUDA device is visible to $PY" >&2
   exit 2

@@ -127,3 +127,4 @@ def test_bench_cpu_dry_run_lists_the_full_bench_and_the_report(tmp_path):
     assert [s.split(",")[0][1:] for s in steps] == ["bench", "report"]
     assert "recipes/tiny.yaml" in steps[0] and "--quick" not in steps[0] and "--kinds" not in steps[0]
     assert "--title CPU bench" in steps[1] and "docs/results-cpu.md" in steps[1]
+    assert not (tmp_path / "o").exists()  # a dry run writes nothing (not even the folder of an earlier run)
