@@ -35,7 +35,8 @@ def kernel_fns(memory: ElasticMemory, shapes: KernelShapes, device: torch.device
     x = torch.randn(b, h, l, d, generator=gen).to(device)  # (B, H, l, d)
     seg = SegmentView(x=torch.zeros(b, l, h * d, device=device), q=x, k=x, v=x)
     base = 10 * l
-    state = memory.empty(b, device)._replace(c=torch.cat([c, c], dim=-1), t=torch.full((b,), base, device=device))
+    state = memory.empty(b, device)._replace(c=torch.stack([c, c], dim=2).transpose(1, 3).contiguous(),  # (B, N, 2, H, d)
+                                             t=torch.full((b,), base, device=device))
     counter = iter(range(base + l, 2**62, l))
     write_a = torch.randn(n, n + l, generator=gen).to(device)  # (N, N + l)
     write_b = torch.randn(n + l, 2 * b * h * d, generator=gen).to(device)  # (N + l, 2BHd)

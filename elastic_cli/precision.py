@@ -1,7 +1,7 @@
 """The one precision policy (train, eval, generate, bench): `train.dtype` and the device decide.
 
 auto: bf16 autocast on CUDA, fp32 elsewhere; bf16: bf16 autocast on any device; fp32: none.
-Memory states stay fp32 whatever the policy (each memory disables autocast where it updates them).
+Memory states stay fp32 whatever the policy (each memory runs its updates in `fp32_region`).
 """
 from __future__ import annotations
 
@@ -19,3 +19,9 @@ def autocast(device: torch.device, dtype: str):
     if uses_bf16(device.type, dtype):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def fp32_region(device_type: str):
+    """Autocast disabled, for memory math that must stay in fp32. Entering `torch.autocast` costs a
+    few microseconds; where autocast is off already (every fp32 run) this is a null context."""
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()

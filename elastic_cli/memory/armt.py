@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ..precision import fp32_region
 from .base import Memory, MemoryCost, Read, SegmentView, register
 from .options import MemoryOptions
 
@@ -111,7 +112,7 @@ class ARMTMemory(Memory):
         return None, self.memory_tokens[None].expand(batch, -1, -1)  # (B, m, D)
 
     def pre(self, state: ARMTState, x: Tensor) -> Tensor:
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with fp32_region(x.device.type):
             q = dpfp(self.wq(x.float()), self.nu)  # (B, n, K)
             return associate(state.a, state.z, q).to(x.dtype)  # (B, n, D)
 
@@ -119,7 +120,7 @@ class ARMTMemory(Memory):
         return Read()
 
     def write(self, state: ARMTState, seg: SegmentView) -> ARMTState:
-        with torch.autocast(device_type=state.a.device.type, enabled=False):
+        with fp32_region(state.a.device.type):
             o = seg.slots.float()  # (B, m, D) this layer's outputs at the memory tokens
             k = dpfp(self.wk(o), self.nu)  # (B, m, K)
             beta = torch.sigmoid(self.wbeta(o))  # (B, m, 1)

@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from ..precision import fp32_region
 from . import hippo
 from .base import Memory, MemoryCost, Read, SegmentView, register
 from .options import MemoryOptions
@@ -26,21 +27,22 @@ class ElasticOptions(MemoryOptions):
 
 
 class ElasticState(NamedTuple):
-    c: Tensor  # (B, H, N, 2d) fp32 LegS coefficients [C_K | C_V] of the keys before RoPE and the values
+    c: Tensor  # (B, N, 2, H, d) fp32 LegS coefficients of the keys before RoPE ([:, :, 0]) and the values
+    #            ([:, :, 1]), laid out as the projections' (B, l, H, d) so the write needs no transpose
     t: Tensor  # (B,) long, tokens absorbed since the document start
 
     @property
     def ck(self) -> Tensor:
-        return self.c[..., : self.c.shape[-1] // 2]  # (B, H, N, d) C_K
+        return self.c[:, :, 0].transpose(1, 2)  # (B, H, N, d) C_K (a view)
 
     @property
     def cv(self) -> Tensor:
-        return self.c[..., self.c.shape[-1] // 2 :]  # (B, H, N, d) C_V
+        return self.c[:, :, 1].transpose(1, 2)  # (B, H, N, d) C_V (a view)
 
 
 @register("elastic")
 class ElasticMemory(Memory):
-    """State: [C_K | C_V] (N x 2d per head) and t. Write: exact segment LegS projection of the
+    """State: C_K and C_V (N x d per head) and t. Write: exact segment LegS projection of the
     segment's keys/values (`hippo.absorb`). Read: M samples S @ C as extra keys/values."""
 
     Options = ElasticOptions
@@ -74,7 +76,7 @@ class ElasticMemory(Memory):
         return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_band, self.bank_gscale)
 
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
-        c = torch.zeros(batch, self.n_head, self.order, 2 * self.head_dim, device=device)  # (B, H, N, 2d)
+        c = torch.zeros(batch, self.order, 2, self.n_head, self.head_dim, device=device)  # (B, N, 2, H, d)
         return ElasticState(c, torch.zeros(batch, dtype=torch.long, device=device))
 
     def sampling_rows(self, t: Tensor) -> Tensor:
@@ -84,20 +86,23 @@ class ElasticMemory(Memory):
         return hippo.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
-        with torch.autocast(device_type=state.c.device.type, enabled=False):
+        b, n, _, h, d = state.c.shape
+        with fp32_region(state.c.device.type):
             s = self.sampling_rows(state.t)  # (M, N) or (B, M, N)
-            if s.dim() == 3:
-                s = s[:, None]  # (B, 1, M, N)
-            k, v = (s @ state.c).split(self.head_dim, dim=-1)  # (B, H, M, 2d) -> (B, H, M, d) each
+            kv = (s @ state.c.view(b, n, 2 * h * d)).view(b, -1, 2, h, d)  # (B, M, 2, H, d)
+        k, v = (x.transpose(1, 2) for x in kv.unbind(2))  # (B, H, M, d) each, views
         valid = (state.t > 0)[:, None].expand(-1, self.samples)  # (B, M)
         return Read(k=k, v=v, valid=valid)
 
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
-        """Keys and values in one absorb: one bank build for both."""
-        with torch.autocast(device_type=state.c.device.type, enabled=False):
-            x = torch.cat([seg.k, seg.v], dim=-1).float()  # (B, H, l, 2d)
-            c = hippo.absorb(state.c, state.t, x, self.bank_constants())  # (B, H, N, 2d)
-        return ElasticState(c, state.t + seg.k.shape[2])
+        """Keys and values in one absorb (one bank build for both), as (B, l, 2 H d) rows: the
+        projections' own layout, whose (B, H, l, d) views `seg` holds."""
+        b, n, _, h, d = state.c.shape
+        with fp32_region(state.c.device.type):
+            x = torch.stack([seg.k.transpose(1, 2), seg.v.transpose(1, 2)], dim=2).float()  # (B, l, 2, H, d)
+            c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, x.view(b, -1, 2 * h * d),
+                             self.bank_constants())  # (B, N, 2 H d)
+        return ElasticState(c.view(b, n, 2, h, d), state.t + seg.k.shape[2])
 
     def numel(self, state: ElasticState) -> int:
         return 2 * self.n_head * self.order * self.head_dim

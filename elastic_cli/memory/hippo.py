@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..precision import fp32_region
+
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
 F64 = torch.float64
 # Constants and reference banks: built on the CPU (device="cpu"), also under a meta/CUDA default device.
@@ -124,11 +126,21 @@ def _recurrence(u, order: int):
     (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1} with P_n rescaled so that it reads
     V_{n+1} = V_{n-1} + b_n u V_n (one fused addcmul per order in torch, for every point at once).
     """
-    xp = torch if isinstance(u, Tensor) else np
-    rows, b = [xp.ones_like(u), u], _legendre_factors(order)[1]
+    b = _legendre_factors(order)[1]
+    if isinstance(u, Tensor):
+        rows = [torch.ones_like(u), u]
+        for n in range(1, order - 1):
+            rows.append(torch.addcmul(rows[n - 1], u, rows[n], value=b[n]))
+        return torch.stack(rows[:order])  # (order, ...)
+    out = np.empty((order, *u.shape), dtype=u.dtype)  # (order, ...), filled in place: no per-order arrays
+    out[0] = 1
+    if order > 1:
+        out[1] = u
     for n in range(1, order - 1):
-        rows.append(torch.addcmul(rows[n - 1], u, rows[n], value=b[n]) if xp is torch else rows[n - 1] + b[n] * (u * rows[n]))
-    return xp.stack(rows[:order])  # (order, ...)
+        np.multiply(u, out[n], out=out[n + 1])
+        out[n + 1] *= b[n]
+        out[n + 1] += out[n - 1]
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -193,26 +205,31 @@ def _banks(xp, tt, j, l: int, order: int, c: BankConstants):
     rho = tt / big  # (B, 1)
     v = _recurrence(xp.concatenate([edges.reshape(-1), (rho * c.u).reshape(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
     e = b * (l + 1)
-    lower = xp.concatenate([v[:1, :e], v[: order - 1, :e]])  # (N, B(l+1)) V_{n-1}, V_0 for n = 0
-    g = (c.band[0, :, None] * v[1:, :e] + c.band[1, :, None] * lower).reshape(order, b, l + 1)  # (N, B, l+1) G_n
-    w_bank = (g[..., 1:] - g[..., :-1]).swapaxes(0, 1)  # (B, N, l)
+    ve = v[:, :e].reshape((order + 1) * b, l + 1)  # ((N+1) B, l+1) V_n at the cell edges (2-D: fast kernels)
+    d = (ve[:, 1:] - ve[:, :-1]).reshape(order + 1, b * l)  # (N+1, B l) V_n over each cell
+    w = d[1:] * c.band[0, :, None]  # (N, B l): W is the band of these that G is of V: band[0, n] ΔV_{n+1}
+    w[1:] += d[: order - 1] * c.band[1, 1:, None]  # + band[1, n] ΔV_{n-1}
+    w[0] += d[0] * c.band[1, 0]  # V_{-1} := V_0
+    w_bank = w.reshape(order, b, l).swapaxes(0, 1)  # (B, N, l)
     g_rho = v[:order, e:].reshape(order, b, k).swapaxes(0, 1)  # (B, N, K) V_n(ρ u_k)
     return (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T), w_bank  # (B, N, N), (B, N, l)
 
 
 class BankCache:
-    """Least-recently-used (R, W) banks on the CPU, bounded: at most `max_entries` entries and
-    `max_bytes` of tensor storage in all (an entry larger than that is not kept). Keyed by (order, l,
-    the rows' t, dtype).
+    """Least-recently-used (R, W) banks on the CPU: at most `max_entries` entries of at most
+    `max_entry_bytes` each (larger banks are not kept), so never more than their product. Keyed by
+    (order, l, the rows' t, dtype).
 
-    Training windows revisit the same few t at every step (one per segment of the window), and a
-    model's layers write the same t in one segment; a long document meets a new t at every segment,
-    so its first write misses and builds the banks from the closed forms (`segment_banks`), which cost
-    no more than the write. The cache is full after `max_entries` segments and never grows past its
-    bound, whatever the document length."""
+    Small banks are where caching pays: their build is some sixty numpy calls whose fixed cost is
+    about that of the write itself (e.g. N = 16, l = 64), and training windows revisit the same few t
+    at every step (one per segment of the window) while a model's layers write the same t in one
+    segment. Large banks are built at every write, so a never-seen t costs what a seen one does
+    (`elastic bench`'s write_new_t_vs_seen_t, at N = 64, l = 2048). A long document meets a new t at every segment: its first
+    write misses and builds from the closed forms (`segment_banks`); the cache is full after
+    `max_entries` segments and stays at its bound, whatever the document length."""
 
-    def __init__(self, max_bytes: int, max_entries: int):
-        self.max_bytes, self.max_entries, self.bytes = max_bytes, max_entries, 0
+    def __init__(self, max_entries: int, max_entry_bytes: int):
+        self.max_entries, self.max_entry_bytes, self.bytes = max_entries, max_entry_bytes, 0
         self.entries: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
 
     def get(self, key: tuple) -> tuple[Tensor, Tensor] | None:
@@ -223,9 +240,9 @@ class BankCache:
 
     def put(self, key: tuple, banks: tuple[Tensor, Tensor]) -> None:
         size = sum(b.untyped_storage().nbytes() for b in banks)
-        if key in self.entries or size > self.max_bytes:
+        if key in self.entries or size > self.max_entry_bytes:
             return
-        while self.entries and (self.bytes + size > self.max_bytes or len(self.entries) >= self.max_entries):
+        while len(self.entries) >= self.max_entries:
             self.bytes -= sum(b.untyped_storage().nbytes() for b in self.entries.popitem(last=False)[1])
         self.entries[key] = banks
         self.bytes += size
@@ -235,7 +252,7 @@ class BankCache:
         self.bytes = 0
 
 
-BANKS = BankCache(16 << 20, 16)  # 16 t (a window of 16 segments), 16 MiB: 16 t at N=64, l=2048 take 8.4 MiB in fp32
+BANKS = BankCache(16, 64 << 10)  # a window of 16 segments; 64 KiB: N = 16, l = 64 is 5 KiB in fp32, N = 64, l = 128 48 KiB
 
 
 def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
@@ -270,7 +287,7 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None =
     Returns (..., N, D) coefficients of t + l tokens. Runs with autocast disabled; the banks are
     built in float64 on c's device (`segment_banks`) and cast to c's dtype. No host sync.
     """
-    with torch.autocast(device_type=c.device.type, enabled=False):
+    with fp32_region(c.device.type):
         order, l = c.shape[-2], x.shape[-2]
         if not isinstance(t, Tensor):
             r, w = segment_banks(torch.tensor([t], device=c.device), l, order, consts)
@@ -279,8 +296,12 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None =
         r, w = _row_banks(t, l, order, consts, c.dtype)  # (B or 1, N, N), (B or 1, N, l)
         lead = (1,) * (c.dim() - 3)  # banks broadcast over the axes between B and N (and over B if shared)
         new = w.view(w.shape[0], *lead, order, l) @ x.to(c.dtype)  # (B, ..., N, D)
-        if t.device.type == "cpu" and not bool(t.any()):  # every row starts empty (free to know on the CPU)
-            return new
+        if t.device.type == "cpu":  # which rows start empty is free to know on the CPU
+            rows = t.numpy()
+            if not rows.any():
+                return new
+            if c.dim() == 3 and rows.all():  # one fused product-and-add: new + R @ C
+                return torch.baddbmm(new, r.expand(c.shape[0], order, order), c)
         old = r.view(r.shape[0], *lead, order, order) @ c  # (B, ..., N, D)
         return torch.where((t > 0).view(-1, *lead, 1, 1), old, 0) + new
 

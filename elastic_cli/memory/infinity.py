@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ..precision import fp32_region
 from .base import Memory, MemoryCost, Read, SegmentView, register
 from .options import MemoryOptions
 
@@ -179,13 +180,13 @@ class InfinityMemory(Memory):
         return self.wo(z.transpose(1, 2).reshape(z.shape[0], z.shape[2], -1))  # (B, l, D)
 
     def read(self, state: InfinityState, seg: SegmentView) -> Read:
-        with torch.autocast(device_type=state.coef.device.type, enabled=False):
+        with fp32_region(state.coef.device.type):
             mu, var = self.density(state.coef, seg.q.float())
             out = self.attend(state.coef, mu, var)  # (B, l, D); 0 for an empty memory (coef = 0)
         return Read(out=out.to(seg.x.dtype))
 
     def write(self, state: InfinityState, seg: SegmentView) -> InfinityState:
-        with torch.autocast(device_type=state.coef.device.type, enabled=False):
+        with fp32_region(state.coef.device.type):
             x = seg.x.float()  # (B, l, D) layer inputs leaving the local window
             coef = state.coef
             if self.detach:  # the paper's memory: a constant to later segments' gradients

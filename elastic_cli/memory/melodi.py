@@ -37,6 +37,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from ..precision import fp32_region
 from .base import Memory, MemoryCost, Read, SegmentView, register
 from .options import LayerContext, MemoryOptions, OptionError
 
@@ -151,7 +152,7 @@ class MelodiMemory(Memory):
         l = seg.k.shape[2]
         if l > self.window:
             raise ValueError(f"MelodiMemory: a window of {l} tokens exceeds window={self.window}")
-        with torch.autocast(device_type=state.zk.device.type, enabled=False):
+        with fp32_region(state.zk.device.type):
             xk, xv = seg.k.float(), seg.v.float()  # (B, H, l, d)
             a_z = self.mix_short[:, : self.short + l]  # (S, S + l): columns of z_{k-1}, then of the window
             zk = mix(a_z, torch.cat([state.zk, xk], dim=2))  # (B, H, S, d)

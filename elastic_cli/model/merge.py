@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..precision import fp32_region
+
 
 def math_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
                  mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -124,7 +126,7 @@ class _Merged(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, q_mem: Tensor, k_mem: Tensor, v_mem: Tensor,
                 valid: Tensor | None, start: int) -> Tensor:
         scale = 1.0 / math.sqrt(q.shape[-1])
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with fp32_region(q.device.type):
             mask = None
             if valid is not None:  # (B, M) bool -> additive (B, 1, 1, M) in the kernel's dtype
                 mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
@@ -149,7 +151,7 @@ class _Merged(torch.autograd.Function):
         for sizes in ctx.sizes:
             extras.append(tuple(flat[i:i + 4]) + tuple(sizes) if sizes else ())
             i += 4 if sizes else 0
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with fp32_region(q.device.type):
             dy = dy if dy.stride(-1) == 1 else dy.contiguous()
             lse_k = lse.to(ctx.lse_dtype)
             grads = [fused_backward(dy, qp, kp, vp, y, lse_k, causal, ctx.scale, extra, m)
