@@ -40,7 +40,7 @@ class Plan(NamedTuple):
     eval_segments: int  # segments evaluated (timed) after each history
 
 
-FULL = Plan(9, 7, 9, 20, eval_histories=(4096, 1 << 20), generate_histories=(1024, 1 << 20),
+FULL = Plan(25, 7, 9, 20, eval_histories=(4096, 1 << 20), generate_histories=(1024, 1 << 20),
             generate_tokens=None, eval_segments=4)
 QUICK = Plan(3, 3, 3, 5, eval_histories=(1024, 16384), generate_histories=(1024, 16384),
              generate_tokens=32, eval_segments=2)
