@@ -158,7 +158,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     from .code_version import code_version
     from .config import to_dict
 
-    start, m, t = time.perf_counter(), cfg.model, cfg.train
+    start, m, t, code = time.perf_counter(), cfg.model, cfg.train, code_version()  # the code measured, not later
     bf16 = precision.uses_bf16(device.type, t.dtype)
     autocast = precision.autocast(device, t.dtype)
     variants = build_variants(cfg, configs, device, autocast)
@@ -189,7 +189,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     if "mfu_elastic" in result:
         result["mfu"] = result["mfu_elastic"]
     return {
-        "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick, "code": code_version(),
+        "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick, "code": code,
         "clock": measure.clock(device)[1],
         "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
         "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,
