@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full `elastic bench` on the CPU at the tiny recipe, every memory kind (train step, Elastic
 # Memory kernels, eval and generation after 4k / 1k and 1M tokens of history), and
-# docs/results-cpu.md written from it (no number in it is typed by hand). About 45 minutes on two
+# docs/results-cpu.md written from it (no number in it is typed by hand). About 20 minutes on two
 # cores; run it on a quiet machine (the train ratios are of CPU time, interleaved).
 #
 #   scripts/bench-cpu.sh             # measure, then write the page
