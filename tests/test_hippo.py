@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from elastic_cli.memory import hippo
+from elastic_cli.memory.bounded_lru import BoundedLRU
 
 T_HIST, ORDER, CHANNELS = 3000, 24, 3
 
@@ -265,7 +266,7 @@ def test_bank_cache_stays_within_its_bound_and_evicts_the_least_recently_used():
     """A document of many new t never grows the cache past its entries; revisited t come back equal
     to a fresh build; the least recently used entry goes first; a bank over the entry size is not
     kept (it is built at every write)."""
-    cache = hippo.BankCache(3, 4 * (8 * 8 + 8 * 4))  # three entries of at most one fp32 bank of N=8, l=4
+    cache = BoundedLRU(3, 4 * (8 * 8 + 8 * 4))  # three entries of at most one fp32 bank of N=8, l=4
     real = hippo.BANKS
     hippo.BANKS = cache
     try:

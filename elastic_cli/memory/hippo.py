@@ -16,7 +16,6 @@ The history x_1..x_T is a step function, token k on [k-1, k). Its LegS coefficie
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..precision import fp32_region
+from .bounded_lru import BoundedLRU
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
 F64 = torch.float64
@@ -215,44 +215,13 @@ def _banks(xp, tt, j, l: int, order: int, c: BankConstants):
     return (rho * c.gscale[:order])[..., None] * (g_rho @ c.gw.T), w_bank  # (B, N, N), (B, N, l)
 
 
-class BankCache:
-    """Least-recently-used (R, W) banks on the CPU: at most `max_entries` entries of at most
-    `max_entry_bytes` each (larger banks are not kept), so never more than their product. Keyed by
-    (order, l, the rows' t, dtype).
-
-    Small banks are where caching pays: their build is some sixty numpy calls whose fixed cost is
-    about that of the write itself (e.g. N = 16, l = 64), and training windows revisit the same few t
-    at every step (one per segment of the window) while a model's layers write the same t in one
-    segment. Large banks are built at every write, so a never-seen t costs what a seen one does
-    (`elastic bench`'s write_new_t_vs_seen_t, at N = 64, l = 2048). A long document meets a new t at every segment: its first
-    write misses and builds from the closed forms (`segment_banks`); the cache is full after
-    `max_entries` segments and stays at its bound, whatever the document length."""
-
-    def __init__(self, max_entries: int, max_entry_bytes: int):
-        self.max_entries, self.max_entry_bytes, self.bytes = max_entries, max_entry_bytes, 0
-        self.entries: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
-
-    def get(self, key: tuple) -> tuple[Tensor, Tensor] | None:
-        found = self.entries.get(key)
-        if found is not None:
-            self.entries.move_to_end(key)
-        return found
-
-    def put(self, key: tuple, banks: tuple[Tensor, Tensor]) -> None:
-        size = sum(b.untyped_storage().nbytes() for b in banks)
-        if key in self.entries or size > self.max_entry_bytes:
-            return
-        while len(self.entries) >= self.max_entries:
-            self.bytes -= sum(b.untyped_storage().nbytes() for b in self.entries.popitem(last=False)[1])
-        self.entries[key] = banks
-        self.bytes += size
-
-    def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
-
-
-BANKS = BankCache(16, 64 << 10)  # a window of 16 segments; 64 KiB: N = 16, l = 64 is 5 KiB in fp32, N = 64, l = 128 48 KiB
+# Small banks are where caching pays: their build is some sixty numpy calls whose fixed cost is about
+# that of the write itself (e.g. N = 16, l = 64), and training windows revisit the same few t at every
+# step (one per segment of the window) while a model's layers write the same t in one segment. Large
+# banks are built at every write, so a never-seen t costs what a seen one does (`elastic bench`'s
+# write_new_t_vs_seen_t, at N = 64, l = 2048). A long document meets a new t at every segment: its first
+# write misses and builds from the closed forms; the cache is full after 16 segments and stays so.
+BANKS = BoundedLRU(16, 64 << 10)  # a window of 16 segments; 64 KiB: N = 16, l = 64 is 5 KiB in fp32, N = 64, l = 128 48 KiB
 
 
 def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
