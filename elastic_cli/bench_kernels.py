@@ -24,8 +24,9 @@ def kernel_fns(memory: ElasticMemory, shapes: KernelShapes, device: torch.device
     """Elastic Memory write and read, each beside a plain matmul with exactly its FLOPs.
 
     write_fresh: a new t at every call (a long document: every segment meets a new t);
-    write_cached: the same t at every call (training windows revisit the same t). Both build their
-    R/W banks (no per-t cache), so the two should cost the same.
+    write_cached: the same t at every call (training windows revisit the same t). On the CPU small
+    banks come from `hippo.BANKS` when seen before (the recipe's shape); the N=64, l=2048 banks are
+    over its entry size and built at both, so there the two should cost the same.
     A write of K and V is C <- R C + W X twice: 2 * 2 N (N + l) (B H d) FLOPs, the same as one
     (N, N + l) @ (N + l, 2 B H d) matmul. A read is S @ C_K and S @ C_V: one (M, N) @ (N, 2 B H d).
     """

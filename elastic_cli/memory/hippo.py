@@ -181,8 +181,9 @@ def bank_constants(order: int) -> BankConstants:
 def segment_banks(t: Tensor, l: int, order: int, consts: BankConstants | None = None) -> tuple[Tensor, Tensor]:
     """(R(t/T), W(t, T)) for every row, float64 on t's device: t (B,) -> (B, N, N), (B, N, l).
 
-    Fast twin of `transition` and `injection` (tested equal for t up to 1e9, N up to 1024), with no
-    per-t cache and no host round trip, so a never-seen t costs what a seen one does:
+    Fast twin of `transition` and `injection` (tested equal for t up to 1e9, N up to 1024), built from
+    closed forms with no host round trip, so a never-seen t costs what a seen one does (the CPU's small
+    banks are also kept in `BANKS`, see `_row_banks`):
       W[n, j] = G_n((t+j)/T) - G_n((t+j-1)/T) from the antiderivatives at the l+1 cell edges;
       R[m, n] = ρ Σ_k w_k g_m(ρ u_k) g_n(u_k), N+1 Gauss–Legendre nodes u_k, exact (degree <= 2N-2).
     One Legendre recurrence evaluates the edges and ρ u_k of every row. consts: `bank_constants(order)`
