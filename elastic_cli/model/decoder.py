@@ -185,10 +185,10 @@ class Decoder(nn.Module):
         new = []
         for j, i in enumerate(self.memory_layers):
             seg = views[i]
-            if self.front or self.back:  # tokens only (B, l, D) / (B, H, l, d)
+            if self.front or self.back:  # tokens only (B, l, D) / (B, H, l, d); without slots, no slice to differentiate
                 lo, hi = self.front, seg.x.shape[1] - self.back
                 seg = SegmentView(seg.x[:, lo:hi], seg.q[:, :, lo:hi], seg.k[:, :, lo:hi], seg.v[:, :, lo:hi])
-            view = SegmentView(*seg[:4], outs.get(i), final)  # no slots: the views as they are (no slice to differentiate)
+            view = SegmentView(*seg[:4], outs.get(i), final)
             new.append(self.blocks[i].memory.write(states[j], view))
         return tuple(new)
 
