@@ -24,8 +24,9 @@ from torch import nn
 from .memory.base import MemoryCost
 
 
-def segment_flops(model: nn.Module, l: int, t: int) -> int | None:
-    """Forward FLOPs of one sequence's segment of l tokens after t tokens of its document."""
+def segment_flops(model: nn.Module, l: int, t: int, write: bool = True) -> int | None:
+    """Forward FLOPs of one sequence's segment of l tokens after t tokens of its document
+    (write=False: without the memory writes, as `Decoder.forward(..., write=False)`)."""
     d = model.embed.weight.shape[1]
     vocab = model.embed.weight.shape[0]
     n = l + model.front + model.back  # rows: tokens and memory-token slots
@@ -35,16 +36,19 @@ def segment_flops(model: nn.Module, l: int, t: int) -> int | None:
         cost = MemoryCost(0, 0, 0) if block.memory is None else block.memory.cost(l, t)
         if cost is None:
             return None
-        total += 4 * 2 * n * d * d + 3 * 2 * n * d * hidden + 2 * 2 * n * (n + cost.keys) * d + cost.flops
+        total += 4 * 2 * n * d * d + 3 * 2 * n * d * hidden + 2 * 2 * n * (n + cost.keys) * d + cost.read
+        total += cost.write if write else 0
     return total
 
 
 def train_step_flops(model: nn.Module, batch: int, segments: int, l: int) -> int | None:
     """FLOPs of one train step: `batch` windows of `segments` segments of l tokens, each window
-    starting with empty memory; forward + backward (3 x forward)."""
+    starting with empty memory; forward + backward (3 x forward). The window's last segment writes
+    no memory (`step.train_step` drops that state; with an auxiliary loss it is written, a few
+    more FLOPs than counted here)."""
     per_window = 0
     for s in range(segments):
-        flops = segment_flops(model, l, s * l)
+        flops = segment_flops(model, l, s * l, write=s < segments - 1)
         if flops is None:
             return None
         per_window += flops

@@ -44,7 +44,8 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
                 with autocast:
                     for s in range(c0, min(c0 + bptt, segments)):
                         states = reset_at(model, states, first, s, device)  # memory empties at document starts
-                        args = (forward, x[:, s], y[:, s], states, t.loss_on == "answers")
+                        write = s < segments - 1 or bool(t.aux_weight)  # the window's last state is dropped
+                        args = (forward, x[:, s], y[:, s], states, t.loss_on == "answers", write)
                         if t.checkpoint_segments:  # keep only the states between segments; recompute in backward
                             nll, states = recompute(segment_nll, *args, use_reentrant=False)
                         else:
@@ -73,15 +74,16 @@ def nonfinite_message(loss: float, grad_norm: float, bad: list, micro_batch: int
     return f"{what} in {', '.join(where) or 'the backward pass'}"
 
 
-def segment_nll(forward, x, y, states, sparse: bool = False):
-    """Summed next-token NLL of one segment (targets -1 ignored) and the new memory states.
-    x, y: (m, L). `sparse`: project to the vocabulary only where there is a target (few answer
-    tokens). A function of its inputs only, so torch.utils.checkpoint can recompute it."""
+def segment_nll(forward, x, y, states, sparse: bool = False, write: bool = True):
+    """Summed next-token NLL of one segment (targets -1 ignored) and the new memory states (None
+    with write=False: the memories are not written). x, y: (m, L). `sparse`: project to the
+    vocabulary only where there is a target (few answer tokens). A function of its inputs only, so
+    torch.utils.checkpoint can recompute it."""
     if sparse:
         select = y != -1  # (m, L)
-        logits, states = forward(x, states, select)  # (n, V)
+        logits, states = forward(x, states, select, write=write)  # (n, V)
         return F.cross_entropy(logits.float(), y[select], reduction="sum"), states
-    logits, states = forward(x, states)  # (m, L, V)
+    logits, states = forward(x, states, write=write)  # (m, L, V)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"), states
 
 

@@ -234,6 +234,22 @@ def test_train_step_is_sgd_on_the_truncated_bptt_loss(bptt):
         torch.testing.assert_close(p, q.detach() - q.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("aux_weight, writes", [(0.0, 2), (0.5, 3)])
+def test_train_step_skips_the_write_whose_state_it_drops(aux_weight, writes):
+    """The window's last segment writes no memory (its state is dropped) unless an auxiliary loss
+    reads that state; every other segment writes once per memory layer."""
+    model = build()
+    layers = [b.memory for b in model.blocks if b.memory is not None]
+    seen = []
+    for mem in layers:
+        mem.write = (lambda state, seg, _w=mem.write: seen.append(int(state.t[0])) or _w(state, seg))
+    cfg = SimpleNamespace(train=SimpleNamespace(micro_batch=2, bptt_segments=2, aux_weight=aux_weight, grad_clip=0.0,
+                                                checkpoint_segments=False, loss_on="all"))
+    batch = Batch(toks(2, 3, SEG, seed=1), toks(2, 3, SEG, seed=2), torch.tensor([[True, False, False]] * 2))
+    train_step(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1), batch, nullcontext(), CPU)
+    assert sorted(seen) == sorted(s * SEG for s in range(writes) for _ in layers)
+
+
 def test_kernels_compute_the_memory_ops_and_floors_have_their_flops():
     shapes = bench_kernels.KernelShapes(batch=2, heads=HEADS, head_dim=D // HEADS, order=6, samples=4, segment=SEG)
     memory = REGISTRY["elastic"](HEADS, D // HEADS, order=6, samples=4)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from elastic_cli.memory import REGISTRY, hippo
-from elastic_cli.memory.base import SegmentView, detach_state
+from elastic_cli.memory.base import Read, SegmentView, detach_state
 from elastic_cli.memory.elastic import ElasticMemory, ElasticState
 
 H, D_HEAD, ORDER, SAMPLES = 2, 4, 6, 5
@@ -37,8 +37,12 @@ def test_empty_state_and_numel():
     assert state.ck.shape == state.cv.shape == (3, H, ORDER, D_HEAD)
     assert state.ck.dtype == torch.float32 and state.t.dtype == torch.long and (state.t == 0).all()
     assert mem.numel(state) == 2 * H * ORDER * D_HEAD
-    read = mem.read(state, random_view(torch.Generator().manual_seed(0)))
-    assert read.k.shape == (3, H, SAMPLES, D_HEAD) and not read.valid.any()
+    view = random_view(torch.Generator().manual_seed(0))
+    assert mem.read(state, view) == Read()  # every row empty (free to know on the CPU): nothing is read
+    half = mem.reset(mem.write(state, view), torch.tensor([False, True, False]))  # row 1 empty again
+    read = mem.read(half, view)
+    assert read.k.shape == (3, H, SAMPLES, D_HEAD) and read.valid.tolist() == [[True] * SAMPLES, [False] * SAMPLES,
+                                                                                [True] * SAMPLES]
 
 
 def test_write_is_the_projection_of_all_keys_and_values():

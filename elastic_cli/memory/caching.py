@@ -205,6 +205,8 @@ class CachingMemory(Memory):
         if self.mode == "keys":  # keys/values of every state in the one softmax
             c1 = self.max_caches + 1
             r = self.base.read(self.stacked(state), seg)
+            if r.k is None:  # the base reads nothing from any state (all empty)
+                return Read()
             b, h, m, d = r.k.shape[0] // c1, r.k.shape[1], r.k.shape[2], r.k.shape[3]
             k = r.k.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)  # (B, H, C1 * M, d)
             v = r.v.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)

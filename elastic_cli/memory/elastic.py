@@ -87,22 +87,24 @@ class ElasticMemory(Memory):
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
         b, n, _, h, d = state.c.shape
+        if state.t.device.type == "cpu" and not state.t.numpy().any():
+            return Read()  # every row is empty (free to know on the CPU): nothing to read
         with fp32_region(state.c.device.type):
             s = self.sampling_rows(state.t)  # (M, N) or (B, M, N)
-            kv = (s @ state.c.view(b, n, 2 * h * d)).view(b, -1, 2, h, d)  # (B, M, 2, H, d)
+            kv = torch.bmm(s.expand(b, -1, -1), state.c.view(b, n, 2 * h * d)).view(b, -1, 2, h, d)  # (B, M, 2, H, d)
         k, v = (x.transpose(1, 2) for x in kv.unbind(2))  # (B, H, M, d) each, views
         valid = (state.t > 0)[:, None].expand(-1, self.samples)  # (B, M)
         return Read(k=k, v=v, valid=valid)
 
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
-        """Keys and values in one absorb (one bank build for both), as (B, l, 2 H d) rows: the
-        projections' own layout, whose (B, H, l, d) views `seg` holds."""
+        """Keys and values in one absorb (one bank build for both) as two (B, l, H d) parts: the
+        projections' own rows, whose (B, H, l, d) views `seg` holds (no copy of the segment)."""
         b, n, _, h, d = state.c.shape
+        l = seg.k.shape[2]
         with fp32_region(state.c.device.type):
-            x = torch.stack([seg.k.transpose(1, 2), seg.v.transpose(1, 2)], dim=2).float()  # (B, l, 2, H, d)
-            c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, x.view(b, -1, 2 * h * d),
-                             self.bank_constants())  # (B, N, 2 H d)
-        return ElasticState(c.view(b, n, 2, h, d), state.t + seg.k.shape[2])
+            rows = tuple(x.transpose(1, 2).reshape(b, l, h * d) for x in (seg.k, seg.v))  # (B, l, H d) each
+            c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, rows, self.bank_constants())  # (B, N, 2 H d)
+        return ElasticState(c.view(b, n, 2, h, d), state.t + l)
 
     def numel(self, state: ElasticState) -> int:
         return 2 * self.n_head * self.order * self.head_dim

@@ -68,7 +68,7 @@ def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary
 def nothing_valid(read: Read) -> bool:
     """True when no memory key is valid in any row (e.g. an empty memory at a document start), so the
     joint softmax is the local one. Only asked on the CPU, where reading the mask costs no device sync."""
-    return read.valid is not None and read.valid.device.type == "cpu" and not bool(read.valid.any())
+    return read.valid is not None and read.valid.device.type == "cpu" and not read.valid.numpy().any()
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: int) -> Tensor:
@@ -91,9 +91,11 @@ def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: i
     else:
         q_mem, k_mem = q_rot, rope_at(rotary, read.k.float(), read.pos)  # (B, H, M, d) rotated at its positions
     valid = read.valid
-    if valid is not None and valid.device.type == "cpu" and bool(valid.all()):
+    if valid is not None and valid.device.type == "cpu" and valid.numpy().all():
         valid = None  # every key valid: no mask (free to know on the CPU)
-    return merged_attention(q_rot, k_rot, v, q_mem, k_mem.to(q.dtype), read.v.to(q.dtype), valid, start)
+    v_mem = read.v if read.v.dtype == q.dtype else read.v.to(q.dtype)
+    return merged_attention(q_rot, k_rot, v, q_mem, k_mem if k_mem.dtype == q.dtype else k_mem.to(q.dtype), v_mem,
+                            valid, start)
 
 
 class Attention(nn.Module):

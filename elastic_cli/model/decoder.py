@@ -192,11 +192,14 @@ class Decoder(nn.Module):
             new.append(self.blocks[i].memory.write(states[j], view))
         return tuple(new)
 
-    def forward(self, tokens: Tensor, states: States, select: Tensor | None = None) -> tuple[Tensor, States]:
+    def forward(self, tokens: Tensor, states: States, select: Tensor | None = None,
+                write: bool = True) -> tuple[Tensor, States | None]:
         """One segment. tokens: (B, l), l <= segment_len -> logits (B, l, V), new states.
         With memory tokens the stream is [front slots ; tokens ; back slots]; logits are for the tokens.
         select: (B, l) bool -> logits (n, V) of the selected positions only, row-major (training on a
-        few answer tokens skips the vocabulary projection everywhere else)."""
+        few answer tokens skips the vocabulary projection everywhere else).
+        write=False: the memories are not written and None is returned for the states (the caller
+        drops them, e.g. after a training window's last segment)."""
         if tokens.shape[1] > self.segment_len:
             raise ValueError(f"Decoder: segment of {tokens.shape[1]} tokens > segment_len {self.segment_len}")
         b, l = tokens.shape
@@ -208,7 +211,8 @@ class Decoder(nn.Module):
         h = self.norm(x)  # (B, p + l + s, D)
         final = h[:, self.front + l :] if self.back else None  # (B, s, D)
         h = h[:, self.front : self.front + l]  # (B, l, D)
-        return self._project(h if select is None else h[select]), self._write(states, past, outs, final)
+        logits = self._project(h if select is None else h[select])
+        return logits, (self._write(states, past, outs, final) if write else None)
 
     def start_stream(self, batch: int, device: torch.device | str) -> Stream:
         n = len(self.blocks)

@@ -106,18 +106,22 @@ def _parts(q: Tensor, k: Tensor, v: Tensor, start: int, q_mem: Tensor, k_mem: Te
     return [(q, k[:, :, :start], v[:, :, :start], False, None), (q, k[:, :, start:], v[:, :, start:], True, None), memory]
 
 
+def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
+    return x if x.dtype == dtype else x.to(dtype)  # no dispatch when it is already there (the common case)
+
+
 def _combine(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
     """y = Σ_p exp(L_p - L) O_p with L = logsumexp_p L_p: (B, H, n, d) in the lse dtype, (B, H, n).
     Two parts (a segment's local keys and its memory): exp(L_1 - L) = sigmoid(L_1 - L_2), one lerp."""
     wide = lses[0].dtype
     if len(outs) == 2:
         (o1, o2), (l1, l2) = outs, lses
-        lse = torch.logaddexp(l1, l2)  # (B, H, n)
-        return torch.lerp(o2.to(wide), o1.to(wide), torch.sigmoid(l1 - l2)[..., None]), lse  # L_2 = -inf: o1
+        weight = torch.sigmoid(l1 - l2).unsqueeze(-1)  # (B, H, n, 1); L_2 = -inf: 1, y = o1
+        return torch.lerp(_as(o2, wide), _as(o1, wide), weight), torch.logaddexp(l1, l2)
     lse = torch.stack(lses).logsumexp(0)  # (B, H, n)
     y = torch.zeros_like(outs[0], dtype=wide)
     for o, l in zip(outs, lses):
-        y.addcmul_(o.to(wide), (l - lse).exp()[..., None])
+        y.addcmul_(_as(o, wide), (l - lse).exp().unsqueeze(-1))
     return y, lse
 
 
@@ -131,17 +135,20 @@ class _Merged(torch.autograd.Function):
             if valid is not None:  # (B, M) bool -> additive (B, 1, 1, M) in the kernel's dtype
                 mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
                 mask = mask[:, None, None, :]
-            parts = _parts(q, k, v, start, q_mem, k_mem, v_mem, mask)
-            done = [fused_forward(qp, kp, vp, causal, scale, m) for qp, kp, vp, causal, m in parts]
-            lses = [lse_p.to(torch.promote_types(lse_p.dtype, torch.float32)) for _, lse_p, _ in done]
+            outs, lses, extras = [], [], []
+            for qp, kp, vp, causal, m in _parts(q, k, v, start, q_mem, k_mem, v_mem, mask):
+                out, lse_p, extra = fused_forward(qp, kp, vp, causal, scale, m)
+                outs.append(out)
+                lses.append(lse_p if lse_p.dtype in (torch.float32, torch.float64) else lse_p.float())
+                extras.append(extra)
             if valid is not None:  # a row that sees no memory key: its memory part has no mass (the CPU kernel says 0)
                 lses[-1] = lses[-1].masked_fill(~valid.any(-1)[:, None, None], float("-inf"))
-            y, lse = _combine([o for o, _, _ in done], lses)
-            y = y.to(q.dtype)
-        extras = [e for _, _, e in done]  # tensors go through save_for_backward, sizes onto ctx
+            y, lse = _combine(outs, lses)
+            y = _as(y, q.dtype)
+        # CUDA flash's tensors go through save_for_backward (as torch.compile wants), its sizes onto ctx
         ctx.save_for_backward(q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *(x for e in extras for x in e[:4]))
         ctx.sizes = [e[4:] for e in extras]
-        ctx.start, ctx.scale, ctx.lse_dtype = start, scale, done[0][1].dtype
+        ctx.start, ctx.scale, ctx.lse_dtype = start, scale, lse_p.dtype
         return y
 
     @staticmethod
@@ -149,13 +156,14 @@ class _Merged(torch.autograd.Function):
         q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *flat = ctx.saved_tensors
         extras, i = [], 0
         for sizes in ctx.sizes:
-            extras.append(tuple(flat[i:i + 4]) + tuple(sizes) if sizes else ())
+            extras.append(tuple(flat[i:i + 4]) + sizes if sizes else ())
             i += 4 if sizes else 0
         with fp32_region(q.device.type):
             dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-            lse_k = lse.to(ctx.lse_dtype)
-            grads = [fused_backward(dy, qp, kp, vp, y, lse_k, causal, ctx.scale, extra, m)
-                     for (qp, kp, vp, causal, m), extra in zip(_parts(q, k, v, ctx.start, q_mem, k_mem, v_mem, mask), extras)]
+            lse = _as(lse, ctx.lse_dtype)
+            grads = [fused_backward(dy, qp, kp, vp, y, lse, causal, ctx.scale, extra, m)
+                     for (qp, kp, vp, causal, m), extra in zip(_parts(q, k, v, ctx.start, q_mem, k_mem, v_mem, mask),
+                                                               extras)]
             *local, (dq_mem, dk_mem, dv_mem) = grads
             if len(local) == 1:
                 dq, dk, dv = local[0]  # (B, H, n, d), (B, H, S, d) x 2
