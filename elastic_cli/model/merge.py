@@ -117,7 +117,7 @@ def _combine(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
     if len(outs) == 2:
         (o1, o2), (l1, l2) = outs, lses
         weight = torch.sigmoid(l1 - l2).unsqueeze(-1)  # (B, H, n, 1); L_2 = -inf: 1, y = o1
-        return torch.lerp(_as(o2, wide), _as(o1, wide), weight), torch.logaddexp(l1, l2)
+        return _as(o2, wide).lerp_(_as(o1, wide), weight), torch.logaddexp(l1, l2)  # into the memory part's output
     lse = torch.stack(lses).logsumexp(0)  # (B, H, n)
     y = torch.zeros_like(outs[0], dtype=wide)
     for o, l in zip(outs, lses):
