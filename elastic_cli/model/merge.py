@@ -58,6 +58,10 @@ def math_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse:
     return (ds @ kf).to(q.dtype), (ds.transpose(-1, -2) @ qf).to(k.dtype), (p.transpose(-1, -2) @ dyf).to(v.dtype)
 
 
+_CPU_FORWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default  # the overloads: no packet lookup
+_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+
 def _flash_cuda(q: Tensor) -> bool:
     return q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 \
         and q.shape[-1] <= 256
@@ -69,8 +73,7 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
     The last item is () or, for CUDA flash, (cum_seq_q, cum_seq_k, rng_state, unused, max_q, max_k).
     mask: additive, in q's dtype (the CPU kernel takes it; CUDA flash does not: the twin runs)."""
     if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask,
-                                                                               scale=scale)
+        out, lse = _CPU_FORWARD(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)
         return out, lse, ()
     if _flash_cuda(q) and mask is None:
         out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
@@ -84,8 +87,7 @@ def fused_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
                    scale: float, extra: tuple, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The kernel's backward for the joint softmax given its merged output and log-sum-exp."""
     if q.device.type == "cpu":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            dy, q, k, v, out, lse, 0.0, causal, attn_mask=mask, scale=scale)
+        return _CPU_BACKWARD(dy, q, k, v, out, lse, 0.0, causal, attn_mask=mask, scale=scale)
     if extra:  # CUDA flash: the same arguments as its autograd formula (derivatives.yaml)
         cq, ck, seed, offset, mq, mk = extra
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
@@ -104,6 +106,9 @@ def _parts(q: Tensor, k: Tensor, v: Tensor, start: int, q_mem: Tensor, k_mem: Te
     if k.shape[2] - start == 1:
         return [(q, k, v, False, None), memory]
     return [(q, k[:, :, :start], v[:, :, :start], False, None), (q, k[:, :, start:], v[:, :, start:], True, None), memory]
+
+
+_WIDE = (torch.float32, torch.float64)
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -126,50 +131,51 @@ def _combine(outs: list[Tensor], lses: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 class _Merged(torch.autograd.Function):
+    """Saved: the inputs, the additive mask, y and L (the parts are rebuilt from them: views), and
+    CUDA flash's tensors (through save_for_backward, as torch.compile wants; their sizes on ctx)."""
+
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, q_mem: Tensor, k_mem: Tensor, v_mem: Tensor,
                 valid: Tensor | None, start: int) -> Tensor:
         scale = 1.0 / math.sqrt(q.shape[-1])
+        mask = None
+        if valid is not None:  # (B, M) bool -> additive (B, 1, 1, M) in the kernel's dtype
+            mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
+            mask = mask[:, None, None, :]
         with fp32_region(q.device.type):
-            mask = None
-            if valid is not None:  # (B, M) bool -> additive (B, 1, 1, M) in the kernel's dtype
-                mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
-                mask = mask[:, None, None, :]
-            outs, lses, extras = [], [], []
-            for qp, kp, vp, causal, m in _parts(q, k, v, start, q_mem, k_mem, v_mem, mask):
-                out, lse_p, extra = fused_forward(qp, kp, vp, causal, scale, m)
-                outs.append(out)
-                lses.append(lse_p if lse_p.dtype in (torch.float32, torch.float64) else lse_p.float())
-                extras.append(extra)
+            done = [fused_forward(qp, kp, vp, causal, scale, m)
+                    for qp, kp, vp, causal, m in _parts(q, k, v, start, q_mem, k_mem, v_mem, mask)]
+            lses = [lse_p if lse_p.dtype in _WIDE else lse_p.float() for _, lse_p, _ in done]
             if valid is not None:  # a row that sees no memory key: its memory part has no mass (the CPU kernel says 0)
                 lses[-1] = lses[-1].masked_fill(~valid.any(-1)[:, None, None], float("-inf"))
-            y, lse = _combine(outs, lses)
-            y = _as(y, q.dtype)
-        # CUDA flash's tensors go through save_for_backward (as torch.compile wants), its sizes onto ctx
+            y, lse = _combine([out for out, _, _ in done], lses)
+        extras = [extra for _, _, extra in done]
         ctx.save_for_backward(q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *(x for e in extras for x in e[:4]))
-        ctx.sizes = [e[4:] for e in extras]
-        ctx.start, ctx.scale, ctx.lse_dtype = start, scale, lse_p.dtype
-        return y
+        ctx.sizes = [e[4:] for e in extras] if any(extras) else None
+        ctx.start, ctx.scale, ctx.lse_dtype = start, scale, done[0][1].dtype
+        return _as(y, q.dtype)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *flat = ctx.saved_tensors
-        extras, i = [], 0
-        for sizes in ctx.sizes:
-            extras.append(tuple(flat[i:i + 4]) + sizes if sizes else ())
-            i += 4 if sizes else 0
+        parts = _parts(q, k, v, ctx.start, q_mem, k_mem, v_mem, mask)
+        extras = [()] * len(parts)
+        if ctx.sizes is not None:
+            extras, i = [], 0
+            for sizes in ctx.sizes:
+                extras.append(tuple(flat[i:i + 4]) + sizes if sizes else ())
+                i += 4 if sizes else 0
+        y, lse = _as(y, q.dtype), _as(lse, ctx.lse_dtype)
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         with fp32_region(q.device.type):
-            dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-            lse = _as(lse, ctx.lse_dtype)
             grads = [fused_backward(dy, qp, kp, vp, y, lse, causal, ctx.scale, extra, m)
-                     for (qp, kp, vp, causal, m), extra in zip(_parts(q, k, v, ctx.start, q_mem, k_mem, v_mem, mask),
-                                                               extras)]
-            *local, (dq_mem, dk_mem, dv_mem) = grads
-            if len(local) == 1:
-                dq, dk, dv = local[0]  # (B, H, n, d), (B, H, S, d) x 2
-            else:
-                dq = local[0][0] + local[1][0]  # (B, H, n, d)
-                dk, dv = (torch.cat([g[j] for g in local], dim=2) for j in (1, 2))  # (B, H, S, d)
+                     for (qp, kp, vp, causal, m), extra in zip(parts, extras)]
+        *local, (dq_mem, dk_mem, dv_mem) = grads
+        if len(local) == 1:
+            dq, dk, dv = local[0]  # (B, H, n, d), (B, H, S, d) x 2
+        else:
+            dq = local[0][0] + local[1][0]  # (B, H, n, d)
+            dk, dv = (torch.cat([g[j] for g in local], dim=2) for j in (1, 2))  # (B, H, S, d)
         return dq, dk, dv, dq_mem, dk_mem, dv_mem, None, None
 
 
