@@ -190,7 +190,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
         result["mfu"] = result["mfu_elastic"]
     return {
         "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick, "code": code,
-        "clock": measure.clock(device)[1],
+        "clock": measure.clock(device)[1], "threads": torch.get_num_threads(),
         "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
         "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,
                   "dtype": "bf16" if bf16 else "fp32", "compile": bool(t.compile)},

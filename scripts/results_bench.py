@@ -129,6 +129,8 @@ def render(out: Path, commit: str | None, title: str = "GPU check") -> str:
     bench_path = out / "bench.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
     head = f"{bench['device_name']}, torch {bench['torch']}" if bench else "device not recorded (no bench.json)"
+    if bench and bench.get("threads"):
+        head += f", {bench['threads']} CPU thread{'s' if bench['threads'] > 1 else ''}"
     lines = [f"# {title}", "",
              f"Written by `scripts/results_bench.py` from `{out}`: {head}{code_line(bench, commit)}. "
              "Every number below comes from the files there.", "",

@@ -324,6 +324,7 @@ def test_cli_quick_run_emits_every_key(tmp_path):
         if kind != "none":
             assert result[f"train_ratio_{kind}_vs_none"] > 0
     assert result["mfu"] == "n/a"  # CPU
+    assert result["threads"] == 1  # OMP_NUM_THREADS above: recorded with the clock
     assert result["kernel_shapes_write_bar"]["order"] == 64 and result["kernel_shapes_write_bar"]["segment"] == 2048
     assert set(result["eval_peak_bytes"]["elastic"]) == {"1024", "16384"}
     assert not any("64k" in key for key in result)  # keys name what was measured
