@@ -149,11 +149,12 @@ class _Merged(torch.autograd.Function):
             if valid is not None:  # a row that sees no memory key: its memory part has no mass (the CPU kernel says 0)
                 lses[-1] = lses[-1].masked_fill(~valid.any(-1)[:, None, None], float("-inf"))
             y, lse = _combine([out for out, _, _ in done], lses)
+            y = _as(y, q.dtype)
         extras = [extra for _, _, extra in done]
         ctx.save_for_backward(q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *(x for e in extras for x in e[:4]))
         ctx.sizes = [e[4:] for e in extras] if any(extras) else None
         ctx.start, ctx.scale, ctx.lse_dtype = start, scale, done[0][1].dtype
-        return _as(y, q.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -165,7 +166,7 @@ class _Merged(torch.autograd.Function):
             for sizes in ctx.sizes:
                 extras.append(tuple(flat[i:i + 4]) + sizes if sizes else ())
                 i += 4 if sizes else 0
-        y, lse = _as(y, q.dtype), _as(lse, ctx.lse_dtype)
+        lse = _as(lse, ctx.lse_dtype)
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         with fp32_region(q.device.type):
             grads = [fused_backward(dy, qp, kp, vp, y, lse, causal, ctx.scale, extra, m)
