@@ -93,9 +93,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary, start: i
     valid = read.valid
     if valid is not None and valid.device.type == "cpu" and valid.numpy().all():
         valid = None  # every key valid: no mask (free to know on the CPU)
-    v_mem = read.v if read.v.dtype == q.dtype else read.v.to(q.dtype)
-    return merged_attention(q_rot, k_rot, v, q_mem, k_mem if k_mem.dtype == q.dtype else k_mem.to(q.dtype), v_mem,
-                            valid, start)
+    return merged_attention(q_rot, k_rot, v, q_mem, k_mem, read.v, valid, start)
 
 
 class Attention(nn.Module):

@@ -185,6 +185,6 @@ def merged_attention(q: Tensor, k: Tensor, v: Tensor, q_mem: Tensor, k_mem: Tens
     """Joint softmax over [memory ; causal local]. q: (B, H, n, d) rotated queries at positions
     start..start+n-1; k, v: (B, H, S, d) rotated local keys 0..S-1; q_mem: (B, H, n, d) the queries
     of the memory logits (un-rotated, or rotated when the memory keys have positions); k_mem, v_mem:
-    (B, H, M, d); valid: (B, M) bool or None (every key valid). All in one dtype.
-    Returns (B, H, n, d) in q's dtype."""
-    return _Merged.apply(q, k, v, q_mem, k_mem, v_mem, valid, start)
+    (B, H, M, d), cast to q's dtype (the local tensors are in it already); valid: (B, M) bool or None
+    (every key valid). Returns (B, H, n, d) in q's dtype."""
+    return _Merged.apply(q, k, v, q_mem, _as(k_mem, q.dtype), _as(v_mem, q.dtype), valid, start)
