@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import measure, precision
+from . import allocator, measure, precision
 from .atomic import write_atomic
 from .bench_history import history_pass, timed_after
 from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
@@ -191,6 +191,7 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     return {
         "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick, "code": code,
         "clock": measure.clock(device)[1], "threads": torch.get_num_threads(),
+        "host_malloc": allocator.policy(),
         "plan": plan._asdict(), "history_kinds": history, "model": to_dict(cfg)["model"],
         "train": {"micro_batch": t.micro_batch, "segments": t.segments, "bptt_segments": t.bptt_segments,
                   "dtype": "bf16" if bf16 else "fp32", "compile": bool(t.compile)},

@@ -176,6 +176,9 @@ def main() -> None:
     """Console entry point: maps ElasticError to its exit code without a traceback. Commands that
     end with a code (a launched torchrun job's 75, 130, ...) return it through click; it is the exit code.
     A launched worker also leaves its code for the launcher (`distributed.record_exit`)."""
+    from elastic_cli.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before the first large buffer: freed host memory is reused, not re-faulted
     code = _run()
     if code:
         from elastic_cli.distributed import record_exit

@@ -131,6 +131,8 @@ def render(out: Path, commit: str | None, title: str = "GPU check") -> str:
     head = f"{bench['device_name']}, torch {bench['torch']}" if bench else "device not recorded (no bench.json)"
     if bench and bench.get("threads"):
         head += f", {bench['threads']} CPU thread{'s' if bench['threads'] > 1 else ''}"
+    if bench and bench.get("device") == "cpu" and bench.get("host_malloc"):
+        head += f", host memory {bench['host_malloc']}"
     lines = [f"# {title}", "",
              f"Written by `scripts/results_bench.py` from `{out}`: {head}{code_line(bench, commit)}. "
              "Every number below comes from the files there.", "",
