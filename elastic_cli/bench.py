@@ -23,14 +23,14 @@ from . import allocator, measure, precision
 from .atomic import write_atomic
 from .bench_history import history_pass, timed_after
 from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
-from .bench_train import build_variants, kind_configs, train_costs
+from .bench_train import WARMUP_STEPS, build_variants, kind_configs, train_costs
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
 WRITE_BAR_SHAPE = (64, 2048)  # (N, l) of the new-t write measurement
 
 
 class Plan(NamedTuple):
-    train_repeats: int  # interleaved train steps per variant (after one warm-up step)
+    train_repeats: int  # interleaved train steps per variant (after bench_train.WARMUP_STEPS untimed ones)
     generate_repeats: int  # interleaved timings per history (eval after it and generation after it)
     kernel_repeats: int  # interleaved kernel timings
     kernel_inner: int  # calls averaged in one kernel timing
@@ -40,7 +40,7 @@ class Plan(NamedTuple):
     eval_segments: int  # segments evaluated (timed) after each history
 
 
-FULL = Plan(25, 7, 9, 20, eval_histories=(4096, 1 << 20), generate_histories=(1024, 1 << 20),
+FULL = Plan(100, 7, 9, 20, eval_histories=(4096, 1 << 20), generate_histories=(1024, 1 << 20),
             generate_tokens=None, eval_segments=4)
 QUICK = Plan(3, 3, 3, 5, eval_histories=(1024, 16384), generate_histories=(1024, 16384),
              generate_tokens=32, eval_segments=2)
@@ -93,7 +93,7 @@ def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float
     read = segment_s * (meter_factor * plan.eval_histories[1] + sum(shorts)) / segment_len
     tokens = plan.generate_tokens or segment_len
     timed = (1 + plan.generate_repeats) * 2 * (plan.eval_segments * segment_s + tokens * token_s)
-    return (2 + plan.train_repeats) * step_s + read + timed
+    return (1 + WARMUP_STEPS + plan.train_repeats) * step_s + read + timed
 
 
 def _kernels(model, m, batch: int, plan: Plan, device: torch.device) -> tuple[dict, dict]:

@@ -25,6 +25,9 @@ def kind_configs(recipe: str, overrides: list[str], kinds: list[str] | None = No
             for kind in order if kinds is None or kind in kinds}
 
 
+WARMUP_STEPS = 4  # untimed steps per kind: the host heap grows over the first few (allocator.py), then is reused
+
+
 class Variants(NamedTuple):
     configs: dict  # kind -> RunConfig
     models: dict[str, Decoder]  # kind -> model on the device (uncompiled: eval and generation use it)
@@ -61,7 +64,7 @@ def train_costs(variants: Variants, cfg, repeats: int, device: torch.device) -> 
     Returns (result entries, spread entries)."""
     batch, segments, seg_len = cfg.train.micro_batch, cfg.train.segments, cfg.model.segment_len
     window = batch * segments * seg_len
-    times = measure.interleave(variants.steps, repeats, device)
+    times = measure.interleave(variants.steps, repeats, device, warmup=WARMUP_STEPS)
     result: dict = {"train_tokens_per_s": {k: measure.summarize([window / s for s in v]) for k, v in times.items()},
                     "train_peak_bytes": {k: measure.peak_bytes(fn, device)[0] for k, fn in variants.steps.items()}}
     spread: dict[str, float] = {}

@@ -158,10 +158,12 @@ def random_tokens(shape: tuple[int, ...], vocab: int, seed: int, device: torch.d
 
 
 def interleave(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device,
-               inner: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each fn: one warm-up call each, then `repeats` rounds calling every fn in turn."""
+               inner: int = 1, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn: `warmup` untimed calls each, then `repeats` rounds calling every
+    fn in turn."""
     for fn in fns.values():
-        fn()
+        for _ in range(warmup):
+            fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

@@ -57,7 +57,7 @@ def train_section(bench: dict) -> list[str]:
     lines = ["## Training at the model shape", "",
              f"`micro_batch` {t['micro_batch']}, {t['segments']} segments of {bench['model']['segment_len']} tokens, "
              f"BPTT over {t['bptt_segments']}, {t['dtype']}, compile {str(t.get('compile', False)).lower()}; "
-             f"{bench['plan']['train_repeats']} timed steps per kind (interleaved, after a warm-up step).", "",
+             f"{bench['plan']['train_repeats']} timed steps per kind (interleaved, after untimed warm-up steps).", "",
              "| kind | tokens/s (median) | spread | peak memory (GiB) | MFU |", "|---|---|---|---|---|"]
     for kind, tps in bench["train_tokens_per_s"].items():
         peak = bench.get("train_peak_bytes", {}).get(kind)

@@ -74,10 +74,11 @@ def test_size_names_and_ratio_keys_name_what_is_measured():
 def test_estimate_closed_form():
     plan = bench.Plan(3, 2, 1, 1, eval_histories=(8, 32), generate_histories=(16, 32), generate_tokens=None,
                       eval_segments=2)
-    # train (2 + 3) * 1; reads 0.5 * (3 * 32 + 8 + 16) / 8 = 7.5; timed (1 + 2) * 2 * (2 * 0.5 + 8 * 0.1) = 10.8
-    assert bench.estimate_seconds(plan, 1.0, 0.5, 0.1, 8, 3.0) == pytest.approx(5 + 7.5 + 10.8)
+    # train (1 + 4 warm-up + 3) * 1; reads 0.5 * (3 * 32 + 8 + 16) / 8 = 7.5; timed (1 + 2) * 2 * (2 * 0.5 + 8 * 0.1) = 10.8
+    assert bench.WARMUP_STEPS == 4
+    assert bench.estimate_seconds(plan, 1.0, 0.5, 0.1, 8, 3.0) == pytest.approx(8 + 7.5 + 10.8)
     assert bench.estimate_seconds(plan._replace(generate_tokens=4), 1.0, 0.5, 0.1, 8, 3.0) == \
-        pytest.approx(5 + 7.5 + 6 * (1 + 0.4))
+        pytest.approx(8 + 7.5 + 6 * (1 + 0.4))
 
 
 def test_interleave_calls_warm_up_then_alternates():
@@ -85,6 +86,9 @@ def test_interleave_calls_warm_up_then_alternates():
     times = measure.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, CPU, inner=2)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2
     assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+    calls.clear()
+    measure.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 1, CPU, warmup=3)
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a", "b"]
 
 
 # ---------------------------------------------------------------- live bytes
