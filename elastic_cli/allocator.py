@@ -3,7 +3,8 @@
 On the CPU every activation, gradient and logit buffer is a malloc. glibc serves buffers above its
 mmap threshold (128 KiB, raised on the fly up to 32 MiB) by fresh mmaps and gives the top of the
 heap back above its trim threshold, so a training step re-faults the same megabytes at every step:
-about 10,000 page faults and 10-15% of a tiny-recipe step on the CPU (`elastic bench`, docs/results-cpu.md).
+3,500-15,000 page faults and 8-26 ms of system time in a 150-180 ms tiny-recipe step on the CPU
+(getrusage around the step; tests/test_allocator.py counts the faults).
 Fixing both thresholds (`mallopt`) keeps what a step freed for the next one: the process holds its
 high-water mark, as PyTorch's CUDA caching allocator does on the GPU.
 

@@ -307,7 +307,8 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k != "ELASTIC_MALLOC" and not k.startswith("MALLOC_")},
+           "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "b" / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "bench", "--recipe", str(recipe), "--quick",
                            "--device", "cpu", "--json", str(out), "xl.cache=8", "memorizing.store=16", "memorizing.topk=4",
@@ -329,6 +330,10 @@ def test_cli_quick_run_emits_every_key(tmp_path):
             assert result[f"train_ratio_{kind}_vs_none"] > 0
     assert result["mfu"] == "n/a"  # CPU
     assert result["threads"] == 1  # OMP_NUM_THREADS above: recorded with the clock
+    from elastic_cli import allocator
+
+    assert result["host_malloc"] == ("system" if allocator._glibc() is None else  # the entry point's policy
+                                     "kept (glibc mmap threshold 32 MiB, trim threshold 1 GiB)")
     assert result["kernel_shapes_write_bar"]["order"] == 64 and result["kernel_shapes_write_bar"]["segment"] == 2048
     assert set(result["eval_peak_bytes"]["elastic"]) == {"1024", "16384"}
     assert not any("64k" in key for key in result)  # keys name what was measured

@@ -106,7 +106,7 @@ def test_gpu_check_rejects_unknown_arguments():
 
 def test_cpu_page_has_no_gpu_bars_or_tests_and_names_the_commit_the_bench_ran(out, tmp_path):
     bench = dict(BENCH, device="cpu", device_name="cpu", code={"commit": "fedcba9876543210" * 2 + "01234567", "dirty": True},
-                 threads=1)
+                 threads=1, host_malloc="kept (glibc mmap threshold 32 MiB, trim threshold 1 GiB)")
     (out / "bench.json").write_text(json.dumps(bench))
     (out / "tests.xml").unlink()
     (out / "steps.jsonl").write_text('{"step": "bench", "rc": 0, "seconds": 2500, "limit_s": 7200}\n')
@@ -114,7 +114,8 @@ def test_cpu_page_has_no_gpu_bars_or_tests_and_names_the_commit_the_bench_ran(ou
     assert results_bench.main([str(out), "--out", str(dest), "--title", "CPU bench"]) == 0
     text = dest.read_text()
     assert text.startswith("# CPU bench") and "commit `fedcba987654` with uncommitted changes" in text
-    assert "cpu, torch 2.13.0, 1 CPU thread, commit" in text
+    assert "cpu, torch 2.13.0, 1 CPU thread, host memory kept (glibc mmap threshold 32 MiB, trim threshold 1 GiB), " \
+        "commit" in text
     assert "GPU-marked tests" not in text and "`mfu`" not in text
     assert "| `train_ratio_elastic_vs_none` | 0.901 |  | >= 0.95 | MISSED |" in text  # the CPU bar, not the GPU one
     assert "| elastic | 1.010 | not measured | 1.100 (0.050) | 8,192 / 8,192 |" in text  # per kind, short then long
