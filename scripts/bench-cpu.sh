@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full `elastic bench` on the CPU at the tiny recipe, every memory kind (train step, Elastic
 # Memory kernels, eval and generation after 4k / 1k and 1M tokens of history), and
-# docs/results-cpu.md written from it (no number in it is typed by hand). About 32 minutes on a
-# 2-vCPU machine (1,882 s); run it on a quiet machine (the train ratios are of CPU time, interleaved).
+# docs/results-cpu.md written from it (no number in it is typed by hand). About 34 minutes on a
+# 2-vCPU machine (2,032 s, 100 timed train steps per kind); run it on a quiet machine (the train
+# ratios are of CPU time, interleaved).
 # One thread by default: on a 2-vCPU machine two threads leave no core for anything else, and the
 # train ratio of the same code then swung between 0.91 and 0.97 from run to run (spread up to 0.6);
 # set OMP_NUM_THREADS to measure with more. The page names the thread count the bench ran with.
