@@ -27,7 +27,7 @@ step = variants.steps["elastic"]  # the trainer's own step at the tiny recipe, a
 for _ in range(6):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(5):
     step()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -42,11 +42,11 @@ def step_faults(**env) -> int:
 
 @pytest.mark.skipif(allocator._glibc() is None, reason="the C library is not glibc")
 def test_a_training_step_reuses_the_memory_the_last_one_freed():
-    """Three tiny-recipe train steps after six: with glibc's defaults the heap's top is given back and
-    faulted in again (28,000-55,000 4 KiB pages in sixteen runs); with the policy 2-2,003 in eight
-    runs (the heap still grows by a few MiB at times)."""
+    """Five tiny-recipe train steps after six: with glibc's defaults the heap's top is given back and
+    faulted in again (17,000-62,000 4 KiB pages in three steps over twenty runs, here and on CI); with
+    the policy 2-3,852 (the heap still grows by a few MiB at times, not with the number of steps)."""
     assert step_faults() < 8000
-    assert step_faults(ELASTIC_MALLOC="system") > 20000
+    assert step_faults(ELASTIC_MALLOC="system") > 15000
 
 
 class FakeLibc:
