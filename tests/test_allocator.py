@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def step_faults(**env) -> int:
-    keep = {k: v for k, v in os.environ.items() if k != "ELASTIC_MALLOC" and not k.startswith("MALLOC_")}
+    keep = {k: v for k, v in os.environ.items() if k not in ("ELASTIC_MALLOC", *allocator.USER_SETTINGS)}
     out = subprocess.run([sys.executable, "-c", STEP_FAULTS], env={**keep, **env}, capture_output=True, text=True,
                          check=True, cwd=ROOT)
     return int(out.stdout.split()[-1])

@@ -307,7 +307,9 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     root = Path(__file__).resolve().parent.parent
-    env = {**{k: v for k, v in os.environ.items() if k != "ELASTIC_MALLOC" and not k.startswith("MALLOC_")},
+    from elastic_cli import allocator
+
+    env = {**{k: v for k, v in os.environ.items() if k not in ("ELASTIC_MALLOC", *allocator.USER_SETTINGS)},
            "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "b" / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "bench", "--recipe", str(recipe), "--quick",
@@ -330,8 +332,6 @@ def test_cli_quick_run_emits_every_key(tmp_path):
             assert result[f"train_ratio_{kind}_vs_none"] > 0
     assert result["mfu"] == "n/a"  # CPU
     assert result["threads"] == 1  # OMP_NUM_THREADS above: recorded with the clock
-    from elastic_cli import allocator
-
     assert result["host_malloc"] == ("system" if allocator._glibc() is None else  # the entry point's policy
                                      "kept (glibc mmap threshold 32 MiB, trim threshold 1 GiB)")
     assert result["kernel_shapes_write_bar"]["order"] == 64 and result["kernel_shapes_write_bar"]["segment"] == 2048
