@@ -179,7 +179,7 @@ KIND.key=value sets an option of one kind's variant only, e.g. xl.cache=32 memor
 @click.option("--kinds", metavar="K1,K2", help="Only these memory kinds (default: every kind).")
 @click.option("--history", type=int, metavar="TOKENS",
               help="Long history for eval and generation (default 1M; --quick 16k), rounded up to whole segments.")
-@click.option("--train-steps", type=int, metavar="N", help="Timed train steps per kind (default 25; --quick 3).")
+@click.option("--train-steps", type=int, metavar="N", help="Timed train steps per kind (default 100; --quick 3).")
 @click.option("--json", "json_path", metavar="PATH", help="Also write every measurement as JSON ('-': stdout only).")
 def bench_command(overrides, recipe, device, quick, kinds, history, train_steps, json_path) -> None:
     from elastic_cli import bench

@@ -130,6 +130,20 @@ def test_invalid_memory_rows_equal_local_attention():
     assert not torch.allclose(out[0], local[0])
 
 
+@pytest.mark.parametrize("positions", [False, True])
+def test_no_validity_mask_means_every_memory_key_is_valid(positions):
+    """Read.valid=None (what Elastic Memory returns when every row has a history) is an all-True mask,
+    in the fast path and the reference, with the memory mass visibly present."""
+    q, k, v, read = tensors(torch.Generator().manual_seed(4), 6, 0, 5, positions)
+    rotary = Rotary(D)
+    every = read._replace(valid=torch.ones(B, 5, dtype=torch.bool))
+    none = read._replace(valid=None)
+    want = attend_reference(q, k, v, every, rotary, 0)
+    torch.testing.assert_close(attend_reference(q, k, v, none, rotary, 0), want, rtol=0, atol=0)
+    torch.testing.assert_close(attend(q, k, v, none, rotary, 0), want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(want, attend_reference(q, k, v, Read(), rotary, 0))
+
+
 def test_memory_logits_use_unrotated_query():
     """One query, one local key equal to it, one memory key: weights from the closed form."""
     rotary = Rotary(D)

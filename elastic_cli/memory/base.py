@@ -35,7 +35,7 @@ class Read(NamedTuple):
 
     k: Tensor | None = None  # (B, H, M, d) extra keys in the local softmax (logits with the un-rotated query)
     v: Tensor | None = None  # (B, H, M, d)
-    valid: Tensor | None = None  # (B, M) bool; False entries are masked out
+    valid: Tensor | None = None  # (B, M) bool; False entries are masked out; None with k: every key is valid
     out: Tensor | None = None  # (B, l, D) added to the attention output (after the output projection)
     pos: Tensor | None = None  # (M,) long RoPE positions of k relative to the segment start (e.g. -M..-1);
     #                            given: k is rotated there and its logits use the ROTATED query

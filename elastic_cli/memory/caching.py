@@ -210,7 +210,8 @@ class CachingMemory(Memory):
             b, h, m, d = r.k.shape[0] // c1, r.k.shape[1], r.k.shape[2], r.k.shape[3]
             k = r.k.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)  # (B, H, C1 * M, d)
             v = r.v.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)
-            valid = (r.valid.view(b, c1, m) & self.live(state)[..., None]).flatten(1)  # (B, C1 * M)
+            live = self.live(state)[..., None]  # (B, C1, 1)
+            valid = (live if r.valid is None else r.valid.view(b, c1, m) & live).expand(b, c1, m).flatten(1)  # (B, C1 * M)
             return Read(k=k, v=v, valid=valid)
 
         if self.mode != "out":

@@ -233,12 +233,12 @@ def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
     if t.device.type != "cpu":
         r, w = segment_banks(t, l, order, consts)
         return r.to(dtype), w.to(dtype)
-    rows = t.numpy()
-    key = (order, l, rows.tobytes(), dtype)
+    rows = tuple(t.tolist())  # the key; a list, not numpy: cheapest on the hot path
+    key = (order, l, rows, dtype)
     found = BANKS.get(key)
     if found is not None:
         return found
-    values, inverse = np.unique(rows, return_inverse=True)  # (U,), (B,)
+    values, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)  # (U,), (B,)
     r, w = segment_banks(torch.from_numpy(values), l, order, consts)  # (U, N, N), (U, N, l)
     if values.shape[0] > 1:
         r, w = r[torch.from_numpy(inverse)], w[torch.from_numpy(inverse)]  # (B, N, N), (B, N, l)
@@ -273,10 +273,10 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor | tuple[Tensor, ...], consts: B
         else:  # the banks broadcast over the axes between B and N (and over B if shared)
             new = w.view(w.shape[0], *(1,) * (c.dim() - 3), order, l) @ torch.cat(parts, dim=-1)  # (B, ..., N, D)
         if t.device.type == "cpu":  # which rows start empty is free to know on the CPU
-            rows = t.numpy()
-            if not rows.any():
+            rows = t.tolist()
+            if not any(rows):
                 return new
-            if c.dim() == 3 and rows.all():  # one fused product-and-add: new + R @ C
+            if c.dim() == 3 and all(rows):  # one fused product-and-add: new + R @ C
                 return torch.baddbmm(new, r.expand(c.shape[0], order, order), c)
         lead = (1,) * (c.dim() - 3)
         old = r.view(r.shape[0], *lead, order, order) @ c  # (B, ..., N, D)

@@ -59,7 +59,8 @@ def attend_reference(q: Tensor, k: Tensor, v: Tensor, read: Read, rotary: Rotary
             mem = q.float() @ read.k.float().transpose(-1, -2) * scale  # (B, H, n, M)
         else:
             mem = q_rot @ rope_at(rotary, read.k.float(), read.pos).transpose(-1, -2) * scale  # (B, H, n, M)
-        mem = mem.masked_fill(~read.valid[:, None, None, :], float("-inf"))
+        if read.valid is not None:
+            mem = mem.masked_fill(~read.valid[:, None, None, :], float("-inf"))
         local = torch.cat([mem, local], dim=-1)  # (B, H, n, M + S)
         values = torch.cat([read.v.float(), values], dim=2)  # (B, H, M + S, d)
     return (local.softmax(dim=-1) @ values).to(q.dtype)  # (B, H, n, d)
