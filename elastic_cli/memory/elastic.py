@@ -28,7 +28,7 @@ class ElasticOptions(MemoryOptions):
 
 class ElasticState(NamedTuple):
     c: Tensor  # (B, N, 2, H, d) fp32 LegS coefficients of the keys before RoPE ([:, :, 0]) and the values
-    #            ([:, :, 1]), laid out as the projections' (B, l, H, d) so the write needs no transpose
+    #            ([:, :, 1]), laid out as the segment's rows (B, l, 2, H, d), so one product writes both
     t: Tensor  # (B,) long, tokens absorbed since the document start
 
     @property
@@ -103,13 +103,14 @@ class ElasticMemory(Memory):
         return Read(k=k, v=v, valid=valid)
 
     def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
-        """Keys and values in one absorb (one bank build for both) as two (B, l, H d) parts: the
-        projections' own rows, whose (B, H, l, d) views `seg` holds (no copy of the segment)."""
+        """Keys and values in one absorb: one bank build and one product for both, on the segment laid
+        out as the state, (B, l, 2, H, d) (one copy of it: cheaper than a product per part)."""
         b, n, _, h, d = state.c.shape
         l = seg.k.shape[2]
         with fp32_region(state.c.device.type):
-            rows = tuple(x.transpose(1, 2).reshape(b, l, h * d) for x in (seg.k, seg.v))  # (B, l, H d) each
-            c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, rows, self.bank_constants())  # (B, N, 2 H d)
+            rows = torch.stack((seg.k.transpose(1, 2), seg.v.transpose(1, 2)), dim=2)  # (B, l, 2, H, d)
+            c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, rows.view(b, l, 2 * h * d),
+                             self.bank_constants())  # (B, N, 2 H d)
         return ElasticState(c.view(b, n, 2, h, d), state.t + l)
 
     def numel(self, state: ElasticState) -> int:
