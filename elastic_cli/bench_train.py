@@ -2,6 +2,7 @@
 (train.train_step, with train.compile honoured), its tokens/s, peak memory and, on CUDA, MFU."""
 from __future__ import annotations
 
+import platform
 from typing import Callable, NamedTuple
 
 import torch
@@ -23,6 +24,18 @@ def kind_configs(recipe: str, overrides: list[str], kinds: list[str] | None = No
     return {kind: load_config(recipe, [*shared, f"memory.kind={kind}",
                                        *(f"memory.{o.split('.', 1)[1]}" for o in overrides if o.split(".", 1)[0] == kind)])
             for kind in order if kinds is None or kind in kinds}
+
+
+def cpu_name() -> str:
+    """The CPU model and the vector instructions torch's kernels dispatch to, e.g. "AMD EPYC (AVX2)":
+    the same code's train ratios differ between machines (docs/results-cpu.md)."""
+    model = platform.processor() or platform.machine() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 WARMUP_STEPS = 4  # untimed steps per kind: the host heap grows over the first few (allocator.py), then is reused
@@ -72,7 +85,7 @@ def train_costs(variants: Variants, cfg, repeats: int, device: torch.device) -> 
         if kind != "none" and "none" in variants.models:
             ratios = measure.summarize(measure.paired_ratios(times["none"], times[kind]))
             result[f"train_ratio_{kind}_vs_none"], spread[f"train_ratio_{kind}_vs_none"] = ratios["median"], ratios["spread"]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     peak = flops.peak_flops(name) if device.type == "cuda" else None
     result["train_flops_per_step"] = {k: flops.train_step_flops(mm, batch, segments, seg_len)
                                       for k, mm in variants.models.items()}

@@ -332,6 +332,7 @@ def test_cli_quick_run_emits_every_key(tmp_path):
             assert result[f"train_ratio_{kind}_vs_none"] > 0
     assert result["mfu"] == "n/a"  # CPU
     assert result["threads"] == 1  # OMP_NUM_THREADS above: recorded with the clock
+    assert result["device_name"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")  # the CPU and its SIMD level
     assert result["host_malloc"] == ("system" if allocator._glibc() is None else  # the entry point's policy
                                      "kept (glibc mmap threshold 32 MiB, trim threshold 1 GiB)")
     assert result["kernel_shapes_write_bar"]["order"] == 64 and result["kernel_shapes_write_bar"]["segment"] == 2048
