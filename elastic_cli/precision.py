@@ -21,7 +21,10 @@ def autocast(device: torch.device, dtype: str):
     return nullcontext()
 
 
+_NO_REGION = nullcontext()  # stateless and re-entrant: one shared instance
+
+
 def fp32_region(device_type: str):
     """Autocast disabled, for memory math that must stay in fp32. Entering `torch.autocast` costs a
     few microseconds; where autocast is off already (every fp32 run) this is a null context."""
-    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else _NO_REGION

@@ -107,10 +107,9 @@ class ElasticMemory(Memory):
         out as the state, (B, l, 2, H, d) (one copy of it: cheaper than a product per part)."""
         b, n, _, h, d = state.c.shape
         l = seg.k.shape[2]
-        with fp32_region(state.c.device.type):
-            rows = torch.stack((seg.k.transpose(1, 2), seg.v.transpose(1, 2)), dim=2)  # (B, l, 2, H, d)
-            c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, rows.view(b, l, 2 * h * d),
-                             self.bank_constants())  # (B, N, 2 H d)
+        rows = torch.stack((seg.k.transpose(1, 2), seg.v.transpose(1, 2)), dim=2)  # (B, l, 2, H, d), their dtype
+        c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, rows.view(b, l, 2 * h * d),
+                         self.bank_constants())  # (B, N, 2 H d): fp32, absorb runs in its own fp32 region
         return ElasticState(c.view(b, n, 2, h, d), state.t + l)
 
     def numel(self, state: ElasticState) -> int:

@@ -251,9 +251,9 @@ def absorb(c: Tensor, t: int | Tensor, x: Tensor | tuple[Tensor, ...], consts: B
     """Absorb segment x into c: C_new = R(t/T) @ C + W(t, T) @ X, exact LegS projection.
 
     c: (..., N, D) coefficients of t tokens (ignored where t = 0), in the state dtype (fp32/fp64).
-    x: (..., l, D) the segment, or a tuple of its parts (..., l, D_i) along D (e.g. keys and values
-       as the projections left them: W @ X is taken part by part, the segment is never copied into
-       one tensor); cast to c's dtype.
+    x: (..., l, D) the segment, or a tuple of its parts (..., l, D_i) along D (W @ X is taken part
+       by part and the products joined; Elastic Memory passes one (B, l, 2 H d) tensor, which at its
+       sizes is cheaper than a product per part); cast to c's dtype.
     t: python int, or (B,) LongTensor with c (B, ..., N, D), x (B, ..., l, D): banks per row.
     consts: `bank_constants(N)` on c's device (optional; built here when not given).
     Returns (..., N, D) coefficients of t + l tokens. Runs with autocast disabled; the banks are
