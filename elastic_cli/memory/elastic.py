@@ -87,15 +87,13 @@ class ElasticMemory(Memory):
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
         b, n, _, h, d = state.c.shape
-        valid = None  # (B, M) bool, or None: every row has a history, every key is valid
-        if state.t.device.type != "cpu":
-            valid = (state.t > 0)[:, None].expand(-1, self.samples)
-        else:  # which rows are empty is free to know on the CPU (a list: no numpy call in the hot path)
+        every = False  # every row has a history: known on the CPU only
+        if state.t.device.type == "cpu":  # free to know there (a list: no numpy call in the hot path)
             rows = state.t.tolist()
             if not any(rows):
                 return Read()  # every row is empty: nothing to read
-            if not all(rows):
-                valid = (state.t > 0)[:, None].expand(-1, self.samples)
+            every = all(rows)
+        valid = None if every else (state.t > 0)[:, None].expand(-1, self.samples)  # (B, M); None: all valid
         with fp32_region(state.c.device.type):
             s = self.sampling_rows(state.t)  # (M, N) or (B, M, N)
             kv = torch.bmm(s.expand(b, -1, -1), state.c.view(b, n, 2 * h * d)).view(b, -1, 2, h, d)  # (B, M, 2, H, d)
