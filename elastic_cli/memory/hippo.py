@@ -247,31 +247,30 @@ def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
     return banks
 
 
-def absorb(c: Tensor, t: int | Tensor, x: Tensor | tuple[Tensor, ...], consts: BankConstants | None = None) -> Tensor:
+def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None = None) -> Tensor:
     """Absorb segment x into c: C_new = R(t/T) @ C + W(t, T) @ X, exact LegS projection.
 
     c: (..., N, D) coefficients of t tokens (ignored where t = 0), in the state dtype (fp32/fp64).
-    x: (..., l, D) the segment, or a tuple of its parts (..., l, D_i) along D (W @ X is taken part
-       by part and the products joined; Elastic Memory passes one (B, l, 2 H d) tensor, which at its
-       sizes is cheaper than a product per part); cast to c's dtype.
+    x: (..., l, D) the segment (Elastic Memory: keys and values side by side, (B, l, 2 H d)); cast
+       to c's dtype.
     t: python int, or (B,) LongTensor with c (B, ..., N, D), x (B, ..., l, D): banks per row.
     consts: `bank_constants(N)` on c's device (optional; built here when not given).
     Returns (..., N, D) coefficients of t + l tokens. Runs with autocast disabled; the banks are
     built in float64 on c's device (`segment_banks`) and cast to c's dtype. No host sync.
     """
-    parts = [p if p.dtype == c.dtype else p.to(c.dtype) for p in (x if isinstance(x, tuple) else (x,))]
+    x = x if x.dtype == c.dtype else x.to(c.dtype)
     with fp32_region(c.device.type):
-        order, l = c.shape[-2], parts[0].shape[-2]
+        order, l = c.shape[-2], x.shape[-2]
         if not isinstance(t, Tensor):
             r, w = segment_banks(torch.tensor([t], device=c.device), l, order, consts)
-            new = w[0].to(c.dtype) @ torch.cat(parts, dim=-1)  # (..., N, D)
+            new = w[0].to(c.dtype) @ x  # (..., N, D)
             return new if t == 0 else r[0].to(c.dtype) @ c + new
         r, w = _row_banks(t, l, order, consts, c.dtype)  # (B or 1, N, N), (B or 1, N, l)
         if c.dim() == 3:  # (B, N, D): batched products, the banks expanded over B when shared
             w = w.expand(c.shape[0], order, l)
-            new = torch.cat([torch.bmm(w, p) for p in parts], dim=-1) if len(parts) > 1 else torch.bmm(w, parts[0])
+            new = torch.bmm(w, x)  # (B, N, D)
         else:  # the banks broadcast over the axes between B and N (and over B if shared)
-            new = w.view(w.shape[0], *(1,) * (c.dim() - 3), order, l) @ torch.cat(parts, dim=-1)  # (B, ..., N, D)
+            new = w.view(w.shape[0], *(1,) * (c.dim() - 3), order, l) @ x  # (B, ..., N, D)
         if t.device.type == "cpu":  # which rows start empty is free to know on the CPU
             rows = t.tolist()
             if not any(rows):
