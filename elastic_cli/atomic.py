@@ -1,7 +1,9 @@
-"""Atomic file writes: a file is either its old self or completely new, never half-written."""
+"""Atomic file writes and deletes: a file is either its old self or completely new, never half-written,
+and a directory being deleted is never found part-deleted under its name."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,18 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a directory so that an interrupt part-way (Ctrl-C is a KeyboardInterrupt anywhere) never
+    leaves a partial one under its name: renamed aside to NAME.del first (atomic), then deleted. A bare
+    rmtree loses files in listing order: a checkpoint could keep COMPLETE beside a missing optimizer.pt.
+    A leftover NAME.del (the interrupt came after the rename) is cleared by the next call for NAME."""
+    path = Path(path)
+    trash = path.with_name(path.name + ".del")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash)
 
 
 def _umask() -> int:

@@ -8,7 +8,8 @@
 A checkpoint is written into step_X.tmp/, COMPLETE last (it records the sha256 of every file), then
 renamed; a directory without COMPLETE (or still named .tmp) is never loaded, and one whose files no
 longer match their recorded sha256 is refused (exit 3, naming the file) or, for a run directory,
-skipped for the newest checkpoint that verifies. Weights are saved from the unwrapped module
+skipped for the newest checkpoint that verifies. Deleting one (keep_last, --overwrite) renames it
+aside first, so an interrupted delete never leaves COMPLETE beside missing files. Weights are saved from the unwrapped module
 (no `module.`/`_orig_mod.` prefixes), so DDP, compiled and plain runs share one format.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from elastic_cli import __version__, console, runlock
-from elastic_cli.atomic import write_atomic
+from elastic_cli.atomic import remove_tree, write_atomic
 from elastic_cli.code_version import code_version
 from elastic_cli.checkpoint_files import CKPT_FILES, file_sha256, verify  # noqa: F401 (verify: public here)
 from elastic_cli.errors import DataError, UsageError
@@ -121,8 +122,9 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
     start, remove = check_run_dir(run_dir, resume, overwrite)
     for name in remove:
         target = Path(run_dir) / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        remove_tree(target) if target.is_dir() else target.unlink(missing_ok=True)
     return start
+
 
 
 def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
@@ -156,12 +158,12 @@ def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Opti
         reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
         raise DataError(f"could not write checkpoint {final}: {reason}; nothing was marked complete and {kept}") from None
     if final.exists():
-        shutil.rmtree(final)
+        remove_tree(final)
     os.replace(tmp, final)
     write_atomic(root / "latest", (final.name + "\n").encode())
     for old in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old)
-    for stale in root.glob("step_*.tmp"):
+        remove_tree(old)
+    for stale in [*root.glob("step_*.tmp"), *root.glob("step_*.del")]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
 

@@ -96,6 +96,34 @@ def test_keep_last_rolls(tmp_path):
     assert checkpoint.resolve(tmp_path).name == "step_00000005"
 
 
+def test_ctrl_c_while_rolling_leaves_only_whole_checkpoints(tmp_path, monkeypatch):
+    """Ctrl-C lands inside the delete of the oldest checkpoint (after its first file went): every
+    checkpoint still counted complete loads, and the next save removes the half-deleted leftover."""
+    cfg, model, opt = trained()
+    for step in (1, 2):
+        save(tmp_path, step, cfg, model, opt, keep_last=2)
+    rmtree = checkpoint.shutil.rmtree
+
+    def interrupted(path, *args, **kwargs):
+        if not (Path(path) / "COMPLETE").is_file():  # the temporaries the save clears first
+            return rmtree(path, *args, **kwargs)
+        first = sorted(Path(path).iterdir())[0]
+        first.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(tmp_path, 3, cfg, model, opt, keep_last=2)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    ckpts = checkpoint.complete_checkpoints(tmp_path)
+    assert [p.name for p in ckpts] == ["step_00000002", "step_00000003"]
+    for ckpt in ckpts:
+        checkpoint.verify(ckpt)
+    assert (tmp_path / "checkpoints" / "step_00000001.del").is_dir()
+    save(tmp_path, 4, cfg, model, opt, keep_last=2)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000003", "step_00000004"]
+
+
 def test_run_dir_rules(tmp_path):
     run = tmp_path / "run"
     assert checkpoint.prepare_run_dir(run, "never", False) is None  # missing: fine
