@@ -33,7 +33,7 @@ def _by_distance(ax, rows: dict, title: str) -> None:
     ax.set_ylabel("answer token accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
 
 
 def distance_plot(mq: dict, path: Path) -> None:
@@ -60,7 +60,7 @@ def frontier_plot(mq: dict, path: Path, far: int) -> None:
     ax.set_ylabel(f"answer accuracy, distance >= {far} segments")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("mqar: quality against memory footprint")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     _save(fig, path)
 
 
@@ -83,7 +83,7 @@ def learning_plot(mq: dict, path: Path) -> None:
     ax.set_ylabel("validation answer accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("mqar: learning curves")
-    ax.legend(fontsize=6, ncol=2)
+    _legend(ax, fontsize=6, ncol=2)
     _save(fig, path)
 
 
@@ -112,7 +112,7 @@ def lm_plot(rows: dict, path: Path, width: int = 10) -> None:
     top.set_ylabel("loss (nats/token)")
     top.set_title(f"held-out code: loss by segment index (token-weighted bins of {width} segments)")
     if curves:
-        top.legend(fontsize=7, ncol=2)
+        _legend(top, fontsize=7, ncol=2)
     bottom.axhline(0.0, color="black", linewidth=0.8)
     bottom.set_ylabel("loss minus none's (nats/token)")
     bottom.set_xlabel("segment index in the document")
@@ -130,3 +130,11 @@ def write_all(table: dict, dest: Path, far: int) -> dict[str, str]:
     learning_plot(mq, dest.with_name(names["learning"]))
     lm_plot(table["lm"], dest.with_name(names["lm"]))
     return names
+
+
+def _legend(ax, **kwargs) -> None:
+    """The legend, or a note in the plot when no run drew a line (a page of failed or missing runs)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+    else:
+        ax.text(0.5, 0.5, "no runs to plot", transform=ax.transAxes, ha="center", va="center")
