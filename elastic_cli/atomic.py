@@ -36,6 +36,18 @@ def remove_tree(path: str | Path) -> None:
     shutil.rmtree(trash)
 
 
+def replace_tree(new: str | Path, dest: str | Path) -> None:
+    """`dest` becomes the directory `new` by one rename; an existing `dest` is renamed aside to
+    DEST.old-<pid> first and deleted last, so an interrupt leaves the old or the new one whole under
+    DEST (or, between the two renames, the old one whole beside it), never a part of either."""
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _umask() -> int:
     """The process umask (read by setting it and putting it back)."""
     mask = os.umask(0o022)

@@ -2,14 +2,11 @@
 never silently replaced, the README tokenizer example consistent with the recipes, file modes."""
 from __future__ import annotations
 
-import os
 import re
-import stat
 from pathlib import Path
 
 import pytest
 
-from elastic_cli.atomic import write_atomic
 from elastic_cli.config import load_config
 from test_eval import make_run, run_cli
 
@@ -62,16 +59,3 @@ def test_readme_tokenizer_example_fits_the_recipes():
     assert f"--tokenizer {out}" in readme and f"data.tokenizer={out}" in readme
     for recipe in ("books-32k", "code-32k", "tiny"):
         assert load_config(ROOT / "recipes" / f"{recipe}.yaml").model.vocab_size == size
-
-
-def test_atomic_writes_honour_the_umask(tmp_path):
-    old = os.umask(0o022)
-    try:
-        write_atomic(tmp_path / "a.json", b"{}")
-        (tmp_path / "b.json").write_bytes(b"{}")
-        os.umask(0o077)
-        write_atomic(tmp_path / "c.json", b"{}")
-    finally:
-        os.umask(old)
-    mode = lambda name: stat.S_IMODE((tmp_path / name).stat().st_mode)  # noqa: E731
-    assert mode("a.json") == mode("b.json") == 0o644 and mode("c.json") == 0o600

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from elastic_cli import __version__
+from elastic_cli.atomic import replace_tree
 from elastic_cli.data import holdout
 from elastic_cli.data.tokenizer import BOS_ID, EOS_ID
 from elastic_cli.errors import DataError, UsageError
@@ -151,9 +152,5 @@ class Writer:
             json.dump(full, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        old = self.out.parent / f"{self.out.name}.old-{os.getpid()}"
-        if self.out.exists():
-            os.rename(self.out, old)
-        os.rename(self.tmp, self.out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_tree(self.tmp, self.out)  # leaves DIR.old-<pid> only when killed between its renames
         return full

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from elastic_cli import __version__, console, inference
-from elastic_cli.atomic import remove_tree
+from elastic_cli.atomic import replace_tree
 from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.errors import DataError, UsageError
 
@@ -53,9 +53,7 @@ def export(ckpt: str, out: str, overwrite: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write(path, tok_path, tmp)
-        if out_dir.exists():
-            remove_tree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_tree(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
