@@ -11,7 +11,7 @@ from elastic_cli.errors import UsageError
 
 class Schedule(click.ParamType):
     """memory.schedule values (a comma-separated list when many), checked against the one list,
-    memory.hippo.SCHEDULES, when used (importing it at startup would import torch)."""
+    memory.sampling.SCHEDULES, when used (importing it at startup would import torch)."""
 
     name = "schedule"
 
@@ -19,7 +19,7 @@ class Schedule(click.ParamType):
         self.many = many
 
     def convert(self, value, param, ctx):
-        from elastic_cli.memory.hippo import SCHEDULES
+        from elastic_cli.memory.sampling import SCHEDULES
 
         names = [v.strip() for v in value.split(",") if v.strip()] if self.many else [value]
         bad = [n for n in names if n not in SCHEDULES]

@@ -251,7 +251,7 @@ def test_eval_other_memory_kind_and_schedule_only_for_elastic(capsys, tmp_path):
 def test_cli_schedule_choices_are_the_memory_schedules():
     from elastic_cli.cli_model import Schedule
     from elastic_cli.errors import UsageError
-    from elastic_cli.memory.hippo import SCHEDULES
+    from elastic_cli.memory.sampling import SCHEDULES
 
     assert [Schedule().convert(name, None, None) for name in SCHEDULES] == list(SCHEDULES)
     assert Schedule(many=True).convert(" gauss,power ", None, None) == ["gauss", "power"]

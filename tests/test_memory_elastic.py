@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from elastic_cli.memory import REGISTRY, hippo
+from elastic_cli.memory import REGISTRY, hippo, sampling
 from elastic_cli.memory.base import Read, SegmentView, detach_state
 from elastic_cli.memory.elastic import ElasticMemory, ElasticState
 
@@ -61,7 +61,7 @@ def test_write_is_the_projection_of_all_keys_and_values():
     torch.testing.assert_close(state.cv.double(), hippo.absorb(zero, 0, values), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("schedule", hippo.SCHEDULES)
+@pytest.mark.parametrize("schedule", sampling.SCHEDULES)
 def test_constant_history_reads_back_the_constant(schedule):
     mem = ElasticMemory(H, D_HEAD, ORDER, SAMPLES, schedule=schedule, power=3.0)
     const = torch.randn(1, H, 1, D_HEAD)
@@ -81,7 +81,7 @@ def test_read_is_samples_of_the_polynomial_per_row():
     assert state.t.tolist() == [49, 9, 49]
     read = mem.read(state, None)
     for b, t in enumerate(state.t.tolist()):
-        s = hippo.sampling_matrix("exponential", SAMPLES, t, ORDER).float()  # (M, N)
+        s = sampling.sampling_matrix("exponential", SAMPLES, t, ORDER).float()  # (M, N)
         torch.testing.assert_close(read.k[b], s @ state.ck[b])
         torch.testing.assert_close(read.v[b], s @ state.cv[b])
     assert not torch.allclose(read.k[0, 0], read.k[1, 0])

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..precision import fp32_region
-from . import hippo
+from . import hippo, sampling
 from .base import Memory, MemoryCost, Read, SegmentView, register
 from .options import MemoryOptions
 
@@ -21,7 +21,7 @@ from .options import MemoryOptions
 class ElasticOptions(MemoryOptions):
     order: int = Field(64, gt=0, description="LegS order N: coefficients per head and key/value width")
     samples: int = Field(64, gt=0, description="M points read back as extra keys/values per head")
-    schedule: Literal[hippo.SCHEDULES] = Field("uniform", description="where the M points lie in [0, 1] "  # type: ignore[valid-type]
+    schedule: Literal[sampling.SCHEDULES] = Field("uniform", description="where the M points lie in [0, 1] "  # type: ignore[valid-type]
                                                "(1 = now); can change at test time")
     power: float = Field(2.0, gt=0, description="strength of the `power` schedule")
 
@@ -53,14 +53,14 @@ class ElasticMemory(Memory):
         super().__init__(n_head, head_dim)
         if order < 1 or samples < 1:
             raise ValueError(f"ElasticMemory: order and samples must be >= 1, got {order}, {samples}")
-        if schedule not in hippo.SCHEDULES:
-            raise ValueError(f"ElasticMemory: unknown schedule {schedule!r}; choose one of {', '.join(hippo.SCHEDULES)}")
+        if schedule not in sampling.SCHEDULES:
+            raise ValueError(f"ElasticMemory: unknown schedule {schedule!r}; choose one of {', '.join(sampling.SCHEDULES)}")
         self.order, self.samples, self.schedule, self.power = order, samples, schedule, float(power)
         # Constants, not state: never saved (the state dicts of elastic and none stay equal), moved with
         # the model, so the write and read find them on their device without a cache.
         for name, value in hippo.bank_constants(order)._asdict().items():  # float64: u, gw, band, gscale
             self.register_buffer(f"bank_{name}", value, persistent=False)
-        fixed = torch.zeros(0) if hippo.depends_on_t(schedule) else hippo.sampling_matrix(schedule, samples, 0, order, power)
+        fixed = torch.zeros(0) if sampling.depends_on_t(schedule) else sampling.sampling_matrix(schedule, samples, 0, order, power)
         self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
 
     def extra_repr(self) -> str:
@@ -81,9 +81,9 @@ class ElasticMemory(Memory):
 
     def sampling_rows(self, t: Tensor) -> Tensor:
         """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
-        if not hippo.depends_on_t(self.schedule):
+        if not sampling.depends_on_t(self.schedule):
             return self.fixed_sampling
-        return hippo.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
+        return sampling.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
         b, n, _, h, d = state.c.shape

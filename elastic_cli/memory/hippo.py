@@ -8,7 +8,7 @@ Axis legend
   D  channels compressed independently (head_dim, possibly with leading batch/head axes)
   l  tokens in the segment being absorbed, j = 1..l indexes them
   t  tokens already summarised by the coefficients, T = t + l
-  K  quadrature nodes, M sample points
+  K  quadrature nodes
   s  normalised history position in [0, 1]: 0 = oldest token, 1 = the present
 
 The history x_1..x_T is a step function, token k on [k-1, k). Its LegS coefficients are
@@ -26,7 +26,6 @@ from torch import Tensor
 from ..precision import fp32_region
 from .bounded_lru import BoundedLRU
 
-SCHEDULES = ("uniform", "exponential", "gauss", "power")
 F64 = torch.float64
 # Constants and reference banks: built on the CPU (device="cpu"), also under a meta/CUDA default device.
 
@@ -35,8 +34,8 @@ def legendre_p(u: Tensor, order: int) -> Tensor:
     """P_0..P_{order-1} at u in [-1, 1] by the three-term recurrence (stable for any order).
 
     u: (K,) -> (K, order). (n+1) P_{n+1} = (2n+1) u P_n - n P_{n-1}. Runs in numpy on the CPU: the
-    reference banks (`transition`, `injection`, `sampling_matrix`) and the Gauss nodes use it;
-    the write's fast path uses `_recurrence` on the state's device.
+    reference banks (`transition`, `injection`, `sampling.sampling_matrix`) and the Gauss nodes use it;
+    the write's fast path uses `legendre_scaled` on the state's device.
     """
     un = u.detach().cpu().numpy()
     out = np.empty((un.shape[0], order), dtype=un.dtype)  # (K, order)
@@ -119,7 +118,7 @@ def injection(t: int, l: int, order: int) -> Tensor:
     return (g[1:] - g[:-1]).T  # (N, l)
 
 
-def _recurrence(u, order: int):
+def legendre_scaled(u, order: int):
     """V_n = P_n(u) / f_n for n < order (`_legendre_factors`): (order, ...), order leading.
     The fast twin of `legendre_p`, for a torch tensor (on its device) or a numpy array.
 
@@ -204,7 +203,7 @@ def _banks(xp, tt, j, l: int, order: int, c: BankConstants):
     big = tt + l  # (B, 1) T
     edges = (tt + j) / big  # (B, l+1) cell edges r_j = (t+j)/T
     rho = tt / big  # (B, 1)
-    v = _recurrence(xp.concatenate([edges.reshape(-1), (rho * c.u).reshape(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
+    v = legendre_scaled(xp.concatenate([edges.reshape(-1), (rho * c.u).reshape(-1)]) * 2 - 1, order + 1)  # (N+1, B(l+1) + BK)
     e = b * (l + 1)
     ve = v[:, :e].reshape((order + 1) * b, l + 1)  # ((N+1) B, l+1) V_n at the cell edges (2-D: fast kernels)
     d = (ve[:, 1:] - ve[:, :-1]).reshape(order + 1, b * l)  # (N+1, B l) V_n over each cell
@@ -296,55 +295,3 @@ def absorb_reference(c: Tensor, t: int, x: Tensor) -> Tensor:
         step = w @ x[..., j : j + 1, :].to(F64)  # (..., N, D)
         out = step if k == 1 else transition((k - 1) / k, order) @ out + step
     return out.to(c.dtype)
-
-
-def sample_points(schedule: str, m: int, t: int, power: float = 2.0) -> Tensor:
-    """m ascending points in [0, 1] (float64) where the memory polynomial is read.
-
-    uniform      s_j = (j - 1/2) / m
-    gauss        Gauss–Legendre nodes mapped to [0, 1]
-    power        s_j = 1 - (1 - u_j)^p with u_j uniform; p = 1 is uniform, p > 1 denser near 1
-    exponential  distances d_j = t^((m-j)/(m-1)) tokens, geometric from t (oldest) down to 1,
-                 s_j = 1 - d_j / t (recency-dense). m = 1 gives d = 1. For t <= 1 the history is
-                 a constant (one token or none), so every point reads the same value: uniform is used.
-    """
-    if m < 1:
-        raise ValueError(f"sample_points: m must be >= 1, got {m}")
-    j = torch.arange(1, m + 1, dtype=F64, device="cpu")
-    uniform = (j - 0.5) / m
-    if schedule == "uniform" or (schedule == "exponential" and t <= 1):
-        return uniform
-    if schedule == "gauss":
-        return (gauss_legendre(m)[0] + 1) / 2
-    if schedule == "power":
-        if power <= 0:
-            raise ValueError(f"sample_points: power must be > 0, got {power}")
-        return 1 - (1 - uniform) ** power
-    if schedule == "exponential":
-        frac = (m - j) / (m - 1) if m > 1 else torch.zeros(1, dtype=F64, device="cpu")
-        return 1 - float(t) ** frac / t
-    raise ValueError(f"sample_points: unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
-
-
-def depends_on_t(schedule: str) -> bool:
-    """Whether the sample points of `schedule` move with the history length t."""
-    return schedule == "exponential"
-
-
-def sampling_matrix(schedule: str, m: int, t: int, order: int, power: float = 2.0) -> Tensor:
-    """S[j, n] = g_n(s_j): (M, N) float64, so that memory samples are S @ C."""
-    return legendre_basis(sample_points(schedule, m, t, power=power), order)  # (M, N)
-
-
-def exponential_sampling_rows(t: Tensor, m: int, order: int, gscale: Tensor | None = None) -> Tensor:
-    """Fast twin of `sampling_matrix("exponential", m, t, order)` for every row: t (B,) -> (B, M, N)
-    float64 on t's device, no per-t cache. s_j = 1 - t^((m-j)/(m-1)) / t = 1 - exp(((m-j)/(m-1) - 1) ln t);
-    rows with t <= 1 read at the uniform points (see `sample_points`). gscale: `BankConstants.gscale`."""
-    gscale = bank_constants(order).gscale.to(t.device) if gscale is None else gscale
-    j = torch.arange(1, m + 1, dtype=F64, device=t.device)  # (M,)
-    frac = (m - j) / (m - 1) if m > 1 else torch.zeros_like(j)  # (M,)
-    tt = t.to(F64).clamp(min=2)[:, None]  # (B, 1); t <= 1 is replaced below
-    s = torch.where(t[:, None] > 1, -torch.expm1((frac - 1) * torch.log(tt)), (j - 0.5) / m)  # (B, M)
-    v = _recurrence(2 * s - 1, order)  # (N, B, M)
-    return (v * gscale[:order, None, None].to(F64)).permute(1, 2, 0)  # (B, M, N)
-
