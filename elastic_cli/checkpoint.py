@@ -9,8 +9,9 @@ A checkpoint is written into step_X.tmp/, COMPLETE last (it records the sha256 o
 renamed; a directory without COMPLETE (or still named .tmp) is never loaded, and one whose files no
 longer match their recorded sha256 is refused (exit 3, naming the file) or, for a run directory,
 skipped for the newest checkpoint that verifies. Deleting one (keep_last, --overwrite) renames it
-aside first, so an interrupted delete never leaves COMPLETE beside missing files. Weights are saved from the unwrapped module
-(no `module.`/`_orig_mod.` prefixes), so DDP, compiled and plain runs share one format.
+aside first, so an interrupted delete never leaves COMPLETE beside missing files. Weights are saved
+from the unwrapped module (no `module.`/`_orig_mod.` prefixes), so DDP, compiled and plain runs
+share one format.
 """
 from __future__ import annotations
 
@@ -124,7 +125,6 @@ def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
         target = Path(run_dir) / name
         remove_tree(target) if target.is_dir() else target.unlink(missing_ok=True)
     return start
-
 
 
 def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
