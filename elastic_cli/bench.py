@@ -21,6 +21,7 @@ import torch
 
 from . import allocator, measure, precision
 from .atomic import write_atomic
+from .bench_gpu_path import gpu_path
 from .bench_history import history_pass, timed_after
 from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
 from .bench_train import WARMUP_STEPS, build_variants, kind_configs, train_costs
@@ -78,10 +79,17 @@ def ratio_names(plan: Plan) -> tuple[str, str, str]:
 
 
 def targets(plan: Plan) -> dict[str, tuple[str, float]]:
-    """The bars (issue 13), keyed like the result."""
+    """The bars (issues 13 and 24), keyed like the result."""
     memory, _, latency = ratio_names(plan)
     return {"train_ratio_elastic_vs_none": (">=", 0.95), memory: ("<=", 1.02), latency: ("<=", 1.05),
-            "write_new_t_vs_seen_t": ("<=", 1.5)}
+            "write_new_t_vs_seen_t": ("<=", 1.5), **GPU_PATH_TARGETS}
+
+
+GPU_PATH_TARGETS = {  # counted along the accelerator path on any machine (bench_gpu_path.py; issue 24)
+    "gpu_path_ops_per_write_layer": ("<=", 4), "gpu_path_f64_ops_per_segment": ("<=", 0),
+    "gpu_path_ops_per_token_none": ("<=", 150), "gpu_path_ops_per_token_elastic_vs_none": ("<=", 1.2),
+    "host_syncs_per_train_step": ("<=", 2)}
+GPU_PATH_KINDS = ("none", "elastic")  # the kinds traced
 
 
 def estimate_seconds(plan: Plan, step_s: float, segment_s: float, token_s: float, segment_len: int,
@@ -175,8 +183,12 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
         f"{'quick' if quick else 'full'} run, histories {plan.eval_histories} / {plan.generate_histories}, "
         f"about {estimate:.0f} s")
 
+    say("bench: 0/3 launches along the accelerator path (traced on the meta device)")
+    traced = {k: c for k, c in variants.configs.items() if k in GPU_PATH_KINDS}
+    counts = gpu_path(traced) if traced else {}
     say(f"bench: 1/3 train step (at {time.perf_counter() - start:.0f} s)")
     result, spread = train_costs(variants, cfg, plan.train_repeats, device)
+    result.update(counts)
     say(f"bench: 2/3 kernels (at {time.perf_counter() - start:.0f} s)")
     if "elastic" in variants.models:
         more, more_spread = _kernels(variants.models["elastic"], m, t.micro_batch, plan, device)
@@ -209,7 +221,8 @@ def summary_rows(result: dict) -> list[list[str]]:
     rows, bars = [], result.get("targets", {})
     for key in sorted(k for k in result if k.startswith(("train_ratio", "eval_memory_ratio", "eval_time_ratio",
                                                          "generate_latency", "absorb", "sampling", "write_new_t",
-                                                         "mfu"))):
+                                                         "mfu", "gpu_path_ops_per_", "gpu_path_f64", "host_syncs"))
+                      and not isinstance(result[k], dict)):
         value = result[key]
         shown = value if isinstance(value, str) else f"{value:.3f}"
         spread = result["spread"].get(key)

@@ -41,8 +41,8 @@ def eval_peak(model: Decoder, tokens: Tensor, autocast) -> tuple[int, str]:
 
 @torch.no_grad()
 def generate_greedy(model: Decoder, stream: Stream, last_logits: Tensor, n: int, autocast) -> Tensor:
-    """n greedy tokens (B, n) from a stream (not changed: streams are values)."""
-    out = []
+    """n greedy tokens (B, n) from a stream (not changed: it is forked first)."""
+    out, stream = [], stream.fork()
     token = last_logits.argmax(-1, keepdim=True)  # (B, 1)
     with autocast:
         for _ in range(n):

@@ -32,7 +32,7 @@ def segment_flops(model: nn.Module, l: int, t: int, write: bool = True) -> int |
     n = l + model.front + model.back  # rows: tokens and memory-token slots
     total = 2 * l * d * vocab  # output head
     for block in model.blocks:
-        hidden = block.mlp.w1.weight.shape[0]
+        hidden = block.mlp.hidden
         cost = MemoryCost(0, 0, 0) if block.memory is None else block.memory.cost(l, t)
         if cost is None:
             return None

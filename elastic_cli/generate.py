@@ -158,7 +158,9 @@ def continuation(model, stream, logits: torch.Tensor, max_new: int, opts: Decodi
                  generator: torch.Generator, eos_id: int | None, amp=nullcontext) -> Iterator[tuple[int, float]]:
     """Yield (token, log-prob under the model) for up to max_new tokens, stopping after EOS.
 
-    logits (1, V) predict the first token; the stream is not modified (values, not buffers)."""
+    logits (1, V) predict the first token; the stream is not modified (it is forked: a stream's caches
+    are written in place, and --num-samples starts every sample from the same prompt)."""
+    stream = stream.fork()
     for i in range(max_new):
         token = next_token(logits, opts, generator)  # (1,)
         logprob = float(torch.log_softmax(logits.float(), dim=-1)[0, token[0]])

@@ -98,7 +98,8 @@ class ElasticLM(TemplateLM):
             if cached[0] != key:
                 cached = (key, self._stream(ctx[:-1]))
             with self._amp():
-                logits, _ = self.model.step(torch.tensor([ctx[-1:] + cont[:-1]], device=self._device), cached[1])
+                logits, _ = self.model.step(torch.tensor([ctx[-1:] + cont[:-1]], device=self._device),
+                                            cached[1].fork())  # the cached context serves the next request too
             logp = torch.log_softmax(logits[0].float(), dim=-1)  # (n, V)
             target = torch.tensor(cont, device=self._device)  # (n,)
             total = float(logp.gather(1, target[:, None]).double().sum())

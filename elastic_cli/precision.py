@@ -26,5 +26,8 @@ _NO_REGION = nullcontext()  # stateless and re-entrant: one shared instance
 
 def fp32_region(device_type: str):
     """Autocast disabled, for memory math that must stay in fp32. Entering `torch.autocast` costs a
-    few microseconds; where autocast is off already (every fp32 run) this is a null context."""
+    few microseconds; where autocast is off already (every fp32 run), or the device has no autocast
+    (`meta`, on which the accelerator path is traced), this is a null context."""
+    if device_type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
+        return _NO_REGION
     return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else _NO_REGION

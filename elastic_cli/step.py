@@ -29,7 +29,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
     total = int(distributed.all_reduce_sum([local])[0])
     scale = distributed.world() / max(total, 1)  # DDP averages over ranks: undo it, then divide by all tokens
     optimizer.zero_grad(set_to_none=True)
-    total_nll, bad = 0.0, None  # bad: (micro-batch, first segment) of this rank's first non-finite loss
+    chunks, where = [], []  # per BPTT chunk: its summed NLL (a device scalar) and (micro-batch, first segment)
     starts = list(range(0, rows, t.micro_batch))
     for i, r0 in enumerate(starts):
         x = batch.inputs[r0:r0 + t.micro_batch].to(device, non_blocking=True)  # (m, S, L)
@@ -54,16 +54,17 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
                         if t.aux_weight:  # mean over segments, micro-batches and (by DDP) ranks
                             aux = aux + model.aux_loss(states) / (len(starts) * segments)
                 (chunk * scale + t.aux_weight * aux).backward()
-            value = chunk.item()
-            total_nll += value
-            bad = bad or (None if math.isfinite(value) else (i, c0))
+            chunks.append(chunk.detach())  # stays on the device: no host sync per chunk
+            where.append((i, c0))
             states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-    loss = distributed.all_reduce_sum([total_nll])[0] / max(total, 1)
-    if not (math.isfinite(loss) and math.isfinite(float(grad_norm))):  # the same on every rank: all stop
-        raise Diverged(nonfinite_message(loss, float(grad_norm), distributed.all_gather_object(bad), t.micro_batch))
+    *values, norm = torch.stack([*chunks, grad_norm.to(chunks[0].dtype)]).tolist()  # the step's one host sync
+    bad = next((w for w, v in zip(where, values) if not math.isfinite(v)), None)  # this rank's first non-finite chunk
+    loss = distributed.all_reduce_sum([sum(values)])[0] / max(total, 1)
+    if not (math.isfinite(loss) and math.isfinite(norm)):  # the same on every rank: all stop
+        raise Diverged(nonfinite_message(loss, norm, distributed.all_gather_object(bad), t.micro_batch))
     optimizer.step()  # only finite updates: NaN weights are never saved
-    return loss, total, float(grad_norm)
+    return loss, total, norm
 
 
 def nonfinite_message(loss: float, grad_norm: float, bad: list, micro_batch: int) -> str:
@@ -88,12 +89,14 @@ def segment_nll(forward, x, y, states, sparse: bool = False, write: bool = True)
 
 
 def reset_at(model, states, doc_start, s: int, device):
-    """Empty the memory of rows whose document starts at segment s. doc_start (m, S) bool on the CPU.
-    No work at s = 0 (the window's states are fresh) or where no row starts a document: the reset
-    builds an empty state and a select per leaf, which the hot path should not pay every segment."""
+    """Empty the memory of rows whose document starts at segment s. doc_start (m, S) bool on the CPU,
+    and so is the mask handed to the memories (each moves it where its leaves are; a host-side leaf,
+    like Elastic Memory's t, needs no sync). No work at s = 0 (the window's states are fresh) or where
+    no row starts a document: the reset builds an empty state and a select per leaf, which the hot
+    path should not pay every segment."""
     if s == 0 or not bool(doc_start[:, s].any()):
         return states
-    return model.reset_states(states, doc_start[:, s].to(device))
+    return model.reset_states(states, doc_start[:, s])
 
 
 @torch.no_grad()

@@ -246,7 +246,7 @@ def test_train_step_skips_the_write_whose_state_it_drops(aux_weight, writes):
     layers = [b.memory for b in model.blocks if b.memory is not None]
     seen = []
     for mem in layers:
-        mem.write = (lambda state, seg, _w=mem.write: seen.append(int(state.t[0])) or _w(state, seg))
+        mem.write = (lambda state, seg, plan=None, _w=mem.write: seen.append(int(state.t[0])) or _w(state, seg, plan))
     cfg = SimpleNamespace(train=SimpleNamespace(micro_batch=2, bptt_segments=2, aux_weight=aux_weight, grad_clip=0.0,
                                                 checkpoint_segments=False, loss_on="all"))
     batch = Batch(toks(2, 3, SEG, seed=1), toks(2, 3, SEG, seed=2), torch.tensor([[True, False, False]] * 2))

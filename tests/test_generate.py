@@ -236,9 +236,11 @@ def test_state_and_work_per_token_do_not_grow_with_prompt_length():
     for i in range(3 * SEG):
         _, s_long = step_flops(m, s_long, token=i % V)
         assert 0 <= s_long.pos < SEG
-        assert all(p is None or p.k.shape[2] == s_long.pos for p in s_long.past)
+        assert all(p is None or p.qkv.shape[1] == SEG for p in s_long.past)  # buffers of one segment, reused
         sizes.add(stream_numel(s_long))
-    bound = stream_numel(m.start_stream(1, "cpu")) + LAYERS * (SEG - 1) * (D + 3 * D) + LAYERS * 2 * 5 * D
+    # per layer and row of the segment: the normed input (D), q/k/v (3 D), the rotated keys (D) and the
+    # joint keys (2 D) and values (D), these with the 5 memory samples in front
+    bound = stream_numel(m.start_stream(1, "cpu")) + LAYERS * (SEG * 5 * D + (SEG + 5) * 3 * D) + LAYERS * 2 * 5 * D
     assert max(sizes) <= bound
 
 

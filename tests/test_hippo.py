@@ -244,7 +244,8 @@ def test_bank_cache_stays_within_its_bound_and_evicts_the_least_recently_used():
         assert [k[2] for k in cache.entries] == [(t,) for t in (1047, 1048, 1049)]  # keyed by the rows' t
         key = (8, 4, (1047,), torch.float32)
         r, w = hippo.segment_banks(torch.tensor([1047]), 4, 8)
-        assert torch.equal(cache.get(key)[0], r.float()) and torch.equal(cache.get(key)[1], w.float())
+        bank = cache.get(key)[0]  # [R | W], the write's one operand
+        assert torch.equal(bank[..., :8], r.float()) and torch.equal(bank[..., 8:], w.float())
         hippo.absorb(c, torch.tensor([2000]), x)  # evicts 1048: 1047 was used last
         assert [k[2] for k in cache.entries][:1] == [(1049,)]
         hippo.absorb(c, torch.tensor([3000]), torch.randn(1, 5, 2))  # l = 5: over the entry size

@@ -41,9 +41,9 @@ def test_empty_state_and_numel():
     assert mem.read(state, view) == Read()  # every row empty (free to know on the CPU): nothing is read
     half = mem.reset(mem.write(state, view), torch.tensor([False, True, False]))  # row 1 empty again
     read = mem.read(half, view)
-    assert read.k.shape == (3, H, SAMPLES, D_HEAD) and read.valid.tolist() == [[True] * SAMPLES, [False] * SAMPLES,
-                                                                                [True] * SAMPLES]
-    assert mem.read(mem.write(state, view), view).valid is None  # every row has a history: no mask to apply
+    assert read.k.shape == (3, H, SAMPLES, D_HEAD) and read.valid is None and read.rows.tolist() == [True, False, True]
+    assert mem.read(mem.write(state, view), view).rows is None  # every row has a history: no mask to apply
+    assert half.t.device.type == "cpu"  # t lives on the host (also with the coefficients on a device)
 
 
 def test_write_is_the_projection_of_all_keys_and_values():

@@ -36,12 +36,14 @@ def plain_decoder(model, toks):
     x = model.embed.weight[toks]
     for blk in model.blocks:
         h = rms(x, blk.attn_norm.weight)
-        q, k, v = (w(h).view(b, l, HEADS, -1).transpose(1, 2) for w in (blk.attn.wq, blk.attn.wk, blk.attn.wv))
+        wq, wk, wv = blk.attn.wqkv.weight.chunk(3)  # the fused projection's rows [wq ; wk ; wv]
+        q, k, v = ((h @ w.T).view(b, l, HEADS, -1).transpose(1, 2) for w in (wq, wk, wv))
         att = rope(q) @ rope(k).transpose(-1, -2) / math.sqrt(D // HEADS)
         att = att.masked_fill(torch.ones(l, l).triu(1).bool(), float("-inf")).softmax(-1)
         x = x + blk.attn.wo((att @ v).transpose(1, 2).reshape(b, l, D))
         h = rms(x, blk.mlp_norm.weight)
-        x = x + blk.mlp.w2(F.silu(blk.mlp.w1(h)) * blk.mlp.w3(h))
+        w1, w3 = blk.mlp.w13.weight.chunk(2)  # rows [w1 ; w3]
+        x = x + blk.mlp.w2(F.silu(h @ w1.T) * (h @ w3.T))
     return rms(x, model.norm.weight) @ model.embed.weight.T
 
 
@@ -76,7 +78,7 @@ def test_segments_equal_streaming_token_by_token(layers, schedule):
     torch.testing.assert_close(steps, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(chunked, expected[:, : SEG + 2], rtol=0, atol=1e-5)
     # the stream holds only the current (partial) segment, and memory saw every full segment
-    assert stream.pos == 3 and stream.past[0].k.shape[2] == 3
+    assert stream.pos == 3 and stream.past[0].qkv.shape[1] == SEG  # buffers of one segment, 3 rows written
     assert stream.states[0].t.tolist() == [4 * SEG] * 2 and states[0].t.tolist() == [4 * SEG + 3] * 2
 
 
@@ -116,7 +118,8 @@ def test_gradients_reach_segment_zero_through_memory():
         loss = F.cross_entropy(logits.reshape(-1, V), toks[:, 2 * SEG :].reshape(-1))
         grad_state = torch.autograd.grad(loss, after0[0].c, retain_graph=True, allow_unused=True)[0]
         loss.backward(retain_graph=True)
-        grads[carry] = (model.blocks[0].attn.wk.weight.grad.clone(), model.blocks[0].attn.wv.weight.grad.clone(), grad_state)
+        _, wk_grad, wv_grad = model.blocks[0].attn.wqkv.weight.grad.chunk(3)  # rows [wq ; wk ; wv]
+        grads[carry] = (wk_grad.clone(), wv_grad.clone(), grad_state)
     wk, wv, g_state = grads["through"]
     assert g_state is not None and g_state.abs().sum() > 0
     # segment 0's key/value projections get gradient only via the memory: the two runs differ

@@ -40,7 +40,7 @@ def test_decay_only_matrices(tie):
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.dim() == 1}
     assert all(names[id(p)].endswith("norm.weight") for p in no_decay["params"])
-    assert {names[id(p)] for p in decay["params"]} >= {"embed.weight", "blocks.0.attn.wq.weight"}
+    assert {names[id(p)] for p in decay["params"]} >= {"embed.weight", "blocks.0.attn.wqkv.weight"}
     assert ("lm_head.weight" in {names[id(p)] for p in decay["params"]}) == (not tie)
     total = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert total == sum(p.numel() for p in model.parameters())  # each tensor once, tied or not

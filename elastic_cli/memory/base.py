@@ -23,6 +23,8 @@ class SegmentView(NamedTuple):
     v: Tensor  # (B, H, l, d) values
     slots: Tensor | None = None  # (B, s, D) write only: this block's output at the back memory-token slots
     final: Tensor | None = None  # (B, s, D) write only: the model's last hidden state (after the final norm) there
+    kv: Tensor | None = None  # (B, l, 2, H, d) keys (before RoPE) and values side by side, a view of the fused
+    #                           projection (write only; None: build it from k and v if needed)
 
 
 class Read(NamedTuple):
@@ -41,6 +43,8 @@ class Read(NamedTuple):
     #                            given: k is rotated there and its logits use the ROTATED query
     heads: Tensor | None = None  # (B, H, l, d) a per-head memory output, mixed with the local one before `wo`
     gate: Tensor | None = None  # broadcastable to (B, H, l, d), in [0, 1]: gate*heads + (1-gate)*local
+    rows: Tensor | None = None  # (B,) bool with k and valid=None: rows that see the memory keys at all (the
+    #                             others see none); None: every row. A row mask keeps the fused kernel unmasked
 
     @property
     def per_token(self) -> bool:
@@ -89,15 +93,26 @@ class Memory(nn.Module):
         raise NotImplementedError
 
     def reset(self, state: State, mask: Tensor) -> State:
-        """Rows with mask=True (a (B,) bool) become empty; the others are unchanged."""
+        """Rows with mask=True (a (B,) bool, on the CPU or the state's device) become empty; the others
+        are unchanged. Each leaf is selected on its own device (a leaf may live on the host)."""
         empty = self.empty(mask.shape[0], mask.device)
-        return type(state)(*(_where_rows(mask, e.to(s.dtype), s) for e, s in zip(empty, state)))
+        return type(state)(*(_where_rows(mask.to(s.device), e.to(s.device, s.dtype), s) for e, s in zip(empty, state)))
+
+    def write_plan(self, state: State, l: int) -> Any:
+        """Work the write of a segment of l tokens can share with every layer whose memory has the same
+        `plan_key` (their states have read the same tokens): computed once per segment by the decoder
+        and passed to `write`. Default: None (nothing shared)."""
+        return None
+
+    def plan_key(self) -> Any:
+        """Memories with equal non-None keys share one `write_plan` per segment; None: never shared."""
+        return None
 
     def read(self, state: State, seg: SegmentView) -> Read:
         raise NotImplementedError
 
-    def write(self, state: State, seg: SegmentView) -> State:
-        """Fold the segment just read into memory."""
+    def write(self, state: State, seg: SegmentView, plan: Any = None) -> State:
+        """Fold the segment just read into memory. plan: `write_plan(state, l)` (None: build what is needed)."""
         raise NotImplementedError
 
     def numel(self, state: State) -> int:

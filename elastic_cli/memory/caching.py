@@ -211,7 +211,10 @@ class CachingMemory(Memory):
             k = r.k.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)  # (B, H, C1 * M, d)
             v = r.v.view(b, c1, h, m, d).transpose(1, 2).reshape(b, h, c1 * m, d)
             live = self.live(state)[..., None]  # (B, C1, 1)
-            valid = (live if r.valid is None else r.valid.view(b, c1, m) & live).expand(b, c1, m).flatten(1)  # (B, C1 * M)
+            seen = live if r.valid is None else r.valid.view(b, c1, m) & live  # (B, C1, 1 or M)
+            if r.rows is not None:  # the base's row mask: states with no history at all
+                seen = seen & r.rows.view(b, c1, 1)
+            valid = seen.expand(b, c1, m).flatten(1)  # (B, C1 * M)
             return Read(k=k, v=v, valid=valid)
 
         if self.mode != "out":

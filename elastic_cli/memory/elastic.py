@@ -29,7 +29,8 @@ class ElasticOptions(MemoryOptions):
 class ElasticState(NamedTuple):
     c: Tensor  # (B, N, 2, H, d) fp32 LegS coefficients of the keys before RoPE ([:, :, 0]) and the values
     #            ([:, :, 1]), laid out as the segment's rows (B, l, 2, H, d), so one product writes both
-    t: Tensor  # (B,) long, tokens absorbed since the document start
+    t: Tensor  # (B,) long ON THE CPU, tokens absorbed since the document start: the host builds the write's
+    #            banks and knows which rows are empty without a device sync
 
     @property
     def ck(self) -> Tensor:
@@ -56,10 +57,11 @@ class ElasticMemory(Memory):
         if schedule not in sampling.SCHEDULES:
             raise ValueError(f"ElasticMemory: unknown schedule {schedule!r}; choose one of {', '.join(sampling.SCHEDULES)}")
         self.order, self.samples, self.schedule, self.power = order, samples, schedule, float(power)
-        # Constants, not state: never saved (the state dicts of elastic and none stay equal), moved with
-        # the model, so the write and read find them on their device without a cache.
-        for name, value in hippo.bank_constants(order)._asdict().items():  # float64: u, gw, band, gscale
-            self.register_buffer(f"bank_{name}", value, persistent=False)
+        # Constants, not state: never saved (the state dicts of elastic and none stay equal). The bank
+        # constants stay on the host (a plain attribute, not a buffer: `.to(device)` leaves them there),
+        # where the write's banks are built in float64; the sampling matrix of a t-free schedule is a
+        # buffer, moved with the model.
+        self.host_constants = hippo.bank_constants(order)  # float64, CPU: u, gw, band, gscale
         fixed = torch.zeros(0) if sampling.depends_on_t(schedule) else sampling.sampling_matrix(schedule, samples, 0, order, power)
         self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
 
@@ -73,41 +75,61 @@ class ElasticMemory(Memory):
         return MemoryCost(m, 2 * 2 * m * n * d, write) if t > 0 else MemoryCost(0, 0, write)
 
     def bank_constants(self) -> hippo.BankConstants:
-        return hippo.BankConstants(self.bank_u, self.bank_gw, self.bank_band, self.bank_gscale)
+        return self.host_constants
 
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
         c = torch.zeros(batch, self.order, 2, self.n_head, self.head_dim, device=device)  # (B, N, 2, H, d)
-        return ElasticState(c, torch.zeros(batch, dtype=torch.long, device=device))
+        return ElasticState(c, torch.zeros(batch, dtype=torch.long))  # t on the host
 
-    def sampling_rows(self, t: Tensor) -> Tensor:
-        """S for every row: (M, N) when the schedule ignores t, else (B, M, N)."""
+    def reset(self, state: ElasticState, mask: Tensor) -> ElasticState:
+        """Rows with mask=True become empty. mask (B,) bool, best on the CPU (a device mask costs a sync for t)."""
+        rows = mask.to(state.c.device, non_blocking=True).view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
+        return ElasticState(torch.where(rows, 0, state.c), torch.where(mask.cpu(), 0, state.t))
+
+    def sampling_rows(self, t: Tensor, device: torch.device) -> Tensor:
+        """S for every row on `device`: (M, N) when the schedule ignores t, else (B, M, N) built on the host
+        in float64 from t (B,) and uploaded in fp32 (one copy)."""
         if not sampling.depends_on_t(self.schedule):
             return self.fixed_sampling
-        return sampling.exponential_sampling_rows(t, self.samples, self.order, self.bank_gscale).float()  # (B, M, N), no cache
+        rows = sampling.exponential_sampling_rows(t, self.samples, self.order, self.host_constants.gscale)  # (B, M, N) f64
+        return rows.float().to(device, non_blocking=True)
 
     def read(self, state: ElasticState, seg: SegmentView) -> Read:
+        """Memory keys and values S @ C. Which rows have a history is known on the host (t): none -> no
+        read at all; some -> `Read.rows`, so attention keeps the fused kernel unmasked."""
         b, n, _, h, d = state.c.shape
-        every = False  # every row has a history: known on the CPU only
-        if state.t.device.type == "cpu":  # free to know there (a list: no numpy call in the hot path)
-            rows = state.t.tolist()
-            if not any(rows):
-                return Read()  # every row is empty: nothing to read
-            every = all(rows)
-        valid = None if every else (state.t > 0)[:, None].expand(-1, self.samples)  # (B, M); None: all valid
+        history = state.t.tolist()  # host values: no device sync, no numpy call in the hot path
+        if not any(history):
+            return Read()  # every row is empty: nothing to read
         with fp32_region(state.c.device.type):
-            s = self.sampling_rows(state.t)  # (M, N) or (B, M, N)
+            s = self.sampling_rows(state.t, state.c.device)  # (M, N) or (B, M, N)
             kv = torch.bmm(s.expand(b, -1, -1), state.c.view(b, n, 2 * h * d)).view(b, -1, 2, h, d)  # (B, M, 2, H, d)
         k, v = (x.transpose(1, 2) for x in kv.unbind(2))  # (B, H, M, d) each, views
-        return Read(k=k, v=v, valid=valid)
+        rows = None if all(history) else (state.t > 0).to(state.c.device, non_blocking=True)  # (B,)
+        return Read(k=k, v=v, rows=rows)
 
-    def write(self, state: ElasticState, seg: SegmentView) -> ElasticState:
-        """Keys and values in one absorb: one bank build and one product for both, on the segment laid
-        out as the state, (B, l, 2, H, d) (one copy of it: cheaper than a product per part)."""
+    def plan_key(self) -> tuple:
+        return ("elastic", self.order)  # every elastic layer of a model has read the same tokens
+
+    def write_plan(self, state: ElasticState, l: int) -> Tensor:
+        """[R(t/T) | W(t, T)] on the state's device, (1 or B, N, N + l) in the state's dtype: built on the
+        host in float64 (`hippo.write_bank`) and uploaded once per segment for all layers."""
+        bank = hippo.write_bank(state.t, l, self.order, self.host_constants, state.c.dtype)
+        return bank if state.c.device.type == "cpu" else bank.to(state.c.device, non_blocking=True)
+
+    def write(self, state: ElasticState, seg: SegmentView, plan: Tensor | None = None) -> ElasticState:
+        """C_new = [R | W] @ [C ; X] (docs/memory.md, "Write"): one product for keys and values, on the
+        segment's rows laid out as the state, (B, l, 2, H, d) (the fused projection's view when given).
+        Rows at t = 0 need no select: R(0) = 0 and their C is 0."""
         b, n, _, h, d = state.c.shape
         l = seg.k.shape[2]
-        rows = torch.stack((seg.k.transpose(1, 2), seg.v.transpose(1, 2)), dim=2)  # (B, l, 2, H, d), their dtype
-        c = hippo.absorb(state.c.view(b, n, 2 * h * d), state.t, rows.view(b, l, 2 * h * d),
-                         self.bank_constants())  # (B, N, 2 H d): fp32, absorb runs in its own fp32 region
+        bank = self.write_plan(state, l) if plan is None else plan  # (1 or B, N, N + l)
+        kv = seg.kv if seg.kv is not None else torch.stack((seg.k.transpose(1, 2), seg.v.transpose(1, 2)), dim=2)
+        if torch.promote_types(kv.dtype, state.c.dtype) != state.c.dtype:  # wider than the state (tests): cast
+            kv = kv.to(state.c.dtype)
+        with fp32_region(state.c.device.type):  # (B, l, 2, H, d) in the projection's dtype, promoted by cat
+            cx = torch.cat([state.c.view(b, n, 2 * h * d), kv.reshape(b, l, 2 * h * d)], dim=1)  # (B, N + l, 2 H d)
+            c = torch.bmm(bank.expand(b, -1, -1), cx)  # (B, N, 2 H d)
         return ElasticState(c.view(b, n, 2, h, d), state.t + l)
 
     def numel(self, state: ElasticState) -> int:

@@ -226,24 +226,35 @@ BANKS = BoundedLRU(16, 64 << 10)  # a window of 16 segments; 64 KiB: N = 16, l =
 
 def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
                dtype: torch.dtype = F64) -> tuple[Tensor, Tensor]:
-    """`segment_banks` for every row of t (B,) in `dtype`. On the CPU once per distinct t (batch 1 when
-    all rows share it), through the bounded `BANKS` cache; on an accelerator every row is built
-    (grouping or a cache key would need a host sync)."""
+    """`segment_banks` for every row of t (B,) in `dtype`: (R, W). On the CPU these are views of
+    `write_bank`'s joint bank (cached); on an accelerator every row is built there (a cache key or
+    grouping by t would need a host sync)."""
     if t.device.type != "cpu":
         r, w = segment_banks(t, l, order, consts)
         return r.to(dtype), w.to(dtype)
+    bank = write_bank(t, l, order, consts, dtype)  # (1 or B, N, N + l)
+    return bank[..., :order], bank[..., order:]
+
+
+def write_bank(t: Tensor, l: int, order: int, consts: BankConstants | None = None,
+               dtype: torch.dtype = torch.float32) -> Tensor:
+    """[R(t/T) | W(t, T)] for every row of the host tensor t (B,): (1, N, N + l) when all rows share
+    t, else (B, N, N + l), in `dtype`, on the CPU. Built in float64 from the closed forms
+    (`segment_banks`, once per distinct t), then cast, so the write is one product
+    `[R | W] @ [C ; X]` whose operands never need float64 on the device. Kept in the bounded `BANKS`
+    cache (small banks: a training window revisits the same t every step). consts: on the CPU."""
     rows = tuple(t.tolist())  # the key; a list, not numpy: cheapest on the hot path
     key = (order, l, rows, dtype)
     found = BANKS.get(key)
     if found is not None:
-        return found
+        return found[0]
     values, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)  # (U,), (B,)
-    r, w = segment_banks(torch.from_numpy(values), l, order, consts)  # (U, N, N), (U, N, l)
+    r, w = segment_banks(torch.from_numpy(values), l, order, consts)  # (U, N, N), (U, N, l) float64
+    bank = torch.cat([r, w], dim=2).to(dtype)  # (U, N, N + l)
     if values.shape[0] > 1:
-        r, w = r[torch.from_numpy(inverse)], w[torch.from_numpy(inverse)]  # (B, N, N), (B, N, l)
-    banks = r.to(dtype), w.to(dtype)
-    BANKS.put(key, banks)
-    return banks
+        bank = bank[torch.from_numpy(inverse)]  # (B, N, N + l)
+    BANKS.put(key, (bank,))
+    return bank
 
 
 def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None = None) -> Tensor:

@@ -29,42 +29,96 @@ from .layers import RMSNorm, SwiGLU
 States = tuple  # one memory State per memory layer, sorted by layer index
 
 
+class SegmentCache(NamedTuple):
+    """One layer's rows of the stream's current segment, in buffers allocated at the segment's start
+    (capacity C = front slots + segment_len + back slots) and written in place: a generated token costs
+    a copy of its own rows, never a concatenation of the segment, and each key is rotated once.
+
+    Joint decoding (memory layers whose Read is M plain keys, every row with a history): from the
+    first single-token step of a segment on, the rotated keys and the values live in `kj` / `vj`
+    behind M slots holding the memory, keys widened to 2d so that ONE attention call scores both:
+    [rope(q) | q] · [rope(k) | 0] is the local logit, [rope(q) | q] · [0 | k_mem] the memory's
+    (`attention.attend_joint`)."""
+
+    x: Tensor | None  # (B, C, D) the layer input after the attention norm (memory layers only, for the write)
+    qkv: Tensor  # (B, C, 3, H, d) queries, keys and values before RoPE
+    k_rot: Tensor  # (B, C, H, d) keys after RoPE (until joint decoding starts)
+    kj: Tensor | None = None  # (B, M + C, H, 2d) joint keys: [0 | k_mem] then [rope(k) | 0]
+    vj: Tensor | None = None  # (B, M + C, H, 2d) joint values [v | 0] (flash wants one head width)
+
+    def fork(self) -> "SegmentCache":
+        return SegmentCache(*(None if t is None else t.clone() for t in self))
+
+    def keys(self, end: int) -> tuple[Tensor, Tensor]:
+        """Rotated keys and values of rows [0, end): (B, end, H, d) each, views."""
+        if self.kj is None:
+            return self.k_rot[:, :end], self.qkv[:, :end, 2]
+        m, d = self.kj.shape[1] - self.qkv.shape[1], self.qkv.shape[-1]
+        return self.kj[:, m:m + end, :, :d], self.vj[:, m:m + end, :, :d]
+
+    def joined(self, read: Read, start: int) -> "SegmentCache":
+        """With the joint buffers, filled with the memory and the rows [0, start) so far (once a segment)."""
+        b, c, _, h, d = self.qkv.shape
+        m = read.k.shape[2]
+        kj = self.qkv.new_zeros(b, m + c, h, 2 * d)
+        vj = self.qkv.new_zeros(b, m + c, h, 2 * d)
+        kj[:, :m, :, d:] = read.k.transpose(1, 2)  # (B, M, H, d) the memory keys, un-rotated
+        vj[:, :m, :, :d] = read.v.transpose(1, 2)
+        kj[:, m:m + start, :, :d] = self.k_rot[:, :start]
+        vj[:, m:m + start, :, :d] = self.qkv[:, :start, 2]
+        return self._replace(kj=kj, vj=vj)
+
+
+def _joint(read: Read) -> bool:
+    """Whether a Read can be scored in the joint call: plain keys for every row, nothing per token."""
+    return (read.k is not None and read.pos is None and read.valid is None and read.rows is None
+            and not read.per_token)
+
+
 class Stream(NamedTuple):
-    """Generation state: memory states plus the current segment only (bounded by segment_len)."""
+    """Generation state: memory states plus the current segment only (bounded by segment_len). The
+    per-layer caches are written in place as the stream advances: a stream that is stepped from twice
+    (several continuations of one prompt) must be `fork`ed first."""
 
     states: States
-    past: tuple  # per layer: SegmentView of the current segment so far, or None at a segment start
+    past: tuple  # per layer: SegmentCache of the current segment, or None at a segment start
     reads: tuple  # per layer: the Read of the current segment (memory samples, computed once), or None
     pos: int  # tokens of the current segment already consumed, 0 <= pos < segment_len
     last: Tensor | None = None  # (B,) id of the segment's last consumed token (prev_embed), None at its start
 
+    def fork(self) -> "Stream":
+        """A stream that can be stepped independently of this one (the caches copied; states and reads
+        are values and shared)."""
+        return self._replace(past=tuple(None if c is None else c.fork() for c in self.past))
 
-def _join(past: SegmentView | None, chunk: SegmentView) -> SegmentView:
-    if past is None:
-        return chunk
-    return SegmentView(
-        torch.cat([past.x, chunk.x], dim=1),  # (B, start + n, D)
-        *(torch.cat([a, b], dim=2) for a, b in zip(past[1:4], chunk[1:4])),  # (B, H, start + n, d)
-    )
+
+def _segment_view(h: Tensor, qkv: Tensor) -> SegmentView:
+    """The memory's view of stream rows: h (B, n, D), qkv (B, n, 3, H, d) -> SegmentView with q, k, v
+    (B, H, n, d) and kv (B, n, 2, H, d), all views."""
+    return SegmentView(h, *(qkv[:, :, i].transpose(1, 2) for i in range(3)), kv=qkv[:, :, 1:])
 
 
 class Block(nn.Module):
     """Pre-norm transformer block with an optional memory."""
 
-    def __init__(self, d_model: int, n_head: int, mlp_hidden: int, rope_base: float, memory: Memory | None):
+    def __init__(self, d_model: int, n_head: int, mlp_hidden: int, rope_base: float, memory: Memory | None,
+                 max_pos: int = 0):
         super().__init__()
         self.attn_norm = RMSNorm(d_model)
-        self.attn = Attention(d_model, n_head, rope_base)
+        self.attn = Attention(d_model, n_head, rope_base, max_pos)
         self.mlp_norm = RMSNorm(d_model)
         self.mlp = SwiGLU(d_model, mlp_hidden)
         self.memory = memory
 
-    def forward(self, x: Tensor, state: Any, past: SegmentView | None, read: Read | None,
-                start: int, front: int = 0, back: int = 0) -> tuple[Tensor, SegmentView, Read]:
-        """x: (B, n, D) rows at stream positions start..start+n-1; past: the stream before them.
-        The first `front` / last `back` rows are memory-token slots (the memory's `inject` is added there).
+    def forward(self, x: Tensor, state: Any, past: SegmentCache | None, read: Read | None, start: int,
+                front: int = 0, back: int = 0, capacity: int | None = None
+                ) -> tuple[Tensor, SegmentView, SegmentCache | None, Read]:
+        """x: (B, n, D) rows at stream positions start..start+n-1. Without `capacity` the rows are the
+        whole stream (a segment, start 0); with it they are appended to `past` (allocated here, with
+        that capacity, when None). The first `front` / last `back` rows are memory-token slots (the
+        memory's `inject` is added there).
 
-        Returns the block output (B, n, D), the stream view so far and the Read used.
+        Returns the block output (B, n, D), the memory's view of the stream so far, the cache and the Read used.
         """
         if self.memory is not None:
             x = self._inject(x, state, front, back)
@@ -72,18 +126,45 @@ class Block(nn.Module):
             if extra is not None:
                 x = x + extra
         h = self.attn_norm(x)  # (B, n, D)
-        q, k, v = self.attn.project(h)  # (B, H, n, d) each
-        chunk = SegmentView(h, q, k, v)
-        seg = _join(past, chunk)
+        qkv = self.attn.qkv(h)  # (B, n, 3, H, d)
+        rot = self.attn.rotary(qkv[:, :, :2], start, dim=1)  # (B, n, 2, H, d) q and k at start..start+n-1
+        n, q = x.shape[1], qkv[:, :, 0].transpose(1, 2)  # (B, H, n, d) before RoPE
         if self.memory is None:
             read = Read()
         elif read is None or read.per_token:
-            read = self.memory.read(state, chunk)
-        y = self.attn.output(q, seg.k, seg.v, read, start)  # (B, n, D)
+            read = self.memory.read(state, _segment_view(h, qkv))  # this chunk's rows
+        rows, k_rot, v, hs = qkv, rot[:, :, 1], qkv[:, :, 2], h
+        if capacity is not None:
+            if past is None:
+                b = x.shape[0]
+                past = SegmentCache(None if self.memory is None else h.new_empty(b, capacity, h.shape[-1]),
+                                    qkv.new_empty(b, capacity, *qkv.shape[2:]),
+                                    rot.new_empty(b, capacity, *rot.shape[3:]))
+            if n == 1 and past.kj is None and _joint(read) and not self.attn.reference:
+                past = past.joined(read, start)
+            end = start + n
+            past.qkv[:, start:end] = qkv
+            if past.kj is None:
+                past.k_rot[:, start:end] = k_rot
+            else:
+                m = past.kj.shape[1] - capacity
+                past.kj[:, m + start:m + end, :, :qkv.shape[-1]] = k_rot
+                past.vj[:, m + start:m + end, :, :qkv.shape[-1]] = qkv[:, :, 2]
+            if past.x is not None:
+                past.x[:, start:end] = h
+            (k_rot, v), rows = past.keys(end), past.qkv[:, :end]
+            hs = h if past.x is None else past.x[:, :end]
+        seg = _segment_view(hs, rows)  # the stream so far: (B, H, S, d) views
+        q_rot = rot[:, :, 0].transpose(1, 2)  # (B, H, n, d)
+        if past is not None and past.kj is not None and n == 1:
+            end = past.kj.shape[1] - capacity + start + 1  # memory slots and the rows so far
+            y = self.attn.output_joint(q, q_rot, past.kj[:, :end].transpose(1, 2), past.vj[:, :end].transpose(1, 2))
+        else:
+            y = self.attn.output(q, seg.k, v.transpose(1, 2), read, start, q_rot, k_rot.transpose(1, 2))
         if read.out is not None:
             y = y + read.out
         x = x + y
-        return x + self.mlp(self.mlp_norm(x)), seg, read
+        return x + self.mlp(self.mlp_norm(x)), seg, past, read
 
     def _inject(self, x: Tensor, state: Any, front: int, back: int) -> Tensor:
         if not (front or back):
@@ -118,8 +199,9 @@ class Decoder(nn.Module):
         self.vocab_size, self.segment_len = vocab_size, segment_len
         self.memory_layers = tuple(sorted(memories))
         self.embed = nn.Embedding(vocab_size, d_model)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_head, mlp_hidden, rope_base, memories.get(i)) for i in range(n_layer))
+        self.blocks = nn.ModuleList(  # RoPE tables cover a segment's stream, slots included
+            Block(d_model, n_head, mlp_hidden, rope_base, memories.get(i), self.front + segment_len + self.back)
+            for i in range(n_layer))
         self.norm = RMSNorm(d_model)
         self.lm_head = None if tie_embeddings else nn.Linear(d_model, vocab_size, bias=False)
         self.prev_embed = nn.Embedding(vocab_size, d_model) if prev_embed else None
@@ -168,28 +250,39 @@ class Decoder(nn.Module):
                            dtype=self.embed.weight.dtype)  # (B, n, D): slots start empty, memories inject into them
 
     def _blocks(self, x: Tensor, states: States, past: list, reads: list, start: int, front: int,
-                back: int) -> tuple[Tensor, dict[int, Tensor]]:
-        """Run every block on one chunk (updates past/reads in place); returns the output (B, n, D)
-        and, per memory layer, the block output at the chunk's last `back` rows."""
+                back: int, capacity: int | None = None) -> tuple[Tensor, dict[int, Tensor], list]:
+        """Run every block on one chunk (updates past/reads in place); returns the output (B, n, D),
+        per memory layer the block output at the chunk's last `back` rows, and per layer the memory's
+        view of the stream so far. capacity: streaming (see `Block.forward`)."""
         slot = {layer: j for j, layer in enumerate(self.memory_layers)}
-        outs = {}
+        outs, views = {}, []
         for i, block in enumerate(self.blocks):
             state = states[slot[i]] if i in slot else None
-            x, past[i], reads[i] = block(x, state, past[i], reads[i], start, front, back)
+            x, view, past[i], reads[i] = block(x, state, past[i], reads[i], start, front, back, capacity)
+            views.append(view)
             if i in slot and back:
                 outs[i] = x[:, x.shape[1] - back :]  # (B, s, D)
-        return x, outs
+        return x, outs, views
 
     def _write(self, states: States, views: list, outs: dict[int, Tensor], final: Tensor | None) -> States:
-        """Fold the segment into every memory; views span [front slots ; tokens ; back slots]."""
-        new = []
+        """Fold the segment into every memory; views span [front slots ; tokens ; back slots]. Work a
+        memory's write shares with the other layers (`write_plan`, e.g. Elastic Memory's banks) is done
+        once for the segment and passed to each."""
+        new, plans = [], {}
         for j, i in enumerate(self.memory_layers):
-            seg = views[i]
+            seg, mem = views[i], self.blocks[i].memory
             if self.front or self.back:  # tokens only (B, l, D) / (B, H, l, d); without slots, no slice to differentiate
                 lo, hi = self.front, seg.x.shape[1] - self.back
-                seg = SegmentView(seg.x[:, lo:hi], seg.q[:, :, lo:hi], seg.k[:, :, lo:hi], seg.v[:, :, lo:hi])
-            view = SegmentView(*seg[:4], outs.get(i), final)
-            new.append(self.blocks[i].memory.write(states[j], view))
+                seg = SegmentView(seg.x[:, lo:hi], seg.q[:, :, lo:hi], seg.k[:, :, lo:hi], seg.v[:, :, lo:hi],
+                                  kv=None if seg.kv is None else seg.kv[:, lo:hi])
+            view = seg._replace(slots=outs.get(i), final=final)
+            key = mem.plan_key()
+            if key is None:
+                new.append(mem.write(states[j], view))
+                continue
+            if key not in plans:
+                plans[key] = mem.write_plan(states[j], view.k.shape[2])
+            new.append(mem.write(states[j], view, plans[key]))
         return tuple(new)
 
     def forward(self, tokens: Tensor, states: States, select: Tensor | None = None,
@@ -207,12 +300,12 @@ class Decoder(nn.Module):
                       dim=1)  # (B, p + l + s, D)
         n = len(self.blocks)
         past, reads = [None] * n, [None] * n
-        x, outs = self._blocks(x, states, past, reads, 0, self.front, self.back)
+        x, outs, views = self._blocks(x, states, past, reads, 0, self.front, self.back)
         h = self.norm(x)  # (B, p + l + s, D)
         final = h[:, self.front + l :] if self.back else None  # (B, s, D)
         h = h[:, self.front : self.front + l]  # (B, l, D)
         logits = self._project(h if select is None else h[select])
-        return logits, (self._write(states, past, outs, final) if write else None)
+        return logits, (self._write(states, views, outs, final) if write else None)
 
     def start_stream(self, batch: int, device: torch.device | str) -> Stream:
         n = len(self.blocks)
@@ -234,17 +327,18 @@ class Decoder(nn.Module):
         back slots last when the segment fills (the same stream as `forward`)."""
         b = tokens.shape[0]
         past, reads = list(stream.past), list(stream.reads)
+        capacity = self.front + self.segment_len + self.back  # the caches' rows
         if stream.pos == 0 and self.front:
-            self._blocks(self._slot_input(b, self.front), stream.states, past, reads, 0, self.front, 0)
+            self._blocks(self._slot_input(b, self.front), stream.states, past, reads, 0, self.front, 0, capacity)
         e, last = self._embed(tokens, stream.last if stream.pos else None)  # (B, n, D), (B,)
-        x, _ = self._blocks(e, stream.states, past, reads, self.front + stream.pos, 0, 0)
+        x, _, views = self._blocks(e, stream.states, past, reads, self.front + stream.pos, 0, 0, capacity)
         pos = stream.pos + tokens.shape[1]
         if pos < self.segment_len:
             return self.logits(x), Stream(stream.states, tuple(past), tuple(reads), pos, last)
         outs, final = {}, None
         if self.back:
-            tail, outs = self._blocks(self._slot_input(b, self.back), stream.states, past, reads,
-                                      self.front + pos, 0, self.back)
+            tail, outs, views = self._blocks(self._slot_input(b, self.back), stream.states, past, reads,
+                                             self.front + pos, 0, self.back, capacity)
             final = self.norm(tail)  # (B, s, D)
         n = len(self.blocks)
-        return self.logits(x), Stream(self._write(stream.states, past, outs, final), (None,) * n, (None,) * n, 0)
+        return self.logits(x), Stream(self._write(stream.states, views, outs, final), (None,) * n, (None,) * n, 0)

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-_INPUT = ("attn.wq.weight", "attn.wk.weight", "attn.wv.weight", "mlp.w1.weight", "mlp.w3.weight")
+_INPUT = ("attn.wqkv.weight", "mlp.w13.weight")  # fused: drawn part by part (wq, wk, wv; w1, w3), as when separate
 _OUTPUT = ("attn.wo.weight", "mlp.w2.weight")
 
 
@@ -17,7 +17,7 @@ def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
     | parameter                                  | init                          |
     |--------------------------------------------|-------------------------------|
     | embed.weight (also the output if tied)     | N(0, 0.02)                    |
-    | attn.wq / wk / wv, mlp.w1 / w3             | N(0, 0.02)                    |
+    | attn.wqkv, mlp.w13 (fused input projections) | N(0, 0.02)                  |
     | attn.wo, mlp.w2 (residual outputs)         | N(0, 0.02 / sqrt(2 n_layer))  |
     | lm_head.weight (untied)                    | N(0, 0.02)                    |
     | RMSNorm weights                            | 1                             |
@@ -41,4 +41,8 @@ def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
             continue
         else:
             raise ValueError(f"init_weights: no rule for parameter {name}")
-        p.copy_(torch.randn(p.shape, generator=gen) * std)
+        if name.endswith(_INPUT):  # one draw per former projection, in their order: the same weights as unfused
+            parts = 3 if name.endswith("wqkv.weight") else 2
+            p.copy_(torch.cat([torch.randn(rows.shape, generator=gen) * std for rows in p.chunk(parts, dim=0)]))
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * std)

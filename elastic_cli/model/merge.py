@@ -63,7 +63,9 @@ _CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backw
 
 
 def _flash_cuda(q: Tensor) -> bool:
-    return q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 \
+    """Whether CUDA flash attention takes q. `meta` counts as CUDA: it is the device on which the
+    accelerator path is traced and counted (`gpu_path.py`), and flash has meta kernels."""
+    return q.device.type in ("cuda", "meta") and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 \
         and q.shape[-1] <= 256
 
 
@@ -136,7 +138,7 @@ class _Merged(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, q_mem: Tensor, k_mem: Tensor, v_mem: Tensor,
-                valid: Tensor | None, start: int) -> Tensor:
+                valid: Tensor | None, rows: Tensor | None, start: int) -> Tensor:
         scale = 1.0 / math.sqrt(q.shape[-1])
         mask = None
         if valid is not None:  # (B, M) bool -> additive (B, 1, 1, M) in the kernel's dtype
@@ -148,17 +150,19 @@ class _Merged(torch.autograd.Function):
             lses = [lse_p if lse_p.dtype in _WIDE else lse_p.float() for _, lse_p, _ in done]
             if valid is not None:  # a row that sees no memory key: its memory part has no mass (the CPU kernel says 0)
                 lses[-1] = lses[-1].masked_fill(~valid.any(-1)[:, None, None], float("-inf"))
+            if rows is not None:  # rows without memory: the unmasked kernel ran over them; drop that mass
+                lses[-1] = lses[-1].masked_fill(~rows[:, None, None], float("-inf"))
             y, lse = _combine([out for out, _, _ in done], lses)
             y = _as(y, q.dtype)
         extras = [extra for _, _, extra in done]
-        ctx.save_for_backward(q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *(x for e in extras for x in e[:4]))
+        ctx.save_for_backward(q, k, v, q_mem, k_mem, v_mem, mask, rows, y, lse, *(x for e in extras for x in e[:4]))
         ctx.sizes = [e[4:] for e in extras] if any(extras) else None
         ctx.start, ctx.scale, ctx.lse_dtype = start, scale, done[0][1].dtype
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        q, k, v, q_mem, k_mem, v_mem, mask, y, lse, *flat = ctx.saved_tensors
+        q, k, v, q_mem, k_mem, v_mem, mask, rows, y, lse, *flat = ctx.saved_tensors
         parts = _parts(q, k, v, ctx.start, q_mem, k_mem, v_mem, mask)
         extras = [()] * len(parts)
         if ctx.sizes is not None:
@@ -172,19 +176,23 @@ class _Merged(torch.autograd.Function):
             grads = [fused_backward(dy, qp, kp, vp, y, lse, causal, ctx.scale, extra, m)
                      for (qp, kp, vp, causal, m), extra in zip(parts, extras)]
         *local, (dq_mem, dk_mem, dv_mem) = grads
+        if rows is not None:  # the kernel's backward saw exp(s - L) > 0 on rows without memory: their true weight is 0
+            keep = rows.view(-1, 1, 1, 1)
+            dq_mem, dk_mem, dv_mem = (torch.where(keep, g, 0) for g in (dq_mem, dk_mem, dv_mem))
         if len(local) == 1:
             dq, dk, dv = local[0]  # (B, H, n, d), (B, H, S, d) x 2
         else:
             dq = local[0][0] + local[1][0]  # (B, H, n, d)
             dk, dv = (torch.cat([g[j] for g in local], dim=2) for j in (1, 2))  # (B, H, S, d)
-        return dq, dk, dv, dq_mem, dk_mem, dv_mem, None, None
+        return dq, dk, dv, dq_mem, dk_mem, dv_mem, None, None, None
 
 
 def merged_attention(q: Tensor, k: Tensor, v: Tensor, q_mem: Tensor, k_mem: Tensor, v_mem: Tensor,
-                     valid: Tensor | None, start: int) -> Tensor:
+                     valid: Tensor | None, start: int, rows: Tensor | None = None) -> Tensor:
     """Joint softmax over [memory ; causal local]. q: (B, H, n, d) rotated queries at positions
     start..start+n-1; k, v: (B, H, S, d) rotated local keys 0..S-1; q_mem: (B, H, n, d) the queries
     of the memory logits (un-rotated, or rotated when the memory keys have positions); k_mem, v_mem:
     (B, H, M, d), cast to q's dtype (the local tensors are in it already); valid: (B, M) bool or None
-    (every key valid). Returns (B, H, n, d) in q's dtype."""
-    return _Merged.apply(q, k, v, q_mem, _as(k_mem, q.dtype), _as(v_mem, q.dtype), valid, start)
+    (every key valid); rows: (B,) bool or None, the rows that see the memory at all (with valid None: the
+    kernel runs unmasked and the other rows' memory part is dropped exactly). Returns (B, H, n, d) in q's dtype."""
+    return _Merged.apply(q, k, v, q_mem, _as(k_mem, q.dtype), _as(v_mem, q.dtype), valid, rows, start)
