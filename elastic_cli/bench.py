@@ -24,7 +24,7 @@ from .atomic import write_atomic
 from .bench_gpu_path import gpu_path
 from .bench_history import history_pass, timed_after
 from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
-from .bench_train import WARMUP_STEPS, build_variants, kind_configs, train_costs
+from .bench_train import WARMUP_STEPS, build_variants, cpu_name, kind_configs, train_costs
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
 WRITE_BAR_SHAPE = (64, 2048)  # (N, l) of the new-t write measurement
@@ -159,48 +159,43 @@ def _history(variants, kinds: list[str], plan: Plan, m, autocast, device, say) -
 
 
 def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
-              say: Callable[[str], None], quick: bool = False) -> dict:
+              say: Callable[[str], None], quick: bool = False, save: Callable[[dict], None] | None = None,
+              deadline: float | None = None) -> dict:
     """Every measurement for the recipe's model size on `device`, one variant per config in
-    `configs` (`kind_configs`); returns the JSON-able result."""
+    `configs` (`kind_configs`); returns the JSON-able result. `save` gets the result so far after
+    every phase (a run killed later keeps what it measured); with `deadline` (seconds) a phase that
+    would start after it is skipped (listed in `skipped_phases`) and the timed train steps are cut to
+    fit a third of it."""
     from .bench_history import evaluate_document, generate_greedy, stream_after
     from .code_version import code_version
     from .config import to_dict
 
     start, m, t, code = time.perf_counter(), cfg.model, cfg.train, code_version()  # the code measured, not later
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as training sets it
     bf16 = precision.uses_bf16(device.type, t.dtype)
     autocast = precision.autocast(device, t.dtype)
     variants = build_variants(cfg, configs, device, autocast)
     history = [k for k in variants.models if not quick or k in HISTORY_KINDS]
     one = measure.random_tokens((1, m.segment_len + 1), m.vocab_size, 3, device)
     first = torch.zeros(1, m.vocab_size, device=device)
-    step_s = sum(measure.timed(fn, device) for fn in variants.steps.values())
+    # each call twice: the first compiles (torch.compile) and warms caches, the second is what repeats cost
+    calls = {k: [measure.timed(fn, device) for _ in range(2)] for k, fn in variants.steps.items()}
+    step_s = sum(c[1] for c in calls.values())
     segment_s = sum(measure.timed(lambda mm=variants.models[k]: evaluate_document(mm, one, autocast), device)
                     for k in history)
     token_s = sum(measure.timed(lambda mm=variants.models[k]: generate_greedy(
         mm, stream_after(mm, mm.empty_states(1, device)), first, 1, autocast), device) for k in history)
+    if deadline is not None:  # the train phase gets a third of what is left
+        left = deadline - (time.perf_counter() - start)
+        fit = int(left / 3 / max(step_s, 1e-9)) - WARMUP_STEPS
+        plan = plan._replace(train_repeats=max(3, min(plan.train_repeats, fit)))
     estimate = estimate_seconds(plan, step_s, segment_s, token_s, m.segment_len, 1.0 if device.type == "cuda" else 3.0)
     say(f"bench: {len(variants.models)} variants ({', '.join(variants.models)}) on {device.type}, "
         f"{'quick' if quick else 'full'} run, histories {plan.eval_histories} / {plan.generate_histories}, "
-        f"about {estimate:.0f} s")
-
-    say("bench: 0/3 launches along the accelerator path (traced on the meta device)")
-    traced = {k: c for k, c in variants.configs.items() if k in GPU_PATH_KINDS}
-    counts = gpu_path(traced) if traced else {}
-    say(f"bench: 1/3 train step (at {time.perf_counter() - start:.0f} s)")
-    result, spread = train_costs(variants, cfg, plan.train_repeats, device)
-    result.update(counts)
-    say(f"bench: 2/3 kernels (at {time.perf_counter() - start:.0f} s)")
-    if "elastic" in variants.models:
-        more, more_spread = _kernels(variants.models["elastic"], m, t.micro_batch, plan, device)
-        result.update(more)
-        spread.update(more_spread)
-    say(f"bench: 3/3 eval and generation vs history (at {time.perf_counter() - start:.0f} s)")
-    more, more_spread = _history(variants, history, plan, m, autocast, device, say)
-    result.update(more)
-    spread.update(more_spread)
-    if "mfu_elastic" in result:
-        result["mfu"] = result["mfu_elastic"]
-    return {
+        f"{plan.train_repeats} train steps, about {estimate:.0f} s (warm calls; first calls "
+        f"{', '.join(f'{k} {c[0]:.1f} s' for k, c in calls.items())})")
+    result: dict = {
         "device": device.type, "torch": torch.__version__, "recipe": recipe, "quick": quick, "code": code,
         "clock": measure.clock(device)[1], "threads": torch.get_num_threads(),
         "host_malloc": allocator.policy(),
@@ -211,9 +206,48 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
                          "parameters": sum(p.numel() for p in variants.models[k].parameters()),
                          "memory_floats_per_sequence": variants.models[k].numel(variants.models[k].empty_states(1, device))}
                      for k, c in variants.configs.items()},
-        **result, "spread": spread, "targets": {k: f"{op} {v}" for k, (op, v) in targets(plan).items()},
-        "duration_s": time.perf_counter() - start,
+        "train_first_call_s": {k: c[0] for k, c in calls.items()},  # compilation included (train.compile)
+        "train_warm_call_s": {k: c[1] for k, c in calls.items()},
+        "train_compile_s": {k: max(0.0, c[0] - c[1]) for k, c in calls.items()},
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "estimate_s": estimate, "deadline_s": deadline, "phases_done": [], "skipped_phases": [], "duration_s": 0.0,
+        "spread": {}, "targets": {k: f"{op} {v}" for k, (op, v) in targets(plan).items()},
     }
+    if save is not None:
+        save(result)  # the set-up, before any phase
+
+    def gpu_path_phase():
+        traced = {k: c for k, c in variants.configs.items() if k in GPU_PATH_KINDS}
+        return (gpu_path(traced) if traced else {}), {}
+
+    def kernels_phase():
+        if "elastic" not in variants.models:
+            return {}, {}
+        return _kernels(variants.models["elastic"], m, t.micro_batch, plan, device)
+
+    phases = (("launches along the accelerator path (traced on the meta device)", "gpu_path", gpu_path_phase),
+              ("train step", "train", lambda: train_costs(variants, cfg, plan.train_repeats, device)),
+              ("kernels", "kernels", kernels_phase),
+              ("eval and generation vs history", "history",
+               lambda: _history(variants, history, plan, m, autocast, device, say)))
+    for i, (title, name, phase) in enumerate(phases):
+        now = time.perf_counter() - start
+        if deadline is not None and now > deadline:
+            say(f"bench: {i}/{len(phases) - 1} {title}: skipped, past the deadline ({now:.0f} s > {deadline:.0f} s)")
+            result["skipped_phases"].append(name)
+            continue
+        say(f"bench: {i}/{len(phases) - 1} {title} (at {now:.0f} s)")
+        more, more_spread = phase()
+        result.update(more)
+        result["spread"].update(more_spread)
+        result["phases_done"].append(name)
+        if "mfu_elastic" in result:
+            result["mfu"] = result["mfu_elastic"]
+        result["duration_s"] = time.perf_counter() - start
+        if save is not None:
+            save(result)
+    result["duration_s"] = time.perf_counter() - start
+    return result
 
 
 def summary_rows(result: dict) -> list[list[str]]:
@@ -236,8 +270,10 @@ def summary_rows(result: dict) -> list[list[str]]:
 
 
 def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json_path: str | None,
-        kinds: str | None = None, history: int | None = None, train_steps: int | None = None) -> dict:
-    """`elastic bench`: load the recipe, measure, print a table, write the JSON (atomically; "-": stdout)."""
+        kinds: str | None = None, history: int | None = None, train_steps: int | None = None,
+        deadline: float | None = None) -> dict:
+    """`elastic bench`: load the recipe, measure, print a table, write the JSON (atomically after every
+    phase, so a killed run keeps what it measured; "-": stdout at the end)."""
     import json
     from pathlib import Path
 
@@ -255,21 +291,25 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
         raise UsageError(f"--history must be >= 1 token, got {history}")
     if train_steps is not None and train_steps < 1:
         raise UsageError(f"--train-steps must be >= 1, got {train_steps}")
+    if deadline is not None and not deadline > 0:
+        raise UsageError(f"--deadline must be > 0 seconds, got {deadline}")
     cfg = load_config(recipe, [o for o in overrides if o.split(".", 1)[0] not in REGISTRY])
     configs = kind_configs(recipe, overrides, chosen)
     name = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     plan = make_plan(quick, history, train_steps, cfg.model.segment_len)
-    result = run_bench(cfg, configs, torch.device(name), plan, recipe, console.info, quick)
-    text = json.dumps(result, indent=1, sort_keys=True)
+    path = Path(json_path) if json_path not in (None, "-") else None
+
+    def save(result: dict) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+    result = run_bench(cfg, configs, torch.device(name), plan, recipe, console.info, quick, save, deadline)
     if json_path == "-":
-        console.out(text)
+        console.out(json.dumps(result, indent=1, sort_keys=True))
         return result
-    console.table(f"elastic bench ({result['device_name']}, {result['duration_s']:.0f} s)",
+    console.table(f"elastic bench ({result.get('device_name', name)}, {result['duration_s']:.0f} s)",
                   ["metric", "median", "spread", "target"], summary_rows(result))
-    if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, (text + "\n").encode("utf-8"))
     return result

@@ -43,7 +43,8 @@ WARMUP_STEPS = 4  # untimed steps per kind: the host heap grows over the first f
 
 class Variants(NamedTuple):
     configs: dict  # kind -> RunConfig
-    models: dict[str, Decoder]  # kind -> model on the device (uncompiled: eval and generation use it)
+    models: dict[str, Decoder]  # kind -> model on the device (with train.compile its blocks are compiled for
+    #                             whole segments: eval uses them; generation streams eagerly)
     steps: dict[str, Callable[[], object]]  # kind -> one train step (compiled forward if train.compile)
 
 
@@ -66,7 +67,9 @@ def build_variants(cfg, configs: dict, device: torch.device, autocast) -> Varian
         init_weights(model, t.seed)
         models[kind] = model
         opt = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
-        forward = torch.compile(model) if t.compile else model
+        if t.compile:
+            model.compile_blocks()  # as training does (streaming generation stays eager)
+        forward = model
         steps[kind] = (lambda c=c, model=model, opt=opt, forward=forward:  # the trainer's own step (train.py)
                        train_step(c, model, opt, fake, autocast, device, forward=forward))
     return Variants(configs, models, steps)

@@ -180,8 +180,11 @@ KIND.key=value sets an option of one kind's variant only, e.g. xl.cache=32 memor
 @click.option("--history", type=int, metavar="TOKENS",
               help="Long history for eval and generation (default 1M; --quick 16k), rounded up to whole segments.")
 @click.option("--train-steps", type=int, metavar="N", help="Timed train steps per kind (default 100; --quick 3).")
-@click.option("--json", "json_path", metavar="PATH", help="Also write every measurement as JSON ('-': stdout only).")
-def bench_command(overrides, recipe, device, quick, kinds, history, train_steps, json_path) -> None:
+@click.option("--json", "json_path", metavar="PATH",
+              help="Also write every measurement as JSON, after every phase ('-': stdout only, at the end).")
+@click.option("--deadline", type=float, metavar="SECONDS",
+              help="Skip the phases that would start after SECONDS and cut the train steps to fit a third of them.")
+def bench_command(overrides, recipe, device, quick, kinds, history, train_steps, json_path, deadline) -> None:
     from elastic_cli import bench
 
-    bench.run(recipe, list(overrides), device, quick, json_path, kinds, history, train_steps)
+    bench.run(recipe, list(overrides), device, quick, json_path, kinds, history, train_steps, deadline)

@@ -72,5 +72,21 @@ def next_token(logits: Tensor, opts: DecodingOptions, generator: torch.Generator
     return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)  # (B,)
 
 
+def draw(logits: Tensor, opts: DecodingOptions, generator: torch.Generator) -> tuple[list[int], list[float]]:
+    """`next_token` and each token's log-probability under the model (unfiltered), for logits (B, V),
+    with ONE device-to-host transfer (the host needs the ids to print them): greedy picks on the
+    device; sampling moves the filtered distribution and the log-probabilities together and draws
+    on the CPU generator (the same draws as `next_token`)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    if opts.temperature == 0:
+        token = logits.argmax(dim=-1)  # (B,)
+        pair = torch.stack([token.to(logp.dtype), logp.gather(1, token[:, None])[:, 0]])  # (2, B)
+        ids, values = pair.tolist()
+        return [int(i) for i in ids], values
+    both = torch.stack([filter_logits(logits, opts).softmax(dim=-1), logp]).cpu()  # (2, B, V)
+    token = torch.multinomial(both[0], 1, generator=generator)[:, 0]  # (B,)
+    return token.tolist(), both[1].gather(1, token[:, None])[:, 0].tolist()
+
+
 def make_generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed)

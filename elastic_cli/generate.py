@@ -22,7 +22,7 @@ import torch
 from elastic_cli import console, inference, precision
 from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.decoding import DecodingOptions, make_generator, next_token
+from elastic_cli.decoding import DecodingOptions, draw, make_generator
 
 CONTEXT_TOKENS = 4  # prompt tokens the incremental decoder starts from (keeps the first space)
 BLOCK_BYTES = 1 << 20  # a --file prompt is read and encoded this much at a time
@@ -162,14 +162,13 @@ def continuation(model, stream, logits: torch.Tensor, max_new: int, opts: Decodi
     are written in place, and --num-samples starts every sample from the same prompt)."""
     stream = stream.fork()
     for i in range(max_new):
-        token = next_token(logits, opts, generator)  # (1,)
-        logprob = float(torch.log_softmax(logits.float(), dim=-1)[0, token[0]])
-        yield int(token[0]), logprob
-        if int(token[0]) == eos_id or i == max_new - 1:
+        (token,), (logprob,) = draw(logits, opts, generator)  # the one host sync of a generated token
+        yield token, logprob
+        if token == eos_id or i == max_new - 1:
             return
         with amp():
-            out, stream = model.step(token[:, None], stream)  # (1, 1, V)
-        logits = out[:, -1].float()  # (1, V)
+            out, stream = model.step(torch.tensor([[token]], device=logits.device), stream)  # (1, 1, V)
+        logits = out[:, -1]  # (1, V)
 
 
 def stream_numel(stream) -> int:

@@ -68,8 +68,10 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
+    if t.compile:
+        model.compile_blocks()  # one graph per kind of block; the memory writes between segments stay eager
     net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
-    forward = torch.compile(net) if t.compile else net
+    forward = net
     bf16 = precision.uses_bf16(device.type, t.dtype)
     autocast = precision.autocast(device, t.dtype)
 

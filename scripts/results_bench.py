@@ -151,7 +151,15 @@ def render(out: Path, commit: str | None, title: str = "GPU check") -> str:
     if bench is None:
         lines += ["## Bench", "", "Not measured (no bench.json: see the bench step's exit code and log).", ""]
     else:
-        lines += train_section(bench) + history_section(bench) + bars_section(bench)
+        if bench.get("skipped_phases") or bench.get("phases_done") not in (None, ["gpu_path", "train", "kernels", "history"]):
+            lines += [f"Phases measured: {', '.join(bench.get('phases_done', [])) or 'none'}; skipped past the "
+                      f"deadline: {', '.join(bench.get('skipped_phases', [])) or 'none'} (a run cut short keeps "
+                      "what it measured).", ""]
+        if "train_tokens_per_s" in bench:
+            lines += train_section(bench)
+        if "eval_peak_bytes" in bench:
+            lines += history_section(bench)
+        lines += bars_section(bench)
     commands = out / "commands.txt"
     if commands.is_file():
         lines += ["## Commands", "", "```", *commands.read_text().splitlines(), "```", ""]
@@ -173,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.dest.with_name(args.dest.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(args.dest)  # atomic: never a half-written results file
+    bench_path = args.out / "bench.json"
+    if bench_path.is_file():  # the same numbers, machine-readable, beside the page (results-gpu.json)
+        bench = json.loads(bench_path.read_text())
+        record = {"commit": code_version()["commit"], **{k: bench[k] for k in sorted(bench) if k != "code"}}
+        dest = args.dest.with_suffix(".json")
+        tmp = dest.with_name(dest.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        tmp.replace(dest)
     return 0
 
 

@@ -12,7 +12,8 @@ from elastic_cli.model.layers import Rotary
 B, H, D = 3, 2, 8
 
 
-def tensors(gen, n, start, m, positions=False, dtype=torch.float32):
+def tensors(gen, n, start, m, positions=False, dtype=torch.float32, rows=False):
+    """rows=True: the memory's validity per row (`Read.rows`, row 1 has none) instead of per key."""
     q = torch.randn(B, H, n, D, generator=gen, dtype=dtype)
     k = torch.randn(B, H, start + n, D, generator=gen, dtype=dtype)
     v = torch.randn(B, H, start + n, D, generator=gen, dtype=dtype)
@@ -21,27 +22,31 @@ def tensors(gen, n, start, m, positions=False, dtype=torch.float32):
     valid = torch.tensor([[True] * m, [False] * m, [True] * (m - 1) + [False]])
     pos = torch.arange(-m, 0) if positions else None  # e.g. Transformer-XL's cache right before the segment
     read = Read(k=torch.randn(B, H, m, D, generator=gen, dtype=dtype), v=torch.randn(B, H, m, D, generator=gen, dtype=dtype),
-                valid=valid, pos=pos)
+                valid=None if rows else valid, pos=pos, rows=torch.tensor([True, False, True]) if rows else None)
     return q, k, v, read
 
 
 CASES = [(6, 0, 0), (6, 0, 5), (1, 9, 0), (1, 9, 4), (3, 4, 4), (5, 3, 1), (64, 0, 16)]
 
 
+@pytest.mark.parametrize("rows", [False, True])
 @pytest.mark.parametrize("positions", [False, True])
 @pytest.mark.parametrize("n,start,m", CASES)
-def test_fast_equals_reference(n, start, m, positions):
-    q, k, v, read = tensors(torch.Generator().manual_seed(n + start + m), n, start, m, positions)
+def test_fast_equals_reference(n, start, m, positions, rows):
+    q, k, v, read = tensors(torch.Generator().manual_seed(n + start + m), n, start, m, positions, rows=rows)
     rotary = Rotary(D)
     torch.testing.assert_close(attend(q, k, v, read, rotary, start), attend_reference(q, k, v, read, rotary, start),
                                rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [False, True])
 @pytest.mark.parametrize("positions", [False, True])
 @pytest.mark.parametrize("n,start,m", CASES)
-def test_fast_gradients_equal_reference(n, start, m, positions):
-    """Value and the gradient of every input (q, k, v, memory keys and values), in float64."""
-    q, k, v, read = tensors(torch.Generator().manual_seed(10 * n + start + m), n, start, m, positions, torch.float64)
+def test_fast_gradients_equal_reference(n, start, m, positions, rows):
+    """Value and the gradient of every input (q, k, v, memory keys and values), in float64; with a
+    row mask the unmasked kernel's backward must give rows without memory no memory gradient."""
+    q, k, v, read = tensors(torch.Generator().manual_seed(10 * n + start + m), n, start, m, positions, torch.float64,
+                            rows=rows)
     rotary = Rotary(D)
     leaves = [q, k, v] + ([read.k, read.v] if m else [])
     weights = torch.randn(B, H, n, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -68,7 +68,10 @@ def test_size_names_and_ratio_keys_name_what_is_measured():
     assert plan.train_repeats == 50
     assert bench.ratio_names(plan)[2] == "generate_latency_ratio_64k_vs_2k"
     assert set(bench.targets(plan)) == {"train_ratio_elastic_vs_none", "eval_memory_ratio_64k_vs_4k",
-                                        "generate_latency_ratio_64k_vs_2k", "write_new_t_vs_seen_t"}
+                                        "generate_latency_ratio_64k_vs_2k", "write_new_t_vs_seen_t",
+                                        "gpu_path_ops_per_write_layer", "gpu_path_f64_ops_per_segment",
+                                        "gpu_path_ops_per_token_none", "gpu_path_ops_per_token_elastic_vs_none",
+                                        "host_syncs_per_train_step"}
 
 
 def test_estimate_closed_form():
@@ -340,6 +343,18 @@ def test_cli_quick_run_emits_every_key(tmp_path):
     assert not any("64k" in key for key in result)  # keys name what was measured
     assert result["variants"]["elastic"]["memory_floats_per_sequence"] == 2 * 2 * 8 * 16  # layers * 2 N d_model
     assert "about" in proc.stderr and "train_ratio_elastic_vs_none" in proc.stdout
+    assert result["phases_done"] == ["gpu_path", "train", "kernels", "history"] and result["skipped_phases"] == []
+    assert set(result["train_compile_s"]) == set(kinds) and result["gpu_path_f64_ops_per_segment"] == 0
+    assert set(result["gpu_path_ops_per_token"]) == {"none", "elastic"}  # the traced kinds
+    # past the deadline every phase is skipped, and the JSON written at the start says so
+    cut = tmp_path / "cut.json"
+    proc = subprocess.run([sys.executable, "-m", "elastic_cli", "bench", "--recipe", str(recipe), "--quick",
+                           "--device", "cpu", "--kinds", "none,elastic", "--deadline", "0.001", "--json", str(cut)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cut_result = json.loads(cut.read_text())
+    assert cut_result["skipped_phases"] == ["gpu_path", "train", "kernels", "history"]
+    assert cut_result["phases_done"] == [] and "train_tokens_per_s" not in cut_result and "past the deadline" in proc.stderr
 
 
 def test_cpu_clock_counts_this_process_only():

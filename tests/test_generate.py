@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from elastic_cli.decoding import (DecodingOptions, check_options, filter_logits, make_generator, next_token,
+from elastic_cli.decoding import (DecodingOptions, check_options, draw, filter_logits, make_generator, next_token,
                                   top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli import generate
@@ -64,6 +64,17 @@ def test_sample_frequencies_follow_filtered_distribution_and_seed_repeats():
     expect = torch.tensor([0.0, 0.5, 0.15, 0.3], dtype=torch.double) / 0.95
     assert torch.allclose(freq, expect, atol=0.015)  # 20000 draws: std <= 0.0036
     assert freq[0] == 0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_draw_is_next_token_with_the_model_log_probabilities(temperature):
+    """`draw` (one host transfer per token) picks what `next_token` picks and reports log_softmax there."""
+    logits = torch.randn(6, 13, generator=torch.Generator().manual_seed(3))
+    opts = DecodingOptions(temperature=temperature, top_k=5, top_p=0.9)
+    ids, logps = draw(logits, opts, make_generator(4))
+    assert ids == next_token(logits, opts, make_generator(4)).tolist()
+    expect = torch.log_softmax(logits, -1)[torch.arange(6), torch.tensor(ids)]
+    torch.testing.assert_close(torch.tensor(logps), expect, rtol=0, atol=1e-6)
 
 
 def test_temperature_zero_is_greedy():
@@ -239,8 +250,8 @@ def test_state_and_work_per_token_do_not_grow_with_prompt_length():
         assert all(p is None or p.qkv.shape[1] == SEG for p in s_long.past)  # buffers of one segment, reused
         sizes.add(stream_numel(s_long))
     # per layer and row of the segment: the normed input (D), q/k/v (3 D), the rotated keys (D) and the
-    # joint keys (2 D) and values (D), these with the 5 memory samples in front
-    bound = stream_numel(m.start_stream(1, "cpu")) + LAYERS * (SEG * 5 * D + (SEG + 5) * 3 * D) + LAYERS * 2 * 5 * D
+    # joint keys and values (2 D each), these with the 5 memory samples in front
+    bound = stream_numel(m.start_stream(1, "cpu")) + LAYERS * (SEG * 5 * D + (SEG + 5) * 4 * D) + LAYERS * 2 * 5 * D
     assert max(sizes) <= bound
 
 

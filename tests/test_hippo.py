@@ -232,26 +232,35 @@ def test_bank_cache_stays_within_its_bound_and_evicts_the_least_recently_used():
     """A document of many new t never grows the cache past its entries; revisited t come back equal
     to a fresh build; the least recently used entry goes first; a bank over the entry size is not
     kept (it is built at every write)."""
-    cache = BoundedLRU(3, 4 * (8 * 8 + 8 * 4))  # three entries of at most one fp32 bank of N=8, l=4
+    cache = BoundedLRU(3, 4 * 8 * 16)  # three entries of at most one fp32 step bank [R | (1-ρ)A] of N=8
     real = hippo.BANKS
     hippo.BANKS = cache
     try:
-        c, x = torch.zeros(1, 8, 2), torch.randn(1, 4, 2)
         for t in range(1000, 1050):  # 50 never-seen t
-            hippo.absorb(c, torch.tensor([t]), x)
+            hippo.step_bank(torch.tensor([t]), 4, 8)
             assert len(cache.entries) <= 3
-        assert cache.bytes == 3 * 4 * (8 * 8 + 8 * 4)
-        assert [k[2] for k in cache.entries] == [(t,) for t in (1047, 1048, 1049)]  # keyed by the rows' t
-        key = (8, 4, (1047,), torch.float32)
-        r, w = hippo.segment_banks(torch.tensor([1047]), 4, 8)
-        bank = cache.get(key)[0]  # [R | W], the write's one operand
-        assert torch.equal(bank[..., :8], r.float()) and torch.equal(bank[..., 8:], w.float())
-        hippo.absorb(c, torch.tensor([2000]), x)  # evicts 1048: 1047 was used last
-        assert [k[2] for k in cache.entries][:1] == [(1049,)]
-        hippo.absorb(c, torch.tensor([3000]), torch.randn(1, 5, 2))  # l = 5: over the entry size
-        assert all(k[1] == 4 for k in cache.entries) and len(cache.entries) == 3
+        assert cache.bytes == 3 * 4 * 8 * 16
+        assert [k[3] for k in cache.entries] == [(t,) for t in (1047, 1048, 1049)]  # keyed by the rows' t
+        bank = cache.get(("step", 8, 4, (1047,), torch.float32))[0]
+        torch.testing.assert_close(bank[0, :, :8].double(), hippo.transition(1047 / 1051, 8), rtol=0, atol=1e-7)
+        hippo.step_bank(torch.tensor([2000]), 4, 8)  # evicts 1048: 1047 was used last
+        assert [k[3] for k in cache.entries][:1] == [(1049,)]
+        hippo.step_bank(torch.tensor([3000]), 4, 9)  # N = 9: over the entry size
+        assert all(k[1] == 8 for k in cache.entries) and len(cache.entries) == 3
     finally:
         hippo.BANKS = real
+
+
+@pytest.mark.parametrize("t,l,order", [(0, 64, 16), (64, 64, 16), (1000, 7, 8), (3, 5, 64), (10**6, 2048, 64),
+                                       (10**9, 2048, 64), (12345, 1, 1024)])
+def test_transplanted_injection_equals_the_closed_forms(t, l, order):
+    """The write's route: [R | (1-ρ)A] on the host, then W = (1-ρ) A W(0, l), equals the reference banks
+    (float64: R to 1e-13 absolute, W to 1e-6 relative, as the closed-form fast banks are held)."""
+    bank = hippo.write_bank(hippo.step_bank(torch.tensor([t]), l, order, dtype=torch.float64),
+                            hippo.base_injection(l, order))[0]
+    torch.testing.assert_close(bank[:, :order], hippo.transition(t / (t + l), order), rtol=0, atol=1e-13)
+    w = hippo.injection(t, l, order)
+    assert (bank[:, order:] - w).abs().max() <= 1e-6 * w.abs().max()
 
 
 def test_cached_write_equals_a_fresh_one():

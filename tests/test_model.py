@@ -176,3 +176,71 @@ def test_cuda_streaming_and_bf16_states():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             _, states = by_segments(model, toks, model.empty_states(2, "cuda"))
     assert all(s.ck.dtype == torch.float32 and s.ck.is_cuda for s in states)
+
+
+def test_checkpoints_with_separate_projections_load_into_the_fused_ones():
+    """State dicts written before the fused projections (wq, wk, wv; w1, w3) load, rows stacked in order."""
+    model = build("elastic")
+    old = {}
+    for key, value in model.state_dict().items():
+        fused = {"attn.wqkv.weight": ("wq", "wk", "wv"), "mlp.w13.weight": ("w1", "w3")}
+        parts = next((names for suffix, names in fused.items() if key.endswith(suffix)), None)
+        if parts is None:
+            old[key] = value.clone()
+            continue
+        stem = key.rsplit(".", 2)[0]
+        for name, rows in zip(parts, value.chunk(len(parts))):
+            old[f"{stem}.{name}.weight"] = rows.clone()
+    fresh = build("elastic")
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    fresh.load_state_dict(old)
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+
+
+def test_a_forked_stream_steps_independently():
+    """Stream caches are written in place: a fork continues from the same point, the original is untouched."""
+    model = build("elastic")
+    toks = tokens(1, SEG + 3, seed=11)
+    with torch.no_grad():
+        _, stream = model.step(toks, model.start_stream(1, "cpu"))
+        a, _ = model.step(toks[:, :1], stream.fork())
+        b, _ = model.step(toks[:, 1:2], stream.fork())
+        again, _ = model.step(toks[:, :1], stream.fork())
+    torch.testing.assert_close(a, again, rtol=0, atol=0)
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_single_token_steps_decode_through_the_joint_cache():
+    """After one single-token step in a segment, an elastic layer's keys sit behind the memory slots."""
+    model = build("elastic")
+    with torch.no_grad():
+        _, stream = model.step(tokens(1, SEG + 2, seed=12), model.start_stream(1, "cpu"))
+        assert all(c.kj is None for c in stream.past)  # a chunk of two tokens: the merged path
+        _, stream = model.step(tokens(1, 1, seed=13), stream)
+    assert all(c.kj is not None and c.kj.shape[-1] == 2 * (D // HEADS) for c in stream.past)
+
+
+def test_compiled_blocks_give_the_eager_losses_and_gradients():
+    """`compile_blocks` (train.compile): whole segments through the compiled blocks (the eager backend:
+    dynamo's tracing, graph breaks and guards, without a C++ toolchain) equal eager; streaming stays eager."""
+    model = build("elastic")
+    toks = tokens(2, 2 * SEG, seed=14)
+
+    def loss_and_grads():
+        model.zero_grad()
+        logits, _ = by_segments(model, toks)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), toks[:, 1:].reshape(-1))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    expected = loss_and_grads()
+    model.compile_blocks(backend="eager")
+    torch._dynamo.utils.counters.clear()
+    got = loss_and_grads()
+    assert torch._dynamo.utils.counters["frames"]["ok"] > 0  # the blocks ran compiled
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=1e-6)
+    for a, b in zip(got[1], expected[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert model.state_dict().keys() == build("elastic").state_dict().keys()  # the wrappers are not modules of it

@@ -62,6 +62,7 @@ class ElasticMemory(Memory):
         # where the write's banks are built in float64; the sampling matrix of a t-free schedule is a
         # buffer, moved with the model.
         self.host_constants = hippo.bank_constants(order)  # float64, CPU: u, gw, band, gscale
+        self._base: tuple | None = None  # ((l, device, dtype), W(0, l)): see base_injection
         fixed = torch.zeros(0) if sampling.depends_on_t(schedule) else sampling.sampling_matrix(schedule, samples, 0, order, power)
         self.register_buffer("fixed_sampling", fixed.float(), persistent=False)  # (M, N) fp32, t-free schedules
 
@@ -111,11 +112,23 @@ class ElasticMemory(Memory):
     def plan_key(self) -> tuple:
         return ("elastic", self.order)  # every elastic layer of a model has read the same tokens
 
+    def base_injection(self, l: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """W(0, l) (N, l) on `device` in `dtype`: a constant of the segment length, built once on the host
+        and kept with the module (a plain attribute: not saved, not a DDP buffer; rebuilt when l, the
+        device or the dtype change)."""
+        key = (l, device, dtype)
+        if self._base is None or self._base[0] != key:
+            self._base = key, hippo.base_injection(l, self.order, self.host_constants).to(device, dtype)
+        return self._base[1]
+
     def write_plan(self, state: ElasticState, l: int) -> Tensor:
-        """[R(t/T) | W(t, T)] on the state's device, (1 or B, N, N + l) in the state's dtype: built on the
-        host in float64 (`hippo.write_bank`) and uploaded once per segment for all layers."""
-        bank = hippo.write_bank(state.t, l, self.order, self.host_constants, state.c.dtype)
-        return bank if state.c.device.type == "cpu" else bank.to(state.c.device, non_blocking=True)
+        """[R(t/T) | W(t, T)] on the state's device, (1 or B, N, N + l) in the state's dtype, once per
+        segment for all layers: the host builds [R | (1 - ρ) A] (N x 2N, float64, cast; `hippo.step_bank`)
+        and uploads it, the device carries the base injection there (`hippo.write_bank`)."""
+        step = hippo.step_bank(state.t, l, self.order, self.host_constants, state.c.dtype)  # (1 or B, N, 2N)
+        if state.c.device.type != "cpu":
+            step = step.to(state.c.device, non_blocking=True)
+        return hippo.write_bank(step, self.base_injection(l, state.c.device, state.c.dtype))
 
     def write(self, state: ElasticState, seg: SegmentView, plan: Tensor | None = None) -> ElasticState:
         """C_new = [R | W] @ [C ; X] (docs/memory.md, "Write"): one product for keys and values, on the

@@ -226,35 +226,59 @@ BANKS = BoundedLRU(16, 64 << 10)  # a window of 16 segments; 64 KiB: N = 16, l =
 
 def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
                dtype: torch.dtype = F64) -> tuple[Tensor, Tensor]:
-    """`segment_banks` for every row of t (B,) in `dtype`: (R, W). On the CPU these are views of
-    `write_bank`'s joint bank (cached); on an accelerator every row is built there (a cache key or
-    grouping by t would need a host sync)."""
+    """`segment_banks` for every row of t (B,) in `dtype`: (R, W). On the CPU through `step_bank` and
+    `write_bank` (the route Elastic Memory's write takes); on an accelerator every row is built there
+    from the closed forms (a reference route: the memory itself keeps t on the host)."""
     if t.device.type != "cpu":
         r, w = segment_banks(t, l, order, consts)
         return r.to(dtype), w.to(dtype)
-    bank = write_bank(t, l, order, consts, dtype)  # (1 or B, N, N + l)
-    return bank[..., :order], bank[..., order:]
+    bank = write_bank(step_bank(t, l, order, consts, dtype), base_injection(l, order, consts).to(dtype))
+    return bank[..., :order], bank[..., order:]  # (1 or B, N, N), (1 or B, N, l)
 
 
-def write_bank(t: Tensor, l: int, order: int, consts: BankConstants | None = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
-    """[R(t/T) | W(t, T)] for every row of the host tensor t (B,): (1, N, N + l) when all rows share
-    t, else (B, N, N + l), in `dtype`, on the CPU. Built in float64 from the closed forms
-    (`segment_banks`, once per distinct t), then cast, so the write is one product
-    `[R | W] @ [C ; X]` whose operands never need float64 on the device. Kept in the bounded `BANKS`
-    cache (small banks: a training window revisits the same t every step). consts: on the CPU."""
+def step_bank(t: Tensor, l: int, order: int, consts: BankConstants | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+    """[R(ρ) | (1 - ρ) A(ρ)] with ρ = t/T for every row of the host tensor t (B,): (1, N, 2N) when all
+    rows share t, else (B, N, 2N), in `dtype`, on the CPU; built in float64 and kept in `BANKS`.
+
+    A(ρ)[n, m] = ∫_0^1 g_n(ρ + (1 - ρ) u) g_m(u) du re-expands g_n on the segment's part [ρ, 1] of the
+    new interval in the basis of [0, 1] (exact with N+1 Gauss nodes: degree <= 2N - 2). With it the
+    injection of any t is the base injection of t = 0 carried there (`write_bank`):
+      W(t, T) = (1 - ρ) A(ρ) W(0, l),
+    because the cell of token j is [(t+j-1)/T, (t+j)/T] = ρ + (1 - ρ) [(j-1)/l, j/l] and ds = (1 - ρ) du.
+    So a never-seen t costs two N x N banks on the host, whatever l.
+    """
     rows = tuple(t.tolist())  # the key; a list, not numpy: cheapest on the hot path
-    key = (order, l, rows, dtype)
+    key = ("step", order, l, rows, dtype)
     found = BANKS.get(key)
     if found is not None:
         return found[0]
+    c = BankConstants(*(x.numpy() for x in (bank_constants(order) if consts is None else consts)))
     values, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)  # (U,), (B,)
-    r, w = segment_banks(torch.from_numpy(values), l, order, consts)  # (U, N, N), (U, N, l) float64
-    bank = torch.cat([r, w], dim=2).to(dtype)  # (U, N, N + l)
+    rho = (values / (values + l))[:, None]  # (U, 1)
+    k = c.u.shape[0]
+    points = np.concatenate([(rho * c.u).reshape(-1), (rho + (1 - rho) * c.u).reshape(-1)]) * 2 - 1  # (2 U K,)
+    v = legendre_scaled(points, order).reshape(order, 2, values.shape[0], k)  # (N, 2, U, K) V_n at both point sets
+    g = v * c.gscale[:order, None, None, None]  # (N, 2, U, K) g_n
+    r = rho[:, :, None] * np.einsum("mik,nk->imn", g[:, 0], c.gw)  # (U, N, N) ρ Σ_k w_k g_m(ρ u_k) g_n(u_k)
+    a = (1 - rho)[:, :, None] * np.einsum("nik,mk->inm", g[:, 1], c.gw)  # (U, N, N) (1 - ρ) A(ρ)
+    bank = torch.from_numpy(np.concatenate([r, a], axis=2)).to(dtype)  # (U, N, 2N)
     if values.shape[0] > 1:
-        bank = bank[torch.from_numpy(inverse)]  # (B, N, N + l)
+        bank = bank[torch.from_numpy(inverse)]  # (B, N, 2N)
     BANKS.put(key, (bank,))
     return bank
+
+
+def base_injection(l: int, order: int, consts: BankConstants | None = None) -> Tensor:
+    """W(0, l): (N, l) float64 on the CPU, the injection of a segment that is the whole history."""
+    return segment_banks(torch.zeros(1, dtype=torch.long), l, order, consts)[1][0]
+
+
+def write_bank(step: Tensor, base: Tensor) -> Tensor:
+    """[R | W] from `step_bank` (on base's device) and the base injection W(0, l) (N, l), in their dtype:
+    (1 or B, N, N + l), W = (1 - ρ) A(ρ) W(0, l). Two launches (a product and a concatenation)."""
+    order = step.shape[1]
+    return torch.cat([step[..., :order], step[..., order:] @ base], dim=-1)
 
 
 def absorb(c: Tensor, t: int | Tensor, x: Tensor, consts: BankConstants | None = None) -> Tensor:

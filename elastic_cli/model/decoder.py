@@ -249,14 +249,24 @@ class Decoder(nn.Module):
         return torch.zeros(batch, n, self.embed.weight.shape[1], device=self.embed.weight.device,
                            dtype=self.embed.weight.dtype)  # (B, n, D): slots start empty, memories inject into them
 
+    def compile_blocks(self, **options) -> None:
+        """torch.compile every block for `forward` (whole segments: training and eval); streaming stays
+        eager. The blocks share their code, so the compiler builds one graph per kind of block (with
+        and without memory) instead of one of the whole model, and the memory writes between segments
+        stay outside it. options: `torch.compile`'s (e.g. backend). The compiled wrappers are a plain
+        attribute: the state dict is unchanged."""
+        self._compiled = tuple(torch.compile(block, **options) for block in self.blocks)
+
     def _blocks(self, x: Tensor, states: States, past: list, reads: list, start: int, front: int,
                 back: int, capacity: int | None = None) -> tuple[Tensor, dict[int, Tensor], list]:
         """Run every block on one chunk (updates past/reads in place); returns the output (B, n, D),
         per memory layer the block output at the chunk's last `back` rows, and per layer the memory's
-        view of the stream so far. capacity: streaming (see `Block.forward`)."""
+        view of the stream so far. capacity: streaming (see `Block.forward`); without it the compiled
+        blocks run, if `compile_blocks` made them."""
         slot = {layer: j for j, layer in enumerate(self.memory_layers)}
         outs, views = {}, []
-        for i, block in enumerate(self.blocks):
+        blocks = self.blocks if capacity is not None else getattr(self, "_compiled", None) or self.blocks
+        for i, block in enumerate(blocks):
             state = states[slot[i]] if i in slot else None
             x, view, past[i], reads[i] = block(x, state, past[i], reads[i], start, front, back, capacity)
             views.append(view)
