@@ -231,24 +231,39 @@ def test_rows_at_distinct_unsorted_t_get_their_own_banks():
 def test_bank_cache_stays_within_its_bound_and_evicts_the_least_recently_used():
     """A document of many new t never grows the cache past its entries; revisited t come back equal
     to a fresh build; the least recently used entry goes first; a bank over the entry size is not
-    kept (it is built at every write)."""
-    cache = BoundedLRU(3, 4 * 8 * 16)  # three entries of at most one fp32 step bank [R | (1-ρ)A] of N=8
+    kept (it is built at every write). Rows at two t: one entry per call (no look-ahead)."""
+    cache = BoundedLRU(3, 4 * 2 * 8 * 16)  # three entries of at most one fp32 step bank of two rows, N=8
     real = hippo.BANKS
     hippo.BANKS = cache
     try:
         for t in range(1000, 1050):  # 50 never-seen t
-            hippo.step_bank(torch.tensor([t]), 4, 8)
+            hippo.step_bank(torch.tensor([t, t + 1]), 4, 8)
             assert len(cache.entries) <= 3
-        assert cache.bytes == 3 * 4 * 8 * 16
-        assert [k[3] for k in cache.entries] == [(t,) for t in (1047, 1048, 1049)]  # keyed by the rows' t
-        bank = cache.get(("step", 8, 4, (1047,), torch.float32))[0]
+        assert cache.bytes == 3 * 4 * 2 * 8 * 16
+        assert [k[3] for k in cache.entries] == [(t, t + 1) for t in (1047, 1048, 1049)]  # keyed by the rows' t
+        bank = cache.get(("step", 8, 4, (1047, 1048), torch.float32))[0]
         torch.testing.assert_close(bank[0, :, :8].double(), hippo.transition(1047 / 1051, 8), rtol=0, atol=1e-7)
-        hippo.step_bank(torch.tensor([2000]), 4, 8)  # evicts 1048: 1047 was used last
-        assert [k[3] for k in cache.entries][:1] == [(1049,)]
-        hippo.step_bank(torch.tensor([3000]), 4, 9)  # N = 9: over the entry size
+        torch.testing.assert_close(bank[1, :, :8].double(), hippo.transition(1048 / 1052, 8), rtol=0, atol=1e-7)
+        hippo.step_bank(torch.tensor([2000, 2001]), 4, 8)  # evicts 1048: 1047 was used last
+        assert [k[3] for k in cache.entries][:1] == [(1049, 1050)]
+        hippo.step_bank(torch.tensor([3000, 3001]), 4, 9)  # N = 9: over the entry size
         assert all(k[1] == 8 for k in cache.entries) and len(cache.entries) == 3
     finally:
         hippo.BANKS = real
+
+
+def test_a_miss_builds_the_next_segments_banks_too():
+    """Rows sharing t: one call builds t, t + l, ..., t + (AHEAD-1) l, each equal to a build of its own."""
+    hippo.BANKS.clear()
+    first = hippo.step_bank(torch.tensor([64, 64]), 64, 16)
+    assert first.shape == (1, 16, 32)
+    for k in range(hippo.AHEAD):
+        t = 64 + 64 * k
+        cached = hippo.BANKS.get(("step", 16, 64, (t, t), torch.float32))[0]
+        consts = hippo.BankConstants(*(x.numpy() for x in hippo.bank_constants(16)))
+        fresh = torch.from_numpy(hippo._step_banks(np.array([t]), 64, 16, consts)).float()
+        torch.testing.assert_close(cached, fresh, rtol=0, atol=0)
+    assert hippo.BANKS.get(("step", 16, 64, (64 + 64 * hippo.AHEAD,) * 2, torch.float32)) is None
 
 
 @pytest.mark.parametrize("t,l,order", [(0, 64, 16), (64, 64, 16), (1000, 7, 8), (3, 5, 64), (10**6, 2048, 64),

@@ -236,6 +236,9 @@ def _row_banks(t: Tensor, l: int, order: int, consts: BankConstants | None,
     return bank[..., :order], bank[..., order:]  # (1 or B, N, N), (1 or B, N, l)
 
 
+AHEAD = 8  # a single-t miss also builds the banks of the next AHEAD - 1 segments (one recurrence for all)
+
+
 def step_bank(t: Tensor, l: int, order: int, consts: BankConstants | None = None,
               dtype: torch.dtype = torch.float32) -> Tensor:
     """[R(ρ) | (1 - ρ) A(ρ)] with ρ = t/T for every row of the host tensor t (B,): (1, N, 2N) when all
@@ -246,7 +249,9 @@ def step_bank(t: Tensor, l: int, order: int, consts: BankConstants | None = None
     injection of any t is the base injection of t = 0 carried there (`write_bank`):
       W(t, T) = (1 - ρ) A(ρ) W(0, l),
     because the cell of token j is [(t+j-1)/T, (t+j)/T] = ρ + (1 - ρ) [(j-1)/l, j/l] and ds = (1 - ρ) du.
-    So a never-seen t costs two N x N banks on the host, whatever l.
+    So a never-seen t costs two N x N banks on the host, whatever l. A miss where all rows share t
+    also builds t + l, ..., t + (AHEAD-1) l in the same call (a document read in order, or a training
+    window from t = 0, asks for them next): the recurrence's cost is per call, not per point.
     """
     rows = tuple(t.tolist())  # the key; a list, not numpy: cheapest on the hot path
     key = ("step", order, l, rows, dtype)
@@ -255,18 +260,29 @@ def step_bank(t: Tensor, l: int, order: int, consts: BankConstants | None = None
         return found[0]
     c = BankConstants(*(x.numpy() for x in (bank_constants(order) if consts is None else consts)))
     values, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)  # (U,), (B,)
+    if values.shape[0] == 1:
+        ahead = values[0] + l * np.arange(AHEAD)  # (AHEAD,)
+        banks = torch.from_numpy(_step_banks(ahead, l, order, c)).to(dtype)  # (AHEAD, N, 2N)
+        for k in range(AHEAD - 1, -1, -1):  # the asked one last: most recently used
+            BANKS.put(("step", order, l, (int(ahead[k]),) * len(rows), dtype), (banks[k:k + 1].clone(),))
+        return banks[:1]
+    bank = torch.from_numpy(_step_banks(values, l, order, c)).to(dtype)[torch.from_numpy(inverse)]  # (B, N, 2N)
+    BANKS.put(key, (bank,))
+    return bank
+
+
+def _step_banks(values: np.ndarray, l: int, order: int, c: BankConstants) -> np.ndarray:
+    """`step_bank` for distinct t values (U,), numpy float64 -> (U, N, 2N)."""
     rho = (values / (values + l))[:, None]  # (U, 1)
     k = c.u.shape[0]
     points = np.concatenate([(rho * c.u).reshape(-1), (rho + (1 - rho) * c.u).reshape(-1)]) * 2 - 1  # (2 U K,)
     v = legendre_scaled(points, order).reshape(order, 2, values.shape[0], k)  # (N, 2, U, K) V_n at both point sets
-    g = v * c.gscale[:order, None, None, None]  # (N, 2, U, K) g_n
-    r = rho[:, :, None] * np.einsum("mik,nk->imn", g[:, 0], c.gw)  # (U, N, N) ρ Σ_k w_k g_m(ρ u_k) g_n(u_k)
-    a = (1 - rho)[:, :, None] * np.einsum("nik,mk->inm", g[:, 1], c.gw)  # (U, N, N) (1 - ρ) A(ρ)
-    bank = torch.from_numpy(np.concatenate([r, a], axis=2)).to(dtype)  # (U, N, 2N)
-    if values.shape[0] > 1:
-        bank = bank[torch.from_numpy(inverse)]  # (B, N, 2N)
-    BANKS.put(key, (bank,))
-    return bank
+    u = values.shape[0]
+    g = (v * c.gscale[:order, None, None, None]).transpose(1, 2, 0, 3).reshape(2 * u * order, k)  # (2 U N, K) g_n
+    both = (g @ c.gw.T).reshape(2, u, order, order)  # Σ_k g_n(point_k) w_k g_m(u_k): one 2-D BLAS product
+    both[0] *= rho[:, :, None]  # R = ρ Σ_k w_k g_m(ρ u_k) g_n(u_k)
+    both[1] *= 1 - rho[:, :, None]  # (1 - ρ) A
+    return np.concatenate([both[0], both[1]], axis=2)  # (U, N, 2N)
 
 
 def base_injection(l: int, order: int, consts: BankConstants | None = None) -> Tensor:
