@@ -193,8 +193,9 @@ def test_data_checks_are_data_errors(tmp_path):
                                             f"data.path={tmp_path / 'none'}"])
     with pytest.raises(DataError, match="model.vocab_size=8000 but d/meta.json has vocab_size=4096"):
         check_data(cfg, {"vocab_size": 4096, "tokenizer_sha256": None}, "d")
-    with pytest.raises(DataError, match="d was prepared with tokenizer sha256 000000000000, the model's tokenizer is"):
-        check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")
+    with pytest.raises(DataError, match=r"d was prepared with books-8k.model \(sha256 000000000000\), but the "
+                                        r"model's tokenizer is \S+/t.model \(sha256 [0-9a-f]{12}\)"):
+        check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64, "tokenizer": "books-8k.model"}, "d")
     assert check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": hashlib.sha256(b"spm").hexdigest()}, "d") is None
     unnamed = load_config("recipes/tiny.yaml", ["data.tokenizer=null", f"data.path={tmp_path / 'none'}"])
     assert "records no tokenizer" in check_data(unnamed, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")
