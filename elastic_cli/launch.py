@@ -40,7 +40,6 @@ def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dr
         console.info(f"run directory: {cfg.run.dir}")
         console.info("launching: " + " ".join(cmd))
         return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu")
-    console.info(f"run directory: {cfg.run.dir}")
     from elastic_cli.train import train
 
     train(cfg, resume, overwrite, ("elastic", *worker_argv))

@@ -154,6 +154,7 @@ def summary_line(step: int, ran: int, tokens: int, seconds: float, loss: float, 
 def _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock) -> str | None:
     """Rank 0: every check before step 1 (preflight), the run lock, then the run files."""
     preflight.check_run(cfg, resume, overwrite, world)
+    console.info(f"run directory: {run_dir}")
     lock.acquire()
     start = checkpoint.prepare_run_dir(run_dir, resume, overwrite)
     if start is not None:  # rows logged after the checkpoint are logged again by the resumed run
