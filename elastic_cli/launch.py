@@ -51,7 +51,7 @@ def _planned_device(kind: str, gpus: int) -> str:
     a GPU job from a login node without GPUs is normal: the job checks again when it starts)."""
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if kind == "cpu" or (kind == "auto" and not visible):
-        return f"cpu ({gpus} gloo process(es) per node)" if kind == "cpu" else \
-            "auto: cpu here (no CUDA device visible); a GPU node uses cuda"
+        where = "cpu" + (f" ({gpus} gloo processes per node)" if gpus > 1 else "")
+        return where if kind == "cpu" else f"auto: {where} here (no CUDA device visible); a GPU node uses cuda"
     here = f"{visible} visible here" if visible else "none visible on this machine: checked again when the job starts"
     return f"cuda x {gpus} per node ({here})"
