@@ -207,7 +207,7 @@ def test_overrides_that_change_the_configuration_get_their_own_directory():
         return load_config(TINY, list(overrides)).run.dir
 
     assert run_dir() == "runs/tiny"
-    assert run_dir("memory.kind=elastic", "train.lr=0.003") == "runs/tiny"  # the recipe's own values
+    assert run_dir("memory.kind=elastic", "train.lr=0.003", "train.lr=3e-3") == "runs/tiny"  # the recipe's values
     assert run_dir("run.gpus=2", "train.log_every=1", "eval.batch=2", "train.save_every=5") == "runs/tiny"
     assert run_dir("memory.kind=none") == "runs/tiny--memory.kind-none"
     assert run_dir("train.lr=1e-3", "memory.kind=none") == run_dir("memory.kind=none", "train.lr=1e-3") \

@@ -81,10 +81,21 @@ def changed_keys(layer: dict, tree: dict) -> dict[str, Any]:
             dotted, old = prefix + key, below.get(key) if isinstance(below, dict) else None
             if isinstance(value, dict):
                 walk(value, old, dotted + ".")
-            elif value != old and not (dotted + ".").startswith(SAME_RUN_KEYS) and not dotted.startswith(SAME_RUN_KEYS):
+            elif not _same_value(value, old) and not dotted.startswith(SAME_RUN_KEYS) \
+                    and not (dotted + ".").startswith(SAME_RUN_KEYS):
                 out[dotted] = value
     walk(layer, tree, "")
     return dict(sorted(out.items()))
+
+
+def _same_value(new: Any, old: Any) -> bool:
+    """An override equal to the recipe's value; '3e-3' (a YAML 1.1 string) equals 0.003."""
+    if isinstance(new, str) and isinstance(old, (int, float)) and not isinstance(old, bool):
+        try:
+            return float(new) == old
+        except ValueError:
+            return False
+    return new == old
 
 
 def default_run_dir(paths: list[Path], changed: dict[str, Any]) -> str:
