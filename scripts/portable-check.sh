@@ -13,7 +13,7 @@ set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-$(mktemp -d -t elastic-portable-XXXXXX)}
 PY=${PYTHON:-$REPO/.venv/bin/python}
-[ -x "$PY" ] || PY=python
+[ -x "$PY" ] || PY=python3
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 read -r -a ELASTIC <<< "${ELASTIC:-$PY -m elastic_cli}"
 FAILED=0
