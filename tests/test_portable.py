@@ -307,3 +307,29 @@ def test_export_creates_its_parent_folders(trained, tmp_path, capsys):
     code, _, err = cli(capsys, "export", run, "--out", tmp_path / "a" / "b" / "c")
     assert code == 0, err
     assert (tmp_path / "a" / "b" / "c" / "tokenizer.model").read_bytes() == tiny_run.TOKENIZER.read_bytes()
+
+
+# ------------------------------------------------------------------ what training says on a terminal
+
+def test_training_lines_print_above_the_bar_on_a_terminal(monkeypatch, capsys, tmp_path):
+    from elastic_cli import console
+    from elastic_cli.train import _Log, summary_line
+
+    monkeypatch.setattr(console, "interactive", lambda: True)
+    log = _Log(tmp_path / "train.log")
+    with console.progress(3, "train", "step") as bar:
+        log.bar = bar
+        bar.update(1)
+        log.write("step 1 val_loss 1.2345")
+        bar.update(1)
+    log.close()
+    err = capsys.readouterr().err
+    assert "train:" in err and "2/3" in err  # the bar, drawn by tqdm
+    assert "step 1 val_loss 1.2345\n" in err
+    assert err.split("step 1 val_loss")[0].endswith("\r")  # the bar was cleared first (tqdm.write), then redrawn
+    assert (tmp_path / "train.log").read_text().endswith(" step 1 val_loss 1.2345\n")
+    line = summary_line(150, 50, 1_234_567, 61.2, 3.14159, [(3.5, 50), (3.25, 100), (3.3, 150)],
+                        Path("runs/tiny/checkpoints/step_00000150"), Path("runs/tiny"))
+    assert line == ("done: step 150 (50 this run, 61 s), 1,234,567 tokens, last loss 3.1416, val_loss best 3.2500 "
+                    "(step 100) last 3.3000 (step 150); checkpoint runs/tiny/checkpoints/step_00000150; run directory "
+                    "runs/tiny (elastic eval runs/tiny)")
