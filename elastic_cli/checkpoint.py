@@ -35,10 +35,11 @@ from torch import nn
 from elastic_cli import __version__, console, runlock
 from elastic_cli.atomic import remove_tree, write_atomic
 from elastic_cli.code_version import code_version
-from elastic_cli.checkpoint_files import CKPT_FILES, file_sha256, verify  # noqa: F401 (verify: public here)
+from elastic_cli.checkpoint_files import CKPT_FILES, TOKENIZER_FILE, file_sha256, verify  # noqa: F401 (verify: public here)
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
+RESUME_WORDS = ("yes", "y", "true", "1", "on", "latest", "last", "newest", "resume")  # meant: --resume auto
 RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state",
              "tensorboard", "wandb")  # the last two: run.loggers (loggers.py)
 
@@ -115,12 +116,34 @@ def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
         if used and not (run_dir / "config.yaml").is_file() and not overwrite:
             raise UsageError(f"{run_dir} is not empty and is not a run directory; choose another run.dir")
         return None, ("metrics.jsonl", "train.log", "state", "tensorboard", "wandb")  # a run that never saved: start over
+    if not Path(resume).exists():
+        if resume.lower() in RESUME_WORDS:
+            raise UsageError(f"--resume {resume}: did you mean --resume auto? (--resume takes auto, never or the "
+                             f"path of a run or checkpoint directory)")
+        raise DataError(f"--resume {resume}: {resume} does not exist (--resume takes auto, never or the path of a "
+                        f"run or checkpoint directory)")
     return resolve(resume), ()
 
 
+def removal(run_dir: Path, names: tuple[str, ...]) -> str | None:
+    """What removing `names` from a run directory deletes, in words (None: nothing there)."""
+    run_dir = Path(run_dir)
+    found = [n for n in names if (run_dir / n).exists()]
+    if not found:
+        return None
+    saved = complete_checkpoints(run_dir)
+    parts = [f"checkpoints/ ({len(saved)} complete, newest {saved[-1].name})" if n == "checkpoints" and saved
+             else n + "/" * (run_dir / n).is_dir() for n in found]
+    return f"{run_dir}: " + ", ".join(parts)
+
+
 def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
-    """`check_run_dir`, then remove the run files of a fresh start; returns the checkpoint to resume from."""
+    """`check_run_dir`, then remove the run files of a fresh start (saying what, under --overwrite);
+    returns the checkpoint to resume from."""
     start, remove = check_run_dir(run_dir, resume, overwrite)
+    deleted = removal(run_dir, remove) if overwrite else None
+    if deleted:
+        console.info(f"--overwrite: deleting {deleted}")
     for name in remove:
         target = Path(run_dir) / name
         remove_tree(target) if target.is_dir() else target.unlink(missing_ok=True)
@@ -140,15 +163,17 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
 
 
 def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
-         config_yaml: str, keep_last: int) -> Path:
+         config_yaml: str, keep_last: int, tokenizer: Path | None = None) -> Path:
     """Write checkpoints/step_X atomically (rank 0 only), update `latest`, drop the oldest beyond keep_last.
+    `tokenizer` (the run's .model file) is copied in as tokenizer.model and checksummed with the rest,
+    so the checkpoint is self-contained: it runs from any directory or machine.
     A write error (disk full, quota, read-only) -> DataError; nothing new is marked complete and the
     previous checkpoints are untouched."""
     root = Path(run_dir) / "checkpoints"
     final = root / step_name(step)
     tmp = root / (final.name + ".tmp")
     try:
-        _write_files(tmp, model, optimizer, train_state, config_yaml)
+        _write_files(tmp, model, optimizer, train_state, config_yaml, tokenizer)
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         if _interrupted(e):  # Ctrl-C inside torch.save can surface as the writer's RuntimeError: still 130
@@ -177,7 +202,7 @@ def _interrupted(e: BaseException | None) -> bool:
     return False
 
 
-def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: str) -> None:
+def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: str, tokenizer: Path | None) -> None:
     """The checkpoint's files in `tmp`, fsynced, then COMPLETE with their sha256 (read back from disk)."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -185,9 +210,13 @@ def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: st
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     write_atomic(tmp / "train_state.json", json.dumps(train_state).encode())
     write_atomic(tmp / "config.yaml", config_yaml.encode())
-    for name in CKPT_FILES:
+    names = CKPT_FILES
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+        names += (TOKENIZER_FILE,)
+    for name in names:
         _fsync(tmp / name)
-    sums = {name: file_sha256(tmp / name) for name in CKPT_FILES}
+    sums = {name: file_sha256(tmp / name) for name in names}
     write_atomic(tmp / "COMPLETE", json.dumps({"sha256": sums}, indent=1).encode())  # last: all above are whole
 
 
@@ -220,9 +249,17 @@ def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] 
     return cfg, model.eval(), ckpt
 
 
-def saved_step(ckpt: Path) -> int:
-    """The optimizer step a checkpoint was saved at (from its directory name)."""
-    return int(_STEP.match(Path(ckpt).name).group(1))
+def saved_step(ckpt: Path) -> int | None:
+    """The optimizer step a checkpoint was saved at: from its directory name, else (a checkpoint
+    copied under another name) from its train_state.json; None when neither says."""
+    m = _STEP.match(Path(ckpt).name)
+    if m:
+        return int(m.group(1))
+    try:
+        step = json.loads((Path(ckpt) / "train_state.json").read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def mark_preempted(run_dir: Path, step: int) -> Path:

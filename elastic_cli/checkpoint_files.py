@@ -9,6 +9,8 @@ from pathlib import Path
 from elastic_cli.errors import DataError
 
 CKPT_FILES = ("model.safetensors", "optimizer.pt", "train_state.json", "config.yaml")
+TOKENIZER_FILE = "tokenizer.model"  # the run's tokenizer, copied (checkpoints saved before it carried one lack it)
+OPTIONAL_FILES = (TOKENIZER_FILE,)
 
 
 def file_sha256(path: Path) -> str:
@@ -28,7 +30,7 @@ def verify(ckpt: Path) -> None:
     ckpt = Path(ckpt)
     marker = ckpt / "COMPLETE"
     stats = [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None
-             for f in [marker, *(ckpt / n for n in CKPT_FILES)]]
+             for f in [marker, *(ckpt / n for n in CKPT_FILES + OPTIONAL_FILES)]]
     key = (str(ckpt.resolve()), tuple(stats))  # a file changed since it was hashed is hashed again
     if key not in _verified:
         try:

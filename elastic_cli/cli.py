@@ -25,15 +25,36 @@ Exit codes:
 """
 
 
-@click.group(epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def _help_without_command(ctx: click.Context) -> None:
+    """A group called with no command prints its help (stdout, exit 0), as `git` and `tune` do."""
+    if ctx.invoked_subcommand is None:
+        console.out(ctx.get_help())
+
+
+MAIN_HELP = """elastic: train and run language models with Elastic Memory on long documents.
+
+\b
+  elastic list recipes                                     what exists (also: kinds, tasks, corpora)
+  elastic prepare --corpus python-stdlib --tokenizer tokenizers/code-8k.model --out data/stdlib
+  elastic train recipes/tiny.yaml                          run directory: runs/tiny
+  elastic eval runs/tiny                                   perplexity, bits per byte, loss by segment
+  elastic generate runs/tiny --file book.txt --prompt "Who wrote the letter?"
+"""
+
+
+@click.group(epilog=EXIT_CODES_HELP, help=MAIN_HELP, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="elastic")
-def cli() -> None:
-    """elastic: train and run language models with Elastic Memory on long documents."""
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    _help_without_command(ctx)
 
 
-@cli.group()
-def tokenizer() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def tokenizer(ctx: click.Context) -> None:
     """Train and inspect SentencePiece tokenizers."""
+    _help_without_command(ctx)
 
 
 @tokenizer.command("train")
@@ -83,7 +104,8 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 @click.option("--noise", type=int, help="mqar: noise words between facts and queries [256]; 1 = one filler word.")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
             workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values, noise) -> None:
-    """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out.
+    """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out
+    (elastic list corpora and elastic list tasks show the built-in ones).
 
     \b
     Examples:
@@ -115,8 +137,11 @@ TRAIN_HELP = """\b
 Train from RECIPE.yaml files (later files are overlays) and key=value overrides:
   elastic train recipes/tiny.yaml
   elastic train recipes/tiny.yaml recipes/memory/none.yaml train.lr=1e-3
+  elastic train recipes/tiny.yaml train.steps=10 --dry-run
   elastic train recipes/code-32k.yaml --gpus 8 --resume auto
-The run directory is run.dir (default runs/<recipe names>)."""
+The run directory is run.dir; by default runs/<recipe names>, plus --KEY-VALUE for each override
+that changes the configuration (runs/tiny-none--train.lr-1e-3), so runs of different configurations
+never share one. It is printed at the start; --overwrite replaces a run of the same configuration only."""
 
 
 @cli.command("train", epilog=EXIT_CODES_HELP, help=TRAIN_HELP)
@@ -128,9 +153,12 @@ The run directory is run.dir (default runs/<recipe names>)."""
               "(default under SLURM: first node of the job, port 29500).")
 @click.option("--resume", default="never", show_default=True, metavar="auto|never|PATH",
               help="auto: continue from the newest complete checkpoint of run.dir, if any; PATH: a run or checkpoint directory.")
-@click.option("--overwrite", is_flag=True, help="Start over in a non-empty run directory (deletes its run files).")
-@click.option("--dry-run", is_flag=True, help="Validate, build the model on the meta device, print sizes, a memory "
-              "estimate and the launch command, then exit.")
+@click.option("--overwrite", is_flag=True, help="Start over in a non-empty run directory of the same configuration "
+              "(deletes its run files and says which).")
+@click.option("--dry-run", is_flag=True, help="Run every check the real run runs that needs no hardware (data, "
+              "tokenizer, run directory, the checkpoint to resume and its architecture), build the model on the meta "
+              "device, print sizes, a memory estimate and the launch command (one line), then exit. Plans --gpus N "
+              "jobs on a machine without GPUs.")
 def train_command(args, gpus, nodes, rdzv_endpoint, resume, overwrite, dry_run) -> None:
     from elastic_cli import launch
     from elastic_cli.config import load_config, split_args
@@ -144,18 +172,54 @@ def train_command(args, gpus, nodes, rdzv_endpoint, resume, overwrite, dry_run) 
         raise click.exceptions.Exit(code)
 
 
-@cli.group("config")
-def config_group() -> None:
+@cli.group("config", invoke_without_command=True)
+@click.pass_context
+def config_group(ctx: click.Context) -> None:
     """Inspect recipes."""
+    _help_without_command(ctx)
 
 
 @config_group.command("show")
 @click.argument("args", nargs=-1, required=True, metavar="RECIPE.yaml... [KEY=VALUE]...")
-def config_show(args) -> None:
-    """Print the resolved config (recipes, their bases, overrides and defaults) as YAML on stdout."""
+@click.option("--explain", is_flag=True, help="Add each key's description as a comment.")
+def config_show(args, explain) -> None:
+    """Print the resolved config (recipes, their bases, overrides and defaults) as YAML on stdout.
+
+    \b
+    Examples:
+      elastic config show recipes/tiny.yaml --explain
+      elastic config show recipes/tiny.yaml recipes/memory/xl.yaml memory.cache=32
+    """
     from elastic_cli.config import dump_yaml, load_config, split_args
 
-    console.out(dump_yaml(load_config(*split_args(args))), end="")
+    console.out(dump_yaml(load_config(*split_args(args)), explain), end="")
+
+
+LIST_HELP = """List what exists: recipes (and memory overlays), memory kinds with their options,
+synthetic tasks (elastic prepare --task) and built-in corpora (elastic prepare --corpus).
+
+\b
+Examples:
+  elastic list kinds
+  elastic list recipes
+"""
+
+
+@cli.command("list", help=LIST_HELP)
+@click.argument("what", type=click.Choice(["recipes", "kinds", "tasks", "corpora"]))
+def list_command(what) -> None:
+    from elastic_cli import catalog
+
+    entries = {"recipes": catalog.recipes, "kinds": catalog.kinds, "tasks": catalog.tasks,
+               "corpora": catalog.corpora}[what]()
+    if what == "recipes" and not entries:
+        console.info("no recipes/ folder here or beside the package")
+    for e in entries:
+        console.out(f"{e.name:<12} {e.line}" if what != "recipes" else f"{e.name}  {e.line}")
+        for line in e.details:
+            console.out(f"    {line}")
+    if what == "kinds":
+        console.out(f"({catalog.COMMON_OPTIONS}; elastic config show R.yaml memory.kind=KIND shows them in place)")
 
 
 def _range(value: str | None) -> tuple[int, int] | None:

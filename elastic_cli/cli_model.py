@@ -1,6 +1,12 @@
 """The commands that use a trained model or measure one: eval, generate, export, lm-eval, bench
-(registered on the `elastic` group of cli.py)."""
+(registered on the `elastic` group of cli.py).
+
+One convention: the checkpoint (a run or checkpoint directory) is the first positional word (`--ckpt`
+still works), `KEY=VALUE` words set inference-time options (inference.INFERENCE_KEYS), outputs are
+`--out` (the old `--json`/`--output` still work), `--device`/`--dtype` choose where and how it runs."""
 from __future__ import annotations
+
+import re
 
 import click
 
@@ -29,9 +35,60 @@ class Schedule(click.ParamType):
         return names if self.many else value
 
 
-@cli.command("eval", epilog=EXIT_CODES_HELP)
-@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT",
-              help="A run directory (its newest complete checkpoint) or a checkpoint directory.")
+KEY_VALUE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # section.key=value (a prompt like "x = 1" is not one)
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+DTYPE = click.Choice(["auto", "fp32", "bf16"])
+
+
+def _split_words(words: tuple[str, ...], ckpt: str | None, command: str) -> tuple[str, list[str], list[str]]:
+    """Positional words -> (checkpoint, key=value overrides, the other words). The checkpoint is
+    --ckpt or else the first word that is not key=value."""
+    overrides = [w for w in words if KEY_VALUE.match(w)]
+    rest = [w for w in words if not KEY_VALUE.match(w)]
+    if ckpt is None:
+        if not rest:
+            raise UsageError(f"give the checkpoint: elastic {command} RUN_OR_CHECKPOINT (see: elastic {command} --help)")
+        ckpt, rest = rest[0], rest[1:]
+    return ckpt, overrides, rest
+
+
+def _settings(overrides, device, dtype, tokenizer=None):
+    from elastic_cli.inference import Settings
+
+    return Settings(tuple(overrides), device, dtype, tokenizer)
+
+
+def _common(f):
+    """--ckpt, --device, --dtype and --tokenizer: what every command on a trained model takes."""
+    f = click.option("--tokenizer", metavar="PATH", help="The tokenizer (default: the copy the checkpoint carries; "
+                     "for checkpoints saved before they carried one, the run's data.tokenizer).")(f)
+    f = click.option("--dtype", type=DTYPE, help="Precision (train.dtype): auto = bf16 autocast on CUDA, fp32 on CPU.")(f)
+    f = click.option("--device", type=DEVICE, help="Where to run (default auto: CUDA if visible, else CPU, "
+                     "whatever device trained the run).")(f)
+    f = click.option("--ckpt", metavar="RUN_OR_CHECKPOINT", help="The checkpoint, if not given as the first word.")(f)
+    return f
+
+
+EVAL_HELP = """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
+
+Whole documents are read in order with memory carried through each one; the numbers (all
+but tokens/s and memory) are deterministic. Peak memory is CUDA max allocated on a GPU and
+the process's peak RSS on CPU (the output says which). On language data it also scores every
+segment with empty memory for the long-context gain (twice the time; --no-gain skips it).
+
+\b
+Examples:
+  elastic eval runs/tiny
+  elastic eval runs/tiny --device cpu --out results/tiny.json --plot loss-by-segment.png
+  elastic eval runs/tiny --split test --max-docs 20 --no-gain
+  elastic eval runs/tiny memory.schedule=exponential eval.batch=4
+  elastic eval runs/tiny --compare-schedules uniform,exponential,gauss
+"""
+
+
+@cli.command("eval", epilog=EXIT_CODES_HELP, help=EVAL_HELP)
+@click.argument("words", nargs=-1, metavar="RUN_OR_CHECKPOINT [KEY=VALUE]...")
+@_common
 @click.option("--data", "data_dir", metavar="DIR", help="Prepared data (default: the run's data.path).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]),
               help="Which documents (default: the run's eval.split, usually val).")
@@ -41,47 +98,72 @@ class Schedule(click.ParamType):
 @click.option("--compare-schedules", "--compare-sampling", "compare", type=Schedule(many=True), metavar="A,B,..",
               help="Evaluate each read schedule in one run, side by side, e.g. uniform,exponential,gauss.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Documents read together (default: eval.batch).")
-@click.option("--max-docs", type=click.IntRange(min=1),
+@click.option("--max-docs", "--limit", "max_docs", type=click.IntRange(min=1),
               help="Only the first N documents of the split (default: eval.max_batches x batch size, or all).")
-@click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
+@click.option("--no-gain", is_flag=True, help="Skip the empty-memory pass of the long-context gain (half the time).")
+@click.option("--out", "--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for "
+              "stdout); missing folders are created.")
 @click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib); "
               "the suffix names the format (.png, .pdf, .svg, .jpg, ...).")
-def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_docs, json_path, plot_path):
-    """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
-
-    Whole documents are read in order with memory carried through each one; the numbers (all
-    but tokens/s and memory) are deterministic. Peak memory is CUDA max allocated on a GPU and
-    the process's peak RSS on CPU (the output says which).
-    """
+def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, samples, compare, batch_size,
+             max_docs, no_gain, json_path, plot_path):
     import json
 
     from elastic_cli import evaluate, inference
     from elastic_cli.atomic import write_atomic
 
-    json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
+    ckpt, overrides, rest = _split_words(words, ckpt, "eval")
+    if rest:
+        raise UsageError(f"unexpected word(s) {' '.join(rest)!r}: eval takes one RUN_OR_CHECKPOINT and KEY=VALUE overrides")
+    json_file = inference.check_writable(json_path, "--out") if json_path not in (None, "-") else None
     plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
     if plot_file is not None:
         evaluate.check_plot_available(plot_file)
-    report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs)
+    report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs,
+                               _settings(overrides, device, dtype, tokenizer), gain=not no_gain)
     text = json.dumps(report, indent=1)
     if json_path == "-":
         console.out(text)
     elif json_file is not None:
-        write_atomic(json_file, (text + "\n").encode())
+        write_atomic(inference.make_parents(json_file), (text + "\n").encode())
         console.info(f"wrote {json_file}")
     if json_path != "-":
         columns, rows = evaluate.table_rows(report)
-        console.table(f"eval {report['split']} of {report['data']}", columns, rows)
+        console.table(evaluate.title(report), columns, rows)
     if plot_file is not None:
-        evaluate.plot_curves(report, plot_file)
+        evaluate.plot_curves(report, inference.make_parents(plot_file))
         console.info(f"wrote {plot_file}")
 
 
-@cli.command("generate", epilog=EXIT_CODES_HELP)
-@click.argument("stdin", required=False, metavar="[-]", type=click.Choice(["-"]))
-@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
-@click.option("--prompt", help="The prompt text.")
-@click.option("--file", "file", metavar="PATH", help="Read the prompt from a UTF-8 file ('-' for stdin).")
+GENERATE_HELP = """Continue a prompt, streaming tokens to stdout.
+
+A long --file (a whole book or repository) is read into memory segment by segment: each
+full segment is folded into the model's memory and its KV cache dropped, so memory use and
+time per generated token do not grow with the file's length. With --file and --prompt, the
+documents are read first and the prompt after them (ask about a book); --file may be given
+several times ('-' is stdin). Store-based kinds (xl, memorizing, melodi) keep a fixed-capacity
+store: their cost grows with the store's capacity, never past it. Filters apply in the order
+top-k, temperature, top-p (as in litgpt); --temperature 0 is greedy decoding. Input text is
+UTF-8 unless --encoding says otherwise; undecodable bytes are replaced and counted (--strict refuses).
+
+\b
+Examples:
+  elastic generate runs/tiny "def main(" --max-new-tokens 64
+  elastic generate runs/tiny --file book.txt --prompt "Who wrote the letter?" --temperature 0
+  elastic generate runs/tiny --file a.py --file b.py --prompt "def test_"
+  cat book.txt | elastic generate runs/tiny - --device cpu
+  elastic generate runs/tiny --prompt "def main(" memory.schedule=exponential --num-samples 4 --out s.jsonl
+"""
+
+
+@cli.command("generate", epilog=EXIT_CODES_HELP, help=GENERATE_HELP)
+@click.argument("words", nargs=-1, metavar="RUN_OR_CHECKPOINT [PROMPT | -] [KEY=VALUE]...")
+@_common
+@click.option("--prompt", help="The prompt text (after the --file documents, if any).")
+@click.option("--file", "files", multiple=True, metavar="PATH", help="A document to read into memory first "
+              "('-' for stdin); repeat for several.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Encoding of --file and stdin (a BOM wins).")
+@click.option("--strict", is_flag=True, help="Refuse input with undecodable bytes instead of replacing them.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="0 = greedy (argmax).")
 @click.option("--top-k", type=int, help="Keep the k most likely tokens (applied first).")
@@ -91,73 +173,86 @@ def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--schedule", "--sampling", "schedule", type=Schedule(), metavar="NAME",
               help="Elastic Memory read schedule (memory.schedule) at test time.")
-@click.option("--output", metavar="FILE.jsonl", help="Also write one JSON object per sample to this file.")
-def generate_cmd(stdin, ckpt, prompt, file, max_new_tokens, temperature, top_k, top_p, seed, num_samples,
-                 schedule, output):
-    """Continue a prompt, streaming tokens to stdout.
-
-    A long --file (a whole book or repository) is read into memory segment by segment: each
-    full segment is folded into the model's memory and its KV cache dropped, so memory use and
-    time per generated token do not grow with the file's length. Store-based kinds (xl,
-    memorizing, melodi) keep a fixed-capacity store (memory.cache, memory.store, memory.long_store):
-    their cost grows with the store's capacity, never past it. Filters apply in the order
-    top-k, temperature, top-p (as in litgpt); --temperature 0 is greedy decoding.
-    """
-    from elastic_cli import generate, inference
+@click.option("--out", "--output", "output", metavar="FILE.jsonl", help="Also write one JSON object per sample "
+              "to this file (missing folders are created).")
+def generate_cmd(words, ckpt, device, dtype, tokenizer, prompt, files, encoding, strict, max_new_tokens,
+                 temperature, top_k, top_p, seed, num_samples, schedule, output):
+    from elastic_cli import generate, inference, textio
     from elastic_cli.decoding import DecodingOptions, check_options
 
+    ckpt, overrides, rest = _split_words(words, ckpt, "generate")
+    files = list(files)
+    for word in rest:
+        if word == "-":
+            files.append("-")
+        elif prompt is None:
+            prompt = word
+        else:
+            raise UsageError(f"unexpected word {word!r}: give the prompt once (as a word or --prompt)")
     opts = check_options(DecodingOptions(temperature, top_k, top_p))
-    if stdin is not None:
-        if file is not None:
-            raise UsageError("give either - (stdin) or --file, not both")
-        file = "-"
-    out_file = inference.check_writable(output, "--output") if output else None
-    text = generate.read_prompt(prompt, file)
-    generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, schedule, out_file)
+    policy = textio.Policy(textio.check_encoding(encoding), strict)
+    out_file = inference.check_writable(output, "--out") if output else None
+    text = generate.read_prompt(prompt, files, policy)
+    generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, schedule, out_file,
+                          _settings(overrides, device, dtype, tokenizer))
 
 
 @cli.command("export", epilog=EXIT_CODES_HELP)
-@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
-@click.option("--out", required=True, metavar="DIR", help="Folder to write (built beside it, then renamed).")
+@click.argument("words", nargs=-1, metavar="RUN_OR_CHECKPOINT")
+@click.option("--ckpt", metavar="RUN_OR_CHECKPOINT", help="The checkpoint, if not given as the first word.")
+@click.option("--tokenizer", metavar="PATH", help="The tokenizer (default: the copy the checkpoint carries).")
+@click.option("--out", required=True, metavar="DIR", help="Folder to write (built beside it, then renamed; "
+              "missing parent folders are created).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
-def export_cmd(ckpt, out, overwrite) -> None:
+def export_cmd(words, ckpt, tokenizer, out, overwrite) -> None:
     """Write a Hugging Face folder: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
 
     \b
-    Example: elastic export --ckpt runs/tiny --out hf/tiny   (needs: pip install 'elastic-cli[hf]')
+    Needs: pip install 'elastic-cli[hf]'. Examples:
+      elastic export runs/tiny --out hf/tiny
+      elastic export runs/tiny/checkpoints/step_00000100 --out hf/tiny-100 --overwrite
     """
     from elastic_cli.export.writer import export
 
-    console.info(f"wrote {export(ckpt, out, overwrite)}")
+    ckpt, overrides, rest = _split_words(words, ckpt, "export")
+    if rest or overrides:
+        raise UsageError(f"unexpected word(s) {' '.join(rest + overrides)!r}: export takes one RUN_OR_CHECKPOINT")
+    console.info(f"wrote {export(ckpt, out, overwrite, tokenizer)}")
 
 
 @cli.command("lm-eval", epilog=EXIT_CODES_HELP)
-@click.option("--ckpt", required=True, metavar="RUN_OR_CHECKPOINT", help="A run or checkpoint directory.")
+@click.argument("words", nargs=-1, metavar="RUN_OR_CHECKPOINT [KEY=VALUE]...")
+@_common
 @click.option("--tasks", required=True, metavar="A,B,..", help="Harness task names (or local ones, see --data).")
 @click.option("--data", "data_dir", metavar="DIR", help="Prepared data as local tasks: elastic_docs (whole documents, "
               "rolling); task data adds elastic_answer (generation) and elastic_answer_ll.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), help="Documents of --data (default: eval.split).")
 @click.option("--include-path", metavar="DIR", help="A folder of your own task YAMLs.")
-@click.option("--limit", type=float, help="Documents per task (a fraction if < 1).")
+@click.option("--max-docs", "--limit", "limit", type=float, help="Documents per task (a fraction if < 1).")
 @click.option("--num-fewshot", type=click.IntRange(min=0))
 @click.option("--model-args", metavar="K=V,..", help="schedule=, samples=, seed=, document_end=true (score EOS too).")
 @click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100000, show_default=True)
-@click.option("--json", "json_path", metavar="PATH", help="Also write the results as JSON.")
-def lm_eval_cmd(ckpt, tasks, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters,
-                json_path) -> None:
+@click.option("--out", "--json", "json_path", metavar="PATH", help="Also write the results as JSON (missing folders "
+              "are created).")
+def lm_eval_cmd(words, ckpt, device, dtype, tokenizer, tasks, data_dir, split, include_path, limit, num_fewshot,
+                model_args, bootstrap_iters, json_path) -> None:
     """Score a checkpoint with lm-evaluation-harness tasks, whole texts through memory (never truncated).
 
     \b
     Needs: pip install 'elastic-cli[lm-eval]'. Examples:
-      elastic lm-eval --ckpt runs/tiny --data data/stdlib --tasks elastic_docs
-      elastic lm-eval --ckpt runs/tiny --tasks wikitext --json lm-eval.json
+      elastic lm-eval runs/tiny --data data/stdlib --tasks elastic_docs
+      elastic lm-eval runs/tiny --tasks wikitext --out results/lm-eval.json --device cpu
     """
     from elastic_cli import inference
     from elastic_cli.lm_eval_tasks import run_lm_eval
 
+    ckpt, overrides, rest = _split_words(words, ckpt, "lm-eval")
+    if rest:
+        raise UsageError(f"unexpected word(s) {' '.join(rest)!r}: lm-eval takes one RUN_OR_CHECKPOINT and KEY=VALUE overrides")
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    json_file = inference.check_writable(json_path, "--json") if json_path else None
-    run_lm_eval(ckpt, names, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters, json_file)
+    json_file = inference.check_writable(json_path, "--out") if json_path else None
+    run_lm_eval(ckpt, names, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters, json_file,
+                _settings(overrides, device, dtype, tokenizer))
 
 
 BENCH_HELP = """\b
@@ -166,25 +261,33 @@ train tokens/s and peak memory of every memory kind vs `none`; eval peak memory 
 after 4k vs 1M tokens of history; time per generated token after 1k vs 1M tokens; Elastic Memory
 kernels vs a plain matmul and a write at a new t vs a seen t (N=64, l=2048); MFU on CUDA.
 Ratio keys name the sizes measured (eval_memory_ratio_1M_vs_4k; --quick: _16k_vs_1k).
-  elastic bench --recipe recipes/tiny.yaml --quick
-  elastic bench --recipe recipes/tiny.yaml --history 65536 --kinds none,elastic --json bench.json
+  elastic bench recipes/tiny.yaml --quick
+  elastic bench recipes/tiny.yaml --history 65536 --kinds none,elastic --out bench.json
+  elastic bench recipes/code-32k.yaml --device cuda --dtype bf16
 KIND.key=value sets an option of one kind's variant only, e.g. xl.cache=32 memorizing.store=256."""
 
 
 @cli.command("bench", epilog=EXIT_CODES_HELP, help=BENCH_HELP)
-@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--recipe", default="recipes/tiny.yaml", show_default=True, help="Recipe giving the model size.")
+@click.argument("words", nargs=-1, metavar="[RECIPE.yaml] [KEY=VALUE]...")
+@click.option("--recipe", metavar="RECIPE.yaml", help="Recipe giving the model size, if not given as a word "
+              "[default: recipes/tiny.yaml].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available, else cpu.")
+@click.option("--dtype", type=DTYPE, help="Precision (train.dtype).")
 @click.option("--quick", is_flag=True, help="Few repeats and 1k vs 16k tokens of history: under a minute on a CPU.")
 @click.option("--kinds", metavar="K1,K2", help="Only these memory kinds (default: every kind).")
 @click.option("--history", type=int, metavar="TOKENS",
               help="Long history for eval and generation (default 1M; --quick 16k), rounded up to whole segments.")
 @click.option("--train-steps", type=int, metavar="N", help="Timed train steps per kind (default 100; --quick 3).")
-@click.option("--json", "json_path", metavar="PATH",
+@click.option("--out", "--json", "json_path", metavar="PATH",
               help="Also write every measurement as JSON, after every phase ('-': stdout only, at the end).")
 @click.option("--deadline", type=float, metavar="SECONDS",
               help="Skip the phases that would start after SECONDS and cut the train steps to fit a third of them.")
-def bench_command(overrides, recipe, device, quick, kinds, history, train_steps, json_path, deadline) -> None:
+def bench_command(words, recipe, device, dtype, quick, kinds, history, train_steps, json_path, deadline) -> None:
     from elastic_cli import bench
 
-    bench.run(recipe, list(overrides), device, quick, json_path, kinds, history, train_steps, deadline)
+    recipes = [w for w in words if "=" not in w]
+    overrides = [w for w in words if "=" in w] + [f"train.dtype={dtype}"] * (dtype is not None)
+    if len(recipes) + (recipe is not None) > 1:
+        raise UsageError("bench takes one recipe (as a word or --recipe)")
+    bench.run(recipe or (recipes[0] if recipes else "recipes/tiny.yaml"), overrides, device, quick, json_path, kinds,
+              history, train_steps, deadline)

@@ -105,6 +105,13 @@ class Progress:
             self._last = now
             info(self.line())
 
+    def write(self, message: str) -> None:
+        """A status line (rank 0) printed above the bar on a terminal, as a plain line otherwise."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            info(message)
+
     def line(self) -> str:
         elapsed = time.monotonic() - self._t0
         done = f"{self.n}/{self.total}" if self.total else str(self.n)

@@ -45,9 +45,13 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
 
 def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int | None,
-                 batch_size: int | None, max_docs: int | None) -> dict:
-    """One model variant on one split -> a result record."""
-    loaded = inference.load(ckpt, schedule, samples)
+                 batch_size: int | None, max_docs: int | None, settings: inference.Settings = inference.Settings(),
+                 gain: bool = True) -> dict:
+    """One model variant on one split -> a result record. `gain`: also score every segment with
+    empty memory for the long-context gain (language data only; doubles the time)."""
+    from elastic_cli.checkpoint import saved_step
+
+    loaded = inference.load(ckpt, settings, schedule, samples)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
     batch = batch_size or cfg.eval.batch
     if max_docs is None and cfg.eval.max_batches is not None:  # the run's eval.max_batches batches of documents
@@ -63,7 +67,7 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
         unit = ((data.task or {}).get("options") or {}).get("segment_len")  # mqar counts distances in its own unit
         tally = score(model, docs, answers, batch, device, lambda: precision.autocast(device, cfg.train.dtype), bar,
-                      gain=not any(answers), distance_unit=unit)
+                      gain=gain and not any(answers), distance_unit=unit)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -71,6 +75,7 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
     mem = cfg.memory
     return {
         "checkpoint": str(loaded.ckpt),
+        "step": saved_step(loaded.ckpt),
         "memory": {"kind": mem.kind, **mem.options()},
         "docs": len(ids), "tokens": tally.tokens, "bytes": n_bytes,
         "loss": tally.nll / tally.tokens,
@@ -119,25 +124,34 @@ def xz_bits_per_byte(data, ids: list[int], n_bytes: int) -> float | None:
 
 
 def run_eval(ckpt: str, data_dir: str | None, split: str | None, schedule: str | None, samples: int | None,
-             compare: list[str], batch_size: int | None, max_docs: int | None) -> dict:
+             compare: list[str], batch_size: int | None, max_docs: int | None,
+             settings: inference.Settings = inference.Settings(), gain: bool = True) -> dict:
     """`elastic eval`: one result per read schedule (just one without --compare-schedules)."""
     from elastic_cli.data.loader import PreparedData
 
     if compare and schedule:
         raise UsageError("use either --schedule or --compare-schedules, not both")
-    _, cfg = inference.read_config(ckpt)  # fail early on a bad checkpoint; its config names the data
+    ckpt_dir, cfg = inference.read_config(ckpt, settings)  # fail early on a bad checkpoint; its config names the data
     path = Path(data_dir or cfg.data.path)
     if not (path / "meta.json").is_file():
-        raise DataError(f"no prepared data at {path} (no meta.json); run `elastic prepare` or pass --data")
+        hint = "" if data_dir else f" (the run's data.path{' relative to this directory' if not path.is_absolute() else ''})"
+        raise DataError(f"no prepared data at {path}{hint} (no meta.json); run `elastic prepare` or pass --data DIR")
     data = PreparedData(path)
-    warning = check_data(cfg, data.meta, path)
+    warning = check_data(cfg, data.meta, path, inference.tokenizer_file(ckpt_dir, cfg, settings.tokenizer, required=False))
     if warning:
         console.warn(warning)
     split = split or cfg.eval.split
     if not data.documents(split):
         raise DataError(f"{path} has no documents in split {split!r}")
-    results = [evaluate_one(ckpt, data, split, s, samples, batch_size, max_docs) for s in (compare or [schedule])]
-    return {"data": str(path), "split": split, "results": results}
+    results = [evaluate_one(ckpt_dir, data, split, s, samples, batch_size, max_docs, settings, gain)
+               for s in (compare or [schedule])]
+    return {"checkpoint": str(ckpt_dir), "step": results[0]["step"], "data": str(path), "split": split,
+            "results": results}
+
+
+def title(report: dict) -> str:
+    """The table's title: what was scored (checkpoint and its step) on which documents."""
+    return f"eval of {report['checkpoint']} (step {report['step']}) on {report['split']} of {report['data']}"
 
 
 def shown_segments(n: int) -> list[int]:

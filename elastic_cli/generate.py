@@ -8,7 +8,6 @@ Axis legend: B rows (1 here), n tokens in a chunk, V vocabulary.
 """
 from __future__ import annotations
 
-import codecs
 import itertools
 import json
 import sys
@@ -19,75 +18,107 @@ from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
-from elastic_cli import console, inference, precision
+from elastic_cli import console, inference, precision, textio
 from elastic_cli.atomic import write_atomic
-from elastic_cli.errors import DataError, UsageError
+from elastic_cli.errors import UsageError
 from elastic_cli.decoding import DecodingOptions, draw, make_generator
 
 CONTEXT_TOKENS = 4  # prompt tokens the incremental decoder starts from (keeps the first space)
-BLOCK_BYTES = 1 << 20  # a --file prompt is read and encoded this much at a time
+BLOCK_BYTES = textio.BLOCK_BYTES  # a --file is read and encoded this much at a time
 
 
 class PromptFile(NamedTuple):
-    """A --file prompt, checked (UTF-8, not empty) but not read into memory: `prompt_texts` streams it."""
+    """A --file document, checked (decodable under the policy, not blank) but not read into memory:
+    `prompt_texts` streams it."""
 
     path: Path
+    policy: textio.Policy = textio.Policy()
 
 
-def read_prompt(prompt: str | None, file: str | None) -> str | PromptFile:
-    """The prompt from --prompt TEXT, --file - (stdin; read whole) or --file PATH (checked, streamed
-    later). Empty -> UsageError (2); a directory or unreadable -> UsageError (2); not UTF-8 -> DataError (3)."""
-    if (prompt is None) == (file is None):
-        raise UsageError("give exactly one of --prompt TEXT, --file PATH or - (stdin)")
-    if file not in (None, "-"):
-        return _check_file(Path(file))
-    text, where = (prompt, "--prompt") if prompt is not None else (sys.stdin.buffer.read(), "stdin")
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"{where} is not UTF-8 text (invalid byte at offset {e.start})") from None
+class Prompt(NamedTuple):
+    """What generation reads before it writes: the documents (files or stdin text, in order) into
+    memory, then the --prompt text after them."""
+
+    documents: tuple[str | PromptFile, ...] = ()
+    text: str | None = None
+
+
+def read_prompt(prompt: str | None, files: list[str] | tuple[str, ...] | str | None = (),
+                policy: textio.Policy = textio.Policy()) -> Prompt:
+    """The prompt from --prompt TEXT and/or --file PATH (repeatable; '-' is stdin, read whole; files
+    are checked here and streamed later). Nothing given, or empty -> UsageError (2); a directory or
+    unreadable -> UsageError (2); undecodable bytes -> replaced and reported, or under --strict a
+    DataError (3)."""
+    files = [files] if isinstance(files, str) else list(files or ())
+    if prompt is None and not files:
+        raise UsageError("give --prompt TEXT, --file PATH or - (stdin), or --file PATH --prompt TEXT to ask "
+                         "about a document")
+    if files.count("-") > 1:
+        raise UsageError("stdin (-) can be read once")
+    documents = tuple(_stdin(policy) if f == "-" else _check_file(Path(f), policy) for f in files)
+    if prompt is not None and not prompt.strip():
+        raise UsageError("--prompt: the prompt is empty")
+    return Prompt(documents, prompt)
+
+
+def _stdin(policy: textio.Policy) -> str:
+    text, replaced = textio.decode(sys.stdin.buffer.read(), "stdin", policy)
+    if replaced:
+        console.warn(textio.replaced_note("stdin", replaced, policy))
     if not text.strip():
-        raise UsageError(f"{where}: the prompt is empty")
+        raise UsageError("stdin: the prompt is empty")
     return text
 
 
-def _check_file(path: Path) -> PromptFile:
-    """Read the file once in blocks (constant memory): it must be a non-blank UTF-8 text file."""
+def _check_file(path: Path, policy: textio.Policy) -> PromptFile:
+    """Read the file once in blocks (constant memory): it must be a non-blank text file."""
     if path.is_dir():
         raise UsageError(f"--file {path}: is a directory; give a text file")
     if not path.exists():
         raise UsageError(f"--file {path}: no such file")
-    blank, offset = True, 0  # offset: bytes read so far, including the block being decoded
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with open(path, "rb") as f:
-            for block in itertools.chain(iter(lambda: f.read(BLOCK_BYTES), b""), [b""]):
-                offset += len(block)
-                blank = not decoder.decode(block, final=not block).strip() and blank
-    except UnicodeDecodeError as e:  # e.object: the bytes held back from earlier blocks + this block
-        raise DataError(f"{path} is not UTF-8 text (invalid byte at offset {offset - len(e.object) + e.start})") from None
-    except OSError as e:
-        raise UsageError(f"--file {path}: cannot read ({e.strerror})") from None
-    if blank:
+    found = textio.scan(path, policy)
+    if found.replaced:
+        console.warn(textio.replaced_note(str(path), found.replaced, policy))
+    if found.blank:
         raise UsageError(f"{path}: the prompt is empty")
-    return PromptFile(path)
+    return PromptFile(path, policy)
 
 
-def prompt_texts(prompt: str | PromptFile) -> Iterator[str]:
+def prompt_texts(prompt: Prompt | str | PromptFile) -> Iterator[str]:
     """The prompt as text pieces that end at a newline (the tokenizers never merge across one, so
-    encoding the pieces equals encoding the whole); a file is read BLOCK_BYTES at a time."""
-    if isinstance(prompt, str):
-        yield prompt
+    encoding the pieces equals encoding the whole); a file is read BLOCK_BYTES at a time.
+
+    One document is read as it is. Several are laid out as `elastic prepare --repos` lays out a
+    repository's files: each after `<|file|>NAME` and a newline. The --prompt text comes last, on
+    a line of its own (a newline is added when the documents do not end with one)."""
+    if not isinstance(prompt, Prompt):
+        prompt = Prompt((prompt,))
+    from elastic_cli.data.tokenizer import FILE_SEP
+
+    last = "\n"
+    for doc in prompt.documents:
+        if len(prompt.documents) > 1:
+            yield f"{FILE_SEP}{doc.path.name if isinstance(doc, PromptFile) else 'stdin'}\n"
+        for piece in _document_pieces(doc):
+            last = piece[-1]
+            yield piece
+    if prompt.text is not None:
+        if last != "\n":
+            yield "\n"
+        yield prompt.text
+
+
+def _document_pieces(doc: str | PromptFile) -> Iterator[str]:
+    if isinstance(doc, str):
+        yield doc
         return
-    decoder, rest = codecs.getincrementaldecoder("utf-8")(), ""
-    with open(prompt.path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK_BYTES), b""):
-            text = rest + decoder.decode(block)
-            cut = text.rfind("\n") + 1
-            if cut:
-                yield text[:cut]
-            rest = text[cut:]
+    rest = ""
+    for block in textio.read_blocks(doc.path, doc.policy):
+        text = rest + block
+        cut = text.rfind("\n") + 1
+        if cut:
+            yield text[:cut]
+        rest = text[cut:]
     if rest:
         yield rest
 
@@ -186,22 +217,14 @@ def stream_numel(stream) -> int:
     return sum(t.numel() for t in leaves if t.is_floating_point())
 
 
-def run_generate(ckpt: str, text: str | PromptFile, max_new_tokens: int, opts: DecodingOptions, seed: int,
-                 num_samples: int, schedule: str | None, output: Path | None) -> list[dict]:
+def run_generate(ckpt: str, text: Prompt | str | PromptFile, max_new_tokens: int, opts: DecodingOptions, seed: int,
+                 num_samples: int, schedule: str | None, output: Path | None,
+                 settings: inference.Settings = inference.Settings()) -> list[dict]:
     """`elastic generate`: prints each sample to stdout as it is produced; returns the records
     (also written as JSONL to `output`)."""
-    from elastic_cli.data.compat import model_tokenizer
-    from elastic_cli.data.tokenizer import Tokenizer
-
-    loaded = inference.load(ckpt, schedule)
+    loaded = inference.load(ckpt, settings, schedule)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
-    tok_path, _ = model_tokenizer(cfg)
-    if tok_path is None:
-        raise DataError(f"cannot find the tokenizer of {loaded.ckpt}: its data.tokenizer "
-                        f"({cfg.data.tokenizer}) is not a file here")
-    tokenizer = Tokenizer.load(tok_path)
-    if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise DataError(f"tokenizer {tok_path} has {tokenizer.vocab_size} pieces, the model {cfg.model.vocab_size}")
+    tokenizer = inference.load_tokenizer(loaded.ckpt, cfg, settings.tokenizer)
     chunks = itertools.chain([[tokenizer.bos_id]], (tokenizer.encode(t) for t in prompt_texts(text)))
     amp = lambda: precision.autocast(device, cfg.train.dtype)  # noqa: E731
     t0 = time.perf_counter()
@@ -228,5 +251,5 @@ def run_generate(ckpt: str, text: str | PromptFile, max_new_tokens: int, opts: D
         console.info(f"{len(tokens)} tokens, {len(tokens) / max(seconds, 1e-9):.1f} tokens/s ({finish})")
     if output is not None:
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        write_atomic(output, lines.encode("utf-8"))
+        write_atomic(inference.make_parents(output), lines.encode("utf-8"))
     return records

@@ -1,5 +1,6 @@
-"""What `elastic eval` and `elastic generate` share: a checkpoint loaded for inference with
-test-time memory options on its device, and the check that an output path can be written."""
+"""What the commands that use a trained model share (eval, generate, lm-eval, export): the
+checkpoint loaded with inference-time settings (device, precision, test-time memory options) on its
+device, the checkpoint's tokenizer, and the check that an output path can be written."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,23 @@ import torch
 from elastic_cli import distributed
 from elastic_cli.errors import DataError, UsageError
 
+# key=value overrides that make sense for a trained model: anything else is fixed by its weights or
+# is a training setting. memory.kind and memory.layers decide which weights exist.
+INFERENCE_KEYS = ("memory.", "eval.", "run.device", "train.dtype")
+FIXED_KEYS = ("memory.kind", "memory.layers")
+
+
+class Settings(NamedTuple):
+    """What an inference command takes from its command line besides the checkpoint."""
+
+    overrides: tuple[str, ...] = ()  # key=value: the kind's memory options, eval.*, run.device, train.dtype
+    device: str | None = None  # --device auto|cpu|cuda; default auto, whatever device trained the run
+    dtype: str | None = None  # --dtype auto|fp32|bf16 (train.dtype: the precision policy, precision.py)
+    tokenizer: str | None = None  # --tokenizer PATH; default the checkpoint's own copy
+
 
 class Loaded(NamedTuple):
-    cfg: Any  # RunConfig
+    cfg: Any  # RunConfig, with the inference settings applied
     model: torch.nn.Module  # Decoder, eval mode, on `device`
     ckpt: Path
     device: torch.device
@@ -31,39 +46,113 @@ def memory_overrides(kind: str, schedule: str | None, samples: int | None) -> li
     return out
 
 
-def read_config(ckpt: str | Path) -> tuple[Path, Any]:
-    """(checkpoint dir, its RunConfig) without loading weights; DataError (exit 3) when the path is
-    missing or incomplete or its config is not one this version can build."""
+def check_overrides(overrides: list[str] | tuple[str, ...]) -> None:
+    """UsageError (exit 2) for a key=value a trained model cannot take."""
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in FIXED_KEYS or key.startswith(tuple(k + "." for k in FIXED_KEYS)):
+            raise UsageError(f"{item}: {key} is fixed by the checkpoint's weights (train another run to change it)")
+        if not key.startswith(INFERENCE_KEYS):
+            raise UsageError(f"{item}: {key} cannot be set for a trained model; key=value here takes the memory "
+                             f"kind's options (e.g. memory.schedule=exponential), eval.*, run.device and train.dtype")
+
+
+def overrides_for(kind: str, settings: Settings, schedule: str | None = None, samples: int | None = None) -> list[str]:
+    """The overrides applied to a checkpoint's config: the user's key=value, then the flags. The
+    device is --device, else a run.device=... given here, else auto: a run trained on CUDA loads on a
+    CPU-only machine (run.device in config.yaml says where it trained, not where it may run)."""
+    check_overrides(settings.overrides)
+    out = [*settings.overrides, *memory_overrides(kind, schedule, samples)]
+    if settings.device is not None:
+        out.append(f"run.device={settings.device}")
+    elif not any(o.startswith("run.device=") for o in settings.overrides):
+        out.append("run.device=auto")
+    if settings.dtype is not None:
+        out.append(f"train.dtype={settings.dtype}")
+    return out
+
+
+def read_config(ckpt: str | Path, settings: Settings | None = None) -> tuple[Path, Any]:
+    """(checkpoint dir, its RunConfig with `settings` applied) without loading weights. DataError
+    (exit 3) when the path is missing or incomplete or its saved config is not one this version can
+    build; UsageError (exit 2) for a bad setting."""
     from elastic_cli import checkpoint
     from elastic_cli.config import load_config
 
     path = checkpoint.resolve(ckpt)
     try:
-        return path, load_config(path / "config.yaml")
+        saved = load_config(path / "config.yaml")
     except UsageError as e:
         raise DataError(f"checkpoint {path} has a config this version cannot use: {e}") from None
+    if settings is None:
+        return path, saved
+    return path, load_config(path / "config.yaml", overrides_for(saved.memory.kind, settings))
 
 
-def load(ckpt: str | Path, schedule: str | None = None, samples: int | None = None) -> Loaded:
-    """The model of a run or checkpoint directory, rebuilt with the test-time memory options."""
+def load(ckpt: str | Path, settings: Settings = Settings(), schedule: str | None = None,
+         samples: int | None = None) -> Loaded:
+    """The model of a run or checkpoint directory, rebuilt with the inference settings, on its device."""
     from elastic_cli import checkpoint
 
     path, saved = read_config(ckpt)
-    cfg, model, path = checkpoint.load_for_inference(path, memory_overrides(saved.memory.kind, schedule, samples))
+    cfg, model, path = checkpoint.load_for_inference(path, overrides_for(saved.memory.kind, settings, schedule, samples))
     device = distributed.pick_device(cfg.run.device)
     return Loaded(cfg, model.to(device).eval(), path, device)
 
 
+def tokenizer_file(ckpt: Path, cfg: Any, given: str | None = None, required: bool = True) -> Path | None:
+    """The tokenizer of a checkpoint: --tokenizer PATH, else the copy it carries (tokenizer.model),
+    else, for checkpoints saved before they carried one, the run's data.tokenizer (or what its data's
+    meta.json records) if that file is here. A given file must equal the carried copy. DataError
+    (exit 3) when none is found and `required`."""
+    from elastic_cli.checkpoint_files import TOKENIZER_FILE, file_sha256
+    from elastic_cli.data.compat import model_tokenizer
+
+    carried = Path(ckpt) / TOKENIZER_FILE
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise UsageError(f"--tokenizer {path}: no such file")
+        if carried.is_file() and file_sha256(carried) != file_sha256(path):
+            raise DataError(f"--tokenizer {path} is not the tokenizer {ckpt} was trained with ({carried}, "
+                            f"which it carries); leave --tokenizer out")
+        return path
+    if carried.is_file():
+        return carried
+    path, _ = model_tokenizer(cfg)
+    if path is None and required:
+        raise DataError(f"cannot find the tokenizer of {ckpt}: the checkpoint carries none (saved before "
+                        f"checkpoints did) and its data.tokenizer ({cfg.data.tokenizer}) is not a file here; "
+                        f"pass --tokenizer PATH")
+    return path
+
+
+def load_tokenizer(ckpt: Path, cfg: Any, given: str | None = None):
+    """`tokenizer_file` loaded, and checked against the model's vocabulary (DataError, exit 3)."""
+    from elastic_cli.data.tokenizer import Tokenizer
+
+    path = tokenizer_file(ckpt, cfg, given)
+    tokenizer = Tokenizer.load(path)
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise DataError(f"tokenizer {path} has {tokenizer.vocab_size} pieces, the model {cfg.model.vocab_size}")
+    return tokenizer
+
+
 def check_writable(path: str | Path, flag: str) -> Path:
-    """UsageError (exit 2) unless `path` can be created or replaced (checked before any work)."""
+    """UsageError (exit 2) unless `path` can be created or replaced (checked before any work). Missing
+    parent folders are fine when the nearest existing one is writable: `make_parents` creates them."""
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UsageError(f"{flag} {path}: is a directory")
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UsageError(f"{flag} {path}: not writable")
     return path
 
 
+def make_parents(path: Path) -> Path:
+    """Create the parent folders of an output path (checked by `check_writable`); returns the path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path)

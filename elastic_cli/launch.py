@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from elastic_cli import console, distributed, preflight
+from elastic_cli import checkpoint, console, distributed, preflight
 from elastic_cli.build import describe
 from elastic_cli.config import RunConfig
 from elastic_cli.errors import UsageError
@@ -20,22 +20,38 @@ def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dr
     launching = distributed.needs_launch(gpus, nodes)
     cmd = distributed.launch_command(gpus, nodes, rdzv_endpoint, worker_argv) if launching else None
     if dry_run:
-        data = preflight.check_run(cfg, resume, overwrite, gpus * nodes)
+        data = preflight.check_run(cfg, resume, overwrite, gpus * nodes, hardware=False)
         sizes = describe(cfg, gpus * nodes)
         rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
         rows.append(["data", f"{cfg.data.path}: {len(data.documents(cfg.data.train_split))} train documents, "
                              f"{data.meta['n_tokens']:,} tokens"])
-        rows.append(["launch", " ".join(cmd) if cmd else "this process (no torchrun)"])
+        rows.append(["device", _planned_device(cfg.run.device, gpus)])
+        start, remove = checkpoint.check_run_dir(Path(cfg.run.dir), resume, overwrite)
+        deleted = checkpoint.removal(Path(cfg.run.dir), remove) if overwrite else None
+        rows.append(["start", f"resume {start}" if start else "fresh" + (f" (--overwrite deletes {deleted})" if deleted else "")])
         console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
+        console.out("launch: " + (" ".join(cmd) if cmd else "this process (no torchrun)"))  # one line, to copy
         return 0
     if launching:
         device = distributed.pick_device(cfg.run.device)
         if device.type == "cuda" and gpus > torch.cuda.device_count():
             raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
         preflight.check_run(cfg, resume, overwrite, gpus * nodes)
+        console.info(f"run directory: {cfg.run.dir}")
         console.info("launching: " + " ".join(cmd))
         return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu")
     from elastic_cli.train import train
 
     train(cfg, resume, overwrite, ("elastic", *worker_argv))
     return 0
+
+
+def _planned_device(kind: str, gpus: int) -> str:
+    """The device row of a dry run: what the job will use, and whether this machine has it (planning
+    a GPU job from a login node without GPUs is normal: the job checks again when it starts)."""
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "cpu" or (kind == "auto" and not visible):
+        where = "cpu" + (f" ({gpus} gloo processes per node)" if gpus > 1 else "")
+        return where if kind == "cpu" else f"auto: {where} here (no CUDA device visible); a GPU node uses cuda"
+    here = f"{visible} visible here" if visible else "none visible on this machine: checked again when the job starts"
+    return f"cuda x {gpus} per node ({here})"

@@ -24,11 +24,8 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
 from elastic_cli import inference, precision
-from elastic_cli.data.tokenizer import Tokenizer
-from elastic_cli.errors import DataError
 from elastic_cli.generate import continuation
 from elastic_cli.lm_eval_tasks import MODEL_ARGS
-from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.decoding import DecodingOptions, check_options, make_generator
 from elastic_cli.scoring import score
 
@@ -41,15 +38,13 @@ class ElasticLM(TemplateLM):
 
     def __init__(self, ckpt: str, schedule: str | None = None, samples: int | None = None,
                  document_end: bool | str = False, seed: int = 0, batch_size=None, max_batch_size=None,
-                 device=None, **unknown):
+                 device=None, settings: inference.Settings | None = None, **unknown):
         super().__init__()
         if unknown:
             raise ValueError(f"elastic model: unknown model_args {sorted(unknown)}; known: ckpt, {', '.join(MODEL_ARGS)}")
-        self.loaded = inference.load(ckpt, schedule, int(samples) if samples is not None else None)
-        tok_path, _ = model_tokenizer(self.loaded.cfg)
-        if tok_path is None:
-            raise DataError(f"cannot find the tokenizer of {self.loaded.ckpt}")
-        self.tok = Tokenizer.load(tok_path)
+        settings = settings or inference.Settings()
+        self.loaded = inference.load(ckpt, settings, schedule, int(samples) if samples is not None else None)
+        self.tok = inference.load_tokenizer(self.loaded.ckpt, self.loaded.cfg, settings.tokenizer)
         self.document_end = str(document_end).lower() in TRUE
         self.seed = int(seed)
         self._device = self.loaded.device

@@ -57,19 +57,16 @@ def _task(name: str, jsonl: Path, **fields) -> dict:
             "test_split": "test", **fields}
 
 
-def write_local_tasks(cfg, data_dir: str, split: str, out: Path) -> list[str]:
+def write_local_tasks(cfg, data_dir: str, split: str, out: Path, tok_path: Path) -> list[str]:
     """Write docs.jsonl (answers.jsonl for task data) and the task YAMLs into `out`; returns the task names."""
-    from elastic_cli.data.compat import check_data, model_tokenizer
+    from elastic_cli.data.compat import check_data
     from elastic_cli.data.loader import PreparedData
     from elastic_cli.data.tokenizer import Tokenizer
 
     data = PreparedData(data_dir)
-    warning = check_data(cfg, data.meta, Path(data_dir))
+    warning = check_data(cfg, data.meta, Path(data_dir), tok_path)
     if warning:
         console.warn(warning)
-    tok_path, _ = model_tokenizer(cfg)
-    if tok_path is None:
-        raise DataError(f"cannot find the tokenizer the model was trained with ({cfg.data.tokenizer})")
     rows, answers, differ = task_rows(data, split, Tokenizer.load(tok_path))
     if not rows:
         raise DataError(f"{data_dir} has no documents in split {split!r}")
@@ -110,7 +107,7 @@ def parse_model_args(text: str | None) -> dict:
 
 def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | None, include_path: str | None,
                 limit: float | None, num_fewshot: int | None, model_args: str | None, bootstrap_iters: int,
-                json_path: Path | None) -> dict:
+                json_path: Path | None, settings: inference.Settings = inference.Settings()) -> dict:
     """Run the harness; prints its table on stdout and returns {"results": ..., "versions": ..., "n-shot": ...}."""
     require_lm_eval()
     import lm_eval
@@ -118,13 +115,14 @@ def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | 
 
     from elastic_cli.lm_eval_model import ElasticLM
 
-    path, cfg = inference.read_config(ckpt)
+    path, cfg = inference.read_config(ckpt, settings)
+    tok_path = inference.tokenizer_file(path, cfg, settings.tokenizer)
     if data_dir is None and split is not None:
         raise UsageError("--split applies with --data")
     with tempfile.TemporaryDirectory(prefix="elastic-lm-eval-") as tmp:
         paths = [include_path] if include_path else []
         if data_dir is not None:
-            write_local_tasks(cfg, data_dir, split or cfg.eval.split, Path(tmp))
+            write_local_tasks(cfg, data_dir, split or cfg.eval.split, Path(tmp), tok_path)
             paths.append(tmp)
         manager = TaskManager(include_path=paths, include_defaults=False) if paths else None
         if manager is None or any(t not in manager.all_tasks for t in tasks):  # harness tasks: index them all (slow)
@@ -133,7 +131,7 @@ def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | 
         if unknown:
             local = " (--data DIR adds elastic_docs, and for task data elastic_answer, elastic_answer_ll)"
             raise UsageError(f"--tasks: unknown task(s) {', '.join(unknown)}{local}")
-        lm = ElasticLM(ckpt=str(path), **parse_model_args(model_args))
+        lm = ElasticLM(ckpt=str(path), settings=settings, **parse_model_args(model_args))
         out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
                                       num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters, log_samples=False)
     from lm_eval.utils import make_table
@@ -141,6 +139,6 @@ def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | 
     console.out(make_table(out))
     report = {"checkpoint": str(path), **{k: out.get(k) for k in ("results", "versions", "n-shot", "configs")}}
     if json_path is not None:
-        write_atomic(json_path, (json.dumps(report, indent=1, default=str) + "\n").encode())
+        write_atomic(inference.make_parents(json_path), (json.dumps(report, indent=1, default=str) + "\n").encode())
         console.info(f"wrote {json_path}")
     return report

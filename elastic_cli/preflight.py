@@ -10,23 +10,31 @@ from pathlib import Path
 import torch
 
 from elastic_cli import checkpoint, distributed, loggers, runlock
-from elastic_cli.config import RunConfig, check_world
+from elastic_cli.config import RunConfig, check_world, diff
 from elastic_cli.data.compat import check_data
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError, UsageError
 
+ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
 
-def check_run(cfg: RunConfig, resume: str, overwrite: bool, world: int) -> PreparedData:
+
+def check_run(cfg: RunConfig, resume: str, overwrite: bool, world: int, hardware: bool = True) -> PreparedData:
     """Everything that would stop a run later: process count, device, metric loggers, data and its splits, the
-    memory/truncation setting, the run directory (writable, empty or resumable, not in use) and
-    the checkpoint to resume. Read-only: nothing is written. Returns the opened data."""
+    memory/truncation setting, the run directory (writable, empty or resumable, not in use, replaced
+    only by a run of the same configuration) and the checkpoint to resume (verified, same
+    architecture). Read-only: nothing is written. Returns the opened data. `hardware=False` (a
+    --dry-run planning a GPU job from a machine without GPUs) skips the device check only."""
     check_world(cfg, world)
-    distributed.pick_device(cfg.run.device)  # run.device=cuda without CUDA: UsageError
+    if hardware:
+        distributed.pick_device(cfg.run.device)  # run.device=cuda without CUDA: UsageError
     loggers.check_installed(cfg.run.loggers)
     data = open_data(cfg)
     check_splits(cfg, data)
     check_truncation(cfg)
-    check_run_dir(Path(cfg.run.dir), resume, overwrite)
+    start = check_run_dir(Path(cfg.run.dir), resume, overwrite)
+    check_same_configuration(cfg, resume, overwrite)
+    if start is not None:
+        check_architecture(start, cfg)
     return data
 
 
@@ -78,12 +86,47 @@ def check_truncation(cfg: RunConfig) -> list[str]:
     return names
 
 
-def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> None:
+def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
     """The run directory can be written, is empty / resumable as asked, is not in use by another
-    `elastic train`, and a --resume PATH exists and verifies."""
-    checkpoint.check_run_dir(run_dir, resume, overwrite)
+    `elastic train`, and a --resume PATH exists and verifies. Returns the checkpoint to resume."""
+    start, _ = checkpoint.check_run_dir(run_dir, resume, overwrite)
     existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"run.dir={run_dir}: {existing} is not a writable directory")
     if run_dir.is_dir():
         runlock.check_free(run_dir)
+    return start
+
+
+def check_same_configuration(cfg: RunConfig, resume: str, overwrite: bool) -> None:
+    """--overwrite replaces a run of the same configuration only (keys in SAME_RUN_KEYS may differ):
+    a run of another one is another experiment, and deleting it is not what a changed override meant."""
+    from elastic_cli.config import load_config
+    from elastic_cli.config.recipes import SAME_RUN_KEYS
+
+    saved = Path(cfg.run.dir) / "config.yaml"
+    if not (overwrite and resume == "never" and saved.is_file()):
+        return
+    try:
+        changed = [k for k in diff(load_config(saved), cfg) if not k.startswith(SAME_RUN_KEYS)]
+    except UsageError:
+        changed = ["its config.yaml does not load"]
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+        raise UsageError(f"--overwrite: run.dir={cfg.run.dir} holds a run of another configuration ({shown} differ); "
+                         f"it is not deleted: leave run.dir unset to get a directory of your own, choose another "
+                         f"run.dir, or delete {cfg.run.dir} yourself")
+
+
+def check_architecture(ckpt: Path, cfg: RunConfig) -> None:
+    """DataError (exit 3) when the checkpoint to resume has another architecture (ARCH_KEYS)."""
+    from elastic_cli.config import load_config
+
+    try:
+        old = load_config(Path(ckpt) / "config.yaml")
+    except UsageError as e:
+        raise DataError(f"cannot resume from {ckpt}: its config.yaml does not load ({e})") from None
+    arch = [k for k in diff(old, cfg) if k.startswith(ARCH_KEYS)]
+    if arch:
+        raise DataError(f"cannot resume from {ckpt}: the architecture changed ({', '.join(arch)}); start a new run "
+                        f"(another run.dir, or --resume never --overwrite)")

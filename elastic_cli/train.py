@@ -17,13 +17,14 @@ import torch
 from elastic_cli import checkpoint, console, distributed, loggers, precision, preflight, runlock
 from elastic_cli.build import build_model
 from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
+from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.model.init import init_weights
 from elastic_cli.optim import build_optimizer, lr_at, segments_at, set_lr
 from elastic_cli.step import evaluate_loss, reset_at, train_step  # noqa: F401  (reset_at: re-exported)
 
-ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
+ARCH_KEYS = preflight.ARCH_KEYS  # a resumed run may not change these
 
 
 class Summary(NamedTuple):
@@ -53,6 +54,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
     data = preflight.open_data(cfg)
+    tokenizer, _ = model_tokenizer(cfg)  # copied into every checkpoint (None: the run names no tokenizer file)
     run_dir = Path(cfg.run.dir)
     start = _on_rank0(lambda: _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock))
     torch.manual_seed(t.seed)
@@ -80,10 +82,11 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     metrics = loggers.open_metrics(cfg.run.loggers, run_dir, step, to_dict(cfg))
     log.write(f"start step={step} steps={t.steps} world={world} device={device} dtype={'bf16' if bf16 else 'fp32'} "
               f"params={sum(p.numel() for p in model.parameters())} run_dir={run_dir}")
-    loss = float("nan")
+    loss, vals, ckpt = float("nan"), [], None
     t_start, t_last, tokens_last, step_first = time.monotonic(), time.monotonic(), tokens, step
     try:
         with console.progress(t.steps, "train", "step", every_s=float("inf")) as bar:  # plain logs: the lines above
+            log.bar = bar  # validation and checkpoint lines print above the bar on a terminal
             bar.update(step)
             while step < t.steps:
                 lr = lr_at(step, t.lr, t.min_lr, t.warmup, t.steps)
@@ -112,23 +115,27 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                     t_last, tokens_last = now, tokens
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
                     record["val_loss"], record["val_accuracy"] = evaluate_loss(cfg, model, data, autocast, device)
+                    vals.append((record["val_loss"], step))
                     log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
                               f"(training windows of the val split, memory empty at each window start; elastic eval "
-                              f"carries memory through whole documents)", echo=not console.interactive())
+                              f"carries memory through whole documents)")
                 if record:
                     metrics.write({"step": step, **record})
                 bar.update(1, loss=f"{loss:.3f}", **({"tok/s": f"{record['tokens_per_s']:,.0f}"} if "tokens_per_s" in record else {}))
 
                 preempt = distributed.all_reduce_max(stop.raised) > 0
                 if preempt or step == t.steps or (t.save_every and step % t.save_every == 0):
-                    ckpt = _save(cfg, run_dir, step, tokens, model, optimizer, loader)
-                    log.write(f"saved {ckpt}", echo=not console.interactive())
+                    ckpt = _save(cfg, run_dir, step, tokens, model, optimizer, loader, tokenizer)
+                    log.write(f"saved {ckpt}")
                     t_last = time.monotonic()
                 if preempt and step < t.steps:
                     if console.is_rank0():
                         checkpoint.mark_preempted(run_dir, step)
                     distributed.barrier()
                     raise Preempted(f"stopped by a signal at step {step}; resume with --resume auto")
+        log.bar = None
+        ckpt = ckpt or (checkpoint.complete_checkpoints(run_dir) or [None])[-1]
+        log.write(summary_line(step, step - step_first, tokens, time.monotonic() - t_start, loss, vals, ckpt, run_dir))
     finally:
         stop.restore()
         metrics.close()
@@ -136,9 +143,20 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     return Summary(step, tokens, loss)
 
 
+def summary_line(step: int, ran: int, tokens: int, seconds: float, loss: float, vals: list[tuple[float, int]],
+                 ckpt: Path | None, run_dir: Path) -> str:
+    """The end of a run in one line: steps, tokens, time, losses, where the checkpoint is."""
+    text = f"done: step {step} ({ran} this run, {seconds:,.0f} s), {tokens:,} tokens, last loss {loss:.4f}"
+    if vals:
+        best = min(vals)
+        text += f", val_loss best {best[0]:.4f} (step {best[1]}) last {vals[-1][0]:.4f} (step {vals[-1][1]})"
+    return text + f"; checkpoint {ckpt or 'none'}; run directory {run_dir} (elastic eval {run_dir})"
+
+
 def _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock) -> str | None:
     """Rank 0: every check before step 1 (preflight), the run lock, then the run files."""
     preflight.check_run(cfg, resume, overwrite, world)
+    console.info(f"run directory: {run_dir}")
     lock.acquire()
     start = checkpoint.prepare_run_dir(run_dir, resume, overwrite)
     if start is not None:  # rows logged after the checkpoint are logged again by the resumed run
@@ -164,11 +182,8 @@ def _on_rank0(fn):
 
 
 def _resume(ckpt: Path, cfg, model, optimizer, loader, device) -> tuple[int, int]:
-    old = load_config(ckpt / "config.yaml")
-    changed = diff(old, cfg)
-    arch = [k for k in changed if k.startswith(ARCH_KEYS)]
-    if arch:
-        raise DataError(f"cannot resume from {ckpt}: the architecture changed ({', '.join(arch)})")
+    preflight.check_architecture(ckpt, cfg)
+    changed = diff(load_config(ckpt / "config.yaml"), cfg)
     if [k for k in changed if k != "run.dir"]:
         console.warn(f"resuming {ckpt} with changed settings: {', '.join(k for k in changed if k != 'run.dir')}")
     state = checkpoint.load(ckpt, model, optimizer, device)
@@ -179,13 +194,13 @@ def _resume(ckpt: Path, cfg, model, optimizer, loader, device) -> tuple[int, int
     return state["step"], state["tokens"]
 
 
-def _save(cfg, run_dir, step, tokens, model, optimizer, loader) -> Path:
+def _save(cfg, run_dir, step, tokens, model, optimizer, loader, tokenizer) -> Path:
     rngs = distributed.all_gather_object(checkpoint.rng_state())
     path = None
     if console.is_rank0():
         state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
                  "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
-        path = checkpoint.save(run_dir, step, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last)
+        path = checkpoint.save(run_dir, step, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last, tokenizer)
     distributed.barrier()
     return path or run_dir / "checkpoints" / checkpoint.step_name(step)
 
@@ -210,10 +225,11 @@ class _Log:
 
     def __init__(self, path: Path):
         self._f = open(path, "a", encoding="utf-8") if console.is_rank0() else None
+        self.bar = None  # the progress bar while one is shown: echoed lines go above it
 
     def write(self, line: str, echo: bool = True) -> None:
         if echo:
-            console.info(line)
+            self.bar.write(line) if self.bar is not None else console.info(line)
         if self._f is not None:
             self._f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
             self._f.flush()

@@ -13,7 +13,7 @@ from test_eval import make_run, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("args, message", [(["eval"], "Missing option '--ckpt'"),
+@pytest.mark.parametrize("args, message", [(["eval"], "give the checkpoint: elastic eval RUN_OR_CHECKPOINT"),
                                            (["train", "recipes/tiny.yaml", "--gpus", "0"], "Invalid value for '--gpus'"),
                                            (["frobnicate"], "No such command 'frobnicate'"),
                                            (["generate", "--ckpt", "x", "--bogus"], "No such option '--bogus'")])

@@ -128,7 +128,7 @@ def test_base_chain_deep_merges_maps_and_replaces_lists(tmp_path):
     assert cfg.model.d_model == 64 and cfg.model.n_layer == 2  # merged with the base's model section
     assert cfg.memory.layers == [0] and cfg.train.betas == (0.8, 0.9)  # lists replace
     assert cfg.train.lr == 1e-3 and cfg.train.compile is True  # YAML-parsed override values
-    assert cfg.run.dir == "runs/over"
+    assert cfg.run.dir == "runs/over--train.compile-true--train.lr-1e-3"  # overrides that change it: its own dir
 
 
 def test_config_show_round_trips(tmp_path):
@@ -148,8 +148,14 @@ def test_config_show_round_trips(tmp_path):
     ("", "memory.kind=elastc", r"memory.kind='elastc' in command line: choose one of armt, caching, elastic, infinity, melodi, memorizing, none, rmt, xl; did you mean 'elastic'\?"),
     ("", "memory.schedule=exponentail", r"did you mean 'exponential'\?"),
     ("model: {n_layer: two}", None, r"model.n_layer='two' in .*bad.yaml: input should be a valid integer"),
-    ("", "train.betas=[0.9, x]", r"train.betas.1='x' in command line: input should be a valid number"),
+    ("", "train.betas=[0.9, x]", r"train.betas\[1\]='x' in command line: input should be a valid number"),
     ("", "run.gpus=0", r"run.gpus=0 in command line: input should be greater than 0"),
+    ("", "train.learning_rate=1e-3", r"unknown key train.learning_rate in command line; did you mean 'train.lr'\?$"),
+    ("", "train.max_steps=10", r"did you mean 'train.steps'\?$"),
+    ("", "train.segment_len=32", r"did you mean 'model.segment_len'\? \(segment_len is in section model\)"),
+    ("", "train.bogus=1", r"unknown key train.bogus in command line \(keys of train: global_batch, .*, keep_last\)"),
+    ("", "run.loggers=[jsonl,mlflow]", r"run.loggers\[1\]='mlflow' in command line: choose one of jsonl, tensorboard, wandb$"),
+    ("", "train.curriculum=[[0, x]]", r"train.curriculum\[0\]\[1\]='x' in command line: input should be a valid integer"),
     ("", "memory.layers=[0, 5]", r"memory.layers=\[0, 5\]: need distinct layer indices in \[0, 2\) \(command line\)"),
     ("", "train.micro_batch=3", r"train.global_batch=8 is not a multiple of train.micro_batch=3 \(.*tiny.yaml\)"),
     ("", "train.bptt_segments=9", r"train.bptt_segments=9 exceeds train.segments=4"),
@@ -193,8 +199,9 @@ def test_data_checks_are_data_errors(tmp_path):
                                             f"data.path={tmp_path / 'none'}"])
     with pytest.raises(DataError, match="model.vocab_size=8000 but d/meta.json has vocab_size=4096"):
         check_data(cfg, {"vocab_size": 4096, "tokenizer_sha256": None}, "d")
-    with pytest.raises(DataError, match="d was prepared with tokenizer sha256 000000000000, the model's tokenizer is"):
-        check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")
+    with pytest.raises(DataError, match=r"d was prepared with books-8k.model \(sha256 000000000000\), but the "
+                                        r"model's tokenizer is \S+/t.model \(sha256 [0-9a-f]{12}\)"):
+        check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64, "tokenizer": "books-8k.model"}, "d")
     assert check_data(cfg, {"vocab_size": 8000, "tokenizer_sha256": hashlib.sha256(b"spm").hexdigest()}, "d") is None
     unnamed = load_config("recipes/tiny.yaml", ["data.tokenizer=null", f"data.path={tmp_path / 'none'}"])
     assert "records no tokenizer" in check_data(unnamed, {"vocab_size": 8000, "tokenizer_sha256": "0" * 64}, "d")

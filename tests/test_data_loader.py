@@ -117,7 +117,7 @@ def test_tokenizer_hash_is_checked(data, tmp_path):
                                data=SimpleNamespace(path=str(tmp_path / "elsewhere"), tokenizer=tokenizer))
 
     assert check_data(model(BOOKS), data.meta, data.path) is None
-    with pytest.raises(DataError, match="prepared with tokenizer sha256"):
+    with pytest.raises(DataError, match=r"prepared with \S*books-8k.model \(sha256 [0-9a-f]{12}\), but the model's tokenizer is \S*code-8k.model"):
         check_data(model(str(ROOT / "tokenizers" / "code-8k.model")), data.meta, data.path)
 
 

@@ -209,8 +209,9 @@ def test_eval_errors_exit_codes(run, capsys, tmp_path):
     (ckpt / "COMPLETE").write_text("")  # a checkpoint from before checksums: only the weights can object
     code, _, err = run_cli(capsys, "eval", "--ckpt", other)
     assert code == 3 and "does not fit" in err
-    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--json", tmp_path / "missing-dir" / "r.json")
-    assert code == 2 and "does not exist" in err
+    (tmp_path / "a-file").write_text("")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--json", tmp_path / "a-file" / "r.json")
+    assert code == 2 and "a-file is not a directory" in err
     code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-sampling", "uniform,spiral")
     assert code == 2 and "spiral" in err
     assert err.startswith("error: ") and err.count("\n") == 1  # one line, no traceback

@@ -10,12 +10,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from elastic_cli.decoding import (DecodingOptions, check_options, draw, filter_logits, make_generator, next_token,
                                   top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli import generate
+from elastic_cli import textio
 from elastic_cli.generate import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts,
                                    read_prompt, stream_numel)
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
+from tiny_run import TOKENIZER
 
 PROBS = torch.tensor([[0.05, 0.5, 0.15, 0.3]])  # ranked: 1 (0.5), 3 (0.3), 2 (0.15), 0 (0.05)
 
@@ -92,23 +93,50 @@ def test_bad_options_name_the_flag(opts, flag):
         check_options(opts)
 
 
-def test_read_prompt_errors(tmp_path):
+def test_read_prompt_errors(tmp_path, capsys):
     with pytest.raises(UsageError, match="empty"):
         read_prompt("", None)
+    with pytest.raises(UsageError, match="give --prompt TEXT, --file PATH or -"):
+        read_prompt(None, None)
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(UsageError, match="empty"):
         read_prompt(None, str(tmp_path / "empty.txt"))
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
-    with pytest.raises(DataError, match="not UTF-8.*offset 3"):
-        read_prompt(None, str(tmp_path / "latin1.txt"))
-    with pytest.raises(UsageError, match="exactly one"):
-        read_prompt("a", str(tmp_path / "latin1.txt"))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not utf-8 text.*offset 3"):
+        read_prompt(None, str(tmp_path / "latin1.txt"), textio.Policy(strict=True))
+    capsys.readouterr()
+    replaced = read_prompt(None, str(tmp_path / "latin1.txt"))  # the default: replaced, counted, reported
+    assert "".join(prompt_texts(replaced)) == "caf\ufffd cr\ufffdme\n"
+    assert "latin1.txt: 2 byte(s) are not valid utf-8" in capsys.readouterr().err
+    latin = read_prompt(None, str(tmp_path / "latin1.txt"), textio.Policy("iso8859-1", strict=True))
+    assert "".join(prompt_texts(latin)) == "café crème\n" and capsys.readouterr().err == ""
+    (tmp_path / "utf16.txt").write_text("déf\n", encoding="utf-16")  # a BOM decides by itself
+    assert "".join(prompt_texts(read_prompt(None, str(tmp_path / "utf16.txt")))) == "déf\n"
     (tmp_path / "ok.txt").write_text("déf")
     assert "".join(prompt_texts(read_prompt(None, str(tmp_path / "ok.txt")))) == "déf"
     with pytest.raises(UsageError, match="is a directory"):
         read_prompt(None, str(tmp_path))
     with pytest.raises(UsageError, match="no such file"):
         read_prompt(None, str(tmp_path / "gone.txt"))
+    with pytest.raises(UsageError, match="stdin .* once"):
+        read_prompt(None, ["-", "-"])
+
+
+def test_documents_then_the_prompt(tmp_path):
+    """--file DOC --prompt Q reads DOC, then Q on a line of its own; several files are laid out as a
+    prepared repository (`<|file|>NAME` before each); the token ids equal encoding the whole text."""
+    from elastic_cli.data.tokenizer import Tokenizer
+
+    (tmp_path / "a.py").write_text("x = 1\ny = 2")  # no newline at the end
+    (tmp_path / "b.py").write_text("z = 3\n")
+    one = read_prompt("Who set y?", str(tmp_path / "a.py"))
+    assert "".join(prompt_texts(one)) == "x = 1\ny = 2\nWho set y?"
+    two = read_prompt("Q", [str(tmp_path / "a.py"), str(tmp_path / "b.py")])
+    assert "".join(prompt_texts(two)) == "<|file|>a.py\nx = 1\ny = 2<|file|>b.py\nz = 3\nQ"
+    tok = Tokenizer.load(TOKENIZER)
+    pieces = [i for t in prompt_texts(one) for i in tok.encode(t)]
+    assert pieces == tok.encode("x = 1\ny = 2\nWho set y?")
+    assert pieces[-len(tok.encode("Who set y?")):] == tok.encode("Who set y?")  # the question comes last
 
 
 def test_a_long_file_is_read_in_blocks_at_constant_memory(tmp_path, monkeypatch):
@@ -116,7 +144,7 @@ def test_a_long_file_is_read_in_blocks_at_constant_memory(tmp_path, monkeypatch)
     the pieces (ending at newlines, also where a character straddles a block) are the whole text."""
     import tracemalloc
 
-    monkeypatch.setattr(generate, "BLOCK_BYTES", 1 << 16)
+    monkeypatch.setattr(textio, "BLOCK_BYTES", 1 << 16)
     line = "def f(x):  # ünïcödé ✓\n"
     big = tmp_path / "big.py"
     big.write_text(line * (40_000_000 // len(line.encode())), encoding="utf-8")
@@ -130,7 +158,7 @@ def test_a_long_file_is_read_in_blocks_at_constant_memory(tmp_path, monkeypatch)
     odd = tmp_path / "odd.txt"
     odd.write_bytes(b"a" * ((1 << 16) - 1) + "é\nb".encode() + b"\xff")
     with pytest.raises(DataError, match=f"offset {(1 << 16) + 3}"):
-        read_prompt(None, str(odd))
+        read_prompt(None, str(odd), textio.Policy(strict=True))
     odd.write_bytes(b"a" * ((1 << 16) - 1) + "é\nb".encode())
     assert list(prompt_texts(read_prompt(None, str(odd)))) == ["a" * ((1 << 16) - 1) + "é\n", "b"]
 
@@ -300,19 +328,20 @@ def test_generate_from_long_file_and_stdin(run, capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra, expect_code, message", [
     (["--prompt", ""], 2, "empty"),
     (["--file", "EMPTY"], 2, "empty"),
-    (["--file", "LATIN1"], 3, "not UTF-8"),
+    (["--file", "LATIN1", "--strict"], 3, "not utf-8 text"),
+    (["--file", "LATIN1", "--encoding", "klingon"], 2, "--encoding klingon: unknown encoding"),
     (["--file", "DIR"], 2, "is a directory"),
     (["--prompt", "x", "--top-p", "0"], 2, "--top-p"),
     (["--prompt", "x", "--top-p", "1.5"], 2, "--top-p"),
     (["--prompt", "x", "--temperature", "-1"], 2, "--temperature"),
-    (["--prompt", "x", "--output", "NOWHERE"], 2, "--output"),
+    (["--prompt", "x", "--output", "FILE/x.jsonl"], 2, "not a directory"),
     (["--prompt", "x", "--output", "DIR"], 2, "is a directory"),
 ])
 def test_generate_errors_exit_codes(run, capsys, tmp_path, extra, expect_code, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
     names = {"EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt", "DIR": tmp_path,
-             "NOWHERE": tmp_path / "no" / "such" / "dir.jsonl"}
+             "FILE/x.jsonl": tmp_path / "empty.txt" / "x.jsonl"}
     code, out, err = run_cli(capsys, "generate", "--ckpt", run, *[names.get(a, a) for a in extra])
     assert code == expect_code and message in err
     assert err.startswith("error: ") and err.count("\n") == 1 and out == ""

@@ -45,11 +45,12 @@ def test_tensorboard_events_equal_metrics_jsonl_after_resume(data, tmp_path, cap
     final = {r["step"]: r for r in records}
     assert [e.value for e in events] == pytest.approx([final[s]["loss"] for s in (1, 2, 3, 4)], rel=1e-6)
     assert [e.value for e in acc.Scalars("lr")] == pytest.approx([final[s]["lr"] for s in (1, 2, 3, 4)], rel=1e-6)
-    args = tiny_run.overrides(data, run, "train.steps=2", "run.loggers=[tensorboard]")
+    args = tiny_run.overrides(data, run, "train.save_every=2", "train.steps=4", "train.log_every=2",
+                              "run.loggers=[tensorboard]")  # the same configuration: --overwrite may replace it
     train(load_config("recipes/tiny.yaml", args), overwrite=True)  # starting over removes the old events
     acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("loss")] == [1, 2] and not (run / "metrics.jsonl").exists()
+    assert [e.step for e in acc.Scalars("loss")] == [2, 4] and not (run / "metrics.jsonl").exists()
 
 
 def wandb_history(path) -> list[dict]:

@@ -44,9 +44,24 @@ def both(monkeypatch, capsys, data, run_dir, *extra) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_on_a_cpu_only_machine(data, tmp_path, monkeypatch, capsys):
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "run.device=cuda")
-    assert code == 2 and "run.device=cuda but no CUDA device" in err
+def test_cuda_on_a_cpu_only_machine_fails_but_its_dry_run_plans_it(data, tmp_path, monkeypatch, capsys):
+    """The real run needs the GPUs; --dry-run on a login node without any plans the job: every other
+    check, the device row saying none is visible here, and the launch command on one line."""
+    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, tmp_path / "run", "run.device=cuda")]
+    code, err = cli(monkeypatch, capsys, *args)
+    assert code == 2 and err == "error: run.device=cuda but no CUDA device is visible\n"
+    monkeypatch.setattr(sys, "argv", ["elastic", *map(str, args), "--gpus", "2", "--dry-run"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err
+    assert "cuda x 2 per node (none visible on this machine" in out
+    (launch,) = [line for line in out.splitlines() if line.startswith("launch: ")]
+    assert "-m elastic_cli.torchrun --nproc-per-node 2 --nnodes 1" in launch
+    assert launch.endswith("--resume never") and "-m elastic_cli train" in launch
+    assert not (tmp_path / "run").exists()
+    code, err = cli(monkeypatch, capsys, *args, "--gpus", "2", "--dry-run", "train.micro_batch=3")
+    assert code == 2 and "train.micro_batch=3" in err  # the other checks still run
 
 
 def test_non_empty_run_dir_without_overwrite(data, tmp_path, monkeypatch, capsys):

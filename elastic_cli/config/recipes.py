@@ -9,7 +9,9 @@ another kind drops the previous base's options.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -44,10 +46,12 @@ def load_config(recipes: str | Path | list, overrides: list[str] | tuple[str, ..
     layer: dict = {}
     for item in overrides:
         _apply_override(layer, item, tree)
+    changed = changed_keys(layer, tree)
     _merge_layer(tree, layer, origin, OVERRIDE)
     run = tree.setdefault("run", {})
     if isinstance(run, dict) and run.get("dir") is None:
-        run["dir"] = "runs/" + "-".join(p.stem for p in paths)
+        run["dir"] = default_run_dir(paths, changed)
+    _fit_warmup(tree, origin)
     recipe = str(paths[-1])
     try:
         cfg = RunConfig.model_validate(tree)
@@ -60,13 +64,97 @@ def load_config(recipes: str | Path | list, overrides: list[str] | tuple[str, ..
     return cfg
 
 
+# Keys that do not make another configuration: where and how a run executes and reports, and what
+# `elastic eval` reads. Overriding them keeps the run directory (and --resume may change them).
+SAME_RUN_KEYS = ("run.", "eval.", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
+                 "train.keep_last")
+RUN_DIR_CHARS = 80  # longer derived names keep this many characters and a hash of the rest
+
+
+def changed_keys(layer: dict, tree: dict) -> dict[str, Any]:
+    """The overrides (as dotted key -> value) that change the recipes' configuration, sorted by key;
+    keys that do not make another configuration (SAME_RUN_KEYS) are left out."""
+    out: dict[str, Any] = {}
+
+    def walk(node: dict, below: Any, prefix: str) -> None:
+        for key, value in node.items():
+            dotted, old = prefix + key, below.get(key) if isinstance(below, dict) else None
+            if isinstance(value, dict):
+                walk(value, old, dotted + ".")
+            elif not _same_value(value, old) and not dotted.startswith(SAME_RUN_KEYS) \
+                    and not (dotted + ".").startswith(SAME_RUN_KEYS):
+                out[dotted] = value
+    walk(layer, tree, "")
+    return dict(sorted(out.items()))
+
+
+def _same_value(new: Any, old: Any) -> bool:
+    """An override equal to the recipe's value; '3e-3' (a YAML 1.1 string) equals 0.003."""
+    if isinstance(new, str) and isinstance(old, (int, float)) and not isinstance(old, bool):
+        try:
+            return float(new) == old
+        except ValueError:
+            return False
+    return new == old
+
+
+def default_run_dir(paths: list[Path], changed: dict[str, Any]) -> str:
+    """runs/<recipe stems joined by '-'>, plus `--key-value` for every override that changes the
+    configuration, so runs of different configurations never share a directory:
+    `tiny.yaml memory.kind=none train.lr=1e-3` -> runs/tiny--memory.kind-none--train.lr-0.001."""
+    import hashlib
+    import re
+
+    name = "-".join(p.stem for p in paths)
+    for key, value in changed.items():
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        name += f"--{key}-" + re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
+    if len(name) > RUN_DIR_CHARS:
+        name = name[:RUN_DIR_CHARS].rstrip("-_.") + "--" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return "runs/" + name
+
+
+def _fit_warmup(tree: dict, origin: dict[str, str]) -> None:
+    """`train.steps=N` given alone on the command line with a recipe's warmup longer than N: the warmup
+    becomes N (a smoke test of a long recipe should not need two overrides). A warmup set on the
+    command line too is checked as it is."""
+    train = tree.get("train")
+    if not isinstance(train, dict) or origin.get("train.steps") != OVERRIDE or origin.get("train.warmup") == OVERRIDE:
+        return
+    steps, warmup = train.get("steps"), train.get("warmup")
+    if isinstance(steps, int) and isinstance(warmup, int) and 0 < steps < warmup:
+        from elastic_cli import console
+
+        train["warmup"] = steps
+        console.warn(f"train.warmup={warmup} ({origin.get('train.warmup', 'the recipe')}) exceeds train.steps={steps} "
+                     f"given on the command line: warming up over all {steps} steps")
+
+
 def split_args(args: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Command-line words -> (recipe files, key=value overrides)."""
     return [a for a in args if "=" not in a], [a for a in args if "=" in a]
 
 
-def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+def dump_yaml(cfg: RunConfig, explain: bool = False) -> str:
+    """The config as YAML (it loads back to the same RunConfig); `explain` adds each key's
+    description as a comment on its line."""
+    data = to_dict(cfg)
+    if not explain:
+        return yaml.safe_dump(data, sort_keys=False)
+    lines = []
+    for section, values in data.items():
+        model = getattr(cfg, section)
+        lines.append(f"{section}:")
+        for line in yaml.safe_dump(values, sort_keys=False).splitlines():
+            key = line.split(":", 1)[0]
+            field = type(model).model_fields.get(key) if not line.startswith((" ", "-")) else None
+            text = (field.description or COMMON_MEMORY_KEYS.get(key)) if field is not None else None
+            lines.append(f"  {line}" + (f"  # {text}" if text else ""))
+    return "\n".join(lines) + "\n"
+
+
+COMMON_MEMORY_KEYS = {"kind": "memory kind (elastic list kinds shows each with its options)",
+                      "layers": "layers with memory: all, middle (n_layer // 2) or a list of indices"}
 
 
 def _load_tree(path: Path, origin: dict[str, str], chain: tuple[Path, ...]) -> dict:

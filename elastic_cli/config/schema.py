@@ -21,63 +21,68 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _f(default: Any = ..., description: str = "", **bounds: Any) -> Any:
+    """A field with its description (`elastic config show --explain` prints it)."""
+    return Field(default, description=description, **bounds)
+
+
 class ModelConfig(_Section):
-    vocab_size: int = Field(gt=0)
-    d_model: int = Field(gt=0)
-    n_layer: int = Field(gt=0)
-    n_head: int = Field(gt=0)
-    mlp_hidden: int = Field(gt=0)
-    segment_len: int = Field(gt=0)
-    rope_base: float = Field(10000.0, gt=0)
-    tie_embeddings: bool = True
-    prev_embed: bool = False  # add a second embedding of the previous token (a bigram input; model/decoder.py)
+    vocab_size: int = _f(..., "tokenizer pieces (must equal the tokenizer's and the data's)", gt=0)
+    d_model: int = _f(..., "residual stream width", gt=0)
+    n_layer: int = _f(..., "transformer blocks", gt=0)
+    n_head: int = _f(..., "attention heads (d_model / n_head must be even)", gt=0)
+    mlp_hidden: int = _f(..., "hidden width of each block's MLP", gt=0)
+    segment_len: int = _f(..., "tokens per segment: the attention window; memory carries the rest", gt=0)
+    rope_base: float = _f(10000.0, "RoPE base frequency", gt=0)
+    tie_embeddings: bool = _f(True, "share the input embedding and the output projection")
+    prev_embed: bool = _f(False, "add a second embedding of the previous token (a bigram input; model/decoder.py)")
 
 
 class DataConfig(_Section):
-    path: str
-    tokenizer: Union[str, None] = None  # if set, its sha256 must match the data's meta.json
-    train_split: str = "train"
-    val_split: str = "val"
+    path: str = _f(..., "prepared data directory (elastic prepare --out)")
+    tokenizer: Union[str, None] = _f(None, "SentencePiece .model; if set, its sha256 must match the data's meta.json")
+    train_split: str = _f("train", "split trained on")
+    val_split: str = _f("val", "split of the periodic validation (train.eval_every)")
 
 
 class TrainConfig(_Section):
-    global_batch: int = Field(gt=0)  # windows per optimizer step, all ranks together
-    micro_batch: int = Field(gt=0)  # windows per forward pass on one rank
-    segments: int = Field(gt=0)  # S: segments of model.segment_len tokens per window
-    bptt_segments: int = Field(gt=0)  # detach memory every this many segments
-    checkpoint_segments: bool = False  # recompute each segment's activations in backward (torch.utils.checkpoint)
-    curriculum: list[tuple[int, int]] = []  # (from step, segments per window) stages; before the first: segments
-    loss_on: Literal["all", "answers"] = "all"  # answers: only the answer tokens of task data carry loss
-    steps: int = Field(gt=0)
-    lr: float = Field(gt=0)
-    min_lr: float = Field(0.0, ge=0)
-    warmup: int = Field(0, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
-    aux_weight: float = Field(0.0, ge=0)  # weight of the memories' auxiliary loss (infinity's KL); 0: not computed
-    seed: int = 0
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"  # precision.py: auto is bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
-    log_every: int = Field(10, gt=0)
-    eval_every: int = Field(0, ge=0)  # 0: no periodic validation
-    eval_batches: int = Field(4, gt=0)
-    save_every: int = Field(0, ge=0)  # 0: save at the end only
-    keep_last: int = Field(3, gt=0)
+    global_batch: int = _f(..., "windows per optimizer step, all ranks together", gt=0)
+    micro_batch: int = _f(..., "windows per forward pass on one rank", gt=0)
+    segments: int = _f(..., "S: segments of model.segment_len tokens per window", gt=0)
+    bptt_segments: int = _f(..., "detach memory (truncate gradients) every this many segments", gt=0)
+    checkpoint_segments: bool = _f(False, "recompute each segment's activations in backward (torch.utils.checkpoint)")
+    curriculum: list[tuple[int, int]] = _f([], "[from_step, segments] stages; before the first: train.segments")
+    loss_on: Literal["all", "answers"] = _f("all", "answers: only the answer tokens of task data carry loss")
+    steps: int = _f(..., "optimizer steps", gt=0)
+    lr: float = _f(..., "peak learning rate (AdamW)", gt=0)
+    min_lr: float = _f(0.0, "learning rate at the end of the cosine decay", ge=0)
+    warmup: int = _f(0, "linear warmup steps", ge=0)
+    weight_decay: float = _f(0.1, "AdamW weight decay (2-D weights only)", ge=0)
+    betas: tuple[float, float] = _f((0.9, 0.95), "AdamW betas")
+    grad_clip: float = _f(1.0, "global gradient-norm clip; 0 disables clipping", ge=0)
+    aux_weight: float = _f(0.0, "weight of the memories' auxiliary loss (infinity's KL); 0: not computed", ge=0)
+    seed: int = _f(0, "seed of the weights and the data order")
+    dtype: Literal["auto", "fp32", "bf16"] = _f("auto", "precision: auto is bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = _f(False, "torch.compile the model")
+    log_every: int = _f(10, "steps between metric lines", gt=0)
+    eval_every: int = _f(0, "steps between validations; 0: no periodic validation", ge=0)
+    eval_batches: int = _f(4, "validation batches (training-style windows of the val split)", gt=0)
+    save_every: int = _f(0, "steps between checkpoints; 0: at the end only", ge=0)
+    keep_last: int = _f(3, "checkpoints kept", gt=0)
 
 
 class EvalConfig(_Section):
-    split: str = "val"
-    batch: int = Field(8, gt=0)
-    max_batches: Union[int, None] = Field(None, gt=0)  # None: the whole split
+    split: str = _f("val", "split `elastic eval` scores")
+    batch: int = _f(8, "documents read together", gt=0)
+    max_batches: Union[int, None] = _f(None, "batches of documents scored; null: the whole split", gt=0)
 
 
 class RunSection(_Section):
-    dir: Union[str, None] = None  # None: runs/<recipe file stem>
-    gpus: int = Field(1, gt=0)  # processes per node (on CPU: gloo processes)
-    nodes: int = Field(1, gt=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]  # metric sinks (elastic_cli/loggers.py)
+    dir: Union[str, None] = _f(None, "run directory; default runs/<recipe names>[--<changed keys>]")
+    gpus: int = _f(1, "processes per node (on CPU: gloo processes)", gt=0)
+    nodes: int = _f(1, "nodes (torchrun rendezvous)", gt=0)
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "where training runs (eval and generate choose with --device)")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = _f(["jsonl"], "metric sinks (elastic_cli/loggers.py)")
 
 
 class RunConfig(_Section):

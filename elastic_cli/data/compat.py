@@ -26,16 +26,19 @@ def model_tokenizer(cfg: Any) -> tuple[Path | None, str | None]:
     return path, meta.get("tokenizer_sha256") or (file_sha256(path.read_bytes()) if path else None)
 
 
-def check_data(cfg: Any, meta: dict, data_dir: str | Path) -> str | None:
+def check_data(cfg: Any, meta: dict, data_dir: str | Path, tokenizer: Path | None = None) -> str | None:
     """DataError unless the data in data_dir (its meta.json) was made for this model; returns a
-    warning text when the run records no tokenizer to compare with."""
+    warning text when the run records no tokenizer to compare with. `tokenizer`: the model's
+    tokenizer file when the caller knows it (a checkpoint's own copy), else `model_tokenizer(cfg)`."""
     if meta.get("vocab_size") != cfg.model.vocab_size:
         raise DataError(f"model.vocab_size={cfg.model.vocab_size} but {data_dir}/meta.json has "
                         f"vocab_size={meta.get('vocab_size')}: the data was made with another tokenizer")
-    _, sha = model_tokenizer(cfg)
+    path, sha = (tokenizer, file_sha256(Path(tokenizer).read_bytes())) if tokenizer else model_tokenizer(cfg)
     if sha is None:
         return f"the run records no tokenizer; cannot check that {data_dir} was made with the model's tokenizer"
     if sha != meta.get("tokenizer_sha256"):
-        raise DataError(f"{data_dir} was prepared with tokenizer sha256 {str(meta.get('tokenizer_sha256'))[:12]}, "
-                        f"the model's tokenizer is {sha[:12]}: prepare the data with the model's tokenizer")
+        made = meta.get("tokenizer") or "a tokenizer"
+        raise DataError(f"{data_dir} was prepared with {made} (sha256 {str(meta.get('tokenizer_sha256'))[:12]}), "
+                        f"but the model's tokenizer is {path or 'another one'} (sha256 {sha[:12]}): prepare the "
+                        f"data with the model's tokenizer")
     return None

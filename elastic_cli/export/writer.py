@@ -11,7 +11,6 @@ from pathlib import Path
 
 from elastic_cli import __version__, console, inference
 from elastic_cli.atomic import replace_tree
-from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.errors import DataError, UsageError
 
 # Kinds whose export is checked against elastic (tests/test_export.py: logits, greedy generation).
@@ -32,23 +31,22 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out}: not empty; pass --overwrite to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: directory {parent} does not exist or is not writable")
+    existing = next((p for p in out.parents if p.exists()), Path("."))  # missing folders are created
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not a writable directory")
 
 
-def export(ckpt: str, out: str, overwrite: bool = False) -> Path:
-    """Write the export folder; returns its path."""
+def export(ckpt: str, out: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    """Write the export folder (creating missing parent folders); returns its path."""
     require_transformers()
     out_dir = Path(out)
     path, cfg = inference.read_config(ckpt)
     if cfg.memory.kind not in EXPORTABLE:
         raise UsageError(f"memory.kind={cfg.memory.kind} is not exported yet: its Hugging Face model has not been "
                          f"checked against elastic (exported kinds: {', '.join(EXPORTABLE)})")
-    tok_path, _ = model_tokenizer(cfg)
-    if tok_path is None:
-        raise DataError(f"cannot find the tokenizer of {path}: its data.tokenizer ({cfg.data.tokenizer}) is not a file here")
+    tok_path = inference.tokenizer_file(path, cfg, tokenizer)
     check_out(out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
