@@ -21,6 +21,7 @@ import torch
 
 from . import allocator, measure, precision
 from .atomic import write_atomic
+from .autobatch import with_micro_batch
 from .bench_gpu_path import gpu_path
 from .bench_history import history_pass, timed_after
 from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
@@ -176,6 +177,8 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     bf16 = precision.uses_bf16(device.type, t.dtype)
     autocast = precision.autocast(device, t.dtype)
     variants = build_variants(cfg, configs, device, autocast)
+    cfg = with_micro_batch(cfg, next(iter(variants.configs.values())).train.micro_batch)  # auto: as resolved
+    t = cfg.train
     history = [k for k in variants.models if not quick or k in HISTORY_KINDS]
     one = measure.random_tokens((1, m.segment_len + 1), m.vocab_size, 3, device)
     first = torch.zeros(1, m.vocab_size, device=device)

@@ -56,6 +56,10 @@ def build_variants(cfg, configs: dict, device: torch.device, autocast) -> Varian
     from .optim import build_optimizer
     from .step import train_step
 
+    from .autobatch import resolve, with_micro_batch
+
+    cfg = resolve(cfg, 1, device)  # train.micro_batch=auto: as one training process would choose (by the estimate)
+    configs = {k: with_micro_batch(c, cfg.train.micro_batch) for k, c in configs.items()}
     m, t = cfg.model, cfg.train
     shape = (t.micro_batch, t.segments, m.segment_len)
     fake = Batch(measure.random_tokens(shape, m.vocab_size, 1, device),  # inputs (B, S, L)

@@ -43,14 +43,15 @@ def describe(cfg: RunConfig, world: int) -> dict[str, int | float]:
         memory_floats = model.numel(model.empty_states(1, "meta"))
     params = sum(p.numel() for p in model.parameters())
     m, t = cfg.model, cfg.train
+    micro = 1 if t.micro_batch == "auto" else t.micro_batch  # auto is chosen at start: the estimate is for 1
     act_bytes = 2 if precision.uses_bf16("cpu" if cfg.run.device == "cpu" else "cuda", t.dtype) else 4
-    chunk_tokens = t.micro_batch * t.bptt_segments * m.segment_len
+    chunk_tokens = micro * t.bptt_segments * m.segment_len
     costs = [block.memory.cost(m.segment_len, m.segment_len) for block in model.blocks if block.memory is not None]
     keys = sum(c.keys for c in costs if c is not None)  # extra keys/values per segment, all memory layers
     per_token = m.n_layer * (10 * m.d_model + 3 * m.mlp_hidden) * act_bytes + m.vocab_size * (act_bytes + 8)
-    per_segment = 2 * keys * m.d_model * act_bytes * t.micro_batch
+    per_segment = 2 * keys * m.d_model * act_bytes * micro
     activations = chunk_tokens * per_token + t.bptt_segments * per_segment
     return {"parameters": params, "memory_floats_per_sequence": memory_floats, "processes": world,
             "tokens_per_step": t.global_batch * t.segments * m.segment_len,
-            "accumulation": t.global_batch // (t.micro_batch * world),
+            "accumulation": "auto" if t.micro_batch == "auto" else t.global_batch // (t.micro_batch * world),
             "memory_gib": (16 * params + activations) / 2**30}

@@ -102,6 +102,15 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_min(value: int) -> int:
+    """The smallest value over ranks (e.g. the micro-batch every rank can fit)."""
+    if world() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=_device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def all_reduce_max(value: int) -> int:
     """The largest value over ranks (used so that every rank agrees to stop on a signal)."""
     t = torch.tensor([value], dtype=torch.int64, device=_device)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from elastic_cli import checkpoint, console, distributed, loggers, precision, preflight, runlock
+from elastic_cli import autobatch, checkpoint, console, distributed, loggers, precision, preflight, runlock
 from elastic_cli.build import build_model
 from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
 from elastic_cli.data.compat import model_tokenizer
@@ -64,6 +64,13 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
     model = build_model(cfg)
     init_weights(model, t.seed)
     model.to(device)
+    bf16 = precision.uses_bf16(device.type, t.dtype)
+    autocast = precision.autocast(device, t.dtype)
+    step_cfg = autobatch.resolve(cfg, world, device, autobatch.window_probe(cfg, model, autocast, device)
+                                 if device.type == "cuda" else None)  # cfg with an integer micro-batch
+    if autobatch.is_auto(cfg) and console.is_rank0():
+        console.info(f"train.micro_batch=auto: {step_cfg.train.micro_batch} windows per forward "
+                     f"(of {t.global_batch // world} per process and step)")
     optimizer = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
     loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, segments_at(0, t.curriculum, t.segments),
                            cfg.model.segment_len, t.seed, rank, world, answers_only=t.loss_on == "answers")
@@ -74,8 +81,6 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
         model.compile_blocks()  # one graph per kind of block; the memory writes between segments stay eager
     net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
     forward = net
-    bf16 = precision.uses_bf16(device.type, t.dtype)
-    autocast = precision.autocast(device, t.dtype)
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
@@ -94,7 +99,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                 loader.set_segments(segments_at(step, t.curriculum, t.segments))
                 batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
                 try:
-                    loss, n_tokens, grad_norm = train_step(cfg, model, optimizer, batch, autocast, device, net, forward)
+                    loss, n_tokens, grad_norm = train_step(step_cfg, model, optimizer, batch, autocast, device, net, forward)
                 except Diverged as e:
                     saved = checkpoint.complete_checkpoints(run_dir)
                     kept = f"the last good checkpoint {saved[-1]} is kept" if saved else "no checkpoint was saved yet"
@@ -114,7 +119,7 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                               f"tokens {tokens:,} eta {eta:,.0f}s", echo=not console.interactive())
                     t_last, tokens_last = now, tokens
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                    record["val_loss"], record["val_accuracy"] = evaluate_loss(cfg, model, data, autocast, device)
+                    record["val_loss"], record["val_accuracy"] = evaluate_loss(step_cfg, model, data, autocast, device)
                     vals.append((record["val_loss"], step))
                     log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
                               f"(training windows of the val split, memory empty at each window start; elastic eval "

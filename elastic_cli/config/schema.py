@@ -47,7 +47,8 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     global_batch: int = _f(..., "windows per optimizer step, all ranks together", gt=0)
-    micro_batch: int = _f(..., "windows per forward pass on one rank", gt=0)
+    micro_batch: Union[int, Literal["auto"]] = _f(..., "windows per forward pass on one rank; auto: the "
+                                                         "largest that fits the GPU (the whole share on a CPU)")
     segments: int = _f(..., "S: segments of model.segment_len tokens per window", gt=0)
     bptt_segments: int = _f(..., "detach memory (truncate gradients) every this many segments", gt=0)
     checkpoint_segments: bool = _f(False, "recompute each segment's activations in backward (torch.utils.checkpoint)")
@@ -69,6 +70,13 @@ class TrainConfig(_Section):
     eval_batches: int = _f(4, "validation batches (training-style windows of the val split)", gt=0)
     save_every: int = _f(0, "steps between checkpoints; 0: at the end only", ge=0)
     keep_last: int = _f(3, "checkpoints kept", gt=0)
+
+    @field_validator("micro_batch", mode="before")
+    @classmethod
+    def _micro_batch(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"must be a positive number of windows or auto, got {value!r}")
 
 
 class EvalConfig(_Section):
@@ -111,7 +119,7 @@ def check(cfg: RunConfig, where: Any) -> None:
     m, t = cfg.model, cfg.train
     if m.d_model % m.n_head or (m.d_model // m.n_head) % 2:
         raise UsageError(f"model.d_model={m.d_model} must be n_head={m.n_head} times an even head width ({where('model.d_model')})")
-    if t.global_batch % t.micro_batch:
+    if t.micro_batch != "auto" and t.global_batch % t.micro_batch:
         raise UsageError(f"train.global_batch={t.global_batch} is not a multiple of train.micro_batch={t.micro_batch} ({where('train.global_batch')})")
     if t.bptt_segments > t.segments:
         raise UsageError(f"train.bptt_segments={t.bptt_segments} exceeds train.segments={t.segments} ({where('train.bptt_segments')})")
@@ -139,7 +147,7 @@ def check(cfg: RunConfig, where: Any) -> None:
 def check_world(cfg: RunConfig, world: int) -> None:
     """Launch-time check: every rank runs a whole number of micro-batches per step."""
     t = cfg.train
-    if t.global_batch % (t.micro_batch * world):
+    if t.global_batch % ((1 if t.micro_batch == "auto" else t.micro_batch) * world):
         raise UsageError(f"train.global_batch={t.global_batch} is not a multiple of train.micro_batch={t.micro_batch} "
                          f"x {world} processes")
 
