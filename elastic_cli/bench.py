@@ -238,6 +238,8 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
         if deadline is not None and now > deadline:
             say(f"bench: {i}/{len(phases) - 1} {title}: skipped, past the deadline ({now:.0f} s > {deadline:.0f} s)")
             result["skipped_phases"].append(name)
+            if save is not None:
+                save(result)
             continue
         say(f"bench: {i}/{len(phases) - 1} {title} (at {now:.0f} s)")
         more, more_spread = phase()

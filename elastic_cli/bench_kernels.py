@@ -28,7 +28,8 @@ def kernel_fns(memory: ElasticMemory, shapes: KernelShapes, device: torch.device
     banks come from `hippo.BANKS` when seen before (the recipe's shape); the N=64, l=2048 banks are
     over its entry size and built at both, so there the two should cost the same.
     A write of K and V is C <- R C + W X twice: 2 * 2 N (N + l) (B H d) FLOPs, the same as one
-    (N, N + l) @ (N + l, 2 B H d) matmul. A read is S @ C_K and S @ C_V: one (M, N) @ (N, 2 B H d).
+    (N, N + l) @ (N + l, 2 B H d) matmul; each call also makes its bank [R | W] (in a model once per
+    segment for all layers: the host's [R | (1-ρ)A] and the device's (1-ρ)A @ W(0, l), 2 N^2 l more). A read is S @ C_K and S @ C_V: one (M, N) @ (N, 2 B H d).
     """
     b, h, d, n, m, l = shapes
     gen = torch.Generator().manual_seed(0)

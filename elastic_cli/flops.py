@@ -24,13 +24,15 @@ from torch import nn
 from .memory.base import MemoryCost
 
 
-def segment_flops(model: nn.Module, l: int, t: int, write: bool = True) -> int | None:
-    """Forward FLOPs of one sequence's segment of l tokens after t tokens of its document
-    (write=False: without the memory writes, as `Decoder.forward(..., write=False)`)."""
+def segment_flops(model: nn.Module, l: int, t: int, write: bool = True, rows: int = 1) -> int | None:
+    """Forward FLOPs of `rows` sequences' segments of l tokens after t tokens of their documents
+    (write=False: without the memory writes, as `Decoder.forward(..., write=False)`). The work a
+    write plan shares (`Memory.write_plan`: once per segment for the layers with one plan key, and for
+    all rows at one t) is counted once; a plan a layer makes for itself once per layer."""
     d = model.embed.weight.shape[1]
     vocab = model.embed.weight.shape[0]
     n = l + model.front + model.back  # rows: tokens and memory-token slots
-    total = 2 * l * d * vocab  # output head
+    total, plans, own = 2 * l * d * vocab, {}, 0  # output head
     for block in model.blocks:
         hidden = block.mlp.hidden
         cost = MemoryCost(0, 0, 0) if block.memory is None else block.memory.cost(l, t)
@@ -38,7 +40,12 @@ def segment_flops(model: nn.Module, l: int, t: int, write: bool = True) -> int |
             return None
         total += 4 * 2 * n * d * d + 3 * 2 * n * d * hidden + 2 * 2 * n * (n + cost.keys) * d + cost.read
         total += cost.write if write else 0
-    return total
+        if write and block.memory is not None:
+            if block.memory.plan_key() is not None:
+                plans[block.memory.plan_key()] = block.memory.plan_flops(l, t)
+            else:  # a plan the layer's write makes for itself (once for all rows)
+                own += block.memory.plan_flops(l, t)
+    return rows * total + sum(plans.values()) + own
 
 
 def train_step_flops(model: nn.Module, batch: int, segments: int, l: int) -> int | None:
@@ -46,13 +53,13 @@ def train_step_flops(model: nn.Module, batch: int, segments: int, l: int) -> int
     starting with empty memory; forward + backward (3 x forward). The window's last segment writes
     no memory (`step.train_step` drops that state; with an auxiliary loss it is written, a few
     more FLOPs than counted here)."""
-    per_window = 0
-    for s in range(segments):
-        flops = segment_flops(model, l, s * l, write=s < segments - 1)
+    total = 0
+    for s in range(segments):  # the rows of a micro-batch are at the same t (a window starts empty)
+        flops = segment_flops(model, l, s * l, write=s < segments - 1, rows=batch)
         if flops is None:
             return None
-        per_window += flops
-    return 3 * batch * per_window
+        total += flops
+    return 3 * total
 
 
 # bf16 dense tensor-core peak FLOP/s from the vendors' datasheets, matched against

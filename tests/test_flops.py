@@ -31,19 +31,24 @@ def test_hand_count_none():
 
 def test_hand_count_elastic():
     model = build("elastic", order=3, samples=2, layers=(1,))
-    # t = 0: no read; write W @ X only: 2 * 2*3*4*8 = 384
-    assert flops.segment_flops(model, SEG, 0) == 10368 + 384
-    # t > 0: attention over 2 more keys 2*2*4*2*8 = 256, read 2*2*2*3*8 = 192, R @ C 2*2*3*3*8 = 288
-    assert flops.segment_flops(model, SEG, 4) == 10368 + 384 + 256 + 192 + 288
+    # t = 0: no read; the write [R | W] @ [C ; X] 2 * 2*3*(3+4)*8 = 672 (R = 0 is multiplied too), and its
+    # bank's product (1-ρ)A @ W(0, l) 2*3*3*4 = 72, once per segment
+    assert flops.segment_flops(model, SEG, 0) == 10368 + 672 + 72
+    # t > 0: attention over 2 more keys 2*2*4*2*8 = 256, read 2*2*2*3*8 = 192
+    assert flops.segment_flops(model, SEG, 4) == 10368 + 672 + 72 + 256 + 192
+    # rows at one t share the bank: counted once
+    assert flops.segment_flops(model, SEG, 4, rows=3) == 3 * (10368 + 672 + 256 + 192) + 72
 
 
 def test_train_step_is_three_forwards_over_the_window_without_its_last_write():
     model = build("elastic")
-    window = sum(flops.segment_flops(model, SEG, s * SEG) for s in range(3))
-    last_write = sum(b.memory.cost(SEG, 2 * SEG).write for b in model.blocks)  # the state train_step drops
-    assert last_write > 0
-    assert flops.segment_flops(model, SEG, 2 * SEG, write=False) == flops.segment_flops(model, SEG, 2 * SEG) - last_write
-    assert flops.train_step_flops(model, batch=5, segments=3, l=SEG) == 3 * 5 * (window - last_write)
+    window = sum(flops.segment_flops(model, SEG, s * SEG, rows=5) for s in range(3))
+    plan = model.blocks[0].memory.plan_flops(SEG, 2 * SEG)  # one bank for every layer and row of a segment
+    last_write = 5 * sum(b.memory.cost(SEG, 2 * SEG).write for b in model.blocks) + plan  # the state train_step drops
+    assert last_write > plan > 0
+    assert flops.segment_flops(model, SEG, 2 * SEG, write=False, rows=5) == \
+        flops.segment_flops(model, SEG, 2 * SEG, rows=5) - last_write
+    assert flops.train_step_flops(model, batch=5, segments=3, l=SEG) == 3 * (window - last_write)
 
 
 def counted(fn):
@@ -70,9 +75,9 @@ def test_elastic_forward_after_history_matches_torch_counter(layers):
     with torch.no_grad():
         _, states = model(toks[:, :SEG], model.empty_states(2, "cpu"))
         model(toks[:, SEG:], states)  # warm-up; the R/W banks are built in numpy on the CPU: not model FLOPs
-        assert counted(lambda: model(toks[:, SEG:], states)) == 2 * flops.segment_flops(model, SEG, SEG)
-        assert counted(lambda: model(toks[:, SEG:], states, write=False)) == 2 * flops.segment_flops(model, SEG, SEG,
-                                                                                                     write=False)
+        assert counted(lambda: model(toks[:, SEG:], states)) == flops.segment_flops(model, SEG, SEG, rows=2)
+        assert counted(lambda: model(toks[:, SEG:], states, write=False)) == flops.segment_flops(model, SEG, SEG,
+                                                                                                 write=False, rows=2)
 
 
 def test_unknown_memory_kind_has_no_count():
@@ -133,4 +138,4 @@ def test_every_kind_forward_after_history_matches_torch_counter(kind, options):
         _, states = model(toks[:, :SEG], model.empty_states(2, "cpu"))
         _, states = model(toks[:, SEG : 2 * SEG], states)
         model(toks[:, 2 * SEG :], states)  # fill cached regression maps (banks: numpy on the CPU): not model FLOPs
-        assert counted(lambda: model(toks[:, 2 * SEG :], states)) == 2 * flops.segment_flops(model, SEG, 2 * SEG)
+        assert counted(lambda: model(toks[:, 2 * SEG :], states)) == flops.segment_flops(model, SEG, 2 * SEG, rows=2)

@@ -104,6 +104,10 @@ class Memory(nn.Module):
         and passed to `write`. Default: None (nothing shared)."""
         return None
 
+    def plan_flops(self, l: int, t: int) -> int:
+        """Matrix-product FLOPs of `write_plan` for a segment of l tokens after t (default 0)."""
+        return 0
+
     def plan_key(self) -> Any:
         """Memories with equal non-None keys share one `write_plan` per segment; None: never shared."""
         return None

@@ -271,6 +271,10 @@ class CachingMemory(Memory):
             return None if per_row is None else MemoryCost(0, route + 2 * n * c1 * floats + n * per_row.read, base.write)
         return MemoryCost(c1 * base.keys, c1 * base.read + 2 * n * c1 * d + route, base.write)
 
+    def plan_flops(self, l: int, t: int) -> int:
+        """The base's write plan, made by the base's write in every layer (caching shares none)."""
+        return self.base.plan_flops(l, t)
+
     def numel(self, state: Any) -> int:
         per = self.base.numel(self.online(state))
         return (self.max_caches + 1) * (per + state.desc.shape[-1])

@@ -70,10 +70,15 @@ class ElasticMemory(Memory):
         return f"order={self.order}, samples={self.samples}, schedule={self.schedule}, power={self.power}"
 
     def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
-        """Write 2 (2 N l D + 2 N^2 D) (W @ X, and R @ C when t > 0); read 2 * 2 M N D (S @ C_K, S @ C_V)."""
+        """Write 2 * 2 N (N + l) D ([R | W] @ [C ; X], one product also at t = 0, where R = 0); read
+        2 * 2 M N D (S @ C_K, S @ C_V). The bank's own product is `plan_flops` (once per segment)."""
         n, m, d = self.order, self.samples, self.n_head * self.head_dim
-        write = 2 * (2 * n * l * d + (2 * n * n * d if t > 0 else 0))
+        write = 2 * 2 * n * (n + l) * d
         return MemoryCost(m, 2 * 2 * m * n * d, write) if t > 0 else MemoryCost(0, 0, write)
+
+    def plan_flops(self, l: int, t: int) -> int:
+        """(1 - ρ) A @ W(0, l): 2 N^2 l, once per segment for all layers (`write_plan`)."""
+        return 2 * self.order * self.order * l
 
     def bank_constants(self) -> hippo.BankConstants:
         return self.host_constants
