@@ -202,6 +202,29 @@ def continuation(model, stream, logits: torch.Tensor, max_new: int, opts: Decodi
         logits = out[:, -1]  # (1, V)
 
 
+@torch.no_grad()
+def samples(model, stream, logits: torch.Tensor, rows: int, max_new: int, opts: DecodingOptions,
+            generator: torch.Generator, eos_id: int | None, amp=nullcontext) -> list[list[int]]:
+    """`rows` continuations of one stream decoded as ONE batch (--num-samples): the prompt's stream
+    repeated row-wise, one forward per step for all samples, one host transfer per step (`draw`). A
+    row stops collecting at its EOS (kept as its last token); the batch stops when every row has,
+    or after max_new tokens. logits (1, V) predict the first token; the stream is not modified."""
+    stream, logits = stream.repeat(rows), logits.expand(rows, -1)  # (R, V)
+    out, done = [[] for _ in range(rows)], [False] * rows
+    for i in range(max_new):
+        ids, _ = draw(logits, opts, generator)  # (R,) the step's one host sync
+        for r, token in enumerate(ids):
+            if not done[r]:
+                out[r].append(token)
+                done[r] = token == eos_id
+        if all(done) or i == max_new - 1:
+            return out
+        with amp():
+            step, stream = model.step(torch.tensor(ids, device=logits.device)[:, None], stream)  # (R, 1, V)
+        logits = step[:, -1]  # (R, V)
+    return out
+
+
 def stream_numel(stream) -> int:
     """Floats held by a generation stream: memory states, the current segment's cache and reads."""
     leaves: list[torch.Tensor] = []
@@ -232,17 +255,24 @@ def run_generate(ckpt: str, text: Prompt | str | PromptFile, max_new_tokens: int
     console.info(f"read {n_prompt} prompt tokens in {time.perf_counter() - t0:.1f}s; "
                  f"stream state {stream_numel(stream)} floats")
     generator, records = make_generator(seed), []
+    batch = None
+    if num_samples > 1:  # decoded together, printed one after the other
+        t0 = time.perf_counter()
+        batch = samples(model, stream, logits, num_samples, max_new_tokens, opts, generator, tokenizer.eos_id, amp)
+        batch_seconds = time.perf_counter() - t0
     for i in range(num_samples):
         if num_samples > 1:
             console.info(f"--- sample {i + 1}/{num_samples}")
         decoder = IncrementalDecoder(tokenizer, context)
         tokens, t0 = [], time.perf_counter()
-        for token, _ in continuation(model, stream, logits, max_new_tokens, opts, generator, tokenizer.eos_id, amp):
+        drawn = batch[i] if batch is not None else (token for token, _ in continuation(
+            model, stream, logits, max_new_tokens, opts, generator, tokenizer.eos_id, amp))
+        for token in drawn:
             tokens.append(token)
             if token != tokenizer.eos_id:
                 console.out(decoder.push(token), end="")
         console.out(decoder.flush())
-        seconds = time.perf_counter() - t0
+        seconds = batch_seconds if batch is not None else time.perf_counter() - t0
         finish = "eos" if tokens and tokens[-1] == tokenizer.eos_id else "length"
         body = tokens[:-1] if finish == "eos" else tokens
         records.append({"sample": i, "seed": seed, "prompt_tokens": n_prompt, "tokens": body,

@@ -11,7 +11,7 @@ from elastic_cli.decoding import (DecodingOptions, check_options, draw, filter_l
                                   top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli import textio
-from elastic_cli.generate import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts,
+from elastic_cli.generate import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts, samples,
                                    read_prompt, stream_numel)
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
@@ -233,6 +233,26 @@ def test_streaming_logprobs_equal_teacher_forced_segments(schedule, n_prompt):
     logp = torch.log_softmax(torch.cat(chunks, 1)[0], -1)  # (n, V)
     forced = [logp[n_prompt - 1 + i, t].item() for i, t in enumerate(gen)]
     assert [lp for _, lp in out] == pytest.approx(forced, abs=2e-5)
+
+
+def test_samples_decoded_as_one_batch_are_each_a_continuation_of_the_prompt():
+    """--num-samples: rows of one batch (the stream repeated) across segment boundaries. Greedy rows equal
+    the one-row greedy continuation; sampled rows differ, and each drawn token is among the top 3 of its
+    own row's distribution when that row is replayed alone."""
+    m = model()
+    logits, stream = prefill(m, ids(11), torch.device("cpu"))
+    greedy = DecodingOptions(0.0, None, 1.0)
+    alone = [t for t, _ in continuation(m, stream, logits, 3 * SEG, greedy, make_generator(0), None)]
+    assert samples(m, stream, logits, 3, 3 * SEG, greedy, make_generator(0), None) == [alone] * 3
+    rows = samples(m, stream, logits, 4, 3 * SEG, DecodingOptions(1.0, 3, 1.0), make_generator(1), None)
+    assert len({tuple(r) for r in rows}) > 1
+    for row in rows:
+        s, lg = stream.fork(), logits
+        for token in row:
+            assert token in torch.topk(lg[0], 3).indices.tolist()
+            with torch.no_grad():
+                out, s = m.step(torch.tensor([[token]]), s)
+            lg = out[:, -1]
 
 
 def test_same_seed_same_tokens():

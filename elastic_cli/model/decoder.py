@@ -91,6 +91,17 @@ class Stream(NamedTuple):
         are values and shared)."""
         return self._replace(past=tuple(None if c is None else c.fork() for c in self.past))
 
+    def repeat(self, n: int) -> "Stream":
+        """n copies of every row as one batch (row b becomes rows b n .. b n + n - 1): several
+        continuations of one prompt decoded together. The reads are dropped: the next step reads them
+        again from the repeated states (a Read depends on the state only)."""
+        def rep(x):
+            return x.repeat_interleave(n, 0) if isinstance(x, Tensor) else x
+
+        states = tuple(type(s)(*(rep(leaf) for leaf in s)) for s in self.states)  # every leaf: batch first
+        past = tuple(None if c is None else SegmentCache(*(rep(t) for t in c)) for c in self.past)
+        return Stream(states, past, (None,) * len(self.reads), self.pos, rep(self.last))
+
 
 def _segment_view(h: Tensor, qkv: Tensor) -> SegmentView:
     """The memory's view of stream rows: h (B, n, D), qkv (B, n, 3, H, d) -> SegmentView with q, k, v
