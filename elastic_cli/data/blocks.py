@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from elastic_cli.allocator import return_large_buffers
 from elastic_cli.data.tokenizer import Tokenizer
 
 BLOCK_CHARS = 1 << 20   # a block (and a batch of small documents' blocks) is about this many characters
@@ -83,6 +84,7 @@ def batches(blocks_of_docs: Iterable[tuple[int, Iterator[str]]], size: int = BLO
 
 def _init(tokenizer_path: str, dtype: str) -> None:
     global _worker
+    return_large_buffers()
     _worker = (Tokenizer.load(tokenizer_path), dtype)
 
 

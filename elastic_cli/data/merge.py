@@ -32,6 +32,13 @@ def _open_part(path: Path) -> PreparedData:
     return data
 
 
+def _stored(data: PreparedData, i: int) -> store.StoredTokens:
+    """Document i of a part, read from its shard file when copied (not memory-mapped)."""
+    start, length = (int(x) for x in data.index[i])
+    shard = next(s for s in reversed(data.meta["shards"]) if s["start"] <= start)
+    return store.StoredTokens(data.path / shard["name"], data.dtype, start - shard["start"], length)
+
+
 def check_parts(parts: list[PreparedData]) -> None:
     """DataError unless `parts` are parts 0..N-1 (each once) of one sharded prepare of the same sources."""
     first = parts[0].meta["part"]
@@ -72,7 +79,7 @@ def merge(part_dirs: list[str], out: str, tokenizer: str | None = None, force: b
     with store.Writer(out_p, meta0["dtype"]) as w:
         for data in parts:
             for i, doc in enumerate(data.meta["docs"]):
-                w.add_stored(data.tokens(i), doc)
+                w.add_stored(_stored(data, i), doc)
         if not w.docs:
             raise DataError(f"every document is shorter than --min-tokens {settings['min_tokens']} ({dropped} dropped)")
         finish_splits(w, fracs, tok)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from elastic_cli import console
+from elastic_cli.allocator import return_large_buffers
 from elastic_cli.data import blocks, holdout
 from elastic_cli.data import sources as src
 from elastic_cli.data import store
@@ -48,11 +49,11 @@ def finish_splits(w: store.Writer, fracs: dict[str, float], tok: Tokenizer) -> N
         longest = max(range(len(w.docs)), key=lambda i: w.docs[i]["tokens"])
         name = w.docs[longest]["name"]
         missing = {s: f for s, f in fracs.items() if f > 0 and not any(d["split"] == s for d in w.docs)}
-        _, tails = holdout.cut_tails(w.stored(longest)[1:-1], {s: missing.get(s, 0.0) for s in holdout.SPLITS})
+        body = w.stored(longest)[1:-1]
+        _, tails = holdout.cut_tails(range(len(body)), {s: missing.get(s, 0.0) for s in holdout.SPLITS})
         if not tails:
             return
-        cuts = [(split, len(tail), tok.decoded_bytes(tail)) for split, tail in tails.items()]
-        del tails
+        cuts = [(split, len(t), tok.decoded_bytes(body[t.start:t.stop])) for split, t in tails.items()]
         w.cut_tails(longest, cuts, max(w.docs[longest]["bytes"] - sum(nb for _, _, nb in cuts), 0))
         for split, n, _ in cuts:
             console.info(f"split {split!r} was empty: held out the last {n} tokens of {name!r} "
@@ -109,6 +110,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
             val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
             corpus: str | None = None, workers: int | None = None, shard: tuple[int, int] | None = None) -> Summary:
     """Tokenize the sources into `out`; with `shard=(I, N)`, only part I of N (joined by data/merge.py)."""
+    return_large_buffers()  # before the first block is read
     out_p = Path(out)
     _check_fracs(val_frac, test_frac)
     if not sources and corpus is None:

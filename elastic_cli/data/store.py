@@ -88,6 +88,37 @@ def up_to_date(out: Path, fp: str, force: bool) -> bool:
     return False
 
 
+class StoredTokens:
+    """Tokens [start, start + n) of a token file, read from the file only when used: never mapped,
+    so reading a large document does not keep it resident (a memmap's pages count in the RSS)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, start: int, n: int):
+        self.path, self.dtype, self.start, self.n = Path(path), dtype, start, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            a, b, step = i.indices(self.n)
+            assert step == 1, "StoredTokens slices are contiguous"
+            return StoredTokens(self.path, self.dtype, self.start + a, max(b - a, 0))
+        i = i + self.n if i < 0 else i
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return int(self[i:i + 1].array()[0])
+
+    def array(self) -> np.ndarray:
+        with open(self.path, "rb") as f:
+            return np.fromfile(f, dtype=self.dtype, count=self.n, offset=self.start * self.dtype.itemsize)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.array() if dtype is None else self.array().astype(dtype)
+
+    def __iter__(self):
+        return iter(self.array().tolist())
+
+
 class Writer:
     """Collects documents into shards inside `DIR.tmp-<pid>`; `finish` makes `DIR` appear at once.
     A document is streamed (`begin`, `extend`..., then `end` or `discard`), so it is never held
@@ -173,12 +204,12 @@ class Writer:
         self.extend(ids)
         self.end(name, n_bytes, split, answers)
 
-    def add_stored(self, stored: np.ndarray, doc: dict) -> None:
+    def add_stored(self, stored: StoredTokens, doc: dict) -> None:
         """Copy a document as stored elsewhere (`[BOS] ... [EOS]`, its meta.json entry), in chunks."""
         self._shard()
         self._start = self.n_tokens
         for i in range(0, len(stored), COPY_TOKENS):
-            self._put(stored[i:i + COPY_TOKENS])
+            self._put(np.asarray(stored[i:i + COPY_TOKENS]))
         self._record(doc["name"], doc["bytes"], doc["split"], doc.get("answers", ()))
 
     def _record(self, name: str, n_bytes: int, split: str, answers) -> None:
@@ -190,13 +221,12 @@ class Writer:
             doc["answers"] = [[int(a), int(b), None if f is None else int(f)] for a, b, f in answers]
         self.docs.append(doc)
 
-    def stored(self, k: int) -> np.ndarray:
-        """Document k as written (`[BOS] ... [EOS]`), read back from its shard."""
+    def stored(self, k: int) -> StoredTokens:
+        """Document k as written (`[BOS] ... [EOS]`), read back from its shard when used."""
         self._f.flush()
         start, length = self.index[k]
         shard = next(s for s in reversed(self.shards) if s["start"] <= start)
-        data = np.memmap(self.tmp / shard["name"], dtype=self._np, mode="r", shape=(shard["tokens"],))
-        return data[start - shard["start"]:start - shard["start"] + length]
+        return StoredTokens(self.tmp / shard["name"], self._np, start - shard["start"], length)
 
     def cut_tails(self, k: int, tails: list[tuple[str, int, int]], head_bytes: int) -> None:
         """Split document k into its head (train) and (split, tokens, bytes) tails taken from its end,
@@ -206,14 +236,14 @@ class Writer:
         si = next(i for i in reversed(range(len(self.shards))) if self.shards[i]["start"] <= start)
         shard = self.shards[si]
         path = self.tmp / shard["name"]
-        old = np.memmap(path, dtype=self._np, mode="r", shape=(shard["tokens"],))
+        old = StoredTokens(path, self._np, 0, shard["tokens"])
         off = start - shard["start"]
         head = length - 2 - sum(n for _, n, _ in tails)
         new_path = path.with_name(path.name + ".new")
         with open(new_path, "wb") as f:
             def copy(a: int, b: int) -> None:
                 for i in range(a, b, COPY_TOKENS):
-                    f.write(np.ascontiguousarray(old[i:min(i + COPY_TOKENS, b)]).data)
+                    f.write(old[i:min(i + COPY_TOKENS, b)].array().data)
             bos, eos = np.asarray([BOS_ID], self._np), np.asarray([EOS_ID], self._np)
             copy(0, off + 1 + head)
             f.write(eos.data)

@@ -140,7 +140,7 @@ class Tokenizer:
         pieces = [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
         return (not any("\n" in p for p in pieces), not any("\u2581" in p.lstrip("\u2581") for p in pieces))
 
-    def decoded_bytes(self, ids: np.ndarray, chunk: int = 1 << 20) -> int:
+    def decoded_bytes(self, ids: np.ndarray, chunk: int = 1 << 18) -> int:
         """len(decode(ids).encode()) decoding `chunk` ids at a time: a chunk ends after a piece that is
         not a byte, or is an ASCII byte, so no UTF-8 sequence is cut (the slow twin: the whole decode)."""
         if not hasattr(self, "_ends_char"):
