@@ -33,11 +33,11 @@ def _check_fracs(val_frac: float, test_frac: float) -> None:
 
 
 def part_range(sizes: list[int], index: int, count: int) -> range:
-    """Documents of part `index` of `count`: consecutive ones, cut where the running total of their
-    file sizes crosses a multiple of total/count (deterministic, about equal bytes per part)."""
+    """Documents of part `index` of `count`: consecutive ones, a document in the part where the middle
+    of its bytes falls when the sources' bytes are cut into `count` equal ranges (deterministic)."""
     total, before, parts = max(sum(sizes), 1), 0, []
     for size in sizes:
-        parts.append(before * count // total)  # non-decreasing: each part is a run of documents
+        parts.append((2 * before + size) * count // (2 * total))  # non-decreasing: each part is a run
         before += size
     return range(sum(p < index for p in parts), sum(p <= index for p in parts))
 
