@@ -91,7 +91,7 @@ def _init(tokenizer_path: str, dtype: str) -> None:
 def _encode(batch: list[tuple[int, bool, str]]) -> list[tuple[int, bool, np.ndarray, int]]:
     """(document number, last?, token ids, UTF-8 bytes) of each block of a batch (runs in a worker)."""
     tok, dtype = _worker
-    return [(doc, last, np.asarray(tok.encode(text), dtype=dtype), len(text.encode("utf-8")))
+    return [(doc, last, np.asarray(tok.encode(text), dtype=dtype), len(text) if text.isascii() else len(text.encode()))
             for doc, last, text in batch]
 
 

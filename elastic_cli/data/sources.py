@@ -160,7 +160,7 @@ class _Collector:
         for block in byte_blocks(path):
             h.update(block)
             head += block[:SNIFF_BYTES - len(head)]
-            if valid:
+            if valid and not (block.isascii() and not utf8.getstate()[0]):  # ASCII: valid, nothing to decode
                 try:
                     utf8.decode(block)
                 except UnicodeDecodeError:

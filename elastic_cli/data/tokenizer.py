@@ -152,7 +152,7 @@ class Tokenizer:
             end = min(start + chunk, n)
             while end < n and not self._ends_char[int(ids[end - 1])]:
                 end += 1
-            total += len(self.decode(ids[start:end]).encode("utf-8"))
+            total += len(self._sp.decode(np.asarray(ids[start:end]).tolist()).encode("utf-8"))
             start = end
         return total
 
