@@ -3,8 +3,9 @@
 A document is read as a stream of text pieces (sources.document_texts) and regrouped into blocks
 of about BLOCK_CHARS characters that end where the tokenizer allows a cut (Tokenizer.cuts): after
 a newline, or, in a line longer than a block, before a space that follows a non-space. Encoding
-the blocks one by one gives the tokens of the whole text (tests/test_data_blocks.py checks it on
-the standard library and on tricky text), so memory holds a few blocks, never a document.
+the blocks one by one gives the tokens of the whole text, up to ties of sentencepiece's float32
+lattice in texts longer than a block (docs/internals.md, Data; tests/test_data_blocks.py), so
+memory holds a few blocks, never a document.
 
 Blocks of every document go, in batches of about BLOCK_CHARS, to the workers; results come back
 in order with at most 2 × workers batches in flight, so one large document uses every worker and
