@@ -21,6 +21,8 @@ import os
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
 MMAP_THRESHOLD = 32 << 20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit): larger buffers are still mmapped
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top kept up to 1 GiB
+STREAM_MMAP_THRESHOLD = 128 << 10  # glibc's default, but fixed (no dynamic raise after a free)
+STREAM_TRIM_THRESHOLD = 128 << 10  # glibc's default
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 _applied = "system"  # what `policy()` reports: "system" until `keep_freed_memory` changes it
@@ -46,6 +48,23 @@ def keep_freed_memory(environ=os.environ, libc=None) -> str:
         return _applied
     if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
         _applied = f"kept (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 30} GiB)"
+    return _applied
+
+
+def return_large_buffers(environ=os.environ, libc=None) -> str:
+    """For streaming work (`elastic prepare`): buffers from STREAM_MMAP_THRESHOLD up are mmapped and
+    handed back when freed, and the heap is trimmed as glibc does by default. With the policy above, or
+    glibc's dynamic threshold, the megabyte strings and token lists of a stream of blocks (each a bit
+    different in size) fragment the heap and the process grows by hundreds of MB over a large document
+    (docs/internals.md, Data). Same opt-outs as `keep_freed_memory`; returns the policy in force."""
+    global _applied
+    if environ.get("ELASTIC_MALLOC", "") == "system" or any(k in environ for k in USER_SETTINGS):
+        return _applied
+    libc = _glibc() if libc is None else libc
+    if libc is None:
+        return _applied
+    if libc.mallopt(M_MMAP_THRESHOLD, STREAM_MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, STREAM_TRIM_THRESHOLD):
+        _applied = f"returned (glibc mmap threshold {STREAM_MMAP_THRESHOLD >> 10} KiB)"
     return _applied
 
 

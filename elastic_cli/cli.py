@@ -80,7 +80,8 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 
 @cli.command()
 @click.argument("sources", nargs=-1)
-@click.option("--tokenizer", "tokenizer_path", required=True, help="SentencePiece .model (see tokenizers/).")
+@click.option("--tokenizer", "tokenizer_path", help="SentencePiece .model (see tokenizers/); with --merge, "
+              "the one the parts recorded by default.")
 @click.option("--out", required=True, help="Directory to write (built in DIR.tmp-<pid>, then renamed).")
 @click.option("--repos", is_flag=True, help="Each subfolder of a source folder is a repository: one document.")
 @click.option("--corpus", type=click.Choice(["python-stdlib"]), help="A built-in corpus (no download).")
@@ -89,7 +90,12 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 @click.option("--test-frac", type=float, default=0.05, show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "uint16", "uint32"]), default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if --out holds other input.")
-@click.option("--workers", type=int, default=None, help="Encoding processes (default: up to 2 cores).")
+@click.option("--workers", type=int, default=None, help="Encoding processes (default: up to 2 cores); the blocks "
+              "of one large document are shared between them.")
+@click.option("--shard", callback=lambda c, p, v: _shard(v), metavar="I/N", help="Prepare only part I of N "
+              "(0 <= I < N) of the sources' documents, for --merge; one part per machine.")
+@click.option("--merge", is_flag=True, help="SOURCES are the N part directories of a --shard I/N run: join them "
+              "into --out, as one process would have prepared it.")
 @click.option("--task", type=click.Choice(["passkey", "recall", "sorting", "mqar"]), help="Generate a synthetic task instead.")
 @click.option("--length", type=int, help="Task document length in tokens.")
 @click.option("--count", type=int, help="Number of task documents.")
@@ -103,7 +109,7 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 @click.option("--values", type=int, help="mqar: value words to draw from [64]; chance is 1/VALUES.")
 @click.option("--noise", type=int, help="mqar: noise words between facts and queries [256]; 1 = one filler word.")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
-            workers, task, length, count, seed, pairs, queries, distance, segment_len, keys, values, noise) -> None:
+            workers, shard, merge, task, length, count, seed, pairs, queries, distance, segment_len, keys, values, noise) -> None:
     """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out
     (elastic list corpora and elastic list tasks show the built-in ones).
 
@@ -114,14 +120,25 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
       elastic prepare --task passkey --length 4096 --count 200 --tokenizer tokenizers/books-8k.model --out data/passkey
       elastic prepare --task mqar --length 512 --count 4000 --pairs 8 --distance 2:7 --segment-len 64 \\
           --tokenizer tokenizers/code-8k.model --out data/mqar-far
+      elastic prepare ~/books --tokenizer tokenizers/books-8k.model --shard 0/3 --out data/books-part0  (1/3, 2/3 alike)
+      elastic prepare --merge data/books-part0 data/books-part1 data/books-part2 --out data/books
     """
+    if merge:
+        if task or corpus or repos or shard or length is not None or count is not None:
+            raise UsageError("--merge takes only PART_DIRS, --out, --tokenizer and --force")
+        from elastic_cli.data.merge import merge as run_merge
+
+        run_merge(list(sources), out, tokenizer_path, force)
+        return
+    if tokenizer_path is None:
+        raise UsageError("prepare needs --tokenizer")
     task_options = {"pairs": pairs, "queries": queries, "distance": distance, "segment_len": segment_len,
                     "keys": keys, "values": values, "noise": noise}
     if task is not None:
         from elastic_cli.data.tasks import prepare_task
 
-        if sources or corpus or repos:
-            raise UsageError("--task takes no SOURCES, --corpus or --repos")
+        if sources or corpus or repos or shard:
+            raise UsageError("--task takes no SOURCES, --corpus, --repos or --shard")
         if length is None or count is None:
             raise UsageError("--task needs --length and --count")
         prepare_task(task, length, count, tokenizer_path, out, seed, val_frac, test_frac, dtype, force, task_options)
@@ -131,7 +148,7 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
     from elastic_cli.data.prepare import prepare as run_prepare
 
     run_prepare(list(sources), tokenizer_path, out, repos, min_tokens, val_frac, test_frac, dtype, force,
-                corpus, workers)
+                corpus, workers, shard)
 
 TRAIN_HELP = """\b
 Train from RECIPE.yaml files (later files are overlays) and key=value overrides:
@@ -220,6 +237,20 @@ def list_command(what) -> None:
             console.out(f"    {line}")
     if what == "kinds":
         console.out(f"({catalog.COMMON_OPTIONS}; elastic config show R.yaml memory.kind=KIND shows them in place)")
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    if value is None:
+        return None
+    i, _, n = value.partition("/")
+    try:
+        shard = int(i), int(n)
+    except ValueError:
+        shard = None
+    if shard is None or not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/3), got {value!r}")
+    return shard
 
 
 def _range(value: str | None) -> tuple[int, int] | None:

@@ -25,7 +25,8 @@ from elastic_cli.errors import DataError, UsageError
 class PreparedData:
     """A prepared directory: meta.json, docs.npy and memmapped token shards (opened lazily)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, part: bool = False):
+        """`part`: also open one part of a sharded prepare (`--shard I/N`), as data/merge.py does."""
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
@@ -36,6 +37,10 @@ class PreparedData:
             raise DataError(f"{meta_path} is not valid JSON") from None
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise DataError(f"{meta_path}: format_version {self.meta.get('format_version')} (this elastic reads {FORMAT_VERSION}); prepare it again")
+        if "part" in self.meta and not part:
+            p = self.meta["part"]
+            raise DataError(f"{self.path} is part {p['index']}/{p['count']} of a sharded prepare: join the parts "
+                            f"with `elastic prepare --merge PART_DIRS... --out DIR`")
         self.dtype = np.dtype(self.meta["dtype"]).newbyteorder("<")
         self.index = np.load(self.path / "docs.npy")                          # (n_docs, 2): start, length
         if self.index.shape != (self.meta["n_docs"], 2):

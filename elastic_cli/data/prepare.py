@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from elastic_cli import console
-from elastic_cli.data import holdout
+from elastic_cli.allocator import return_large_buffers
+from elastic_cli.data import blocks, holdout
 from elastic_cli.data import sources as src
 from elastic_cli.data import store
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
-
-_worker_tok: Tokenizer | None = None
 
 
 @dataclass
@@ -31,58 +27,38 @@ class Summary:
     dropped: int = 0
 
 
-def _init_worker(tokenizer_path: str) -> None:
-    global _worker_tok
-    _worker_tok = Tokenizer.load(tokenizer_path)
-
-
-def _encode(doc: src.DocSpec) -> tuple[np.ndarray, int]:
-    """Token ids and UTF-8 byte count of one document (runs in a worker)."""
-    text = src.read_document(doc)
-    return np.asarray(_worker_tok.encode(text), dtype=np.uint32), len(text.encode("utf-8"))
-
-
-def _encoded(docs: list[src.DocSpec], tokenizer_path: str, workers: int):
-    if workers <= 1:
-        _init_worker(tokenizer_path)
-        yield from map(_encode, docs)
-        return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path,)) as pool:
-        yield from pool.imap(_encode, docs, chunksize=1)
-
-
 def _check_fracs(val_frac: float, test_frac: float) -> None:
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise UsageError(f"--val-frac and --test-frac must be >= 0 with a sum below 1, got {val_frac} and {test_frac}")
 
 
-def _add(w: store.Writer, name: str, ids, n_bytes: int, val_frac: float, test_frac: float) -> None:
-    w.add(name, ids, n_bytes, store.split_of(name, val_frac, test_frac))
+def part_range(sizes: list[int], index: int, count: int) -> range:
+    """Documents of part `index` of `count`: consecutive ones, a document in the part where the middle
+    of its bytes falls when the sources' bytes are cut into `count` equal ranges (deterministic)."""
+    total, before, parts = max(sum(sizes), 1), 0, []
+    for size in sizes:
+        parts.append((2 * before + size) * count // (2 * total))  # non-decreasing: each part is a run
+        before += size
+    return range(sum(p < index for p in parts), sum(p <= index for p in parts))
 
 
-def _finish_splits(w: store.Writer, pending: list, fracs: dict[str, float], tok: Tokenizer) -> None:
-    """Write the pending documents and make every requested split non-empty when possible
-    (data/holdout.py): 1-2 documents -> the longest one's tail held out; 3+ -> documents moved."""
-    if len(pending) + len(w.docs) <= 2 and pending:
-        longest = max(range(len(pending)), key=lambda i: len(pending[i][1]))
-        name, ids, nb = pending[longest]
-        missing = {s: f for s, f in fracs.items()
-                   if f > 0 and not any(store.split_of(p[0], fracs["val"], fracs["test"]) == s for p in pending)}
-        head, tails = holdout.cut_tails(ids, {s: missing.get(s, 0.0) for s in holdout.SPLITS})
-        for p in pending:
-            if p is pending[longest] and tails:
-                tail_bytes = {s: len(tok.decode(t.tolist()).encode("utf-8")) for s, t in tails.items()}
-                w.add(name, head, max(nb - sum(tail_bytes.values()), 0), "train")
-                for split, tail in tails.items():
-                    w.add(f"{name}#{split}-tail", tail, tail_bytes[split], split)
-                    console.info(f"split {split!r} was empty: held out the last {len(tail)} tokens of {name!r} "
-                                 f"as document {name + '#' + split + '-tail'!r}")
-            else:
-                _add(w, *p, fracs["val"], fracs["test"])
+def finish_splits(w: store.Writer, fracs: dict[str, float], tok: Tokenizer) -> None:
+    """Make every requested split non-empty when possible (data/holdout.py), once every document is
+    written: 1-2 documents -> the longest one's tail held out; 3+ -> documents moved."""
+    if len(w.docs) <= 2:
+        longest = max(range(len(w.docs)), key=lambda i: w.docs[i]["tokens"])
+        name = w.docs[longest]["name"]
+        missing = {s: f for s, f in fracs.items() if f > 0 and not any(d["split"] == s for d in w.docs)}
+        body = w.stored(longest)[1:-1]
+        _, tails = holdout.cut_tails(range(len(body)), {s: missing.get(s, 0.0) for s in holdout.SPLITS})
+        if not tails:
+            return
+        cuts = [(split, len(t), tok.decoded_bytes(body[t.start:t.stop])) for split, t in tails.items()]
+        w.cut_tails(longest, cuts, max(w.docs[longest]["bytes"] - sum(nb for _, _, nb in cuts), 0))
+        for split, n, _ in cuts:
+            console.info(f"split {split!r} was empty: held out the last {n} tokens of {name!r} "
+                         f"as document {name + '#' + split + '-tail'!r}")
         return
-    for p in pending:
-        _add(w, *p, fracs["val"], fracs["test"])
     splits, notes = holdout.fill_empty_splits([d["name"] for d in w.docs], [d["split"] for d in w.docs], fracs)
     for doc, split in zip(w.docs, splits):
         doc["split"] = split
@@ -90,15 +66,59 @@ def _finish_splits(w: store.Writer, pending: list, fracs: dict[str, float], tok:
         console.info(note)
 
 
+def run_meta(base: dict, fingerprint: str, n_bytes: int, dropped: int) -> dict:
+    """meta.json's fields beyond the store's, in one order for a one-process run and a merge."""
+    return {"tokenizer_sha256": base["tokenizer_sha256"], "tokenizer": base["tokenizer"],
+            "vocab_size": base["vocab_size"], "fingerprint": fingerprint, "settings": base["settings"],
+            "n_bytes": n_bytes, "stats": {**base["stats"], "dropped_short": dropped}, "sources": base["sources"]}
+
+
+def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, workers: int, min_tokens: int,
+                fracs: dict[str, float], total_bytes: int) -> tuple[int, int]:
+    """Stream every document's blocks through the workers into `w`; (UTF-8 bytes kept, dropped)."""
+    newlines, spaces = tok.cuts()
+    if not newlines:
+        console.warn(f"{tok.path} has pieces that hold a newline: each document is encoded whole "
+                     f"(memory grows with the largest document)")
+    size = blocks.BLOCK_CHARS if newlines else 1 << 62
+    stream = ((j, blocks.blocks(src.document_texts(d), newlines, spaces, size)) for j, d in enumerate(docs))
+    t0, dropped, n_bytes, doc_bytes, seen, shown, open_doc = time.monotonic(), 0, 0, 0, 0, 0, False
+    with console.progress(max(total_bytes >> 20, 1), "prepare", "MB") as bar:
+        for j, last, ids, nb in blocks.encode(stream, str(tok.path), w.dtype, workers):
+            if not open_doc:
+                w.begin()
+                open_doc = True
+            w.extend(ids)
+            doc_bytes += nb
+            if last:
+                if w.tokens_written() < min_tokens:
+                    w.discard()
+                    dropped += 1
+                else:
+                    w.end(docs[j].name, doc_bytes, store.split_of(docs[j].name, fracs["val"], fracs["test"]))
+                    n_bytes += doc_bytes
+                seen, doc_bytes, open_doc = seen + doc_bytes, 0, False
+            elapsed = max(time.monotonic() - t0, 1e-9)
+            done = (seen + doc_bytes) >> 20
+            bar.update(done - shown, MB_s=f"{(seen + doc_bytes) / elapsed / 1e6:.2f}",
+                       tok_s=f"{w.n_tokens / elapsed:.0f}")
+            shown = done
+    return n_bytes, dropped
+
+
 def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, min_tokens: int = 1,
             val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
-            corpus: str | None = None, workers: int | None = None) -> Summary:
+            corpus: str | None = None, workers: int | None = None, shard: tuple[int, int] | None = None) -> Summary:
+    """Tokenize the sources into `out`; with `shard=(I, N)`, only part I of N (joined by data/merge.py)."""
+    return_large_buffers()  # before the first block is read
     out_p = Path(out)
     _check_fracs(val_frac, test_frac)
     if not sources and corpus is None:
         raise UsageError("give SOURCES, --corpus or --task")
     if corpus is not None and corpus not in src.CORPORA:
         raise UsageError(f"--corpus must be one of {', '.join(src.CORPORA)}, got {corpus!r}")
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard I/N needs 0 <= I < N, got {shard[0]}/{shard[1]}")
     src.check_out_outside(out_p, sources, corpus)
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
@@ -107,42 +127,42 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
                 "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256}
     fp = store.fingerprint({"settings": settings, "docs": [[d.name, d.headers] for d in col.docs],
                             "files": [[f["path"], f["size"], f["sha256"]] for f in col.files]})
-    if store.up_to_date(out_p, fp, force):
+    out_fp = fp if shard is None else store.fingerprint({"fingerprint": fp, "shard": list(shard)})
+    if store.up_to_date(out_p, out_fp, force):
         console.info(f"{out_p} is up to date (same inputs and settings): nothing to do")
         return Summary(out_p, skipped=True)
     if col.binary:
         console.warn(f"skipped {len(col.binary)} binary file(s), e.g. {col.binary[0]}")
     if col.replaced:
         console.warn(f"replaced undecodable bytes in {len(col.replaced)} file(s), e.g. {col.replaced[0]}")
+    sizes = {f["path"]: f["size"] for f in col.files}
+    doc_sizes = [sum(sizes[p] for p in d.paths) for d in col.docs]
+    docs = range(len(col.docs)) if shard is None else part_range(doc_sizes, *shard)
     workers = workers or min(2, os.cpu_count() or 1)
-    t0 = time.monotonic()
-    dropped = n_bytes = 0
     fracs = {"val": val_frac, "test": test_frac}
-    with store.Writer(out_p, dt) as w, console.progress(len(col.docs), "prepare", "doc") as bar:
-        pending: list[tuple[str, np.ndarray, int]] = []  # the first two documents wait: maybe tails are cut
-        for doc, (ids, nb) in zip(col.docs, _encoded(col.docs, str(tok.path), workers)):
-            if len(ids) < min_tokens:
-                dropped += 1
-            else:
-                pending.append((doc.name, ids, nb))
-                n_bytes += nb
-                if len(pending) + len(w.docs) > 2:
-                    _add(w, *pending.pop(0), val_frac, test_frac)
-            elapsed = max(time.monotonic() - t0, 1e-9)
-            bar.update(1, MB_s=f"{n_bytes / elapsed / 1e6:.2f}", tok_s=f"{w.n_tokens / elapsed:.0f}")
-        if not pending and not w.docs:
-            raise DataError(f"every document is shorter than --min-tokens {min_tokens} ({dropped} dropped)")
-        _finish_splits(w, pending, fracs, tok)
-        meta = {"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
-                "fingerprint": fp, "settings": settings, "n_bytes": n_bytes,
-                "stats": {"dropped_short": dropped, "skipped_binary": len(col.binary),
-                          "skipped_empty": col.skipped_empty, "replaced_files": len(col.replaced)},
-                "sources": col.files}
-        w.finish(meta)
+    base = {"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
+            "settings": settings, "sources": col.files,
+            "stats": {"dropped_short": 0, "skipped_binary": len(col.binary), "skipped_empty": col.skipped_empty,
+                      "replaced_files": len(col.replaced)}}
+    t0 = time.monotonic()
+    with store.Writer(out_p, dt) as w:
+        n_bytes, dropped = _write_docs(w, [col.docs[j] for j in docs], tok, workers, min_tokens, fracs,
+                                       sum(doc_sizes[j] for j in docs))
+        if shard is None:
+            if not w.docs:
+                raise DataError(f"every document is shorter than --min-tokens {min_tokens} ({dropped} dropped)")
+            finish_splits(w, fracs, tok)
+            w.finish(run_meta(base, fp, n_bytes, dropped))
+        else:
+            w.finish({**run_meta(base, out_fp, n_bytes, dropped),
+                      "part": {"index": shard[0], "count": shard[1], "fingerprint": fp,
+                               "docs": [docs.start, docs.stop]}})
         n_docs, n_tokens = len(w.docs), w.n_tokens
-    secs = time.monotonic() - t0
+    secs = max(time.monotonic() - t0, 1e-9)
     if dropped:
         console.warn(f"dropped {dropped} document(s) shorter than --min-tokens {min_tokens}")
-    console.info(f"prepared {out_p}: {n_docs} docs, {n_tokens} tokens, {n_bytes / 1e6:.1f} MB in {secs:.1f} s "
+    span = f"documents {docs.start}-{docs.stop - 1}" if len(docs) else "no documents"
+    what = out_p if shard is None else f"{out_p} (part {shard[0]}/{shard[1]}, {span})"
+    console.info(f"prepared {what}: {n_docs} docs, {n_tokens} tokens, {n_bytes / 1e6:.1f} MB in {secs:.1f} s "
                  f"({n_bytes / secs / 1e6:.2f} MB/s, {n_tokens / secs:.0f} tokens/s, {workers} workers)")
     return Summary(out_p, False, n_docs, n_tokens, n_bytes, secs, dropped)

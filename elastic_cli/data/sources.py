@@ -9,6 +9,7 @@ undecodable bytes are replaced and counted; everything else that is wrong is a `
 
 from __future__ import annotations
 
+import codecs
 import errno
 import gzip
 import hashlib
@@ -17,6 +18,7 @@ import sysconfig
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from elastic_cli.data.tokenizer import FILE_SEP
 from elastic_cli.errors import DataError, UsageError
@@ -24,6 +26,7 @@ from elastic_cli.errors import DataError, UsageError
 SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "build", "dist", "node_modules", ".venv", "venv",
              ".tox", ".mypy_cache", ".pytest_cache", ".eggs"}
 SNIFF_BYTES = 8192
+READ_BYTES = 1 << 20    # files are read (and .gz decompressed) this much at a time
 CORPORA = ("python-stdlib",)
 # The standard library without its test suites, compiled extensions, build config and third-party packages.
 STDLIB_SKIP = {"site-packages", "test", "tests", "idle_test", "lib-dynload", "__pycache__", "ensurepip"}
@@ -45,21 +48,37 @@ class Collection:
     skipped_empty: int = 0
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """Bytes of a file (decompressed for `.gz`); unreadable or corrupt files are a DataError."""
+def _cannot_read(path, e: OSError) -> DataError:
+    if isinstance(e, PermissionError):
+        return DataError(f"cannot read {path}: permission denied")
+    return DataError(f"cannot read {path}: {e.strerror or e}")
+
+
+def byte_blocks(path: str | Path) -> Iterator[bytes]:
+    """The bytes of a file (decompressed for `.gz`), READ_BYTES at a time; unreadable or corrupt
+    files are a DataError."""
+    gz = str(path).endswith(".gz")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except PermissionError:
-        raise DataError(f"cannot read {path}: permission denied") from None
+        f = open(path, "rb")
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if str(path).endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error):
-            raise DataError(f"not a valid gzip file: {path}") from None
-    return raw
+        raise _cannot_read(path, e) from None
+    with f:
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
+        while True:
+            try:
+                block = stream.read(READ_BYTES)
+            except (EOFError, zlib.error, gzip.BadGzipFile):
+                raise DataError(f"not a valid gzip file: {path}") from None
+            except OSError as e:
+                raise (DataError(f"not a valid gzip file: {path}") if gz else _cannot_read(path, e)) from None
+            if not block:
+                return
+            yield block
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """Bytes of a file (decompressed for `.gz`), whole."""
+    return b"".join(byte_blocks(path))
 
 
 def read_text(path: str | Path) -> str:
@@ -67,10 +86,33 @@ def read_text(path: str | Path) -> str:
 
 
 def read_document(doc: DocSpec) -> str:
-    """The text of a document, exactly as it is tokenized."""
+    """The text of a document, exactly as it is tokenized, whole (the slow twin of `document_texts`)."""
     if doc.headers is None:
         return read_text(doc.paths[0])
     return "".join(f"{FILE_SEP}{h}\n{read_text(p)}" for p, h in zip(doc.paths, doc.headers))
+
+
+def file_texts(path: str | Path) -> Iterator[str]:
+    """`read_text(path)` in pieces of at most READ_BYTES characters (an incremental UTF-8 decode:
+    undecodable bytes become U+FFFD exactly as in a decode of the whole)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for block in byte_blocks(path):
+        text = decoder.decode(block)
+        if text:
+            yield text
+    last = decoder.decode(b"", final=True)
+    if last:
+        yield last
+
+
+def document_texts(doc: DocSpec) -> Iterator[str]:
+    """`read_document(doc)` as a stream of pieces: memory of one read block, whatever the document's size."""
+    if doc.headers is None:
+        yield from file_texts(doc.paths[0])
+        return
+    for p, h in zip(doc.paths, doc.headers):
+        yield f"{FILE_SEP}{h}\n"
+        yield from file_texts(p)
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -112,22 +154,33 @@ class _Collector:
         self._names: set[str] = set()
 
     def text_file(self, path: Path, explicit: bool) -> bool:
-        """Record a file; False when it is empty or binary (skipped)."""
-        raw = read_bytes(path)
+        """Record a file (read one block at a time); False when it is empty or binary (skipped)."""
+        h, head, utf8 = hashlib.sha256(), b"", codecs.getincrementaldecoder("utf-8")()
+        valid = True
+        for block in byte_blocks(path):
+            h.update(block)
+            head += block[:SNIFF_BYTES - len(head)]
+            if valid and not (block.isascii() and not utf8.getstate()[0]):  # ASCII: valid, nothing to decode
+                try:
+                    utf8.decode(block)
+                except UnicodeDecodeError:
+                    valid = False
+        try:
+            utf8.decode(b"", final=True)
+        except UnicodeDecodeError:
+            valid = False
         st = path.stat()
         self.c.files.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                             "sha256": hashlib.sha256(raw).hexdigest()})
-        if not raw:
+                             "sha256": h.hexdigest()})
+        if not head:
             if explicit:
                 raise DataError(f"empty file: {path}")
             self.c.skipped_empty += 1
             return False
-        if b"\x00" in raw[:SNIFF_BYTES]:
+        if b"\x00" in head:
             self.c.binary.append(str(path))
             return False
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
+        if not valid:
             self.c.replaced.append(str(path))
         return True
 

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import sentencepiece as spm
 
 from elastic_cli.errors import DataError, UsageError
@@ -130,6 +131,30 @@ class Tokenizer:
 
     def piece(self, i: int) -> str:
         return self._sp.id_to_piece(int(i))
+
+    def cuts(self) -> tuple[bool, bool]:
+        """(newlines, spaces): where text can be cut so that encoding the pieces gives the tokens of
+        the whole. No piece holds a newline -> after any newline; no piece holds a space after another
+        character -> before a space that follows a non-space (every path of the unigram lattice passes
+        through such a point, so the best one is the best of each side)."""
+        pieces = [self._sp.id_to_piece(i) for i in range(self.vocab_size)]
+        return (not any("\n" in p for p in pieces), not any("\u2581" in p.lstrip("\u2581") for p in pieces))
+
+    def decoded_bytes(self, ids: np.ndarray, chunk: int = 1 << 18) -> int:
+        """len(decode(ids).encode()) decoding `chunk` ids at a time: a chunk ends after a piece that is
+        not a byte, or is an ASCII byte, so no UTF-8 sequence is cut (the slow twin: the whole decode)."""
+        if not hasattr(self, "_ends_char"):
+            byte = [self._sp.is_byte(i) for i in range(self.vocab_size)]
+            self._ends_char = np.asarray([not b or int(self.piece(i)[3:5], 16) < 0x80
+                                          for i, b in enumerate(byte)], dtype=bool)
+        n, start, total = len(ids), 0, 0
+        while start < n:
+            end = min(start + chunk, n)
+            while end < n and not self._ends_char[int(ids[end - 1])]:
+                end += 1
+            total += len(self._sp.decode(np.asarray(ids[start:end]).tolist()).encode("utf-8"))
+            start = end
+        return total
 
 
 def train_from_sources(sources: list[str], vocab_size: int, out: str, kind: str = "books",

@@ -1,0 +1,120 @@
+"""Documents as blocks of text, encoded in order by worker processes (`elastic prepare`).
+
+A document is read as a stream of text pieces (sources.document_texts) and regrouped into blocks
+of about BLOCK_CHARS characters that end where the tokenizer allows a cut (Tokenizer.cuts): after
+a newline, or, in a line longer than a block, before a space that follows a non-space. Encoding
+the blocks one by one gives the tokens of the whole text, up to ties of sentencepiece's float32
+lattice in texts longer than a block (docs/internals.md, Data; tests/test_data_blocks.py), so
+memory holds a few blocks, never a document.
+
+Blocks of every document go, in batches of about BLOCK_CHARS, to the workers; results come back
+in order with at most 2 × workers batches in flight, so one large document uses every worker and
+reading never runs ahead of encoding.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from elastic_cli.allocator import return_large_buffers
+from elastic_cli.data.tokenizer import Tokenizer
+
+BLOCK_CHARS = 1 << 20   # a block (and a batch of small documents' blocks) is about this many characters
+
+_worker: tuple[Tokenizer, str] | None = None
+
+
+def cut(text: str, newlines: bool, spaces: bool) -> int:
+    """Where `text` can be cut (text[:i] encoded apart from the rest): after its last newline, else
+    before its last space that follows a non-space; 0: nowhere."""
+    if newlines:
+        i = text.rfind("\n") + 1
+        if i:
+            return i
+    if spaces:
+        i = text.rfind(" ")
+        j = len(text[:i + 1].rstrip(" ")) if i > 0 else 0  # where the run of spaces holding i starts
+        if j:
+            return j
+    return 0
+
+
+def blocks(pieces: Iterable[str], newlines: bool, spaces: bool, size: int = BLOCK_CHARS) -> Iterator[str]:
+    """The text of `pieces` regrouped into blocks of about `size` characters ending at cuts (a block
+    is longer only where no cut exists); at least one block, "" for an empty text."""
+    buf: list[str] = []
+    held = 0
+    emitted = False
+    for piece in pieces:
+        buf.append(piece)
+        held += len(piece)
+        if held < size:
+            continue
+        text = "".join(buf)
+        i = cut(text, newlines, spaces)
+        if i:
+            yield text[:i]
+            emitted = True
+            text = text[i:]
+        buf, held = [text], len(text)
+    if held or not emitted:
+        yield "".join(buf)
+
+
+def batches(blocks_of_docs: Iterable[tuple[int, Iterator[str]]], size: int = BLOCK_CHARS
+            ) -> Iterator[list[tuple[int, bool, str]]]:
+    """[(document number, last block of it?, block)] lists of about `size` characters, in order."""
+    batch: list[tuple[int, bool, str]] = []
+    held = 0
+    for doc, texts in blocks_of_docs:
+        nxt = next(texts)
+        while nxt is not None:
+            text, nxt = nxt, next(texts, None)
+            batch.append((doc, nxt is None, text))
+            held += len(text)
+            if held >= size:
+                yield batch
+                batch, held = [], 0
+    if batch:
+        yield batch
+
+
+def _init(tokenizer_path: str, dtype: str) -> None:
+    global _worker
+    return_large_buffers()
+    _worker = (Tokenizer.load(tokenizer_path), dtype)
+
+
+def _encode(batch: list[tuple[int, bool, str]]) -> list[tuple[int, bool, np.ndarray, int]]:
+    """(document number, last?, token ids, UTF-8 bytes) of each block of a batch (runs in a worker)."""
+    tok, dtype = _worker
+    return [(doc, last, np.asarray(tok.encode(text), dtype=dtype), len(text) if text.isascii() else len(text.encode()))
+            for doc, last, text in batch]
+
+
+def ordered(fn: Callable, tasks: Iterable, workers: int, init: Callable, initargs: tuple) -> Iterator:
+    """fn(task) for each task, in order: in this process with 1 worker, else in `workers` spawned
+    processes with at most 2 × workers tasks in flight (Pool.imap would read every task ahead)."""
+    if workers <= 1:
+        init(*initargs)
+        yield from map(fn, tasks)
+        return
+    with mp.get_context("spawn").Pool(workers, initializer=init, initargs=initargs) as pool:
+        flight: deque = deque()
+        for task in tasks:
+            flight.append(pool.apply_async(fn, (task,)))
+            if len(flight) >= 2 * workers:
+                yield flight.popleft().get()
+        while flight:
+            yield flight.popleft().get()
+
+
+def encode(blocks_of_docs: Iterable[tuple[int, Iterator[str]]], tokenizer_path: str, dtype: str, workers: int
+           ) -> Iterator[tuple[int, bool, np.ndarray, int]]:
+    """(document number, last block?, token ids, UTF-8 bytes) for every block of every document, in order."""
+    for results in ordered(_encode, batches(blocks_of_docs), workers, _init, (tokenizer_path, dtype)):
+        yield from results
