@@ -13,7 +13,7 @@
 #
 # Environment: PYTHON (default .venv/bin/python when present, else python3), OUT (default
 # runs/bench-cpu), RESULTS (default docs/results-cpu.md), OMP_NUM_THREADS (default 1), KINDS (default
-# every kind; KINDS=none,elastic measures the issue-13 bars only: 512-786 s on a 2-vCPU AMD EPYC, AVX2).
+# every kind; KINDS=none,elastic measures the issue-13 bars only: 512-850 s on a 2-vCPU AMD EPYC, AVX2).
 set -euo pipefail
 
 SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
