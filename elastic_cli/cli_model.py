@@ -46,7 +46,10 @@ class Schedule(click.ParamType):
 @click.option("--json", "json_path", metavar="PATH", help="Write the results as JSON to PATH ('-' for stdout).")
 @click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib); "
               "the suffix names the format (.png, .pdf, .svg, .jpg, ...).")
-def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_docs, json_path, plot_path):
+@click.option("--heatmap", "heatmap_path", metavar="PATH.png", help="Haystack task data: draw exact-match accuracy "
+              "over document length x depth of the facts (the numbers are in --json too).")
+def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_docs, json_path, plot_path,
+             heatmap_path):
     """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
 
     Whole documents are read in order with memory carried through each one; the numbers (all
@@ -60,9 +63,12 @@ def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_
 
     json_file = inference.check_writable(json_path, "--json") if json_path not in (None, "-") else None
     plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
-    if plot_file is not None:
-        evaluate.check_plot_available(plot_file)
-    report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs)
+    heat_file = inference.check_writable(heatmap_path, "--heatmap") if heatmap_path else None
+    for f in (plot_file, heat_file):
+        if f is not None:
+            evaluate.check_plot_available(f)
+    report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs,
+                               need_depths=heat_file is not None)
     text = json.dumps(report, indent=1)
     if json_path == "-":
         console.out(text)
@@ -75,6 +81,12 @@ def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_
     if plot_file is not None:
         evaluate.plot_curves(report, plot_file)
         console.info(f"wrote {plot_file}")
+    if heat_file is not None:
+        from elastic_cli import heatmap
+
+        names = evaluate.table_rows(report)[0][1:]
+        heatmap.draw([(f"{n} ({report['split']})", r["heatmap"]) for n, r in zip(names, report["results"])], heat_file)
+        console.info(f"wrote {heat_file}")
 
 
 @cli.command("generate", epilog=EXIT_CODES_HELP)
