@@ -65,11 +65,13 @@ def draw(panels: list[tuple[str, dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 0.9 * max(len(c["lengths"]) for _, c in panels) * len(panels)
-                                                      + 1.5 * len(panels), 0.6 * max(len(c["depths"]) for _, c in panels) + 2.2),
-                             squeeze=False)
+    width = 1.0 + max(len(c["lengths"]) for _, c in panels) * 0.9
+    height = 2.2 + 0.55 * max(len(c["depths"]) for _, c in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 + width * len(panels), height), squeeze=False,
+                             layout="constrained")
     image = None
-    for ax, (title, c) in zip(axes[0], panels):
+    for k, (ax, (title, c)) in enumerate(zip(axes[0], panels)):
+        ax.set_facecolor("0.85")                                        # cells without documents: grey
         acc = np.array([[np.nan if v is None else v for v in row] for row in c["accuracy"]], dtype=float)
         image = ax.imshow(acc, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(c["lengths"])), [str(n) for n in c["lengths"]])
@@ -77,7 +79,8 @@ def draw(panels: list[tuple[str, dict]], path: Path) -> None:
         ax.set_yticks(range(len(c["depths"])), [f"{d:.0%}-{d + step:.0%}" if c["binned"] else f"{d:.0%}"
                                                  for d in c["depths"]])
         ax.set_xlabel("document length (tokens)")
-        ax.set_ylabel("depth of the first supporting fact")
+        if k == 0:
+            ax.set_ylabel("depth of the first supporting fact")
         ax.set_title(title)
         if acc.size <= MAX_NUMBERED:
             for (r, col), v in np.ndenumerate(acc):
@@ -85,6 +88,6 @@ def draw(panels: list[tuple[str, dict]], path: Path) -> None:
                 ax.text(col, r, label, ha="center", va="center", fontsize=8)
     fig.colorbar(image, ax=list(axes[0]), label="accuracy (exact match)")
     buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120, bbox_inches="tight")
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
     plt.close(fig)
     write_atomic(path, buf.getvalue())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from elastic_cli.data import sources as src
 from elastic_cli.data.tokenizer import Tokenizer
-from elastic_cli.errors import DataError
+from elastic_cli.errors import DataError, UsageError
 
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")
 MIN_WORDS, MAX_WORDS = 3, 60
@@ -151,7 +151,7 @@ def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: l
     fixed = sum(len(enc[t]) for t in [intro, question, *(i[1] for i in inserts), *(t[0] for t in tail)])
     budget = length - 2 - fixed
     if budget < 0:
-        raise DataError(f"--length {length} is too short for this task (it needs {-budget} more tokens)")
+        raise UsageError(f"--length {length} is too short for this task (it needs {-budget} more tokens)")
     texts, pids = hay.passage(rng, budget)
     order = sorted(range(len(inserts)), key=lambda n: inserts[n][0])        # stable: equal depths keep order
     at = dict(zip(order, place(pids, [inserts[n][0] for n in order])))    # insert -> sentence boundary
