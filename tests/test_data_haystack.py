@@ -201,3 +201,24 @@ def test_small_haystack_and_usage_errors(tmp_path, capsys, kjv_books):
         code, _, err = run_cli(capsys, "prepare", *args, "--count", 3, "--tokenizer", BOOKS, "--out", tmp_path / "u")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("task", ["babilong", "niah-multivalue"])
+def test_lm_eval_answer_rows_are_right_answers(tmp_path, kjv_books, task):
+    """`elastic lm-eval --data DIR --tasks elastic_answer` rows: one per answer span, context + answer
+    checkable (multi-value: the earlier values are in the context, teacher-forced)."""
+    from elastic_cli.lm_eval_tasks import task_rows
+
+    tok = Tokenizer.load(BOOKS)
+    prepare_task(task, 400, 10, BOOKS, str(tmp_path / "d"), val_frac=0.5, test_frac=0.0,
+                 options={"haystack": [str(kjv_books)], "qa": 2, "needles": 3} if task == "niah-multivalue"
+                 else {"haystack": [str(kjv_books)], "qa": 2})
+    data = PreparedData(tmp_path / "d")
+    docs, rows, _ = task_rows(data, "val", tok)
+    per_doc = 3 if task == "niah-multivalue" else 1
+    assert len(rows) == per_doc * len(docs) > 0
+    for k in range(0, len(rows), per_doc):
+        group = rows[k:k + per_doc]
+        before = group[0]["context"]
+        answer = (group[-1]["context"] + group[-1]["answer"])[len(before):]       # " v1, v2, v3"
+        assert all(r["context"].startswith(before) for r in group) and check_answer(task, before, answer)
