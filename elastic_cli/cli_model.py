@@ -47,7 +47,7 @@ class Schedule(click.ParamType):
 @click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib); "
               "the suffix names the format (.png, .pdf, .svg, .jpg, ...).")
 @click.option("--heatmap", "heatmap_path", metavar="PATH.png", help="Haystack task data: draw exact-match accuracy "
-              "over document length x depth of the facts (the numbers are in --json too).")
+              "over document length x depth of the facts; the cells go to PATH.json (and into --json).")
 def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_docs, json_path, plot_path,
              heatmap_path):
     """Perplexity, bits per byte, loss by segment index, exact match, tokens/s and peak memory.
@@ -85,8 +85,12 @@ def eval_cmd(ckpt, data_dir, split, schedule, samples, compare, batch_size, max_
         from elastic_cli import heatmap
 
         names = evaluate.table_rows(report)[0][1:]
-        heatmap.draw([(f"{n} ({report['split']})", r["heatmap"]) for n, r in zip(names, report["results"])], heat_file)
-        console.info(f"wrote {heat_file}")
+        panels = [(f"{n} ({report['split']})", r["heatmap"]) for n, r in zip(names, report["results"])]
+        heatmap.draw(panels, heat_file)
+        cells_file = heat_file.with_suffix(".json")
+        if cells_file != json_file:  # --json to the same path already holds the cells
+            write_atomic(cells_file, (json.dumps(dict(panels), indent=1) + "\n").encode())
+        console.info(f"wrote {heat_file} and {cells_file}")
 
 
 @cli.command("generate", epilog=EXIT_CODES_HELP)

@@ -222,3 +222,8 @@ def test_lm_eval_answer_rows_are_right_answers(tmp_path, kjv_books, task):
         before = group[0]["context"]
         answer = (group[-1]["context"] + group[-1]["answer"])[len(before):]       # " v1, v2, v3"
         assert all(r["context"].startswith(before) for r in group) and check_answer(task, before, answer)
+
+
+def test_book_sentences_that_read_as_facts_are_left_out():
+    text = "Eve took the apple there. Adam went to the garden. The serpent was more subtil than any beast."
+    assert haystack.sentences(text) == ["The serpent was more subtil than any beast."]

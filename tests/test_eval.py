@@ -351,5 +351,6 @@ def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_
     for (row, col), oks in right.items():
         assert grid["docs"][row][col] == len(oks) and grid["accuracy"][row][col] == sum(oks) / len(oks)
     assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(json.loads((tmp_path / "heat.json").read_text()).values()) == [grid]
     code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--heatmap", tmp_path / "no.png")
     assert code == 3 and "records no depths" in err and not (tmp_path / "no.png").exists()

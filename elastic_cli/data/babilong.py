@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from elastic_cli.data import babi
+from elastic_cli.data import babi, babi_solver
 from elastic_cli.data.haystack import Built, Haystack, build
 
 
@@ -20,4 +20,7 @@ def document(hay: Haystack, length: int, rng: random.Random, qa: int, depth: tup
     at = sorted(rng.uniform(*depth) for _ in s.facts)
     inserts = [(d, " " + f, i in s.supporting) for i, (d, f) in enumerate(zip(at, s.facts))]
     first = min(s.supporting)
-    return build(hay, length, rng, "", inserts, f"\nQuestion: {s.question} Answer:", [(" " + s.answer, first)])
+    doc = build(hay, length, rng, "", inserts, f"\nQuestion: {s.question} Answer:", [(" " + s.answer, first)])
+    if babi_solver.solve(doc.text) != s.answer:  # the haystack filter keeps book sentences from reading as facts
+        raise RuntimeError(f"babilong qa{qa}: the document's facts do not give its answer {s.answer!r}")
+    return doc

@@ -7,7 +7,8 @@ last), with the task's pieces inserted *between* sentences at the chosen depths 
 sentence boundaries are respected and every piece is encoded on its own (its span is exact).
 
 Sentences that could be read as a task's own facts or questions (a bAbI actor's name, "north of",
-"pass key", "magic number") are left out, so an answer can be recomputed from the document alone.
+"pass key", "magic number", or any sentence the bAbI solver would parse as a fact, e.g. "Eve took
+the apple there.") are left out, so an answer can be recomputed from the document alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elastic_cli.data import babi_solver
 from elastic_cli.data import sources as src
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
@@ -37,7 +39,7 @@ def sentences(text: str) -> list[str]:
         s = s.strip()
         n = len(s.split())
         if (MIN_WORDS <= n <= MAX_WORDS and re.search(r"[A-Za-z]", s) and not RESERVED.search(s)
-                and "\u2581" not in s and s.isprintable()):
+                and "\u2581" not in s and s.isprintable() and not babi_solver.facts(s)):
             out.append(s)
     return out
 
@@ -61,8 +63,8 @@ class Haystack:
         drawn in proportion to its sentences (then the following books, around)."""
         sizes = [len(b) for b in self.books]
         book = rng.choices(range(len(self.books)), weights=sizes)[0]
-        i, texts, ids, used, seen = rng.randrange(sizes[book]), [], [], 0, 0
-        while seen < sum(sizes):
+        i, texts, ids, used, seen, total = rng.randrange(sizes[book]), [], [], 0, 0, sum(sizes)
+        while seen < total:
             piece = self.ids(book, i)
             if used + len(piece) > budget:
                 break
@@ -74,7 +76,7 @@ class Haystack:
             if i == sizes[book]:
                 book, i = (book + 1) % len(self.books), 0
         else:
-            raise DataError(f"the haystack has {sum(sizes)} usable sentences, too few for documents of this "
+            raise DataError(f"the haystack has {total} usable sentences, too few for documents of this "
                             f"--length; give more text")
         return texts, ids
 
@@ -142,7 +144,7 @@ class Built:
 def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: list[tuple[float, str, bool]],
           question: str, tail: list[tuple[str, int | None]]) -> Built:
     """`intro`, a passage of the haystack with `inserts` (depth in [0, 1], text, needed by the answer)
-    between its sentences, newlines up to `length` tokens, `question`, then `tail`: pieces (text,
+    between its sentences (newlines after them up to `length` tokens), `question`, then `tail`: pieces (text,
     index of the insert it answers about, or None for a separator that is not part of an answer).
     An answer span's source is its insert's offset; `depth` is the passage share before the first
     needed insert, `supporting` the offsets of every needed insert."""
@@ -153,6 +155,13 @@ def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: l
     if budget < 0:
         raise UsageError(f"--length {length} is too short for this task (it needs {-budget} more tokens)")
     texts, pids = hay.passage(rng, budget)
+    pad = budget - sum(map(len, pids))              # the tokens no whole sentence fits: newlines after
+    nl = tok.encode("\n")                           # the sentences, spread evenly (paragraph breaks)
+    if not texts:                                   # not even one sentence fits: newlines only
+        texts, pids = [""], [[]]
+    for j in range(len(texts)):
+        extra = pad // len(texts) + (j < pad % len(texts))
+        texts[j], pids[j] = texts[j] + "\n" * extra, pids[j] + nl * extra
     order = sorted(range(len(inserts)), key=lambda n: inserts[n][0])        # stable: equal depths keep order
     at = dict(zip(order, place(pids, [inserts[n][0] for n in order])))    # insert -> sentence boundary
     before = [0]
@@ -168,9 +177,8 @@ def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: l
         if j < len(texts):
             ids += pids[j]
             parts.append(texts[j])
-    pad = length - 2 - fixed - before[-1]
-    ids += tok.encode("\n") * pad
-    parts.append("\n" * pad)
+    if len(ids) != length - 2 - len(enc[question]) - sum(len(enc[t]) for t, _ in tail):
+        raise RuntimeError(f"the tokenizer does not encode a newline as one token; cannot fill {length} tokens exactly")
     ids += enc[question]
     parts.append(question)
     answers = []

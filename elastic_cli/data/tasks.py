@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from elastic_cli import console
-from elastic_cli.data import babi, babi_solver, babilong, haystack, mqar, niah, store
+from elastic_cli.data import babi, babi_solver, babilong, haystack, mqar, niah, sources, store
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
 
@@ -176,7 +176,8 @@ def parse_depth(spec: str) -> list[tuple[float, float]]:
 
 
 def _generator(task: str, tok: Tokenizer, options: dict):
-    """A function (rng, length, depth) -> _Doc-like object (ids, text, answers[, extra]) for one document."""
+    """(make, haystack): make(rng, length, depth) -> a _Doc-like object (ids, text, answers[, extra]) for
+    one document; the loaded Haystack of a haystack task (else None)."""
     hay_opts = {k: options[k] for k in ("haystack", "depth", "qa", "needles") if k in options}
     other = {k: v for k, v in options.items() if k not in hay_opts}
     if task in HAYSTACK_TASKS or (task == "passkey" and "haystack" in hay_opts):
@@ -232,6 +233,8 @@ def prepare_task(task: str, length: int | list[int], count: int, tokenizer: str,
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
     out_p = Path(out)
+    if options.get("haystack"):
+        sources.check_out_outside(out_p, list(options["haystack"]), None)
     make, hay = _generator(task, tok, options)
     shown = {**MQAR_DEFAULTS, **options} if task == "mqar" else (
         {**HAYSTACK_DEFAULTS, **options, "haystack": list(options["haystack"])} if hay is not None else None)
