@@ -56,7 +56,7 @@ def test_babilong_on_unseen_books_every_answer_recomputed(tmp_path, unseen_books
         before, answer, t = split_doc(tok, data, i)
         doc = data.meta["docs"][i]
         [(a, b, source)] = data.answers(i)
-        assert len(t) == (300, 500)[i % 2] and b == len(t) - 1
+        assert len(t) == (300, 500)[i % 2] and tok.decode(t[b:-1].tolist()) == "\n" * (len(t) - 1 - b)
         assert source == doc["supporting"][0] and all(0 < s < a for s in doc["supporting"])
         assert 0 <= doc["depth"] <= 1
         for s in doc["supporting"]:   # each supporting offset starts a fact sentence of the story
@@ -227,3 +227,16 @@ def test_lm_eval_answer_rows_are_right_answers(tmp_path, kjv_books, task):
 def test_book_sentences_that_read_as_facts_are_left_out():
     text = "Eve took the apple there. Adam went to the garden. The serpent was more subtil than any beast."
     assert haystack.sentences(text) == ["The serpent was more subtil than any beast."]
+
+
+@pytest.mark.parametrize("task", ["babilong", "niah-multikey", "niah-multivalue", "passkey"])
+def test_question_position_does_not_tell_the_answer(tmp_path, kjv_books, task):
+    """Answers have 1-5 tokens; the question must end at the same offset in every document of a
+    length (a memoryless model once read the answer's length off the question's place in its segment)."""
+    prepare_task(task, [300, 333], 40, BOOKS, str(tmp_path / "q"), options={"haystack": [str(kjv_books)], "qa": 1})
+    data = PreparedData(tmp_path / "q")
+    starts = {(int(len(data.tokens(i))), data.answers(i)[0][0]) for i in range(len(data))}
+    assert len(starts) == 2 and {n for n, _ in starts} == {300, 333}, starts
+    if task == "babilong":
+        tok = Tokenizer.load(BOOKS)
+        assert len({tok.decode(data.tokens(i)[slice(*data.answers(i)[0][:2])].tolist()) for i in range(40)}) > 3

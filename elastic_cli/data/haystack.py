@@ -142,15 +142,21 @@ class Built:
 
 
 def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: list[tuple[float, str, bool]],
-          question: str, tail: list[tuple[str, int | None]]) -> Built:
+          question: str, tail: list[tuple[str, int | None]], tail_tokens: int | None = None) -> Built:
     """`intro`, a passage of the haystack with `inserts` (depth in [0, 1], text, needed by the answer)
     between its sentences (newlines after them up to `length` tokens), `question`, then `tail`: pieces (text,
     index of the insert it answers about, or None for a separator that is not part of an answer).
     An answer span's source is its insert's offset; `depth` is the passage share before the first
-    needed insert, `supporting` the offsets of every needed insert."""
+    needed insert, `supporting` the offsets of every needed insert.
+    `tail_tokens`: the tail's room, at least its tokens; newlines after the tail fill the rest, so
+    where the question sits does not tell how many tokens the answer has (answers of other lengths)."""
     tok = hay.tok
     enc = {t: tok.encode(t) for t in [intro, question, *(i[1] for i in inserts), *(t[0] for t in tail)]}
-    fixed = sum(len(enc[t]) for t in [intro, question, *(i[1] for i in inserts), *(t[0] for t in tail)])
+    tail_len = sum(len(enc[t]) for t, _ in tail)
+    after = (tail_len if tail_tokens is None else tail_tokens) - tail_len
+    if after < 0:
+        raise RuntimeError(f"tail_tokens {tail_tokens} < the tail's {tail_len} tokens")
+    fixed = sum(len(enc[t]) for t in [intro, question, *(i[1] for i in inserts)]) + tail_len + after
     budget = length - 2 - fixed
     if budget < 0:
         raise UsageError(f"--length {length} is too short for this task (it needs {-budget} more tokens)")
@@ -177,7 +183,7 @@ def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: l
         if j < len(texts):
             ids += pids[j]
             parts.append(texts[j])
-    if len(ids) != length - 2 - len(enc[question]) - sum(len(enc[t]) for t, _ in tail):
+    if len(ids) != length - 2 - len(enc[question]) - tail_len - after:
         raise RuntimeError(f"the tokenizer does not encode a newline as one token; cannot fill {length} tokens exactly")
     ids += enc[question]
     parts.append(question)
@@ -187,6 +193,8 @@ def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: l
             answers.append((1 + len(ids), 1 + len(ids) + len(enc[t]), where[src_i]))
         ids += enc[t]
         parts.append(t)
+    ids += nl * after
+    parts.append("\n" * after)
     needed = [n for n, i in enumerate(inserts) if i[2]]
     first = min(needed, key=lambda n: where[n]) if needed else None
     depth = None if first is None else round(before[at[first]] / max(before[-1], 1), 4)
