@@ -86,7 +86,7 @@ def draw(panels: list[tuple[str, dict]], path: Path) -> None:
             for (r, col), v in np.ndenumerate(acc):
                 label = "n/a" if np.isnan(v) else f"{v:.2f}\n({c['docs'][r][col]})"
                 ax.text(col, r, label, ha="center", va="center", fontsize=8)
-    fig.colorbar(image, ax=list(axes[0]), label="accuracy (exact match)")
+    fig.colorbar(image, ax=list(axes[0]), label="exact-match accuracy (cells: accuracy, documents in brackets)")
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
     plt.close(fig)
