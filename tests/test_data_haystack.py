@@ -88,7 +88,7 @@ def test_babilong_checker_fails_on_corrupted_documents(tmp_path, kjv_books):
 def test_needles_in_books(tmp_path, kjv_books, task):
     tok = Tokenizer.load(BOOKS)
     prepare_task(task, 400, 12, BOOKS, str(tmp_path / "n"), seed=1,
-                 options={"haystack": [str(kjv_books)], "needles": 3})
+                 options={"haystack": [str(kjv_books)], **({} if task == "passkey" else {"needles": 3})})
     data = PreparedData(tmp_path / "n")
     for i in range(len(data)):
         before, answer, t = split_doc(tok, data, i)
@@ -195,6 +195,8 @@ def test_small_haystack_and_usage_errors(tmp_path, capsys, kjv_books):
                           (["--task", "babilong", "--haystack", kjv_books, "--pairs", 3], "only apply to --task mqar"),
                           (["--task", "recall", "--haystack", kjv_books], "only apply to --task"),
                           (["--task", "mqar", "--depth", "0:1"], "only apply to --task"),
+                          (["--task", "niah-multikey", "--haystack", kjv_books, "--qa", 2], "--qa only applies"),
+                          (["--task", "babilong", "--haystack", kjv_books, "--needles", 2], "--needles only applies"),
                           (["--task", "babilong", "--haystack", kjv_books, "--length", "300,x"], "--length")]:
         if "--length" not in args:
             args = [*args, "--length", 300]
@@ -211,7 +213,7 @@ def test_lm_eval_answer_rows_are_right_answers(tmp_path, kjv_books, task):
 
     tok = Tokenizer.load(BOOKS)
     prepare_task(task, 400, 10, BOOKS, str(tmp_path / "d"), val_frac=0.5, test_frac=0.0,
-                 options={"haystack": [str(kjv_books)], "qa": 2, "needles": 3} if task == "niah-multivalue"
+                 options={"haystack": [str(kjv_books)], "needles": 3} if task == "niah-multivalue"
                  else {"haystack": [str(kjv_books)], "qa": 2})
     data = PreparedData(tmp_path / "d")
     docs, rows, _ = task_rows(data, "val", tok)
@@ -233,7 +235,7 @@ def test_book_sentences_that_read_as_facts_are_left_out():
 def test_question_position_does_not_tell_the_answer(tmp_path, kjv_books, task):
     """Answers have 1-5 tokens; the question must end at the same offset in every document of a
     length (a memoryless model once read the answer's length off the question's place in its segment)."""
-    prepare_task(task, [300, 333], 40, BOOKS, str(tmp_path / "q"), options={"haystack": [str(kjv_books)], "qa": 1})
+    prepare_task(task, [300, 333], 40, BOOKS, str(tmp_path / "q"), options={"haystack": [str(kjv_books)]})
     data = PreparedData(tmp_path / "q")
     starts = {(int(len(data.tokens(i))), data.answers(i)[0][0]) for i in range(len(data))}
     assert len(starts) == 2 and {n for n, _ in starts} == {300, 333}, starts

@@ -188,6 +188,10 @@ def _generator(task: str, tok: Tokenizer, options: dict):
             raise UsageError(f"--task {task} needs --haystack (a folder of books, text files or a prepared directory)")
         if o["qa"] not in babi.QA or o["needles"] < 1:
             raise UsageError(f"--qa must be one of 1-5 and --needles >= 1, got {o['qa']} and {o['needles']}")
+        own = {"babilong": "qa", "niah-multikey": "needles", "niah-multivalue": "needles"}.get(task)
+        for k in ("qa", "needles"):
+            if k in hay_opts and k != own:
+                raise UsageError(f"--{k} only applies to --task {'babilong' if k == 'qa' else 'niah-multikey, niah-multivalue'}")
         hay = haystack.load(list(o["haystack"]), tok)
         if task == "babilong":
             return lambda rng, length, depth: babilong.document(hay, length, rng, o["qa"], depth), hay
