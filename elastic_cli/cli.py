@@ -96,8 +96,10 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
               "(0 <= I < N) of the sources' documents, for --merge; one part per machine.")
 @click.option("--merge", is_flag=True, help="SOURCES are the N part directories of a --shard I/N run: join them "
               "into --out, as one process would have prepared it.")
-@click.option("--task", type=click.Choice(["passkey", "recall", "sorting", "mqar"]), help="Generate a synthetic task instead.")
-@click.option("--length", type=int, help="Task document length in tokens.")
+@click.option("--task", type=click.Choice(["passkey", "recall", "sorting", "mqar", "babilong", "niah-multikey",
+                                           "niah-multivalue"]), help="Generate a synthetic task instead.")
+@click.option("--length", callback=lambda c, p, v: _lengths(v), help="Task document length in tokens; "
+              "A,B,.. = documents take the lengths in turn (one directory for a heatmap).")
 @click.option("--count", type=int, help="Number of task documents.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Task generator seed.")
 @click.option("--pairs", type=int, help="mqar: key-value pairs per document [8].")
@@ -108,8 +110,15 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 @click.option("--keys", type=int, help="mqar: key words to draw from [64].")
 @click.option("--values", type=int, help="mqar: value words to draw from [64]; chance is 1/VALUES.")
 @click.option("--noise", type=int, help="mqar: noise words between facts and queries [256]; 1 = one filler word.")
+@click.option("--haystack", multiple=True, metavar="SOURCE", help="babilong, niah-*, passkey: real text to hide "
+              "the facts in (books: text files, folders, .gz, a prepared directory); repeatable.")
+@click.option("--depth", help="Haystack tasks: where the facts sit, as fractions of the text: A:B drawn per fact "
+              "[0:1], or a,b,.. a grid the documents take in turn (after the lengths).")
+@click.option("--qa", type=click.IntRange(1, 5), help="babilong: bAbI task qa1-qa5 [1].")
+@click.option("--needles", type=click.IntRange(min=1), help="niah-multikey/-multivalue: keys or values [4].")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
-            workers, shard, merge, task, length, count, seed, pairs, queries, distance, segment_len, keys, values, noise) -> None:
+            workers, shard, merge, task, length, count, seed, pairs, queries, distance, segment_len, keys, values,
+            noise, haystack, depth, qa, needles) -> None:
     """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out
     (elastic list corpora and elastic list tasks show the built-in ones).
 
@@ -122,6 +131,8 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
           --tokenizer tokenizers/code-8k.model --out data/mqar-far
       elastic prepare ~/books --tokenizer tokenizers/books-8k.model --shard 0/3 --out data/books-part0  (1/3, 2/3 alike)
       elastic prepare --merge data/books-part0 data/books-part1 data/books-part2 --out data/books
+      elastic prepare --task babilong --qa 1 --haystack ~/books --length 1024,4096 --depth 0,0.5,1 \\
+          --count 300 --tokenizer tokenizers/books-8k.model --out data/babilong-qa1
     """
     if merge:
         if task or corpus or repos or shard or length is not None or count is not None:
@@ -133,7 +144,8 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
     if tokenizer_path is None:
         raise UsageError("prepare needs --tokenizer")
     task_options = {"pairs": pairs, "queries": queries, "distance": distance, "segment_len": segment_len,
-                    "keys": keys, "values": values, "noise": noise}
+                    "keys": keys, "values": values, "noise": noise, "haystack": haystack, "depth": depth,
+                    "qa": qa, "needles": needles}
     if task is not None:
         from elastic_cli.data.tasks import prepare_task
 
@@ -143,8 +155,8 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
             raise UsageError("--task needs --length and --count")
         prepare_task(task, length, count, tokenizer_path, out, seed, val_frac, test_frac, dtype, force, task_options)
         return
-    if length is not None or count is not None or any(v is not None for v in task_options.values()):
-        raise UsageError("--length, --count and the mqar options only apply with --task")
+    if length is not None or count is not None or any(v not in (None, ()) for v in task_options.values()):
+        raise UsageError("--length, --count and the task options only apply with --task")
     from elastic_cli.data.prepare import prepare as run_prepare
 
     run_prepare(list(sources), tokenizer_path, out, repos, min_tokens, val_frac, test_frac, dtype, force,
@@ -251,6 +263,17 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     if shard is None or not 0 <= shard[0] < shard[1]:
         raise UsageError(f"--shard takes I/N with 0 <= I < N (e.g. 0/3), got {value!r}")
     return shard
+
+
+def _lengths(value: str | None) -> int | list[int] | None:
+    """'N' -> N; 'A,B,..' -> [A, B, ..] (whole numbers of tokens)."""
+    if value is None:
+        return None
+    try:
+        out = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--length takes tokens as N or A,B,.. (e.g. 1024,4096), got {value!r}") from None
+    return out[0] if len(out) == 1 else out
 
 
 def _range(value: str | None) -> tuple[int, int] | None:

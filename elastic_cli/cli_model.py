@@ -105,8 +105,10 @@ Examples:
               "stdout); missing folders are created.")
 @click.option("--plot", "plot_path", metavar="PATH.png", help="Draw loss by segment index (needs matplotlib); "
               "the suffix names the format (.png, .pdf, .svg, .jpg, ...).")
+@click.option("--heatmap", "heatmap_path", metavar="PATH.png", help="Haystack task data: draw exact-match accuracy "
+              "over document length x depth of the facts; the cells go to PATH.json (and into --out).")
 def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, samples, compare, batch_size,
-             max_docs, no_gain, json_path, plot_path):
+             max_docs, no_gain, json_path, plot_path, heatmap_path):
     import json
 
     from elastic_cli import evaluate, inference
@@ -117,10 +119,13 @@ def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, s
         raise UsageError(f"unexpected word(s) {' '.join(rest)!r}: eval takes one RUN_OR_CHECKPOINT and KEY=VALUE overrides")
     json_file = inference.check_writable(json_path, "--out") if json_path not in (None, "-") else None
     plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
-    if plot_file is not None:
-        evaluate.check_plot_available(plot_file)
+    heat_file = inference.check_writable(heatmap_path, "--heatmap") if heatmap_path else None
+    for f in (plot_file, heat_file):
+        if f is not None:
+            evaluate.check_plot_available(f)
     report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs,
-                               _settings(overrides, device, dtype, tokenizer), gain=not no_gain)
+                               _settings(overrides, device, dtype, tokenizer), gain=not no_gain,
+                               need_depths=heat_file is not None)
     text = json.dumps(report, indent=1)
     if json_path == "-":
         console.out(text)
@@ -133,6 +138,16 @@ def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, s
     if plot_file is not None:
         evaluate.plot_curves(report, inference.make_parents(plot_file))
         console.info(f"wrote {plot_file}")
+    if heat_file is not None:
+        from elastic_cli import heatmap
+
+        names = evaluate.table_rows(report)[0][1:]
+        panels = [(f"{n} ({report['split']})", r["heatmap"]) for n, r in zip(names, report["results"])]
+        heatmap.draw(panels, inference.make_parents(heat_file))
+        cells_file = heat_file.with_suffix(".json")
+        if cells_file != json_file:  # --json to the same path already holds the cells
+            write_atomic(inference.make_parents(cells_file), (json.dumps(dict(panels), indent=1) + "\n").encode())
+        console.info(f"wrote {heat_file} and {cells_file}")
 
 
 GENERATE_HELP = """Continue a prompt, streaming tokens to stdout.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elastic_cli import console, inference, precision
+from elastic_cli import console, heatmap, inference, precision
 from elastic_cli.atomic import write_atomic
 from elastic_cli.data.compat import check_data
 from elastic_cli.errors import DataError, UsageError
@@ -90,6 +90,7 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
         "answer_loss": tally.answer_nll / tally.answer_tokens if tally.answer_tokens else None,
         "answer_by_distance": tally.distance_report(),
         "long_context_gain": gain_report(tally),
+        "heatmap": heatmap.cells(data.meta, ids, tally.doc_exact) if heatmap.has_depths(data.meta) else None,
         "speed": {"tokens_per_s": tally.tokens / seconds, "seconds": seconds, "device": str(device),
                   "peak_memory_bytes": peak, "peak_memory_kind": peak_kind},
     }
@@ -125,8 +126,9 @@ def xz_bits_per_byte(data, ids: list[int], n_bytes: int) -> float | None:
 
 def run_eval(ckpt: str, data_dir: str | None, split: str | None, schedule: str | None, samples: int | None,
              compare: list[str], batch_size: int | None, max_docs: int | None,
-             settings: inference.Settings = inference.Settings(), gain: bool = True) -> dict:
-    """`elastic eval`: one result per read schedule (just one without --compare-schedules)."""
+             settings: inference.Settings = inference.Settings(), gain: bool = True, need_depths: bool = False) -> dict:
+    """`elastic eval`: one result per read schedule (just one without --compare-schedules).
+    `need_depths` (--heatmap): DataError unless the data records each document's depth."""
     from elastic_cli.data.loader import PreparedData
 
     if compare and schedule:
@@ -140,6 +142,9 @@ def run_eval(ckpt: str, data_dir: str | None, split: str | None, schedule: str |
     warning = check_data(cfg, data.meta, path, inference.tokenizer_file(ckpt_dir, cfg, settings.tokenizer, required=False))
     if warning:
         console.warn(warning)
+    if need_depths and not heatmap.has_depths(data.meta):
+        raise DataError(f"{path} records no depths for a heatmap; prepare it with --task babilong, niah-multikey, "
+                        f"niah-multivalue or passkey and --haystack")
     split = split or cfg.eval.split
     if not data.documents(split):
         raise DataError(f"{path} has no documents in split {split!r}")

@@ -49,6 +49,7 @@ class Tally:
     gain_tokens: int = 0
     key_tokens: int = 0  # tokens whose gain exceeds GAIN_THRESHOLD
     key_nll: float = 0.0  # their NLL with memory carried
+    doc_exact: dict = field(default_factory=dict)  # document index -> per answer span: every token right
 
     def add_segment(self, index: int, nll: torch.Tensor, valid: torch.Tensor) -> None:
         """nll, valid: (B, L) for segment `index` of the batch's documents."""
@@ -168,6 +169,8 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
             if bar is not None:
                 bar.update(int(valid.sum()))
         tally.add_answers([bool(w == 0) for a in spans for w in a.wrong])
+        for i, a in zip(rows, spans):
+            tally.doc_exact[i] = [bool(w == 0) for w in a.wrong]
     return tally
 
 

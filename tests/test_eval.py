@@ -308,3 +308,50 @@ def test_eval_task_data_by_distance_json_and_plot(run, capsys, tmp_path):
         r["answer_token_accuracy"] * sum(v["tokens"] for v in by_d.values()))
     assert r["long_context_gain"] is None and r["xz_bits_per_byte"] is None  # task data: recall, not LM
     assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heatmap_cells_closed_form():
+    from elastic_cli import heatmap
+
+    docs = [{"tokens": t, "depth": d} for t, d in [(100, 0.0), (100, 0.04), (200, 0.5), (200, 0.52), (100, 1.0),
+                                                   (200, 0.98), (100, None)]]
+    exact = {0: [True], 1: [False], 2: [True, True], 3: [True, False], 4: [True], 5: [False], 6: [True]}
+    grid = heatmap.cells({"docs": docs, "task": {"options": {"depth": "0,0.5,1"}}}, list(range(7)), exact)
+    assert grid["lengths"] == [100, 200] and grid["depths"] == [0.0, 0.5, 1.0] and not grid["binned"]
+    assert grid["docs"] == [[2, 0], [0, 2], [1, 1]]
+    assert grid["accuracy"] == [[0.5, None], [None, 0.5], [1.0, 0.0]]
+    binned = heatmap.cells({"docs": docs, "task": {"options": {"depth": "0:1"}}}, [0, 2, 4, 5], {0: [True], 1: [True],
+                                                                                                2: [False], 3: [True]})
+    assert binned["binned"] and binned["depths"] == [0.0, 0.2, 0.4, 0.6, 0.8]
+    assert binned["docs"] == [[1, 0], [0, 0], [0, 1], [0, 0], [1, 1]]
+    assert binned["accuracy"][4] == [0.0, 1.0] and binned["accuracy"][2] == [None, 1.0]
+
+
+def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_books):
+    """Cells from the batched eval equal cells built by hand from each document scored alone."""
+    from elastic_cli import inference
+    from elastic_cli.data.loader import PreparedData
+    from elastic_cli.data.tasks import prepare_task
+
+    prepare_task("niah-multivalue", [224, 320], 16, str(TOKENIZER), str(tmp_path / "h"), val_frac=0.6, test_frac=0.0,
+                 options={"haystack": [str(kjv_books)], "depth": "0,1", "needles": 2})
+    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "h", "--json", "-",
+                             "--heatmap", tmp_path / "heat.png", "--batch-size", 3)
+    assert code == 0, err
+    (r,) = json.loads(out)["results"]
+    grid = r["heatmap"]
+    data = PreparedData(tmp_path / "h")
+    loaded = inference.load(str(run), None, None)
+    right = {}
+    for i in data.documents("val"):
+        doc = data.meta["docs"][i]
+        t = score(loaded.model, [np.asarray(data.tokens(i))], [data.answers(i)], 1, loaded.device)
+        cell = (grid["depths"].index(round(doc["depth"])), grid["lengths"].index(doc["tokens"]))
+        right.setdefault(cell, []).append(t.exact == t.answers == 2)
+    assert sum(map(len, right.values())) == len(data.documents("val")) == sum(map(sum, grid["docs"]))
+    for (row, col), oks in right.items():
+        assert grid["docs"][row][col] == len(oks) and grid["accuracy"][row][col] == sum(oks) / len(oks)
+    assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(json.loads((tmp_path / "heat.json").read_text()).values()) == [grid]
+    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--heatmap", tmp_path / "no.png")
+    assert code == 3 and "records no depths" in err and not (tmp_path / "no.png").exists()

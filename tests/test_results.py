@@ -100,3 +100,24 @@ def reproduce_kinds():
     from elastic_cli.memory import REGISTRY
 
     return REGISTRY
+
+
+def test_results_heatmap_panels_and_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cells = {"lengths": [64, 256], "depths": [0.0, 1.0], "binned": False, "accuracy": [[1.0, 0.5], [None, 0.0]],
+             "docs": [[1, 2], [0, 3]]}
+    for name, kind in (("a", "none"), ("b", "elastic")):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"results": [{"memory": {"kind": kind}, "heatmap": cells}]}))
+    (tmp_path / "lm.json").write_text(json.dumps({"results": [{"memory": {"kind": "none"}, "heatmap": None}]}))
+    script = str(SCRIPTS / "results_heatmap.py")
+    done = subprocess.run([sys.executable, script, tmp_path / "a.json", tmp_path / "b.json", tmp_path / "lm.json",
+                           "--out", tmp_path / "h.png"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "h.json").read_text()) == {"a: none": cells, "b: elastic": cells}
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = subprocess.run([sys.executable, script, tmp_path / "lm.json", "--out", tmp_path / "x.png"],
+                          capture_output=True, text=True)
+    assert done.returncode == 3 and "no result with a heatmap" in done.stderr and not (tmp_path / "x.png").exists()

@@ -6,6 +6,8 @@
   (associative recall as in RMT/ARMT, written as text).
 - mqar: multi-query associative recall with many answer spans per document and a chosen range of
   distances in segments between each fact and its query (`data/mqar.py`).
+- babilong, niah-multikey, niah-multivalue (and passkey with a haystack): the same in real text
+  from `--haystack` (`data/babilong.py`, `data/niah.py`, `data/haystack.py`), at chosen depths.
 - sorting: the ∞-former task (Martins et al. 2022, §4.1): symbols drawn with frequencies that drift
   linearly between two random distributions (integer weights 1-9), then a separator and the 20
   symbols by descending frequency (ties: alphabetical).
@@ -23,15 +25,17 @@ from types import SimpleNamespace
 import numpy as np
 
 from elastic_cli import console
-from elastic_cli.data import mqar, store
+from elastic_cli.data import babi, babi_solver, babilong, haystack, mqar, niah, sources, store
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
 
-TASKS = ("passkey", "recall", "sorting", "mqar")
+TASKS = ("passkey", "recall", "sorting", "mqar", "babilong", "niah-multikey", "niah-multivalue")
+HAYSTACK_TASKS = ("babilong", "niah-multikey", "niah-multivalue")      # passkey takes one too
+HAYSTACK_DEFAULTS = {"depth": "0:1", "qa": 1, "needles": 4}
 FILLER = (" The grass is green.", " The sky is blue.", " The sun is yellow.", " Here we go.", " There and back again.")
 SYMBOLS = tuple("ABCDEFGHIJKLMNOPQRST")
 SORT_SEP = "\nSorted by frequency:"
-GENERATOR_VERSION = 2  # 2: answers carry the offset of their fact; mqar
+GENERATOR_VERSION = 2  # 2: answers carry the offset of their fact; mqar (and the haystack tasks, new in it)
 
 
 class _Doc:
@@ -144,6 +148,10 @@ def check_answer(task: str, text: str, answer: str) -> bool:
         facts = dict(re.findall(r"The value of ([A-Z]{3}) is (\d+)\.", text))
         asked = re.search(r"What is the value of ([A-Z]{3})\?", text)
         return asked is not None and facts.get(asked.group(1)) == answer
+    if task == "babilong":
+        return babi_solver.solve(text) == answer.strip()
+    if task in ("niah-multikey", "niah-multivalue"):
+        return niah.check(text, answer)
     return answer.split() == sort_answer(text)
 
 
@@ -151,12 +159,53 @@ GENERATORS = {"passkey": passkey, "recall": recall, "sorting": sorting}
 MQAR_DEFAULTS = {"pairs": 8, "queries": None, "distance": (0, 1 << 30), "segment_len": 64, "keys": 64, "values": 64, "noise": 256}
 
 
-def _generator(task: str, tok: Tokenizer, length: int, options: dict):
-    """A function rng -> _Doc-like object (ids, text, answers) for one document of `task`."""
+def parse_depth(spec: str) -> list[tuple[float, float]]:
+    """--depth: "A:B" (each fact's depth drawn in [A, B]) or "a,b,..." (a grid: documents take the
+    depths in turn, each a point) -> [(lo, hi), ...], fractions of the haystack in [0, 1]."""
+    try:
+        if ":" in spec:
+            lo, hi = (float(x) for x in spec.split(":"))
+            out = [(lo, hi)]
+        else:
+            out = [(float(x), float(x)) for x in spec.split(",")]
+    except ValueError:
+        raise UsageError(f"--depth takes A:B or a,b,... as fractions in [0, 1] (e.g. 0:1 or 0,0.5,1), got {spec!r}") from None
+    if not all(0 <= lo <= hi <= 1 for lo, hi in out):
+        raise UsageError(f"--depth fractions must satisfy 0 <= A <= B <= 1, got {spec!r}")
+    return out
+
+
+def _generator(task: str, tok: Tokenizer, options: dict):
+    """(make, haystack): make(rng, length, depth) -> a _Doc-like object (ids, text, answers[, extra]) for
+    one document; the loaded Haystack of a haystack task (else None)."""
+    hay_opts = {k: options[k] for k in ("haystack", "depth", "qa", "needles") if k in options}
+    other = {k: v for k, v in options.items() if k not in hay_opts}
+    if task in HAYSTACK_TASKS or (task == "passkey" and "haystack" in hay_opts):
+        if other:
+            raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in other)} only apply to --task mqar")
+        o = {**HAYSTACK_DEFAULTS, **hay_opts}
+        if "haystack" not in o:
+            raise UsageError(f"--task {task} needs --haystack (a folder of books, text files or a prepared directory)")
+        if o["qa"] not in babi.QA or o["needles"] < 1:
+            raise UsageError(f"--qa must be one of 1-5 and --needles >= 1, got {o['qa']} and {o['needles']}")
+        own = {"babilong": "qa", "niah-multikey": "needles", "niah-multivalue": "needles"}.get(task)
+        for k in ("qa", "needles"):
+            if k in hay_opts and k != own:
+                raise UsageError(f"--{k} only applies to --task {'babilong' if k == 'qa' else 'niah-multikey, niah-multivalue'}")
+        hay = haystack.load(list(o["haystack"]), tok)
+        if task == "babilong":
+            return lambda rng, length, depth: babilong.document(hay, length, rng, o["qa"], depth), hay
+        if task == "passkey":
+            return lambda rng, length, depth: niah.passkey(hay, length, rng, depth), hay
+        fn = niah.multikey if task == "niah-multikey" else niah.multivalue
+        return lambda rng, length, depth: fn(hay, length, rng, depth, o["needles"]), hay
+    if hay_opts:
+        raise UsageError(f"{', '.join('--' + k for k in hay_opts)} only apply to --task "
+                         f"{', '.join(HAYSTACK_TASKS)} and passkey")
     if task != "mqar":
         if options:
             raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in options)} only apply to --task mqar")
-        return lambda rng: GENERATORS[task](tok, length, rng)
+        return lambda rng, length, depth: GENERATORS[task](tok, length, rng), None
     o = {**MQAR_DEFAULTS, **options}
     o["queries"] = o["pairs"] if o["queries"] is None else o["queries"]
     if o["segment_len"] < 4 or o["distance"][0] < 0 or o["distance"][0] > o["distance"][1]:
@@ -164,30 +213,40 @@ def _generator(task: str, tok: Tokenizer, length: int, options: dict):
                          f"{o['segment_len']} and {o['distance'][0]}:{o['distance'][1]}")
     pools = mqar.word_pools(tok, o["keys"], o["values"], o["noise"])
 
-    def make(rng):
+    def make(rng, length, depth):
         ids, text, spans = mqar.mqar(tok, length, rng, pools, o["pairs"], o["queries"], tuple(o["distance"]),
                                      o["segment_len"])
         return SimpleNamespace(ids=ids, text=text, answers=spans)
-    return make
+    return make, None
 
 
-def prepare_task(task: str, length: int, count: int, tokenizer: str, out: str, seed: int = 0,
+def prepare_task(task: str, length: int | list[int], count: int, tokenizer: str, out: str, seed: int = 0,
                  val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
                  options: dict | None = None) -> None:
-    """Write `count` documents of `task` to `out`. `options` are the task's own settings (mqar: pairs,
-    queries, distance (lo, hi) in segments, segment_len, keys, values, noise)."""
+    """Write `count` documents of `task` to `out`. `length`: tokens per document, or a list that the
+    documents take in turn. `options` are the task's own settings (mqar: pairs, queries, distance
+    (lo, hi) in segments, segment_len, keys, values, noise; haystack tasks: haystack (sources), depth
+    (see `parse_depth`; documents take the grid's points in turn after the lengths), qa, needles)."""
     if task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
-    if count < 1 or length < 8:
+    lengths = [length] if isinstance(length, int) else list(length)
+    if count < 1 or not lengths or min(lengths) < 8:
         raise UsageError(f"--count must be >= 1 and --length >= 8, got {count} and {length}")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
+    options = {k: v for k, v in (options or {}).items() if v is not None and v != ()}
+    depths = parse_depth(options.get("depth", HAYSTACK_DEFAULTS["depth"]))
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
     out_p = Path(out)
-    make = _generator(task, tok, length, options)
-    info = {"name": task, "length": length, "count": count, "seed": seed, "generator_version": GENERATOR_VERSION,
-            **({"options": {**MQAR_DEFAULTS, **options}} if task == "mqar" else {})}
-    settings = {"task": info, "val_frac": val_frac, "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256}
+    if options.get("haystack"):
+        sources.check_out_outside(out_p, list(options["haystack"]), None)
+    make, hay = _generator(task, tok, options)
+    shown = {**MQAR_DEFAULTS, **options} if task == "mqar" else (
+        {**HAYSTACK_DEFAULTS, **options, "haystack": list(options["haystack"])} if hay is not None else None)
+    info = {"name": task, "length": length if isinstance(length, int) else lengths, "count": count, "seed": seed,
+            "generator_version": GENERATOR_VERSION, **({"options": shown} if shown else {})}
+    settings = {"task": info, "val_frac": val_frac, "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256,
+                **({"haystack_files": [[f["path"], f.get("size"), f.get("sha256", f.get("fingerprint"))]
+                                       for f in hay.files]} if hay is not None else {})}
     fp = store.fingerprint(settings)
     if store.up_to_date(out_p, fp, force):
         console.info(f"{out_p} is up to date (same task settings): nothing to do")
@@ -195,12 +254,15 @@ def prepare_task(task: str, length: int, count: int, tokenizer: str, out: str, s
     n_bytes = 0
     with store.Writer(out_p, dt) as w, console.progress(count, f"prepare {task}", "doc") as bar:
         for i in range(count):
-            doc = make(random.Random(f"{task}-{seed}-{i}"))
+            n = len(lengths)
+            doc = make(random.Random(f"{task}-{seed}-{i}"), lengths[i % n], depths[(i // n) % len(depths)])
             name = f"{task}-{i:06d}"
             nb = len(doc.text.encode("utf-8"))
             w.add(name, doc.ids, nb, store.split_of(name, val_frac, test_frac), doc.answers)
+            w.docs[-1].update(getattr(doc, "extra", None) or {})
             n_bytes += nb
             bar.update(1)
         w.finish({"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
-                  "fingerprint": fp, "settings": settings, "task": info, "n_bytes": n_bytes, "sources": []})
-    console.info(f"prepared {out_p}: {count} {task} documents of {length} tokens")
+                  "fingerprint": fp, "settings": settings, "task": info, "n_bytes": n_bytes,
+                  "sources": hay.files if hay is not None else []})
+    console.info(f"prepared {out_p}: {count} {task} documents of {', '.join(map(str, lengths))} tokens")
