@@ -22,6 +22,9 @@ TASK_LINES = {
     "recall": "key -> value statements spread over the document, one key queried at the end (RMT/ARMT)",
     "sorting": "symbols with drifting frequencies, then the 20 symbols by frequency (the ∞-former task)",
     "mqar": "multi-query associative recall, a chosen range of segment distances between fact and query (Zoology)",
+    "babilong": "bAbI qa1-qa5 facts hidden in the user's books (--haystack), the question at the end (BABILong)",
+    "niah-multikey": "several key -> value needles in real text, one key asked for (RULER niah_multikey)",
+    "niah-multivalue": "several values of one key in real text, all asked for (RULER niah_multivalue)",
 }
 CORPUS_LINES = {"python-stdlib": "this Python's standard library, one document per package (no download)"}
 COMMON_OPTIONS = "every kind also takes memory.layers: all, middle (n_layer // 2) or a list of layer indices"

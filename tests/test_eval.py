@@ -341,7 +341,7 @@ def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_
     (r,) = json.loads(out)["results"]
     grid = r["heatmap"]
     data = PreparedData(tmp_path / "h")
-    loaded = inference.load(str(run), None, None)
+    loaded = inference.load(str(run))
     right = {}
     for i in data.documents("val"):
         doc = data.meta["docs"][i]

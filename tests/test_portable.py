@@ -273,7 +273,7 @@ def test_list_kinds_tasks_corpora_recipes(capsys):
     assert sorted(names) == sorted(REGISTRY) and len(names) == 9
     assert "    memory.order=64: LegS order N" in out and "    memory.cache=64: " in out
     tasks = [line.split()[0] for line in cli(capsys, "list", "tasks")[1].splitlines() if not line.startswith(" ")]
-    assert tasks == ["passkey", "recall", "sorting", "mqar"]
+    assert tasks == ["passkey", "recall", "sorting", "mqar", "babilong", "niah-multikey", "niah-multivalue"]
     assert "python-stdlib" in cli(capsys, "list", "corpora")[1]
     recipes = cli(capsys, "list", "recipes")[1]
     assert "recipes/tiny.yaml  CPU, about a minute." in recipes and "recipes/memory/xl.yaml" in recipes
