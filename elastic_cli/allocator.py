@@ -40,15 +40,8 @@ def _glibc():
 def keep_freed_memory(environ=os.environ, libc=None) -> str:
     """Set glibc's mmap and trim thresholds (unless the user chose, see the module doc); returns
     the policy now in force, as `policy()` reports it."""
-    global _applied
-    if environ.get("ELASTIC_MALLOC", "") == "system" or any(k in environ for k in USER_SETTINGS):
-        return _applied
-    libc = _glibc() if libc is None else libc
-    if libc is None:
-        return _applied
-    if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD):
-        _applied = f"kept (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 30} GiB)"
-    return _applied
+    return _set(environ, libc, MMAP_THRESHOLD, TRIM_THRESHOLD,
+                f"kept (glibc mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 30} GiB)")
 
 
 def return_large_buffers(environ=os.environ, libc=None) -> str:
@@ -57,14 +50,21 @@ def return_large_buffers(environ=os.environ, libc=None) -> str:
     glibc's dynamic threshold, the megabyte strings and token lists of a stream of blocks (each a bit
     different in size) fragment the heap and the process grows by hundreds of MB over a large document
     (docs/internals.md, Data). Same opt-outs as `keep_freed_memory`; returns the policy in force."""
+    return _set(environ, libc, STREAM_MMAP_THRESHOLD, STREAM_TRIM_THRESHOLD,
+                f"returned (glibc mmap threshold {STREAM_MMAP_THRESHOLD >> 10} KiB)")
+
+
+def _set(environ, libc, mmap_threshold: int, trim_threshold: int, name: str) -> str:
+    """mallopt both thresholds unless the user chose (ELASTIC_MALLOC=system, glibc's MALLOC_* variables)
+    or the C library is not glibc; the policy in force, named `name` once set."""
     global _applied
     if environ.get("ELASTIC_MALLOC", "") == "system" or any(k in environ for k in USER_SETTINGS):
         return _applied
     libc = _glibc() if libc is None else libc
     if libc is None:
         return _applied
-    if libc.mallopt(M_MMAP_THRESHOLD, STREAM_MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, STREAM_TRIM_THRESHOLD):
-        _applied = f"returned (glibc mmap threshold {STREAM_MMAP_THRESHOLD >> 10} KiB)"
+    if libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(M_TRIM_THRESHOLD, trim_threshold):
+        _applied = name
     return _applied
 
 

@@ -13,6 +13,7 @@ set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-$(mktemp -d -t elastic-portable-XXXXXX)}
 PY=${PYTHON:-$REPO/.venv/bin/python}
+case $PY in */*) PY="$(cd "$(dirname "$PY")" 2>/dev/null && pwd)/$(basename "$PY")";; esac  # the checks cd away
 [ -x "$PY" ] || PY=python3
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 read -r -a ELASTIC <<< "${ELASTIC:-$PY -m elastic_cli}"

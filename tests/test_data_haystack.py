@@ -5,17 +5,15 @@ on corrupted documents, depths, and one-line errors with no output for bad hayst
 import json
 import random
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_run import run_cli
 from elastic_cli.data import babi, babi_solver, haystack
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.data.tasks import check_answer, prepare_task
 from elastic_cli.data.tokenizer import Tokenizer
-from elastic_cli.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOKS = str(ROOT / "tokenizers" / "books-8k.model")
@@ -152,18 +150,6 @@ def test_prepared_directory_as_haystack(tmp_path, kjv_books):
         assert check_answer("babilong", before, answer)
 
 
-def run_cli(capsys, *args):
-    from elastic_cli.cli import main
-
-    argv, sys.argv = sys.argv, ["elastic", *map(str, args)]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
-    return code, *capsys.readouterr()
 
 
 def test_bad_haystack_one_line_error_and_no_output(tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from elastic_cli.cli import main
+from cli_run import run_cli
 from elastic_cli.data import sources, store
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.data.tokenizer import FILE_SEP, Tokenizer
@@ -24,14 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def cli(monkeypatch, capsys, *args):
-    """Run `elastic` in-process through `cli.main` (as the console script does); (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["elastic", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    """`elastic ARGS` in this process (as the console script runs it): (exit code, stderr)."""
+    code, _, err = run_cli(capsys, *args)
+    return code, err
 
 
 def make_corpus(root: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic_cli.cli import main
+from cli_run import run_cli
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.data.merge import merge
 from elastic_cli.data.prepare import part_range, prepare
@@ -28,13 +28,9 @@ def checksums(path: Path) -> dict[str, str]:
 
 
 def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["elastic", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    """`elastic ARGS` in this process (as the console script runs it): (exit code, stderr)."""
+    code, _, err = run_cli(capsys, *args)
+    return code, err
 
 
 def corpus(root: Path, n: int) -> Path:

@@ -92,8 +92,9 @@ def test_score_of_batched_documents_equals_one_document_at_a_time():
 
 import json  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+from cli_run import run_cli  # noqa: E402,F401  (other test files still import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tokenizers" / "code-8k.model"
@@ -129,23 +130,6 @@ def make_run(root: Path, kind: str = "elastic") -> Path:
     optimizer = torch.optim.AdamW(model.parameters())
     checkpoint.save(root / "run", 1, model, optimizer, {"step": 1}, dump_yaml(cfg), keep_last=1)
     return root / "run"
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """`elastic ARGS` in this process (fast): exit code, stdout, stderr."""
-    from elastic_cli.cli import main
-
-    capsys.readouterr()
-    argv, code = sys.argv, 0
-    sys.argv = ["elastic", *map(str, args)]
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

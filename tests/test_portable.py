@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tiny_run
+from cli_run import run_cli as cli
 from elastic_cli import checkpoint, inference
 from elastic_cli.checkpoint_files import file_sha256
 from elastic_cli.config import load_config
@@ -19,23 +20,6 @@ from elastic_cli.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """`elastic ARGS` in this process: exit code, stdout, stderr."""
-    from elastic_cli.cli import main
-
-    capsys.readouterr()
-    argv, code = sys.argv, 0
-    sys.argv = ["elastic", *map(str, args)]
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
