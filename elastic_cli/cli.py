@@ -90,6 +90,10 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 @click.option("--test-frac", type=float, default=0.05, show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "uint16", "uint32"]), default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="Rebuild even if --out holds other input.")
+@click.option("--encoding", default="utf-8", show_default=True, metavar="NAME",
+              help="Encoding of the source files (a byte-order mark wins); undecodable bytes become U+FFFD, counted "
+                   "per file.")
+@click.option("--strict", is_flag=True, help="Refuse a file with undecodable bytes (exit 3) instead of replacing them.")
 @click.option("--workers", type=int, default=None, help="Encoding processes (default: up to 2 cores); the blocks "
               "of one large document are shared between them.")
 @click.option("--shard", callback=lambda c, p, v: _shard(v), metavar="I/N", help="Prepare only part I of N "
@@ -117,7 +121,7 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
 @click.option("--qa", type=click.IntRange(1, 5), help="babilong: bAbI task qa1-qa5 [1].")
 @click.option("--needles", type=click.IntRange(min=1), help="niah-multikey/-multivalue: keys or values [4].")
 def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, test_frac, dtype, force,
-            workers, shard, merge, task, length, count, seed, pairs, queries, distance, segment_len, keys, values,
+            encoding, strict, workers, shard, merge, task, length, count, seed, pairs, queries, distance, segment_len, keys, values,
             noise, haystack, depth, qa, needles) -> None:
     """Tokenize SOURCES (text files, .gz, folders, repositories) into memmap shards in --out
     (elastic list corpora and elastic list tasks show the built-in ones).
@@ -159,8 +163,11 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
         raise UsageError("--length, --count and the task options only apply with --task")
     from elastic_cli.data.prepare import prepare as run_prepare
 
+    from elastic_cli import textio
+
+    policy = textio.Policy(textio.check_encoding(encoding), strict)
     run_prepare(list(sources), tokenizer_path, out, repos, min_tokens, val_frac, test_frac, dtype, force,
-                corpus, workers, shard)
+                corpus, workers, shard, policy)
 
 TRAIN_HELP = """\b
 Train from RECIPE.yaml files (later files are overlays) and key=value overrides:

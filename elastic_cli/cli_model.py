@@ -219,7 +219,10 @@ def generate_cmd(words, ckpt, device, dtype, tokenizer, prompt, files, encoding,
 @click.option("--out", required=True, metavar="DIR", help="Folder to write (built beside it, then renamed; "
               "missing parent folders are created).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
-def export_cmd(words, ckpt, tokenizer, out, overwrite) -> None:
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Precision of the exported weights (bf16: half the size). Export computes nothing, so it "
+                   "takes no --device: the folder loads on any.")
+def export_cmd(words, ckpt, tokenizer, out, overwrite, dtype) -> None:
     """Write a Hugging Face folder: AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True).
 
     \b
@@ -232,7 +235,7 @@ def export_cmd(words, ckpt, tokenizer, out, overwrite) -> None:
     ckpt, overrides, rest = _split_words(words, ckpt, "export")
     if rest or overrides:
         raise UsageError(f"unexpected word(s) {' '.join(rest + overrides)!r}: export takes one RUN_OR_CHECKPOINT")
-    console.info(f"wrote {export(ckpt, out, overwrite, tokenizer)}")
+    console.info(f"wrote {export(ckpt, out, overwrite, tokenizer, dtype)}")
 
 
 @cli.command("lm-eval", epilog=EXIT_CODES_HELP)

@@ -50,6 +50,10 @@ class Decoder:
         self.where, self.policy, self.replaced, self.offset = where, policy, 0, 0
         self._dec = codecs.getincrementaldecoder(encoding)(errors="strict" if policy.strict else "surrogateescape")
 
+    def pending(self) -> bool:
+        """Whether bytes of an unfinished character are held back from the last block."""
+        return bool(self._dec.getstate()[0])
+
     def decode(self, block: bytes, final: bool = False) -> str:
         self.offset += len(block)  # bytes read so far, this block included
         try:

@@ -70,7 +70,7 @@ def test_folder_gz_round_trip_and_meta(tmp_path, monkeypatch, capsys):
     code, err = cli(monkeypatch, capsys, "prepare", books, gz, "--tokenizer", BOOKS, "--out", tmp_path / "out",
                     "--workers", "2", "--val-frac", "0.3", "--test-frac", "0.3")
     assert code == 0, err
-    assert "skipped 1 binary file" in err and "undecodable bytes in 1 file" in err
+    assert "skipped 1 binary file" in err and f"{books / 'bad.txt'}: replaced 1 undecodable byte (not utf-8)" in err
     tok = Tokenizer.load(BOOKS)
     data = PreparedData(tmp_path / "out")
     text = decoded(data, tok)
@@ -86,6 +86,37 @@ def test_folder_gz_round_trip_and_meta(tmp_path, monkeypatch, capsys):
         assert d["split"] == store.split_of(d["name"], 0.3, 0.3)
     assert {s["path"] for s in meta["sources"]} >= {str(books / "a.txt"), str(gz)}
     assert np.array_equal(np.load(tmp_path / "out" / "docs.npy")[:, 1], [d["tokens"] for d in meta["docs"]])
+
+
+def test_one_encoding_policy_latin1_utf16_and_strict(tmp_path, monkeypatch, capsys):
+    """--encoding reads a Latin-1 book as Latin-1; a UTF-16 file with a byte-order mark is text, not
+    binary; --strict refuses undecodable bytes (exit 3, the file and offset named, nothing written);
+    the default replaces them and says how many, per file (as `generate --file` does: textio.py)."""
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "latin.txt").write_bytes("Caf\u00e9 cr\u00e8me, na\u00efve.\n".encode("latin-1") * 3)
+    (books / "wide.txt").write_bytes("Wide text \u2713 here.\n".encode("utf-16"))  # a BOM, then NUL-rich bytes
+    (books / "plain.txt").write_text("Plain.\n")  # three documents: no tail is held out of one
+    tok = Tokenizer.load(BOOKS)
+    code, err = cli(monkeypatch, capsys, "prepare", books, "--tokenizer", BOOKS, "--out", tmp_path / "u")
+    assert code == 0, err
+    assert f"{books / 'latin.txt'}: replaced 9 undecodable bytes (not utf-8)" in err and "binary" not in err
+    data = PreparedData(tmp_path / "u")
+    assert decoded(data, tok) == {"books/latin.txt": "Caf\ufffd cr\ufffdme, na\ufffdve.\n" * 3,
+                                  "books/wide.txt": "Wide text \u2713 here.\n", "books/plain.txt": "Plain.\n"}
+    assert data.meta["stats"]["replaced_bytes"] == 9 and "encoding" not in data.meta["settings"]
+    code, err = cli(monkeypatch, capsys, "prepare", books, "--tokenizer", BOOKS, "--out", tmp_path / "l",
+                    "--encoding", "latin-1")
+    assert code == 0 and "undecodable" not in err, err
+    data = PreparedData(tmp_path / "l")
+    assert decoded(data, tok)["books/latin.txt"] == "Caf\u00e9 cr\u00e8me, na\u00efve.\n" * 3
+    assert data.meta["settings"]["encoding"] == "iso8859-1"  # another encoding: another fingerprint
+    code, err = cli(monkeypatch, capsys, "prepare", books, "--tokenizer", BOOKS, "--out", tmp_path / "s", "--strict")
+    assert code == 3 and f"{books / 'latin.txt'} is not utf-8 text (undecodable byte at offset 3)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+    code, err = cli(monkeypatch, capsys, "prepare", books, "--tokenizer", BOOKS, "--out", tmp_path / "x",
+                    "--encoding", "no-such-codec")
+    assert code == 2 and "--encoding no-such-codec: unknown encoding" in err
 
 
 def test_split_is_deterministic_and_follows_fractions():

@@ -145,6 +145,15 @@ def test_export_folder_and_model_card(tmp_path, capsys):
     assert "8.5000 nats/token" in card and str(tmp_path / "data") in card
     assert f"perplexity {report['perplexity']:.3f}, bits per byte {report['bits_per_byte']:.4f}" in card
     assert not list(tmp_path.glob(".hf.tmp-*"))
+    # --dtype bf16: the same weights rounded to bf16, half the file
+    code, _, err = run_cli(capsys, "export", run, "--out", tmp_path / "hf16", "--dtype", "bf16")
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    full, half = load_file(out / "model.safetensors"), load_file(tmp_path / "hf16" / "model.safetensors")
+    assert full.keys() == half.keys() and all(t.dtype == torch.bfloat16 for t in half.values())
+    assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)
+    assert (tmp_path / "hf16" / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
 
 
 def test_missing_elastic_cli_is_named_at_load_time(tmp_path):

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastic_cli import console
+from elastic_cli import console, textio
 from elastic_cli.allocator import return_large_buffers
 from elastic_cli.data import blocks, holdout
 from elastic_cli.data import sources as src
@@ -74,14 +74,14 @@ def run_meta(base: dict, fingerprint: str, n_bytes: int, dropped: int) -> dict:
 
 
 def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, workers: int, min_tokens: int,
-                fracs: dict[str, float], total_bytes: int) -> tuple[int, int]:
+                fracs: dict[str, float], total_bytes: int, policy: textio.Policy = textio.Policy()) -> tuple[int, int]:
     """Stream every document's blocks through the workers into `w`; (UTF-8 bytes kept, dropped)."""
     newlines, spaces = tok.cuts()
     if not newlines:
         console.warn(f"{tok.path} has pieces that hold a newline: each document is encoded whole "
                      f"(memory grows with the largest document)")
     size = blocks.BLOCK_CHARS if newlines else 1 << 62
-    stream = ((j, blocks.blocks(src.document_texts(d), newlines, spaces, size)) for j, d in enumerate(docs))
+    stream = ((j, blocks.blocks(src.document_texts(d, policy), newlines, spaces, size)) for j, d in enumerate(docs))
     t0, dropped, n_bytes, doc_bytes, seen, shown, open_doc = time.monotonic(), 0, 0, 0, 0, 0, False
     with console.progress(max(total_bytes >> 20, 1), "prepare", "MB") as bar:
         for j, last, ids, nb in blocks.encode(stream, str(tok.path), w.dtype, workers):
@@ -108,8 +108,10 @@ def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, worker
 
 def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, min_tokens: int = 1,
             val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
-            corpus: str | None = None, workers: int | None = None, shard: tuple[int, int] | None = None) -> Summary:
-    """Tokenize the sources into `out`; with `shard=(I, N)`, only part I of N (joined by data/merge.py)."""
+            corpus: str | None = None, workers: int | None = None, shard: tuple[int, int] | None = None,
+            policy: textio.Policy = textio.Policy()) -> Summary:
+    """Tokenize the sources into `out`; with `shard=(I, N)`, only part I of N (joined by data/merge.py).
+    policy: how files are decoded (--encoding, --strict; elastic_cli/textio.py)."""
     return_large_buffers()  # before the first block is read
     out_p = Path(out)
     _check_fracs(val_frac, test_frac)
@@ -122,9 +124,11 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
     src.check_out_outside(out_p, sources, corpus)
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
-    col = src.collect(sources, repos=repos, corpus=corpus)
+    col = src.collect(sources, repos=repos, corpus=corpus, policy=policy)
     settings = {"repos": repos, "corpus": corpus, "min_tokens": min_tokens, "val_frac": val_frac,
                 "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256}
+    if policy.encoding != "utf-8":  # recorded only when not the default: earlier directories stay up to date
+        settings["encoding"] = policy.encoding
     fp = store.fingerprint({"settings": settings, "docs": [[d.name, d.headers] for d in col.docs],
                             "files": [[f["path"], f["size"], f["sha256"]] for f in col.files]})
     out_fp = fp if shard is None else store.fingerprint({"fingerprint": fp, "shard": list(shard)})
@@ -133,8 +137,12 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
         return Summary(out_p, skipped=True)
     if col.binary:
         console.warn(f"skipped {len(col.binary)} binary file(s), e.g. {col.binary[0]}")
-    if col.replaced:
-        console.warn(f"replaced undecodable bytes in {len(col.replaced)} file(s), e.g. {col.replaced[0]}")
+    for path in col.replaced[:5]:
+        n = col.replaced_bytes[path]
+        console.warn(f"{path}: replaced {n} undecodable byte{'s' * (n != 1)} (not {policy.encoding}) by U+FFFD; "
+                     f"--encoding NAME reads it as another encoding, --strict refuses it")
+    if len(col.replaced) > 5:
+        console.warn(f"... and {len(col.replaced) - 5} more file(s) with replaced bytes")
     sizes = {f["path"]: f["size"] for f in col.files}
     doc_sizes = [sum(sizes[p] for p in d.paths) for d in col.docs]
     docs = range(len(col.docs)) if shard is None else part_range(doc_sizes, *shard)
@@ -143,11 +151,11 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
     base = {"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
             "settings": settings, "sources": col.files,
             "stats": {"dropped_short": 0, "skipped_binary": len(col.binary), "skipped_empty": col.skipped_empty,
-                      "replaced_files": len(col.replaced)}}
+                      "replaced_files": len(col.replaced), "replaced_bytes": sum(col.replaced_bytes.values())}}
     t0 = time.monotonic()
     with store.Writer(out_p, dt) as w:
         n_bytes, dropped = _write_docs(w, [col.docs[j] for j in docs], tok, workers, min_tokens, fracs,
-                                       sum(doc_sizes[j] for j in docs))
+                                       sum(doc_sizes[j] for j in docs), policy)
         if shard is None:
             if not w.docs:
                 raise DataError(f"every document is shorter than --min-tokens {min_tokens} ({dropped} dropped)")

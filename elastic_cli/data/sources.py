@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from elastic_cli import textio
 from elastic_cli.data.tokenizer import FILE_SEP
 from elastic_cli.errors import DataError, UsageError
 
@@ -45,6 +46,7 @@ class Collection:
     files: list[dict] = field(default_factory=list)       # path, size, mtime_ns, sha256 of every file read
     binary: list[str] = field(default_factory=list)       # skipped binary files
     replaced: list[str] = field(default_factory=list)     # files with undecodable bytes (replaced by U+FFFD)
+    replaced_bytes: dict[str, int] = field(default_factory=dict)  # how many bytes were replaced, per such file
     skipped_empty: int = 0
 
 
@@ -81,38 +83,42 @@ def read_bytes(path: str | Path) -> bytes:
     return b"".join(byte_blocks(path))
 
 
-def read_text(path: str | Path) -> str:
-    return read_bytes(path).decode("utf-8", errors="replace")
+def read_text(path: str | Path, policy: textio.Policy = textio.Policy()) -> str:
+    """A file's text, whole, under the encoding policy (textio: a byte-order mark decides, else
+    --encoding; undecodable bytes become U+FFFD, one per byte)."""
+    return textio.decode(read_bytes(path), str(path), policy)[0]
 
 
-def read_document(doc: DocSpec) -> str:
+def read_document(doc: DocSpec, policy: textio.Policy = textio.Policy()) -> str:
     """The text of a document, exactly as it is tokenized, whole (the slow twin of `document_texts`)."""
     if doc.headers is None:
-        return read_text(doc.paths[0])
-    return "".join(f"{FILE_SEP}{h}\n{read_text(p)}" for p, h in zip(doc.paths, doc.headers))
+        return read_text(doc.paths[0], policy)
+    return "".join(f"{FILE_SEP}{h}\n{read_text(p, policy)}" for p, h in zip(doc.paths, doc.headers))
 
 
-def file_texts(path: str | Path) -> Iterator[str]:
-    """`read_text(path)` in pieces of at most READ_BYTES characters (an incremental UTF-8 decode:
-    undecodable bytes become U+FFFD exactly as in a decode of the whole)."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+def file_texts(path: str | Path, policy: textio.Policy = textio.Policy()) -> Iterator[str]:
+    """`read_text(path, policy)` in pieces of at most READ_BYTES characters (an incremental decode:
+    the same text as a decode of the whole)."""
+    decoder = None
     for block in byte_blocks(path):
+        if decoder is None:  # the first block holds the byte-order mark, if any
+            decoder = textio.Decoder(str(path), textio.encoding_of(block[:4], policy), policy)
         text = decoder.decode(block)
         if text:
             yield text
-    last = decoder.decode(b"", final=True)
+    last = "" if decoder is None else decoder.decode(b"", final=True)
     if last:
         yield last
 
 
-def document_texts(doc: DocSpec) -> Iterator[str]:
-    """`read_document(doc)` as a stream of pieces: memory of one read block, whatever the document's size."""
+def document_texts(doc: DocSpec, policy: textio.Policy = textio.Policy()) -> Iterator[str]:
+    """`read_document(doc, policy)` as a stream of pieces: memory of one read block, whatever the document's size."""
     if doc.headers is None:
-        yield from file_texts(doc.paths[0])
+        yield from file_texts(doc.paths[0], policy)
         return
     for p, h in zip(doc.paths, doc.headers):
         yield f"{FILE_SEP}{h}\n"
-        yield from file_texts(p)
+        yield from file_texts(p, policy)
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -149,26 +155,30 @@ def _walk(root: Path, ancestors: tuple[str, ...] = ()) -> list[Path]:
 
 
 class _Collector:
-    def __init__(self) -> None:
+    def __init__(self, policy: textio.Policy = textio.Policy()) -> None:
         self.c = Collection()
+        self.policy = policy
         self._names: set[str] = set()
 
     def text_file(self, path: Path, explicit: bool) -> bool:
-        """Record a file (read one block at a time); False when it is empty or binary (skipped)."""
-        h, head, utf8 = hashlib.sha256(), b"", codecs.getincrementaldecoder("utf-8")()
-        valid = True
+        """Record a file (read one block at a time); False when it is empty or binary (skipped).
+        Undecodable bytes are counted (`Collection.replaced_bytes`); with a strict policy they are a
+        DataError naming the file and offset, before anything is written."""
+        h, head, decoder = hashlib.sha256(), b"", None
+        wide = False  # a UTF-16/32 byte-order mark: NUL bytes are text there
         for block in byte_blocks(path):
             h.update(block)
+            if decoder is None:
+                encoding = textio.encoding_of(block[:4], self.policy)
+                wide = encoding in ("utf-16", "utf-32")
+                decoder = textio.Decoder(str(path), encoding, self.policy)
             head += block[:SNIFF_BYTES - len(head)]
-            if valid and not (block.isascii() and not utf8.getstate()[0]):  # ASCII: valid, nothing to decode
-                try:
-                    utf8.decode(block)
-                except UnicodeDecodeError:
-                    valid = False
-        try:
-            utf8.decode(b"", final=True)
-        except UnicodeDecodeError:
-            valid = False
+            if b"\x00" in head and not wide:
+                decoder = False  # binary: skipped below, not decoded
+            if decoder and not (encoding == "utf-8" and block.isascii() and not decoder.pending()):
+                decoder.decode(block)  # (an ASCII block between whole characters is valid UTF-8: skipped)
+        if decoder:
+            decoder.decode(b"", final=True)
         st = path.stat()
         self.c.files.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                              "sha256": h.hexdigest()})
@@ -177,11 +187,12 @@ class _Collector:
                 raise DataError(f"empty file: {path}")
             self.c.skipped_empty += 1
             return False
-        if b"\x00" in head:
+        if decoder is False:
             self.c.binary.append(str(path))
             return False
-        if not valid:
+        if decoder.replaced:
             self.c.replaced.append(str(path))
+            self.c.replaced_bytes[str(path)] = decoder.replaced
         return True
 
     def add(self, name: str, paths: list[Path], headers: list[str] | None) -> None:
@@ -197,8 +208,9 @@ class _Collector:
             self.add(name, keep, [p.relative_to(root).as_posix() for p in keep])
 
 
-def collect(sources: list[str], repos: bool = False, corpus: str | None = None) -> Collection:
-    col = _Collector()
+def collect(sources: list[str], repos: bool = False, corpus: str | None = None,
+            policy: textio.Policy = textio.Policy()) -> Collection:
+    col = _Collector(policy)
     for src in sources:
         path = Path(src)
         if not os.path.lexists(path):

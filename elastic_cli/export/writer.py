@@ -36,8 +36,9 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out}: {existing} is not a writable directory")
 
 
-def export(ckpt: str, out: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
-    """Write the export folder (creating missing parent folders); returns its path."""
+def export(ckpt: str, out: str, overwrite: bool = False, tokenizer: str | None = None, dtype: str = "fp32") -> Path:
+    """Write the export folder (creating missing parent folders); returns its path. dtype: the weights'
+    precision in model.safetensors, fp32 (as trained) or bf16 (half the size)."""
     require_transformers()
     out_dir = Path(out)
     path, cfg = inference.read_config(ckpt)
@@ -50,14 +51,14 @@ def export(ckpt: str, out: str, overwrite: bool = False, tokenizer: str | None =
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(path, tok_path, tmp)
+        _write(path, tok_path, tmp, dtype)
         replace_tree(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def _write(ckpt: Path, tok_path: Path, tmp: Path) -> None:
+def _write(ckpt: Path, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
     from elastic_cli import checkpoint
     from elastic_cli.config import to_dict
     from elastic_cli.data.tokenizer import Tokenizer
@@ -81,6 +82,10 @@ def _write(ckpt: Path, tok_path: Path, tmp: Path) -> None:
     hf.decoder.load_state_dict(model.state_dict(), strict=True)
     hf.generation_config = GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
                                             pad_token_id=tok.pad_id, do_sample=False, max_new_tokens=128)
+    if dtype == "bf16":
+        import torch
+
+        hf.to(torch.bfloat16)
     tmp.mkdir(parents=True)
     hf.save_pretrained(tmp)
     ElasticTokenizer(vocab_file=str(tok_path)).save_pretrained(tmp)
