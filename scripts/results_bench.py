@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_path = args.out / "bench.json"
     if bench_path.is_file():  # the same numbers, machine-readable, beside the page (results-gpu.json)
         bench = json.loads(bench_path.read_text())
-        record = {"commit": code_version()["commit"], **{k: bench[k] for k in sorted(bench) if k != "code"}}
+        measured = (bench.get("code") or {}).get("commit") or code_version()["commit"]  # the code the bench ran
+        record = {"commit": measured, **{k: bench[k] for k in sorted(bench) if k != "code"}}
         dest = args.dest.with_suffix(".json")
         tmp = dest.with_name(dest.name + ".tmp")
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
