@@ -10,7 +10,7 @@ from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.init import init_weights
-from test_eval import TINY
+from eval_run import TINY
 
 L, SEGMENTS = 16, 4
 J = L + 5  # the perturbed token: segment 1, position 5

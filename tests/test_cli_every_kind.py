@@ -6,7 +6,8 @@ import math
 import pytest
 
 from elastic_cli.memory import REGISTRY
-from test_eval import make_run, run_cli
+from cli_run import run_cli
+from eval_run import make_run
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))

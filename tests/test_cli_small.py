@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from elastic_cli.config import load_config
-from test_eval import make_run, run_cli
+from cli_run import run_cli
+from eval_run import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -92,44 +92,9 @@ def test_score_of_batched_documents_equals_one_document_at_a_time():
 
 import json  # noqa: E402
 import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-from cli_run import run_cli  # noqa: E402,F401  (other test files still import it from here)
-
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = REPO / "tokenizers" / "code-8k.model"
-TINY = ["model.vocab_size=8000", "model.d_model=32", "model.n_head=2", "model.mlp_hidden=64",
-        "model.segment_len=16"]
-SMALL_MEMORY = {"elastic": ["memory.order=8", "memory.samples=8"]}  # other kinds: their defaults
-
-
-def code_text(i: int) -> str:
-    """A small Python module; lengths differ so documents span different numbers of segments."""
-    body = "".join(f"    total += value_{k} * {k + i}  # step {k}: ünïcode ✓\n" for k in range(3 + 4 * i))
-    return f'"""Module {i}."""\n\n\ndef compute_{i}(values):\n    total = 0\n{body}    return total\n'
-
-
-def make_run(root: Path, kind: str = "elastic") -> Path:
-    """Prepared data (8 modules: val = mod0, mod6, mod7) and a randomly initialised checkpoint."""
-    from elastic_cli import checkpoint
-    from elastic_cli.build import build_model
-    from elastic_cli.config import dump_yaml, load_config
-    from elastic_cli.data.prepare import prepare
-    from elastic_cli.model.init import init_weights
-
-    src = root / "src"
-    src.mkdir(parents=True)
-    for i in range(8):
-        (src / f"mod{i}.py").write_text(code_text(i), encoding="utf-8")
-    prepare([str(src)], str(TOKENIZER), str(root / "data"), val_frac=0.5, test_frac=0.2, workers=1)
-    cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"data.path={root / 'data'}", f"data.tokenizer={TOKENIZER}",
-                                                       f"run.dir={root / 'run'}", f"memory.kind={kind}", *TINY,
-                                                       *SMALL_MEMORY.get(kind, [])])
-    model = build_model(cfg)
-    init_weights(model, seed=0)
-    optimizer = torch.optim.AdamW(model.parameters())
-    checkpoint.save(root / "run", 1, model, optimizer, {"step": 1}, dump_yaml(cfg), keep_last=1)
-    return root / "run"
+from cli_run import run_cli  # noqa: E402
+from eval_run import REPO, TOKENIZER, make_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

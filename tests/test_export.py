@@ -20,23 +20,10 @@ from elastic_cli.data.sources import stdlib_root  # noqa: E402
 from elastic_cli.data.tokenizer import Tokenizer  # noqa: E402
 from elastic_cli.export import writer  # noqa: E402
 from elastic_cli.memory import REGISTRY  # noqa: E402
-from test_eval import TOKENIZER, make_run, run_cli  # noqa: E402
+from cli_run import run_cli  # noqa: E402
+from eval_run import TOKENIZER, make_run, segment_logits, sharpen  # noqa: E402
 
 L = 16  # segment_len of the test runs (test_eval.TINY)
-
-
-def sharpen(run) -> None:
-    """Re-draw the weights with a larger spread (seeded), so that greedy decoding depends on the
-    whole context instead of repeating one token, and save the checkpoint again."""
-    cfg, model, ckpt = checkpoint.load_for_inference(run)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.35)
-    from elastic_cli.config import dump_yaml
-
-    checkpoint.save(run, 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, dump_yaml(cfg), keep_last=1)
 
 
 def exported(root, kind):
@@ -45,15 +32,6 @@ def exported(root, kind):
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0, "val_loss": 8.5}) + "\n")
     out = writer.export(str(run), str(root / "hf"))
     return run, out
-
-
-def segment_logits(model, ids):
-    """elastic's teacher-forced segment loop (as `elastic eval`): (B, n, V)."""
-    states, out = model.empty_states(ids.shape[0], "cpu"), []
-    for s in range(0, ids.shape[1], model.segment_len):
-        logits, states = model(ids[:, s : s + model.segment_len], states)
-        out.append(logits)
-    return torch.cat(out, dim=1)
 
 
 def test_every_exported_kind_is_a_registered_kind():

@@ -25,7 +25,7 @@ from elastic_cli.config import load_config
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError
 from elastic_cli.train import train
-from test_eval import run_cli
+from cli_run import run_cli
 
 TRIALS = 20 if tiny_run.FULL_FAULTS else 3
 FAULTS = Path(__file__).parent / "faults"

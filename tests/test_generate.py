@@ -309,7 +309,8 @@ import io  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
-from test_eval import code_text, make_run, run_cli  # noqa: E402
+from cli_run import run_cli  # noqa: E402
+from eval_run import code_text, make_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from elastic_cli.config import dump_yaml, load_config  # noqa: E402
 from elastic_cli.data.loader import PreparedData  # noqa: E402
 from elastic_cli.data.tasks import prepare_task  # noqa: E402
 from elastic_cli.lm_eval_model import ElasticLM  # noqa: E402
-from test_eval import REPO, TINY, TOKENIZER, run_cli  # noqa: E402
-from test_export import segment_logits, sharpen  # noqa: E402
+from cli_run import run_cli  # noqa: E402
+from eval_run import REPO, TINY, TOKENIZER, segment_logits, sharpen  # noqa: E402
 
 
 @pytest.fixture(scope="module")

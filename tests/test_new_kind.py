@@ -8,14 +8,14 @@ import pytest
 import torch
 import yaml
 
-import test_memory_contract as contract
+import contract_checks
 import tiny_run
 from elastic_cli import flops
 from elastic_cli.build import build_model
 from elastic_cli.config import dump_yaml, load_config
 from elastic_cli.errors import UsageError
 from elastic_cli.memory import REGISTRY, SegmentView, register
-from test_eval import run_cli
+from cli_run import run_cli
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,10 +55,7 @@ def test_toy_average_is_the_token_by_token_moving_average(toy):
     assert state.t.tolist() == [5, 5, 5]
 
 
-@pytest.mark.parametrize("check", [contract.test_batch_rows_are_independent, contract.test_segments_equal_streaming_generation,
-                                   contract.test_reset_at_document_start, contract.test_numel_counts_the_floats_of_the_state,
-                                   contract.test_fast_attention_equals_reference, contract.test_a_few_adam_steps_lower_the_loss,
-                                   contract.test_bf16_autocast_keeps_float_states_fp32], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("check", contract_checks.CHECKS, ids=lambda f: f.__name__)
 def test_toy_meets_the_memory_contract(check):
     check("toy")  # built from its Options' defaults: the contract test needs no entry for it
 

@@ -16,7 +16,7 @@ from elastic_cli.optim import segments_at
 from elastic_cli.scoring import score
 from elastic_cli.train import train, train_step
 from memory_checks import SEG, V
-from test_memory_contract import KINDS, build
+from contract_checks import KINDS, build
 
 
 def _cfg(**train):
