@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from . import distributed
 from .config import RunConfig
 
 FILL = 0.85  # of the device's memory the estimate may use (the allocator's fragmentation and workspaces take the rest)
@@ -55,8 +56,6 @@ def resolve(cfg: RunConfig, world: int, device: torch.device,
     capacity = torch.cuda.get_device_properties(device).total_memory
     chosen = largest_fitting(share, lambda m: estimated_bytes(cfg, world, m) <= FILL * capacity
                              and (probe is None or probe(m)))
-    from . import distributed
-
     return with_micro_batch(cfg, int(distributed.all_reduce_min(chosen)))
 
 

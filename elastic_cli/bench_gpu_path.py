@@ -15,6 +15,7 @@ path), and autocast's casts (meta tensors have no autocast).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable
 
 import torch
@@ -126,7 +127,6 @@ def train_step_syncs(cfg, model: Decoder) -> int:
     batch = Batch(torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long),
                   torch.arange(t.segments).expand(t.micro_batch, t.segments) == 0)
     optimizer = build_optimizer(model, t.lr, t.betas, t.weight_decay, META)
-    from contextlib import nullcontext
     return count(lambda: train_step(cfg, model, optimizer, batch, nullcontext(), META)).syncs
 
 
