@@ -80,9 +80,6 @@ class ElasticMemory(Memory):
         """(1 - ρ) A @ W(0, l): 2 N^2 l, once per segment for all layers (`write_plan`)."""
         return 2 * self.order * self.order * l
 
-    def bank_constants(self) -> hippo.BankConstants:
-        return self.host_constants
-
     def empty(self, batch: int, device: torch.device | str) -> ElasticState:
         c = torch.zeros(batch, self.order, 2, self.n_head, self.head_dim, device=device)  # (B, N, 2, H, d)
         return ElasticState(c, torch.zeros(batch, dtype=torch.long))  # t on the host
