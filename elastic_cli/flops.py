@@ -21,7 +21,7 @@ import re
 
 from torch import nn
 
-from .memory.base import MemoryCost
+from elastic_cli.memory.base import MemoryCost
 
 
 def segment_flops(model: nn.Module, l: int, t: int, write: bool = True, rows: int = 1) -> int | None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
-from elastic_cli import heatmap  # noqa: E402
+from elastic_cli.evaluate import heatmap  # noqa: E402
 from elastic_cli.atomic import write_atomic  # noqa: E402
 
 

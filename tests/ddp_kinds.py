@@ -2,7 +2,6 @@
 gloo group (test_ddp_every_kind.py): segments=3, bptt_segments=2 leaves a one-segment last chunk."""
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -11,14 +10,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_run  # noqa: E402
-from elastic_cli import console, distributed, preflight  # noqa: E402
+from elastic_cli import console
+from elastic_cli.train import distributed
+from elastic_cli.train import preflight  # noqa: E402
 from elastic_cli.build import build_model  # noqa: E402
 from elastic_cli.config import load_config  # noqa: E402
 from elastic_cli.data.loader import PreparedData, SegmentLoader  # noqa: E402
 from elastic_cli.memory import REGISTRY  # noqa: E402
 from elastic_cli.model.init import init_weights  # noqa: E402
-from elastic_cli.optim import build_optimizer  # noqa: E402
-from elastic_cli.train import train_step  # noqa: E402
+from elastic_cli.train.optim import build_optimizer  # noqa: E402
+from elastic_cli.train.loop import train_step  # noqa: E402
 
 SETTING = ["train.segments=3", "train.bptt_segments=2", "train.global_batch=4"]
 

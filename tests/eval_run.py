@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from elastic_cli import checkpoint
+from elastic_cli.runs import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "tokenizers" / "code-8k.model"
@@ -21,7 +21,7 @@ def code_text(i: int) -> str:
 
 def make_run(root: Path, kind: str = "elastic") -> Path:
     """Prepared data (8 modules: val = mod0, mod6, mod7) and a randomly initialised checkpoint."""
-    from elastic_cli import checkpoint
+    from elastic_cli.runs import checkpoint
     from elastic_cli.build import build_model
     from elastic_cli.config import dump_yaml, load_config
     from elastic_cli.data.prepare import prepare

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STEP_FAULTS = """
 import contextlib, resource, torch
-from elastic_cli import bench_train
+from elastic_cli.bench import train as bench_train
 from elastic_cli.allocator import keep_freed_memory
 from elastic_cli.config import load_config
 keep_freed_memory()

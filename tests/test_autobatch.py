@@ -1,7 +1,7 @@
 """`train.micro_batch: auto` (autobatch.py): the largest divisor of a process's share that fits."""
 import torch
 
-from elastic_cli import autobatch
+from elastic_cli.train import autobatch
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 

@@ -10,13 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from elastic_cli import bench, bench_history, bench_kernels, measure
+from elastic_cli.bench import job as bench
+from elastic_cli.bench import history as bench_history
+from elastic_cli.bench import kernels as bench_kernels
+from elastic_cli.bench import measure
 from elastic_cli.data.loader import Batch
 from elastic_cli.memory import REGISTRY, hippo
 from elastic_cli.memory.base import Memory, Read, detach_state
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from elastic_cli.train import train_step
+from elastic_cli.train.loop import train_step
 
 V, D, HEADS, HIDDEN, SEG = 29, 16, 2, 24, 8
 CPU = torch.device("cpu")

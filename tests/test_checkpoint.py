@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from elastic_cli import checkpoint
+from elastic_cli.runs import checkpoint
 from elastic_cli.build import build_model
 from elastic_cli.config import dump_yaml, load_config
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.model.init import init_weights
-from elastic_cli.optim import build_optimizer
+from elastic_cli.train.optim import build_optimizer
 
 TINY = ["model.d_model=32", "model.n_head=2", "model.mlp_hidden=64", "model.segment_len=8",
         "memory.order=4", "memory.samples=4", "model.tie_embeddings=false"]

@@ -3,7 +3,7 @@ import sys
 
 from click.testing import CliRunner
 
-from elastic_cli.cli import cli
+from elastic_cli.cli.app import cli
 
 
 def test_help_lists_exit_codes():

@@ -195,7 +195,7 @@ def test_small_haystack_and_usage_errors(tmp_path, capsys, kjv_books):
 def test_lm_eval_answer_rows_are_right_answers(tmp_path, kjv_books, task):
     """`elastic lm-eval --data DIR --tasks elastic_answer` rows: one per answer span, context + answer
     checkable (multi-value: the earlier values are in the context, teacher-forced)."""
-    from elastic_cli.lm_eval_tasks import task_rows
+    from elastic_cli.interop.lm_eval_tasks import task_rows
 
     tok = Tokenizer.load(BOOKS)
     prepare_task(task, 400, 10, BOOKS, str(tmp_path / "d"), val_frac=0.5, test_frac=0.0,

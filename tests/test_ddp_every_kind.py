@@ -11,7 +11,7 @@ import torch
 
 import ddp_kinds
 import tiny_run
-from elastic_cli import preflight
+from elastic_cli.train import preflight
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.errors import UsageError

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 
-from elastic_cli.cli import cli
+from elastic_cli.cli.app import cli
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import tiny_run
-from elastic_cli import checkpoint, distributed
+from elastic_cli.runs import checkpoint
+from elastic_cli.train import distributed
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.errors import UsageError
 from elastic_cli.model.init import init_weights
-from elastic_cli.train import train
+from elastic_cli.train.loop import train
 
 
 @pytest.mark.parametrize("nodelist, host", [("gpu[007-010,12]", "gpu007"), ("node3", "node3"),
@@ -26,7 +27,7 @@ def test_first_slurm_host(nodelist, host):
 def test_single_node_launch_uses_a_free_local_port(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
     cmd = distributed.launch_command(4, 1, None, ["train", "r.yaml", "--resume", "never"])
-    assert cmd[:3] == [sys.executable, "-m", "elastic_cli.torchrun"]
+    assert cmd[:3] == [sys.executable, "-m", "elastic_cli.train.torchrun"]
     text = " ".join(cmd)
     assert "--nproc-per-node 4 --nnodes 1 --rdzv-backend c10d" in text
     assert "--rdzv-endpoint localhost:0" in text

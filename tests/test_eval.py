@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elastic_cli.evaluate import Tally, bits_per_byte, perplexity, score
+from elastic_cli.evaluate.job import Tally, bits_per_byte, perplexity, score
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
@@ -199,7 +199,7 @@ def test_eval_other_memory_kind_and_schedule_only_for_elastic(capsys, tmp_path):
 
 
 def test_cli_schedule_choices_are_the_memory_schedules():
-    from elastic_cli.cli_model import Schedule
+    from elastic_cli.cli.model import Schedule
     from elastic_cli.errors import UsageError
     from elastic_cli.memory.sampling import SCHEDULES
 
@@ -213,7 +213,7 @@ def test_cli_schedule_choices_are_the_memory_schedules():
 def test_long_context_gain_is_zero_without_memory_or_history(kind):
     """gain = NLL(memory emptied every segment) - NLL(memory carried): exactly 0 for `none` and for
     one-segment documents of any kind; not 0 for a memory on longer documents."""
-    from elastic_cli.evaluate import gain_report
+    from elastic_cli.evaluate.job import gain_report
     from memory_checks import SEG, build
 
     options = {"none": {}, "elastic": {"order": 6, "samples": 4}, "xl": {"cache": 5}}[kind]
@@ -260,7 +260,7 @@ def test_eval_task_data_by_distance_json_and_plot(run, capsys, tmp_path):
 
 
 def test_heatmap_cells_closed_form():
-    from elastic_cli import heatmap
+    from elastic_cli.evaluate import heatmap
 
     docs = [{"tokens": t, "depth": d} for t, d in [(100, 0.0), (100, 0.04), (200, 0.5), (200, 0.52), (100, 1.0),
                                                    (200, 0.98), (100, None)]]
@@ -278,7 +278,7 @@ def test_heatmap_cells_closed_form():
 
 def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_books):
     """Cells from the batched eval equal cells built by hand from each document scored alone."""
-    from elastic_cli import inference
+    from elastic_cli.runs import inference
     from elastic_cli.data.loader import PreparedData
     from elastic_cli.data.tasks import prepare_task
 

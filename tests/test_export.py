@@ -15,10 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from elastic_cli import checkpoint  # noqa: E402
+from elastic_cli.runs import checkpoint  # noqa: E402
 from elastic_cli.data.sources import stdlib_root  # noqa: E402
 from elastic_cli.data.tokenizer import Tokenizer  # noqa: E402
-from elastic_cli.export import writer  # noqa: E402
+from elastic_cli.interop.export import writer  # noqa: E402
 from elastic_cli.memory import REGISTRY  # noqa: E402
 from cli_run import run_cli  # noqa: E402
 from eval_run import TOKENIZER, make_run, segment_logits, sharpen  # noqa: E402

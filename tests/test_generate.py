@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from elastic_cli.decoding import (DecodingOptions, check_options, draw, filter_logits, make_generator, next_token,
+from elastic_cli.generate.decoding import (DecodingOptions, check_options, draw, filter_logits, make_generator, next_token,
                                   top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli import textio
-from elastic_cli.generate import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts, samples,
+from elastic_cli.data import textio
+from elastic_cli.generate.job import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts, samples,
                                    read_prompt, stream_numel)
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder

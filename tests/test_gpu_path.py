@@ -3,8 +3,8 @@ says on ops with known answers, and the tiny recipe's Elastic Memory meets issue
 import pytest
 import torch
 
-from elastic_cli.bench_gpu_path import META, count, gpu_path, segment_counts, traced
-from elastic_cli.bench_train import kind_configs
+from elastic_cli.bench.gpu_path import META, count, gpu_path, segment_counts, traced
+from elastic_cli.bench.train import kind_configs
 from elastic_cli.build import build_model
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import tiny_run
-from elastic_cli import distributed
+from elastic_cli.train import distributed
 
 FAULTS = Path(__file__).parent / "faults"
 full_only = pytest.mark.skipif(not tiny_run.FULL_FAULTS, reason="ELASTIC_FULL_FAULTS=1 runs every launcher exit path")

@@ -16,11 +16,11 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 
-from elastic_cli import checkpoint  # noqa: E402
+from elastic_cli.runs import checkpoint  # noqa: E402
 from elastic_cli.config import dump_yaml, load_config  # noqa: E402
 from elastic_cli.data.loader import PreparedData  # noqa: E402
 from elastic_cli.data.tasks import prepare_task  # noqa: E402
-from elastic_cli.lm_eval_model import ElasticLM  # noqa: E402
+from elastic_cli.interop.lm_eval_model import ElasticLM  # noqa: E402
 from cli_run import run_cli  # noqa: E402
 from eval_run import REPO, TINY, TOKENIZER, segment_logits, sharpen  # noqa: E402
 

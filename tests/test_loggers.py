@@ -7,10 +7,10 @@ import sys
 import pytest
 
 import tiny_run
-from elastic_cli import loggers
+from elastic_cli.train import loggers
 from elastic_cli.config import load_config
 from elastic_cli.errors import UsageError
-from elastic_cli.train import train
+from elastic_cli.train.loop import train
 
 
 @pytest.fixture(scope="module")

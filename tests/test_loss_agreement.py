@@ -14,14 +14,15 @@ import torch
 import torch.nn.functional as F
 
 import tiny_run
-from elastic_cli import evaluate, scoring
-from elastic_cli import step as training
+from elastic_cli.evaluate import job as evaluate
+from elastic_cli.evaluate import scoring
+from elastic_cli.train import step as training
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.data.loader import PreparedData, SegmentLoader
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.init import init_weights
-from elastic_cli.optim import build_optimizer
+from elastic_cli.train.optim import build_optimizer
 
 S = 4  # segments per window; tiny_run documents are longer than S x 16 tokens
 

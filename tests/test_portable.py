@@ -14,8 +14,9 @@ import torch
 
 import tiny_run
 from cli_run import run_cli as cli
-from elastic_cli import checkpoint, inference
-from elastic_cli.checkpoint_files import file_sha256
+from elastic_cli.runs import checkpoint
+from elastic_cli.runs import inference
+from elastic_cli.runs.files import file_sha256
 from elastic_cli.config import load_config
 from elastic_cli.errors import DataError, UsageError
 
@@ -300,7 +301,7 @@ def test_export_creates_its_parent_folders(trained, tmp_path, capsys):
 
 def test_training_lines_print_above_the_bar_on_a_terminal(monkeypatch, capsys, tmp_path):
     from elastic_cli import console
-    from elastic_cli.train import _Log, summary_line
+    from elastic_cli.train.loop import _Log, summary_line
 
     monkeypatch.setattr(console, "interactive", lambda: True)
     log = _Log(tmp_path / "train.log")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tiny_run
-from elastic_cli import runlock
+from elastic_cli.runs import lock as runlock
 from elastic_cli.cli import main
 
 
@@ -57,7 +57,7 @@ def test_cuda_on_a_cpu_only_machine_fails_but_its_dry_run_plans_it(data, tmp_pat
     assert e.value.code == 0, err
     assert "cuda x 2 per node (none visible on this machine" in out
     (launch,) = [line for line in out.splitlines() if line.startswith("launch: ")]
-    assert "-m elastic_cli.torchrun --nproc-per-node 2 --nnodes 1" in launch
+    assert "-m elastic_cli.train.torchrun --nproc-per-node 2 --nnodes 1" in launch
     assert launch.endswith("--resume never") and "-m elastic_cli train" in launch
     assert not (tmp_path / "run").exists()
     code, err = cli(monkeypatch, capsys, *args, "--gpus", "2", "--dry-run", "train.micro_batch=3")
@@ -114,7 +114,7 @@ def test_second_train_on_the_same_run_dir_refuses_at_once(data, tmp_path, monkey
 
 
 def test_a_killed_run_leaves_no_stuck_lock(tmp_path):
-    code = f"from elastic_cli import runlock; runlock.RunLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); input()"
+    code = f"from elastic_cli.runs import lock; lock.RunLock({str(tmp_path / 'run')!r}).acquire(); print('held', flush=True); input()"
     proc = subprocess.Popen([sys.executable, "-c", code], env=tiny_run.env(), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"

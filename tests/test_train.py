@@ -12,12 +12,12 @@ import torch
 from click.testing import CliRunner
 
 import tiny_run
-from elastic_cli import checkpoint
-from elastic_cli.cli import cli
+from elastic_cli.runs import checkpoint
+from elastic_cli.cli.app import cli
 from elastic_cli.config import load_config
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.optim import lr_at
-from elastic_cli.train import train
+from elastic_cli.train.optim import lr_at
+from elastic_cli.train.loop import train
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_losses.json"
 GOLDEN_COMMAND = "ELASTIC_REGEN_GOLDEN=1 OMP_NUM_THREADS=1 python -m pytest tests/test_train.py -k golden"
@@ -125,7 +125,7 @@ def test_dry_run_prints_sizes_and_writes_nothing(data, tmp_path):
     params = sum(p.numel() for p in build_model(cfg).parameters())
     assert f"parameters\t{params:,}" in result.output
     assert "tokens_per_step\t256" in result.output  # 4 windows x 4 segments x 16 tokens
-    assert "elastic_cli.torchrun --nproc-per-node 2" in result.output
+    assert "elastic_cli.train.torchrun --nproc-per-node 2" in result.output
     assert not (tmp_path / "run").exists()
 
 
@@ -146,7 +146,7 @@ def test_reset_at_empties_only_rows_starting_a_document_and_skips_no_op_segments
     from elastic_cli.memory import REGISTRY
     from elastic_cli.model.decoder import Decoder
     from elastic_cli.model.init import init_weights
-    from elastic_cli.train import reset_at
+    from elastic_cli.train.step import reset_at
 
     model = Decoder(37, 16, 1, 2, 24, 6, {0: REGISTRY["elastic"](2, 8, order=4, samples=3)})
     init_weights(model, seed=0)

@@ -8,7 +8,7 @@ import torch
 
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
-from elastic_cli.optim import build_optimizer, lr_at, param_groups, set_lr
+from elastic_cli.train.optim import build_optimizer, lr_at, param_groups, set_lr
 
 
 @pytest.mark.parametrize("lr, min_lr, warmup, steps", [(3e-3, 3e-4, 15, 150), (1.0, 0.0, 0, 11), (6e-4, 6e-5, 500, 10000)])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tiny_run
-from elastic_cli import checkpoint
+from elastic_cli.runs import checkpoint
 
 
 @pytest.fixture(scope="module")

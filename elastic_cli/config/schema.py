@@ -90,7 +90,7 @@ class RunSection(_Section):
     gpus: int = _f(1, "processes per node (on CPU: gloo processes)", gt=0)
     nodes: int = _f(1, "nodes (torchrun rendezvous)", gt=0)
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "where training runs (eval and generate choose with --device)")
-    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = _f(["jsonl"], "metric sinks (elastic_cli/loggers.py)")
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = _f(["jsonl"], "metric sinks (elastic_cli/train/loggers.py)")
 
 
 class RunConfig(_Section):

@@ -7,7 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastic_cli import console, textio
+from elastic_cli import console
+from elastic_cli.data import textio
 from elastic_cli.allocator import return_large_buffers
 from elastic_cli.data import blocks, holdout
 from elastic_cli.data import sources as src
@@ -111,7 +112,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
             corpus: str | None = None, workers: int | None = None, shard: tuple[int, int] | None = None,
             policy: textio.Policy = textio.Policy()) -> Summary:
     """Tokenize the sources into `out`; with `shard=(I, N)`, only part I of N (joined by data/merge.py).
-    policy: how files are decoded (--encoding, --strict; elastic_cli/textio.py)."""
+    policy: how files are decoded (--encoding, --strict; elastic_cli/data/textio.py)."""
     return_large_buffers()  # before the first block is read
     out_p = Path(out)
     _check_fracs(val_frac, test_frac)

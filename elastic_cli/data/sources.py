@@ -9,7 +9,6 @@ undecodable bytes are replaced and counted; everything else that is wrong is a `
 
 from __future__ import annotations
 
-import codecs
 import errno
 import gzip
 import hashlib
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from elastic_cli import textio
+from elastic_cli.data import textio
 from elastic_cli.data.tokenizer import FILE_SEP
 from elastic_cli.errors import DataError, UsageError
 

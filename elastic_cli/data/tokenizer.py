@@ -155,24 +155,3 @@ class Tokenizer:
             total += len(self._sp.decode(np.asarray(ids[start:end]).tolist()).encode("utf-8"))
             start = end
         return total
-
-
-def train_from_sources(sources: list[str], vocab_size: int, out: str, kind: str = "books",
-                       sample: int = 1_000_000, seed: int = 0, corpus: str | None = None,
-                       force: bool = False) -> tuple[Tokenizer, int]:
-    """`elastic tokenizer train`: a model from a line sample of the text files in `sources`. An
-    existing `out` (e.g. a shipped tokenizer that prepared data depends on) is replaced only with `force`."""
-    from elastic_cli.data.sources import collect, read_text
-
-    if Path(out).exists() and not force:
-        raise UsageError(f"--out {out} exists (data prepared with it would no longer match): choose another path "
-                         f"or pass --force to replace it")
-
-    if vocab_size < 300:
-        raise UsageError(f"--vocab-size must be at least 300 (256 byte pieces + specials), got {vocab_size}")
-    if not sources and corpus is None:
-        raise UsageError("give SOURCES or --corpus")
-    col = collect(sources, corpus=corpus)
-    texts = (read_text(p) for d in col.docs for p in d.paths)
-    n = train(texts, vocab_size, Path(out), kind, sample, seed)
-    return Tokenizer.load(out), n

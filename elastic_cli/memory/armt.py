@@ -23,7 +23,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..precision import fp32_region
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import MemoryOptions
 
 EPS = 1e-5

@@ -159,16 +159,3 @@ def detach_state(states: Any) -> Any:
     if isinstance(states, (tuple, list)):
         return type(states)(detach_state(s) for s in states)
     return states
-
-
-REGISTRY: dict[str, type[Memory]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a memory kind available as `memory.kind: name`."""
-
-    def add(cls: type[Memory]) -> type[Memory]:
-        REGISTRY[name] = cls
-        return cls
-
-    return add

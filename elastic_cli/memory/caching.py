@@ -26,7 +26,8 @@ import torch
 from pydantic import Field, create_model
 from torch import Tensor, nn
 
-from .base import REGISTRY, Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import REGISTRY, register
 from .options import LayerContext, MemoryOptions, validate
 
 AGGREGATES = ("residual", "gated", "sparse", "soup")

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ..precision import fp32_region
 from . import hippo, sampling
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import MemoryOptions
 
 

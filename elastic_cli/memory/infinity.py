@@ -32,7 +32,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..precision import fp32_region
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import MemoryOptions
 
 KL_SIGMA0 = 0.05  # σ0 of the KL regulariser (paper value)

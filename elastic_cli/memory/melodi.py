@@ -38,7 +38,8 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..precision import fp32_region
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import LayerContext, MemoryOptions, OptionError
 
 

@@ -5,7 +5,8 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import MemoryOptions
 
 

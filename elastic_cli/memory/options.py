@@ -14,6 +14,8 @@ from typing import Any, Literal, NamedTuple, Union
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+from .registry import REGISTRY
+
 DEFAULT_KIND = "elastic"
 
 
@@ -66,8 +68,6 @@ class MemoryOptions(BaseModel):
 
 
 def registry() -> dict[str, type]:
-    from .base import REGISTRY
-
     return REGISTRY
 
 

@@ -19,7 +19,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import MemoryOptions
 
 

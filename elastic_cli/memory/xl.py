@@ -20,7 +20,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from .base import Memory, MemoryCost, Read, SegmentView, register
+from .base import Memory, MemoryCost, Read, SegmentView
+from .registry import register
 from .options import MemoryOptions
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import torch
 
-from elastic_cli import checkpoint
+from elastic_cli.runs import checkpoint
 from elastic_cli.build import build_model
 from elastic_cli.config import dump_yaml, load_config
 from elastic_cli.model.init import init_weights
-from elastic_cli.optim import build_optimizer
+from elastic_cli.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["model.d_model=128", "model.n_head=2", "model.mlp_hidden=256", "model.segment_len=8",

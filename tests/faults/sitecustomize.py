@@ -8,7 +8,7 @@ import os
 _FAULT = os.environ.get("ELASTIC_TEST_FAULT")
 
 if _FAULT and "RANK" in os.environ:
-    from elastic_cli import train as _train
+    from elastic_cli.train import loop as _train
     from elastic_cli.errors import DataError, UsageError
 
     def _failing_step(*args, **kwargs):

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from elastic_cli import distributed
+from elastic_cli.train import distributed
 from elastic_cli.errors import DataError, UsageError
 
 # key=value overrides that make sense for a trained model: anything else is fixed by its weights or
@@ -76,7 +76,7 @@ def read_config(ckpt: str | Path, settings: Settings | None = None) -> tuple[Pat
     """(checkpoint dir, its RunConfig with `settings` applied) without loading weights. DataError
     (exit 3) when the path is missing or incomplete or its saved config is not one this version can
     build; UsageError (exit 2) for a bad setting."""
-    from elastic_cli import checkpoint
+    from elastic_cli.runs import checkpoint
     from elastic_cli.config import load_config
 
     path = checkpoint.resolve(ckpt)
@@ -92,7 +92,7 @@ def read_config(ckpt: str | Path, settings: Settings | None = None) -> tuple[Pat
 def load(ckpt: str | Path, settings: Settings = Settings(), schedule: str | None = None,
          samples: int | None = None) -> Loaded:
     """The model of a run or checkpoint directory, rebuilt with the inference settings, on its device."""
-    from elastic_cli import checkpoint
+    from elastic_cli.runs import checkpoint
 
     path, saved = read_config(ckpt)
     cfg, model, path = checkpoint.load_for_inference(path, overrides_for(saved.memory.kind, settings, schedule, samples))
@@ -105,7 +105,7 @@ def tokenizer_file(ckpt: Path, cfg: Any, given: str | None = None, required: boo
     else, for checkpoints saved before they carried one, the run's data.tokenizer (or what its data's
     meta.json records) if that file is here. A given file must equal the carried copy. DataError
     (exit 3) when none is found and `required`."""
-    from elastic_cli.checkpoint_files import TOKENIZER_FILE, file_sha256
+    from elastic_cli.runs.files import TOKENIZER_FILE, file_sha256
     from elastic_cli.data.compat import model_tokenizer
 
     carried = Path(ckpt) / TOKENIZER_FILE

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from elastic_cli import console, inference
+from elastic_cli import console
+from elastic_cli.runs import inference
 from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import DataError, UsageError
 
 HINT = "pip install 'elastic-cli[lm-eval]' (or: pip install lm_eval)"
-MODEL_ARGS = ("schedule", "samples", "document_end", "seed")  # ElasticLM's own options (besides ckpt)
 ROLLING_METRICS = [{"metric": m} for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")]
 
 
@@ -92,19 +92,6 @@ def write_local_tasks(cfg, data_dir: str, split: str, out: Path, tok_path: Path)
     return list(tasks)
 
 
-def parse_model_args(text: str | None) -> dict:
-    args = {}
-    for item in filter(None, (text or "").split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--model-args: expected key=value[,key=value...], got {item!r}")
-        args[key.strip()] = value.strip()
-    unknown = sorted(set(args) - set(MODEL_ARGS))
-    if unknown:
-        raise UsageError(f"--model-args: unknown {', '.join(unknown)}; known: {', '.join(MODEL_ARGS)} (--ckpt gives ckpt)")
-    return args
-
-
 def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | None, include_path: str | None,
                 limit: float | None, num_fewshot: int | None, model_args: str | None, bootstrap_iters: int,
                 json_path: Path | None, settings: inference.Settings = inference.Settings()) -> dict:
@@ -113,7 +100,7 @@ def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | 
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from elastic_cli.lm_eval_model import ElasticLM
+    from elastic_cli.interop.lm_eval_model import ElasticLM, parse_model_args  # needs lm_eval (optional)
 
     path, cfg = inference.read_config(ckpt, settings)
     tok_path = inference.tokenizer_file(path, cfg, settings.tokenizer)

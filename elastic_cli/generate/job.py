@@ -18,10 +18,12 @@ from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
-from elastic_cli import console, inference, precision, textio
+from elastic_cli import console, precision
+from elastic_cli.runs import inference
+from elastic_cli.data import textio
 from elastic_cli.atomic import write_atomic
 from elastic_cli.errors import UsageError
-from elastic_cli.decoding import DecodingOptions, draw, make_generator
+from elastic_cli.generate.decoding import DecodingOptions, draw, make_generator
 
 CONTEXT_TOKENS = 4  # prompt tokens the incremental decoder starts from (keeps the first space)
 BLOCK_BYTES = textio.BLOCK_BYTES  # a --file is read and encoded this much at a time

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import measure
-from .model.decoder import Decoder, Stream
+from elastic_cli.bench import measure
+from elastic_cli.model.decoder import Decoder, Stream
 
 
 @torch.no_grad()

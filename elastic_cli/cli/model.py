@@ -11,7 +11,7 @@ import re
 import click
 
 from elastic_cli import console
-from elastic_cli.cli import EXIT_CODES_HELP, cli
+from elastic_cli.cli.app import EXIT_CODES_HELP, cli
 from elastic_cli.errors import UsageError
 
 
@@ -53,7 +53,7 @@ def _split_words(words: tuple[str, ...], ckpt: str | None, command: str) -> tupl
 
 
 def _settings(overrides, device, dtype, tokenizer=None):
-    from elastic_cli.inference import Settings
+    from elastic_cli.runs.inference import Settings
 
     return Settings(tuple(overrides), device, dtype, tokenizer)
 
@@ -111,7 +111,8 @@ def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, s
              max_docs, no_gain, json_path, plot_path, heatmap_path):
     import json
 
-    from elastic_cli import evaluate, inference
+    from elastic_cli.evaluate import job as evaluate
+    from elastic_cli.runs import inference
     from elastic_cli.atomic import write_atomic
 
     ckpt, overrides, rest = _split_words(words, ckpt, "eval")
@@ -139,7 +140,7 @@ def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, s
         evaluate.plot_curves(report, inference.make_parents(plot_file))
         console.info(f"wrote {plot_file}")
     if heat_file is not None:
-        from elastic_cli import heatmap
+        from elastic_cli.evaluate import heatmap
 
         names = evaluate.table_rows(report)[0][1:]
         panels = [(f"{n} ({report['split']})", r["heatmap"]) for n, r in zip(names, report["results"])]
@@ -192,8 +193,10 @@ Examples:
               "to this file (missing folders are created).")
 def generate_cmd(words, ckpt, device, dtype, tokenizer, prompt, files, encoding, strict, max_new_tokens,
                  temperature, top_k, top_p, seed, num_samples, schedule, output):
-    from elastic_cli import generate, inference, textio
-    from elastic_cli.decoding import DecodingOptions, check_options
+    from elastic_cli.generate import job as generate
+    from elastic_cli.runs import inference
+    from elastic_cli.data import textio
+    from elastic_cli.generate.decoding import DecodingOptions, check_options
 
     ckpt, overrides, rest = _split_words(words, ckpt, "generate")
     files = list(files)
@@ -230,7 +233,7 @@ def export_cmd(words, ckpt, tokenizer, out, overwrite, dtype) -> None:
       elastic export runs/tiny --out hf/tiny
       elastic export runs/tiny/checkpoints/step_00000100 --out hf/tiny-100 --overwrite
     """
-    from elastic_cli.export.writer import export
+    from elastic_cli.interop.export.writer import export
 
     ckpt, overrides, rest = _split_words(words, ckpt, "export")
     if rest or overrides:
@@ -261,8 +264,8 @@ def lm_eval_cmd(words, ckpt, device, dtype, tokenizer, tasks, data_dir, split, i
       elastic lm-eval runs/tiny --data data/stdlib --tasks elastic_docs
       elastic lm-eval runs/tiny --tasks wikitext --out results/lm-eval.json --device cpu
     """
-    from elastic_cli import inference
-    from elastic_cli.lm_eval_tasks import run_lm_eval
+    from elastic_cli.runs import inference
+    from elastic_cli.interop.lm_eval_tasks import run_lm_eval
 
     ckpt, overrides, rest = _split_words(words, ckpt, "lm-eval")
     if rest:
@@ -271,41 +274,3 @@ def lm_eval_cmd(words, ckpt, device, dtype, tokenizer, tasks, data_dir, split, i
     json_file = inference.check_writable(json_path, "--out") if json_path else None
     run_lm_eval(ckpt, names, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters, json_file,
                 _settings(overrides, device, dtype, tokenizer))
-
-
-BENCH_HELP = """\b
-Measure what memory costs, all variants in one process (interleaved, repeated; medians and spread):
-train tokens/s and peak memory of every memory kind vs `none`; eval peak memory and time per token
-after 4k vs 1M tokens of history; time per generated token after 1k vs 1M tokens; Elastic Memory
-kernels vs a plain matmul and a write at a new t vs a seen t (N=64, l=2048); MFU on CUDA.
-Ratio keys name the sizes measured (eval_memory_ratio_1M_vs_4k; --quick: _16k_vs_1k).
-  elastic bench recipes/tiny.yaml --quick
-  elastic bench recipes/tiny.yaml --history 65536 --kinds none,elastic --out bench.json
-  elastic bench recipes/code-32k.yaml --device cuda --dtype bf16
-KIND.key=value sets an option of one kind's variant only, e.g. xl.cache=32 memorizing.store=256."""
-
-
-@cli.command("bench", epilog=EXIT_CODES_HELP, help=BENCH_HELP)
-@click.argument("words", nargs=-1, metavar="[RECIPE.yaml] [KEY=VALUE]...")
-@click.option("--recipe", metavar="RECIPE.yaml", help="Recipe giving the model size, if not given as a word "
-              "[default: recipes/tiny.yaml].")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Default: cuda when available, else cpu.")
-@click.option("--dtype", type=DTYPE, help="Precision (train.dtype).")
-@click.option("--quick", is_flag=True, help="Few repeats and 1k vs 16k tokens of history: under a minute on a CPU.")
-@click.option("--kinds", metavar="K1,K2", help="Only these memory kinds (default: every kind).")
-@click.option("--history", type=int, metavar="TOKENS",
-              help="Long history for eval and generation (default 1M; --quick 16k), rounded up to whole segments.")
-@click.option("--train-steps", type=int, metavar="N", help="Timed train steps per kind (default 100; --quick 3).")
-@click.option("--out", "--json", "json_path", metavar="PATH",
-              help="Also write every measurement as JSON, after every phase ('-': stdout only, at the end).")
-@click.option("--deadline", type=float, metavar="SECONDS",
-              help="Skip the phases that would start after SECONDS and cut the train steps to fit a third of them.")
-def bench_command(words, recipe, device, dtype, quick, kinds, history, train_steps, json_path, deadline) -> None:
-    from elastic_cli import bench
-
-    recipes = [w for w in words if "=" not in w]
-    overrides = [w for w in words if "=" in w] + [f"train.dtype={dtype}"] * (dtype is not None)
-    if len(recipes) + (recipe is not None) > 1:
-        raise UsageError("bench takes one recipe (as a word or --recipe)")
-    bench.run(recipe or (recipes[0] if recipes else "recipes/tiny.yaml"), overrides, device, quick, json_path, kinds,
-              history, train_steps, deadline)

@@ -23,13 +23,15 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from elastic_cli import inference, precision
-from elastic_cli.generate import continuation
-from elastic_cli.lm_eval_tasks import MODEL_ARGS
-from elastic_cli.decoding import DecodingOptions, check_options, make_generator
-from elastic_cli.scoring import score
+from elastic_cli import precision
+from elastic_cli.runs import inference
+from elastic_cli.generate.job import continuation
+from elastic_cli.generate.decoding import DecodingOptions, check_options, make_generator
+from elastic_cli.evaluate.scoring import score
+from elastic_cli.errors import UsageError
 
 TRUE = ("1", "true", "yes")
+MODEL_ARGS = ("schedule", "samples", "document_end", "seed")  # ElasticLM's own options (besides ckpt)
 
 
 @register_model("elastic")
@@ -141,3 +143,16 @@ class ElasticLM(TemplateLM):
             if cut is not None:
                 return text[:cut]
         return self.tok.decode(tokens)
+
+
+def parse_model_args(text: str | None) -> dict:
+    args = {}
+    for item in filter(None, (text or "").split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--model-args: expected key=value[,key=value...], got {item!r}")
+        args[key.strip()] = value.strip()
+    unknown = sorted(set(args) - set(MODEL_ARGS))
+    if unknown:
+        raise UsageError(f"--model-args: unknown {', '.join(unknown)}; known: {', '.join(MODEL_ARGS)} (--ckpt gives ckpt)")
+    return args

@@ -1,4 +1,4 @@
-"""`python -m elastic_cli.torchrun ARGS`: torchrun (same arguments), quiet when workers fail.
+"""`python -m elastic_cli.train.torchrun ARGS`: torchrun (same arguments), quiet when workers fail.
 
 The workers already printed their one-line `error: ...` (and wrote their exit code for the
 launcher, see `distributed.launch`), so torchrun's own report of a failed child (a traceback and

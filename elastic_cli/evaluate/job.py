@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elastic_cli import console, heatmap, inference, precision
+from elastic_cli import console, precision
+from elastic_cli.evaluate import heatmap
+from elastic_cli.runs import inference
 from elastic_cli.atomic import write_atomic
 from elastic_cli.data.compat import check_data
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.scoring import GAIN_THRESHOLD, Tally, score  # noqa: F401  (Tally: part of this module's API)
+from elastic_cli.evaluate.scoring import GAIN_THRESHOLD, Tally, score  # noqa: F401  (Tally: part of this module's API)
 
 LN2 = math.log(2.0)
 
@@ -49,7 +51,7 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
                  gain: bool = True) -> dict:
     """One model variant on one split -> a result record. `gain`: also score every segment with
     empty memory for the long-context gain (language data only; doubles the time)."""
-    from elastic_cli.checkpoint import saved_step
+    from elastic_cli.runs.checkpoint import saved_step
 
     loaded = inference.load(ckpt, settings, schedule, samples)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device

@@ -6,9 +6,9 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import measure
-from .memory.base import SegmentView
-from .memory.elastic import ElasticMemory
+from elastic_cli.bench import measure
+from elastic_cli.memory.base import SegmentView
+from elastic_cli.memory.elastic import ElasticMemory
 
 
 class KernelShapes(NamedTuple):

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
-from elastic_cli import checkpoint, distributed, loggers, runlock
+from elastic_cli.runs import checkpoint
+from elastic_cli.train import distributed
+from elastic_cli.train import loggers
+from elastic_cli.runs import lock as runlock
 from elastic_cli.config import RunConfig, check_world, diff
 from elastic_cli.data.compat import check_data
 from elastic_cli.data.loader import PreparedData

@@ -19,13 +19,14 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from . import allocator, measure, precision
-from .atomic import write_atomic
-from .autobatch import with_micro_batch
-from .bench_gpu_path import gpu_path
-from .bench_history import history_pass, timed_after
-from .bench_kernels import KernelShapes, kernel_fns, kernel_ratios
-from .bench_train import WARMUP_STEPS, build_variants, cpu_name, kind_configs, train_costs
+from elastic_cli import allocator, precision
+from elastic_cli.bench import measure
+from elastic_cli.atomic import write_atomic
+from elastic_cli.train.autobatch import with_micro_batch
+from elastic_cli.bench.gpu_path import gpu_path
+from elastic_cli.bench.history import history_pass, timed_after
+from elastic_cli.bench.kernels import KernelShapes, kernel_fns, kernel_ratios
+from elastic_cli.bench.train import WARMUP_STEPS, build_variants, cpu_name, kind_configs, train_costs
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
 WRITE_BAR_SHAPE = (64, 2048)  # (N, l) of the new-t write measurement
@@ -167,9 +168,9 @@ def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
     every phase (a run killed later keeps what it measured); with `deadline` (seconds) a phase that
     would start after it is skipped (listed in `skipped_phases`) and the timed train steps are cut to
     fit a third of it."""
-    from .bench_history import evaluate_document, generate_greedy, stream_after
-    from .code_version import code_version
-    from .config import to_dict
+    from elastic_cli.bench.history import evaluate_document, generate_greedy, stream_after
+    from elastic_cli.code_version import code_version
+    from elastic_cli.config import to_dict
 
     start, m, t, code = time.perf_counter(), cfg.model, cfg.train, code_version()  # the code measured, not later
     if device.type == "cuda":
@@ -282,11 +283,11 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
     import json
     from pathlib import Path
 
-    from . import console
-    from .config import load_config
-    from .errors import UsageError
+    from elastic_cli import console
+    from elastic_cli.config import load_config
+    from elastic_cli.errors import UsageError
 
-    from .memory import REGISTRY
+    from elastic_cli.memory import REGISTRY
 
     chosen = None if kinds is None else [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = sorted(set(chosen or []) - set(REGISTRY))

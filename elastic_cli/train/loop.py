@@ -14,15 +14,21 @@ from typing import NamedTuple
 
 import torch
 
-from elastic_cli import autobatch, checkpoint, console, distributed, loggers, precision, preflight, runlock
+from elastic_cli import console, precision
+from elastic_cli.train import autobatch
+from elastic_cli.runs import checkpoint
+from elastic_cli.train import distributed
+from elastic_cli.train import loggers
+from elastic_cli.train import preflight
+from elastic_cli.runs import lock as runlock
 from elastic_cli.build import build_model
 from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
 from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.model.init import init_weights
-from elastic_cli.optim import build_optimizer, lr_at, segments_at, set_lr
-from elastic_cli.step import evaluate_loss, reset_at, train_step  # noqa: F401  (reset_at: re-exported)
+from elastic_cli.train.optim import build_optimizer, lr_at, segments_at, set_lr
+from elastic_cli.train.step import evaluate_loss, train_step
 
 ARCH_KEYS = preflight.ARCH_KEYS  # a resumed run may not change these
 

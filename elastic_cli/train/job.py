@@ -6,7 +6,10 @@ from pathlib import Path
 
 import torch
 
-from elastic_cli import checkpoint, console, distributed, preflight
+from elastic_cli import console
+from elastic_cli.runs import checkpoint
+from elastic_cli.train import distributed
+from elastic_cli.train import preflight
 from elastic_cli.build import describe
 from elastic_cli.config import RunConfig
 from elastic_cli.errors import UsageError
@@ -40,7 +43,7 @@ def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dr
         console.info(f"run directory: {cfg.run.dir}")
         console.info("launching: " + " ".join(cmd))
         return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu")
-    from elastic_cli.train import train
+    from elastic_cli.train.loop import train
 
     train(cfg, resume, overwrite, ("elastic", *worker_argv))
     return 0

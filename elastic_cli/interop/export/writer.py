@@ -9,7 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
-from elastic_cli import __version__, console, inference
+from elastic_cli import __version__, console
+from elastic_cli.runs import inference
 from elastic_cli.atomic import replace_tree
 from elastic_cli.errors import DataError, UsageError
 
@@ -59,13 +60,13 @@ def export(ckpt: str, out: str, overwrite: bool = False, tokenizer: str | None =
 
 
 def _write(ckpt: Path, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
-    from elastic_cli import checkpoint
+    from elastic_cli.runs import checkpoint
     from elastic_cli.config import to_dict
     from elastic_cli.data.tokenizer import Tokenizer
-    from elastic_cli.export.card import model_card
-    from elastic_cli.export.configuration_elastic import ElasticConfig
-    from elastic_cli.export.modeling_elastic import ElasticForCausalLM
-    from elastic_cli.export.tokenization_elastic import ElasticTokenizer
+    from elastic_cli.interop.export.card import model_card
+    from elastic_cli.interop.export.configuration_elastic import ElasticConfig
+    from elastic_cli.interop.export.modeling_elastic import ElasticForCausalLM
+    from elastic_cli.interop.export.tokenization_elastic import ElasticTokenizer
     from transformers import GenerationConfig
 
     cfg, model, _ = checkpoint.load_for_inference(ckpt)

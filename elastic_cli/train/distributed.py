@@ -2,7 +2,7 @@
 collectives). The only module that imports torch.distributed.
 
 A process started by torchrun (or by srun with RANK/WORLD_SIZE/LOCAL_RANK exported) is a worker.
-Otherwise `elastic train --gpus N` re-executes itself under `python -m elastic_cli.torchrun` (torchrun, quiet about failed workers)
+Otherwise `elastic train --gpus N` re-executes itself under `python -m elastic_cli.train.torchrun` (torchrun, quiet about failed workers)
 with a c10d rendezvous on localhost:0 (a free port, so two jobs on one node never collide).
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ def first_slurm_host(nodelist: str) -> str:
 
 def launch_command(gpus: int, nodes: int, rdzv_endpoint: str | None, worker_argv: list[str]) -> list[str]:
     """The exact torchrun command line that runs `python -m elastic_cli <worker_argv>` N x M times."""
-    cmd = [sys.executable, "-m", "elastic_cli.torchrun", "--nproc-per-node", str(gpus), "--nnodes", str(nodes),
+    cmd = [sys.executable, "-m", "elastic_cli.train.torchrun", "--nproc-per-node", str(gpus), "--nnodes", str(nodes),
            "--rdzv-backend", "c10d", "--max-restarts", "0"]
     if nodes == 1:
         cmd += ["--rdzv-endpoint", rdzv_endpoint or "localhost:0"]

@@ -1,60 +1,18 @@
-"""The `elastic` command line. Each command parses its arguments, loads config and calls one function.
-
-Only this module knows click. Errors raised as `ElasticError` become one line on stderr and the
-documented exit code (see EXIT_CODES_HELP); anything else is a bug and exits 1 with a traceback.
-"""
-
+"""`elastic tokenizer`, `elastic prepare` and `elastic list`: commands on data and on what exists."""
 from __future__ import annotations
-
-import sys
 
 import click
 
-from elastic_cli import __version__, console
-from elastic_cli.errors import EXIT_INTERRUPTED, EXIT_USAGE, ElasticError, UsageError
-
-EXIT_CODES_HELP = """\b
-Exit codes:
-  0   ok
-  1   unexpected error (a bug: please report the traceback)
-  2   usage or config error
-  3   bad data, tokenizer or incompatible checkpoint
-  4   training diverged (NaN/inf loss); the last good checkpoint is kept
-  75  preempted (SIGTERM/SIGUSR1) after writing a complete checkpoint
-  130 interrupted (Ctrl-C)
-"""
-
-
-def _help_without_command(ctx: click.Context) -> None:
-    """A group called with no command prints its help (stdout, exit 0), as `git` and `tune` do."""
-    if ctx.invoked_subcommand is None:
-        console.out(ctx.get_help())
-
-
-MAIN_HELP = """elastic: train and run language models with Elastic Memory on long documents.
-
-\b
-  elastic list recipes                                     what exists (also: kinds, tasks, corpora)
-  elastic prepare --corpus python-stdlib --tokenizer tokenizers/code-8k.model --out data/stdlib
-  elastic train recipes/tiny.yaml                          run directory: runs/tiny
-  elastic eval runs/tiny                                   perplexity, bits per byte, loss by segment
-  elastic generate runs/tiny --file book.txt --prompt "Who wrote the letter?"
-"""
-
-
-@click.group(epilog=EXIT_CODES_HELP, help=MAIN_HELP, invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="elastic")
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    _help_without_command(ctx)
+from elastic_cli import console
+from elastic_cli.cli.app import cli, help_without_command
+from elastic_cli.errors import UsageError
 
 
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def tokenizer(ctx: click.Context) -> None:
     """Train and inspect SentencePiece tokenizers."""
-    _help_without_command(ctx)
+    help_without_command(ctx)
 
 
 @tokenizer.command("train")
@@ -72,7 +30,7 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
     \b
     Example: elastic tokenizer train ~/books --vocab-size 8000 --out my-tokenizers/books-8k.model
     """
-    from elastic_cli.data.tokenizer import train_from_sources
+    from elastic_cli.data.tokenizer_train import train_from_sources
 
     tok, lines = train_from_sources(list(sources), vocab_size, out, kind, sample, seed, corpus, force)
     console.info(f"wrote {out}: {tok.vocab_size} pieces from {lines} sampled lines, sha256 {tok.sha256[:12]}")
@@ -163,73 +121,11 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
         raise UsageError("--length, --count and the task options only apply with --task")
     from elastic_cli.data.prepare import prepare as run_prepare
 
-    from elastic_cli import textio
+    from elastic_cli.data import textio
 
     policy = textio.Policy(textio.check_encoding(encoding), strict)
     run_prepare(list(sources), tokenizer_path, out, repos, min_tokens, val_frac, test_frac, dtype, force,
                 corpus, workers, shard, policy)
-
-TRAIN_HELP = """\b
-Train from RECIPE.yaml files (later files are overlays) and key=value overrides:
-  elastic train recipes/tiny.yaml
-  elastic train recipes/tiny.yaml recipes/memory/none.yaml train.lr=1e-3
-  elastic train recipes/tiny.yaml train.steps=10 --dry-run
-  elastic train recipes/code-32k.yaml --gpus 8 --resume auto
-The run directory is run.dir; by default runs/<recipe names>, plus --KEY-VALUE for each override
-that changes the configuration (runs/tiny-none--train.lr-1e-3), so runs of different configurations
-never share one. It is printed at the start; --overwrite replaces a run of the same configuration only."""
-
-
-@cli.command("train", epilog=EXIT_CODES_HELP, help=TRAIN_HELP)
-@click.argument("args", nargs=-1, required=True, metavar="RECIPE.yaml... [KEY=VALUE]...")
-@click.option("--gpus", type=click.IntRange(min=1), help="Processes per node (run.gpus), launched through torchrun "
-              "with DDP. On a CPU-only machine, N gloo processes.")
-@click.option("--nodes", type=click.IntRange(min=1), help="Nodes (run.nodes); needs --rdzv-endpoint outside SLURM.")
-@click.option("--rdzv-endpoint", metavar="HOST:PORT", help="torchrun rendezvous for --nodes > 1 "
-              "(default under SLURM: first node of the job, port 29500).")
-@click.option("--resume", default="never", show_default=True, metavar="auto|never|PATH",
-              help="auto: continue from the newest complete checkpoint of run.dir, if any; PATH: a run or checkpoint directory.")
-@click.option("--overwrite", is_flag=True, help="Start over in a non-empty run directory of the same configuration "
-              "(deletes its run files and says which).")
-@click.option("--dry-run", is_flag=True, help="Run every check the real run runs that needs no hardware (data, "
-              "tokenizer, run directory, the checkpoint to resume and its architecture), build the model on the meta "
-              "device, print sizes, a memory estimate and the launch command (one line), then exit. Plans --gpus N "
-              "jobs on a machine without GPUs.")
-def train_command(args, gpus, nodes, rdzv_endpoint, resume, overwrite, dry_run) -> None:
-    from elastic_cli import launch
-    from elastic_cli.config import load_config, split_args
-
-    recipes, overrides = split_args(args)
-    overrides += [f"run.gpus={gpus}"] * (gpus is not None) + [f"run.nodes={nodes}"] * (nodes is not None)
-    cfg = load_config(recipes, overrides)
-    worker_argv = ["train", *recipes, *overrides, "--resume", resume] + ["--overwrite"] * overwrite
-    code = launch.run(cfg, worker_argv, resume, overwrite, dry_run, rdzv_endpoint)
-    if code:
-        raise click.exceptions.Exit(code)
-
-
-@cli.group("config", invoke_without_command=True)
-@click.pass_context
-def config_group(ctx: click.Context) -> None:
-    """Inspect recipes."""
-    _help_without_command(ctx)
-
-
-@config_group.command("show")
-@click.argument("args", nargs=-1, required=True, metavar="RECIPE.yaml... [KEY=VALUE]...")
-@click.option("--explain", is_flag=True, help="Add each key's description as a comment.")
-def config_show(args, explain) -> None:
-    """Print the resolved config (recipes, their bases, overrides and defaults) as YAML on stdout.
-
-    \b
-    Examples:
-      elastic config show recipes/tiny.yaml --explain
-      elastic config show recipes/tiny.yaml recipes/memory/xl.yaml memory.cache=32
-    """
-    from elastic_cli.config import dump_yaml, load_config, split_args
-
-    console.out(dump_yaml(load_config(*split_args(args)), explain), end="")
-
 
 LIST_HELP = """List what exists: recipes (and memory overlays), memory kinds with their options,
 synthetic tasks (elastic prepare --task) and built-in corpora (elastic prepare --corpus).
@@ -244,7 +140,7 @@ Examples:
 @cli.command("list", help=LIST_HELP)
 @click.argument("what", type=click.Choice(["recipes", "kinds", "tasks", "corpora"]))
 def list_command(what) -> None:
-    from elastic_cli import catalog
+    from elastic_cli.cli import catalog
 
     entries = {"recipes": catalog.recipes, "kinds": catalog.kinds, "tasks": catalog.tasks,
                "corpora": catalog.corpora}[what]()
@@ -294,43 +190,3 @@ def _range(value: str | None) -> tuple[int, int] | None:
         raise UsageError(f"--distance takes A:B in whole segments (e.g. 2:7), got {value!r}") from None
 
 
-from elastic_cli import cli_model  # noqa: E402,F401  (registers eval, generate, export, lm-eval, bench)
-
-
-def main() -> None:
-    """Console entry point: maps ElasticError to its exit code without a traceback. Commands that
-    end with a code (a launched torchrun job's 75, 130, ...) return it through click; it is the exit code.
-    A launched worker also leaves its code for the launcher (`distributed.record_exit`)."""
-    from elastic_cli.allocator import keep_freed_memory
-
-    keep_freed_memory()  # before the first large buffer: freed host memory is reused, not re-faulted
-    code = _run()
-    if code:
-        from elastic_cli.distributed import record_exit
-
-        record_exit(code)
-    sys.exit(code)
-
-
-def _run() -> int:
-    try:
-        code = cli.main(standalone_mode=False, prog_name="elastic")
-    except click.exceptions.Abort:
-        console.error("interrupted")
-        return EXIT_INTERRUPTED
-    except click.UsageError as e:  # bad flag, missing argument: one line, like every other error
-        hint = f" (see: {e.ctx.command_path} --help)" if e.ctx is not None else ""
-        console.error(" ".join(e.format_message().split()) + hint)
-        return EXIT_USAGE
-    except click.ClickException as e:
-        console.error(" ".join(e.format_message().split()))
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except ElasticError as e:
-        console.error(str(e))
-        return e.exit_code
-    except KeyboardInterrupt:
-        console.error("interrupted")
-        return EXIT_INTERRUPTED
-    return code if isinstance(code, int) else 0

@@ -32,10 +32,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from elastic_cli import __version__, console, runlock
+from elastic_cli import __version__, console
+from elastic_cli.runs import lock as runlock
 from elastic_cli.atomic import remove_tree, write_atomic
 from elastic_cli.code_version import code_version
-from elastic_cli.checkpoint_files import CKPT_FILES, TOKENIZER_FILE, file_sha256, verify  # noqa: F401 (verify: public here)
+from elastic_cli.runs.files import CKPT_FILES, TOKENIZER_FILE, file_sha256, verify  # noqa: F401 (verify: public here)
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")

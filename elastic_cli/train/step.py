@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from elastic_cli import distributed
+from elastic_cli.train import distributed
 from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import Diverged
 from elastic_cli.memory.base import detach_state
