@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from elastic_cli.errors import UsageError
+
 
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write to a temporary name in the same directory, fsync, then rename over `path`."""
@@ -53,3 +55,23 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | Path, flag: str) -> Path:
+    """UsageError (exit 2) unless `path` can be created or replaced (checked before any work). Missing
+    parent folders are fine when the nearest existing one is writable: `make_parents` creates them."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    existing = next((p for p in path.parents if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+    return path
+
+
+def make_parents(path: Path) -> Path:
+    """Create the parent folders of an output path (checked by `check_writable`); returns the path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path)

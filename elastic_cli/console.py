@@ -5,12 +5,10 @@ The only module that formats output. Other modules call `info`, `warn`, `progres
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console
@@ -131,44 +129,3 @@ def progress(total: int | None, desc: str, unit: str = "it", every_s: float = 30
         yield bar
     finally:
         bar.close()
-
-
-class MetricsWriter:
-    """Appends one JSON object per line to metrics.jsonl (rank 0 only); flushed every write."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8") if is_rank0() else None
-
-    def write(self, record: dict) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps(record, sort_keys=True) + "\n")
-            self._f.flush()
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-
-
-def drop_metrics_after(path: Path, step: int) -> int:
-    """Remove the rows of a metrics.jsonl logged after `step` (a resumed run logs them again), and a
-    torn last line; rewritten atomically. Returns the number of rows removed."""
-    from elastic_cli.atomic import write_atomic
-
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            dropped += 1
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
-            dropped += 1
-        else:
-            kept.append(line + "\n")
-    if dropped:
-        write_atomic(path, "".join(kept).encode("utf-8"))
-    return dropped

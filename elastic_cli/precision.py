@@ -5,9 +5,12 @@ Memory states stay fp32 whatever the policy (each memory runs its updates in `fp
 """
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
+
+from elastic_cli.errors import UsageError
 
 
 def uses_bf16(device_type: str, dtype: str) -> bool:
@@ -31,3 +34,14 @@ def fp32_region(device_type: str):
     if device_type not in ("cpu", "cuda", "xpu", "mps", "hpu"):
         return _NO_REGION
     return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else _NO_REGION
+
+
+def pick_device(kind: str) -> torch.device:
+    """run.device auto|cpu|cuda -> the device of this process (cuda:LOCAL_RANK under torchrun)."""
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError("run.device=cuda but no CUDA device is visible")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -19,7 +19,7 @@ from elastic_cli.data.loader import PreparedData, SegmentLoader  # noqa: E402
 from elastic_cli.memory import REGISTRY  # noqa: E402
 from elastic_cli.model.init import init_weights  # noqa: E402
 from elastic_cli.train.optim import build_optimizer  # noqa: E402
-from elastic_cli.train.loop import train_step  # noqa: E402
+from elastic_cli.train.step import train_step  # noqa: E402
 
 SETTING = ["train.segments=3", "train.bptt_segments=2", "train.global_batch=4"]
 

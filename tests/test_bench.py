@@ -19,7 +19,7 @@ from elastic_cli.memory import REGISTRY, hippo
 from elastic_cli.memory.base import Memory, Read, detach_state
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from elastic_cli.train.loop import train_step
+from elastic_cli.train.step import train_step
 
 V, D, HEADS, HIDDEN, SEG = 29, 16, 2, 24, 8
 CPU = torch.device("cpu")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import inference
 from elastic_cli.build import build_model
 from elastic_cli.config import dump_yaml, load_config
 from elastic_cli.errors import DataError, UsageError
@@ -74,7 +75,7 @@ def test_killed_save_is_never_the_resume_point(tmp_path, monkeypatch):
     assert (tmp_path / "checkpoints" / "step_00000002.tmp" / "model.safetensors").is_file()
     assert checkpoint.resolve(tmp_path) == good
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == good.name
-    assert checkpoint.prepare_run_dir(tmp_path, "auto", False) == good
+    assert prepare_run_dir(tmp_path, "auto", False) == good
     with pytest.raises(DataError, match="incomplete"):
         checkpoint.resolve(tmp_path / "checkpoints" / "step_00000002.tmp")
 
@@ -124,10 +125,17 @@ def test_ctrl_c_while_rolling_leaves_only_whole_checkpoints(tmp_path, monkeypatc
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000003", "step_00000004"]
 
 
+def prepare_run_dir(run_dir, resume, overwrite):
+    """What a run does to its directory before step 1: the plan's check, then a fresh start's removals."""
+    start, remove = checkpoint.check_run_dir(run_dir, resume, overwrite)
+    checkpoint.remove_run_files(run_dir, remove, say=overwrite)
+    return start
+
+
 def test_run_dir_rules(tmp_path):
     run = tmp_path / "run"
-    assert checkpoint.prepare_run_dir(run, "never", False) is None  # missing: fine
-    assert checkpoint.prepare_run_dir(run, "auto", False) is None  # nothing to resume: fresh
+    assert prepare_run_dir(run, "never", False) is None  # missing: fine
+    assert prepare_run_dir(run, "auto", False) is None  # nothing to resume: fresh
     checkpoint.write_run_files(run, "model: {}\n", ["elastic", "train", "r.yaml"], 1)
     env = json.loads((run / "env.json").read_text())
     assert env["torch"] == torch.__version__
@@ -135,21 +143,21 @@ def test_run_dir_rules(tmp_path):
     assert env["commit"] == (head.stdout.strip() if head.returncode == 0 else None)  # the code the run used
     assert (run / "command.txt").read_text() == "elastic train r.yaml\n"
     with pytest.raises(UsageError, match="not empty"):
-        checkpoint.prepare_run_dir(run, "never", False)
+        prepare_run_dir(run, "never", False)
     cfg, model, opt = trained()
     ckpt = save(run, 4, cfg, model, opt)
     (run / "notes.txt").write_text("mine")
-    assert checkpoint.prepare_run_dir(run, "auto", False) == ckpt
-    assert checkpoint.prepare_run_dir(tmp_path / "elsewhere", str(run), False) == ckpt
-    assert checkpoint.prepare_run_dir(run, "never", True) is None
+    assert prepare_run_dir(run, "auto", False) == ckpt
+    assert prepare_run_dir(tmp_path / "elsewhere", str(run), False) == ckpt
+    assert prepare_run_dir(run, "never", True) is None
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only run files are removed
     with pytest.raises(UsageError, match="not a run directory"):
-        checkpoint.prepare_run_dir(run, "auto", False)
+        prepare_run_dir(run, "auto", False)
     with pytest.raises(DataError, match="nothing does not exist"):
-        checkpoint.prepare_run_dir(run, str(tmp_path / "nothing"), False)
+        prepare_run_dir(run, str(tmp_path / "nothing"), False)
     (tmp_path / "nothing").mkdir()
     with pytest.raises(DataError, match="no complete checkpoint"):
-        checkpoint.prepare_run_dir(run, str(tmp_path / "nothing"), False)
+        prepare_run_dir(run, str(tmp_path / "nothing"), False)
 
 
 def test_rng_state_round_trips_through_json():
@@ -162,15 +170,17 @@ def test_rng_state_round_trips_through_json():
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
 
 
-def test_load_for_inference_with_test_time_overrides(tmp_path):
+def test_an_opened_checkpoint_serves_every_test_time_variant(tmp_path):
     cfg, model, opt = trained()
     save(tmp_path, 1, cfg, model, opt)
-    cfg2, model2, ckpt = checkpoint.load_for_inference(tmp_path, ["memory.schedule=exponential"])
-    assert cfg2.memory.schedule == "exponential" and ckpt.name == "step_00000001" and not model2.training
+    ck = inference.open_checkpoint(tmp_path)
+    assert ck.path.name == "step_00000001" and ck.step == 1 and ck.config == cfg
+    cfg2, model2, path, _ = inference.load(ck, inference.Settings(("memory.schedule=exponential",)))
+    assert cfg2.memory.schedule == "exponential" and path == ck.path and not model2.training
     assert model2.blocks[0].memory.schedule == "exponential"
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
     tokens = torch.arange(8).view(1, 8)
-    base = checkpoint.load_for_inference(tmp_path)[1]
+    base = inference.load(ck).model
     with torch.no_grad():  # same weights; the schedule only changes what memory returns later
         s = base.empty_states(1, "cpu")
         _, s = base(tokens, s)
@@ -179,10 +189,11 @@ def test_load_for_inference_with_test_time_overrides(tmp_path):
         _, s = model2(tokens, s)
         b, _ = model2(tokens, s)
     assert not torch.allclose(a, b)
+    with pytest.raises(UsageError, match="cannot be set for a trained model"):
+        inference.load(ck, inference.Settings(("model.mlp_hidden=32",)))
+    missing = dict(list(ck.weights.items())[1:])
     with pytest.raises(DataError, match="does not fit the model"):
-        checkpoint.load_for_inference(tmp_path, ["model.mlp_hidden=32"])
-    with pytest.raises(DataError, match="does not fit the model"):
-        checkpoint.load_for_inference(tmp_path, ["model.tie_embeddings=true"])
+        inference.load(ck._replace(weights=missing))
 
 
 def test_ctrl_c_inside_a_save_stays_an_interrupt(tmp_path, monkeypatch):

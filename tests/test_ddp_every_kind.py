@@ -38,7 +38,7 @@ def test_two_gloo_processes_train_every_kind_like_one(data, tmp_path):
         for name in preflight.write_only_parameters(cfg):  # they learned, in both
             assert not torch.equal(one[name], fresh.state_dict()[name]), (kind, name)
         for name in one:
-            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=f"{kind} {name}")
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{kind} {name}: {m}")
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))

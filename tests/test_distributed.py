@@ -10,6 +10,7 @@ import torch
 
 import tiny_run
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import inference
 from elastic_cli.train import distributed
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
@@ -68,11 +69,11 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     one, two = (tiny_run.metrics(runs[g]) for g in (1, 2))
     torch.testing.assert_close([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-5, atol=0)
     assert [m["tokens"] for m in two] == [m["tokens"] for m in one]
-    a = checkpoint.load_for_inference(runs[1])[1].state_dict()
-    b = checkpoint.load_for_inference(runs[2])[1].state_dict()
+    a = inference.load_checkpoint(runs[1]).model.state_dict()
+    b = inference.load_checkpoint(runs[2]).model.state_dict()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
-    cfg = checkpoint.load_for_inference(runs[1])[0]
+    cfg = inference.load_checkpoint(runs[1]).cfg
     fresh = build_model(cfg)
     init_weights(fresh, cfg.train.seed)
     assert not torch.allclose(fresh.state_dict()["embed.weight"], a["embed.weight"], rtol=1e-4, atol=1e-6)  # it trained

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elastic_cli.evaluate.job import Tally, bits_per_byte, perplexity, score
+from elastic_cli.evaluate.job import bits_per_byte, perplexity
+from elastic_cli.evaluate.scoring import Tally, score
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
@@ -290,7 +291,7 @@ def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_
     (r,) = json.loads(out)["results"]
     grid = r["heatmap"]
     data = PreparedData(tmp_path / "h")
-    loaded = inference.load(str(run))
+    loaded = inference.load_checkpoint(str(run))
     right = {}
     for i in data.documents("val"):
         doc = data.meta["docs"][i]

@@ -30,7 +30,7 @@ def exported(root, kind):
     run = make_run(root, kind)
     sharpen(run)
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0, "val_loss": 8.5}) + "\n")
-    out = writer.export(str(run), str(root / "hf"))
+    out = writer.export(writer.ExportOptions(str(run), str(root / "hf")))
     return run, out
 
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from elastic_cli.generate.decoding import (DecodingOptions, check_options, draw, filter_logits, make_generator, next_token,
-                                  top_k_filter, top_p_filter)
+from elastic_cli.generate.decoding import (DecodingOptions, Sampler, check_options, draw, filter_logits, make_generator,
+                                           next_token, top_k_filter, top_p_filter)
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.data import textio
-from elastic_cli.generate.job import (IncrementalDecoder, continuation, prefill, prefill_chunks, prompt_texts, samples,
-                                   read_prompt, stream_numel)
+from elastic_cli.generate.prompt import prompt_texts, read_prompt
+from elastic_cli.generate.stream import IncrementalDecoder, continuation, prefill, prefill_chunks, samples, stream_numel
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
@@ -222,7 +222,7 @@ def test_streaming_logprobs_equal_teacher_forced_segments(schedule, n_prompt):
     m = model(schedule)
     prompt = ids(n_prompt)
     logits, stream = prefill(m, prompt, torch.device("cpu"))
-    out = list(continuation(m, stream, logits, 3 * SEG, DecodingOptions(1.0, None, 1.0), make_generator(0), None))
+    out = list(continuation(m, stream, logits, 3 * SEG, Sampler(DecodingOptions(1.0, None, 1.0), make_generator(0), None)))
     gen = [t for t, _ in out]
     full = torch.tensor(prompt + gen)[None]  # (1, n)
     states, chunks = m.empty_states(1, "cpu"), []
@@ -242,9 +242,9 @@ def test_samples_decoded_as_one_batch_are_each_a_continuation_of_the_prompt():
     m = model()
     logits, stream = prefill(m, ids(11), torch.device("cpu"))
     greedy = DecodingOptions(0.0, None, 1.0)
-    alone = [t for t, _ in continuation(m, stream, logits, 3 * SEG, greedy, make_generator(0), None)]
-    assert samples(m, stream, logits, 3, 3 * SEG, greedy, make_generator(0), None) == [alone] * 3
-    rows = samples(m, stream, logits, 4, 3 * SEG, DecodingOptions(1.0, 3, 1.0), make_generator(1), None)
+    alone = [t for t, _ in continuation(m, stream, logits, 3 * SEG, Sampler(greedy, make_generator(0), None))]
+    assert samples(m, stream, logits, 3, 3 * SEG, Sampler(greedy, make_generator(0), None)) == [alone] * 3
+    rows = samples(m, stream, logits, 4, 3 * SEG, Sampler(DecodingOptions(1.0, 3, 1.0), make_generator(1), None))
     assert len({tuple(r) for r in rows}) > 1
     for row in rows:
         s, lg = stream.fork(), logits

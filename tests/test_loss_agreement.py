@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 import tiny_run
-from elastic_cli.evaluate import job as evaluate
 from elastic_cli.evaluate import scoring
 from elastic_cli.train import step as training
 from elastic_cli.build import build_model
@@ -61,7 +60,7 @@ def test_train_eval_and_generation_score_each_token_alike(kind, data, monkeypatc
     model.eval()
     with torch.no_grad():
         seen = recording(monkeypatch, scoring)
-        evaluate.score(model, [doc[:n + 1]], [None], 1, torch.device("cpu"))
+        scoring.score(model, [doc[:n + 1]], [None], 1, torch.device("cpu"))
         eval_nll = torch.cat(seen)[:n]
         stream, gen = model.start_stream(1, "cpu"), []
         for i in range(n):  # generation's path: one token at a time, teacher-forced

@@ -115,7 +115,7 @@ def test_a_moved_run_generates_and_evaluates_the_same_anywhere(trained, tmp_path
 def test_a_cuda_run_evaluates_on_a_cpu_machine(trained, tmp_path, capsys):
     data, run = trained
     cfg = load_config(checkpoint.resolve(run) / "config.yaml", ["run.device=cuda"])
-    model = checkpoint.load_for_inference(run)[1]
+    model = inference.load_checkpoint(run).model
     from elastic_cli.config import dump_yaml
 
     cuda_run = tmp_path / "cuda-run"

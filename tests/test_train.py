@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import tiny_run
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import inference
 from elastic_cli.cli.app import cli
 from elastic_cli.config import load_config
 from elastic_cli.errors import DataError, UsageError
@@ -60,8 +61,8 @@ def test_resume_is_exact(data, tmp_path):
     straight, resumed = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert [m["step"] for m in tiny_run.metrics(tmp_path / "b")] == [4, 5, 6]
     assert resumed == straight[3:]
-    a = checkpoint.load_for_inference(tmp_path / "a")[1].state_dict()
-    b = checkpoint.load_for_inference(tmp_path / "b")[1].state_dict()
+    a = inference.load_checkpoint(tmp_path / "a").model.state_dict()
+    b = inference.load_checkpoint(tmp_path / "b").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -87,7 +88,7 @@ def test_aux_weight_adds_the_memories_aux_loss(data, tmp_path, kind, changes):
         args = tiny_run.overrides(data, tmp_path / f"{w}", f"memory.kind={kind}", f"train.aux_weight={w}",
                                   "train.steps=1", "train.warmup=0")
         train(load_config("recipes/tiny.yaml", args))
-        weights.append(checkpoint.load_for_inference(tmp_path / f"{w}")[1].state_dict())
+        weights.append(inference.load_checkpoint(tmp_path / f"{w}").model.state_dict())
     same = all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert same != changes
 
@@ -139,22 +140,22 @@ def test_cuda_bf16_and_compile_match_cpu_fp32(data, tmp_path):
     first_cpu, first_gpu = losses(tmp_path / "cpu")[0], losses(tmp_path / "gpu")[0]
     assert abs(first_gpu - first_cpu) < 2e-2 * first_cpu
     assert gpu.loss < first_gpu and abs(gpu.loss - cpu.loss) < 0.1 * cpu.loss
-    checkpoint.load_for_inference(tmp_path / "gpu")
+    inference.load_checkpoint(tmp_path / "gpu")
 
 
 def test_reset_at_empties_only_rows_starting_a_document_and_skips_no_op_segments():
     from elastic_cli.memory import REGISTRY
     from elastic_cli.model.decoder import Decoder
     from elastic_cli.model.init import init_weights
-    from elastic_cli.train.step import reset_at
+    from elastic_cli.evaluate.scoring import reset_at
 
     model = Decoder(37, 16, 1, 2, 24, 6, {0: REGISTRY["elastic"](2, 8, order=4, samples=3)})
     init_weights(model, seed=0)
     _, states = model(torch.randint(0, 37, (2, 6), generator=torch.Generator().manual_seed(0)),
                       model.empty_states(2, "cpu"))
     starts = torch.tensor([[True, False, True], [True, False, False]])  # (rows, segments)
-    assert reset_at(model, states, starts, 0, "cpu") is states  # fresh window: nothing to do
-    assert reset_at(model, states, starts, 1, "cpu") is states  # no row starts a document
-    after = reset_at(model, states, starts, 2, "cpu")[0]  # row 0 starts a document at segment 2
+    assert reset_at(model, states, starts, 0) is states  # fresh window: nothing to do
+    assert reset_at(model, states, starts, 1) is states  # no row starts a document
+    after = reset_at(model, states, starts, 2)[0]  # row 0 starts a document at segment 2
     assert after.t.tolist() == [0, 6] and not after.ck[0].any()
     assert torch.equal(after.ck[1], states[0].ck[1]) and torch.equal(after.cv[1], states[0].cv[1])

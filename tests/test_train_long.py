@@ -14,7 +14,8 @@ from elastic_cli.data.loader import Batch, PreparedData, SegmentLoader
 from elastic_cli.data.tasks import prepare_task
 from elastic_cli.train.optim import segments_at
 from elastic_cli.evaluate.scoring import score
-from elastic_cli.train.loop import train, train_step
+from elastic_cli.train.loop import train
+from elastic_cli.train.step import train_step
 from memory_checks import SEG, V
 from contract_checks import KINDS, build
 

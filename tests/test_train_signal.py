@@ -13,6 +13,7 @@ import pytest
 
 import tiny_run
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import inference
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_75(data, tmp_path):
     logged = [m["step"] for m in tiny_run.metrics(run_dir)]
     assert state["step"] == logged[-1] >= 2  # the step in flight was finished, logged and saved
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == ckpt.name
-    cfg, model, _ = checkpoint.load_for_inference(run_dir)
+    cfg, model, _, _ = inference.load_checkpoint(run_dir)
     assert cfg.train.steps == 100000 and not model.training
 
     done = subprocess.run([sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
@@ -69,5 +70,5 @@ def test_ctrl_c_exits_130_and_leaves_only_complete_checkpoints(data, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     for ckpt in checkpoint.complete_checkpoints(run_dir):
-        checkpoint.load_for_inference(ckpt)  # every checkpoint that counts as complete loads
+        inference.load_checkpoint(ckpt)  # every checkpoint that counts as complete loads
     assert not (run_dir / "state" / "PREEMPTED").exists()

@@ -11,27 +11,23 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from elastic_cli.bench import measure
+from elastic_cli.evaluate.scoring import read
 from elastic_cli.model.decoder import Decoder, Stream
 
 
 @torch.no_grad()
 def evaluate_document(model: Decoder, tokens: Tensor, autocast, states: tuple | None = None) -> tuple[float, tuple]:
-    """Mean next-token loss of tokens (B, n) read segment by segment (as eval does) from `states`
-    (default: empty memory), and the memory states after the last segment."""
+    """Mean next-token loss of tokens (B, n) read segment by segment by eval's loop (`scoring.read`)
+    from `states` (default: empty memory), and the memory states after the last segment."""
     if states is None:
         states = model.empty_states(tokens.shape[0], tokens.device)
-    nll, count, seg = 0.0, 0, model.segment_len
-    for s in range(0, tokens.shape[1] - 1, seg):
-        x, y = tokens[:, s:s + seg], tokens[:, s + 1:s + seg + 1]  # (B, l), (B, l') with l' <= l
-        with autocast:
-            logits, states = model(x, states)  # (B, l, V)
-        nll += float(F.cross_entropy(logits[:, :y.shape[1]].float().flatten(0, 1), y.flatten(), reduction="sum"))
-        count += y.numel()
-    return nll / count, states
+    nll = 0.0
+    for _, seg_nll, _, states in read(model, tokens[:, :-1], tokens[:, 1:], states, lambda: autocast):
+        nll += float(seg_nll.sum())
+    return nll / tokens[:, 1:].numel(), states
 
 
 def eval_peak(model: Decoder, tokens: Tensor, autocast) -> tuple[int, str]:

@@ -14,19 +14,26 @@ process on the CPU, wall-clock seconds on CUDA (`measure.clock`).
 """
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
 
-from elastic_cli import allocator, precision
-from elastic_cli.bench import measure
+from elastic_cli import allocator, console, precision
 from elastic_cli.atomic import write_atomic
-from elastic_cli.train.autobatch import with_micro_batch
+from elastic_cli.bench import measure
 from elastic_cli.bench.gpu_path import gpu_path
-from elastic_cli.bench.history import history_pass, timed_after
+from elastic_cli.bench.history import evaluate_document, generate_greedy, history_pass, stream_after, timed_after
 from elastic_cli.bench.kernels import KernelShapes, kernel_fns, kernel_ratios
 from elastic_cli.bench.train import WARMUP_STEPS, build_variants, cpu_name, kind_configs, train_costs
+from elastic_cli.code_version import code_version
+from elastic_cli.config import load_config, to_dict
+from elastic_cli.errors import UsageError
+from elastic_cli.memory import REGISTRY
+from elastic_cli.train.autobatch import with_micro_batch
 
 HISTORY_KINDS = ("none", "elastic", "memorizing")  # --quick: the baseline, ours, and a kNN memory
 WRITE_BAR_SHAPE = (64, 2048)  # (N, l) of the new-t write measurement
@@ -160,18 +167,14 @@ def _history(variants, kinds: list[str], plan: Plan, m, autocast, device, say) -
     return result, spread
 
 
-def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, recipe: str,
-              say: Callable[[str], None], quick: bool = False, save: Callable[[dict], None] | None = None,
-              deadline: float | None = None) -> dict:
+def run_bench(cfg, configs: dict, device: torch.device, plan: Plan, opts: BenchOptions,
+              say: Callable[[str], None], save: Callable[[dict], None] | None = None) -> dict:
     """Every measurement for the recipe's model size on `device`, one variant per config in
     `configs` (`kind_configs`); returns the JSON-able result. `save` gets the result so far after
     every phase (a run killed later keeps what it measured); with `deadline` (seconds) a phase that
     would start after it is skipped (listed in `skipped_phases`) and the timed train steps are cut to
     fit a third of it."""
-    from elastic_cli.bench.history import evaluate_document, generate_greedy, stream_after
-    from elastic_cli.code_version import code_version
-    from elastic_cli.config import to_dict
-
+    recipe, quick, deadline = opts.recipe, opts.quick, opts.deadline
     start, m, t, code = time.perf_counter(), cfg.model, cfg.train, code_version()  # the code measured, not later
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as training sets it
@@ -275,20 +278,25 @@ def summary_rows(result: dict) -> list[list[str]]:
     return rows
 
 
-def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json_path: str | None,
-        kinds: str | None = None, history: int | None = None, train_steps: int | None = None,
-        deadline: float | None = None) -> dict:
+@dataclass(frozen=True)
+class BenchOptions:
+    """Everything `elastic bench` takes (the CLI builds it)."""
+
+    recipe: str = "recipes/tiny.yaml"  # the model size
+    overrides: tuple[str, ...] = ()  # key=value for every variant; KIND.key=value for one kind's
+    device: str | None = None  # cpu | cuda (default: cuda when available)
+    quick: bool = False  # few repeats, 1k vs 16k tokens of history
+    out: str | None = None  # JSON path, written after every phase ('-': stdout at the end)
+    kinds: str | None = None  # "k1,k2": only these memory kinds
+    history: int | None = None  # long history for eval and generation, tokens
+    train_steps: int | None = None  # timed train steps per kind
+    deadline: float | None = None  # seconds: later phases are skipped
+
+
+def run(opts: BenchOptions) -> dict:
     """`elastic bench`: load the recipe, measure, print a table, write the JSON (atomically after every
     phase, so a killed run keeps what it measured; "-": stdout at the end)."""
-    import json
-    from pathlib import Path
-
-    from elastic_cli import console
-    from elastic_cli.config import load_config
-    from elastic_cli.errors import UsageError
-
-    from elastic_cli.memory import REGISTRY
-
+    kinds, history, train_steps, deadline, json_path = opts.kinds, opts.history, opts.train_steps, opts.deadline, opts.out
     chosen = None if kinds is None else [k.strip() for k in kinds.split(",") if k.strip()]
     unknown = sorted(set(chosen or []) - set(REGISTRY))
     if unknown:
@@ -299,12 +307,13 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
         raise UsageError(f"--train-steps must be >= 1, got {train_steps}")
     if deadline is not None and not deadline > 0:
         raise UsageError(f"--deadline must be > 0 seconds, got {deadline}")
-    cfg = load_config(recipe, [o for o in overrides if o.split(".", 1)[0] not in REGISTRY])
-    configs = kind_configs(recipe, overrides, chosen)
-    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    overrides = list(opts.overrides)
+    cfg = load_config(opts.recipe, [o for o in overrides if o.split(".", 1)[0] not in REGISTRY])
+    configs = kind_configs(opts.recipe, overrides, chosen)
+    name = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    plan = make_plan(quick, history, train_steps, cfg.model.segment_len)
+    plan = make_plan(opts.quick, history, train_steps, cfg.model.segment_len)
     path = Path(json_path) if json_path not in (None, "-") else None
 
     def save(result: dict) -> None:
@@ -312,7 +321,7 @@ def run(recipe: str, overrides: list[str], device: str | None, quick: bool, json
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
-    result = run_bench(cfg, configs, torch.device(name), plan, recipe, console.info, quick, save, deadline)
+    result = run_bench(cfg, configs, torch.device(name), plan, opts, console.info, save)
     if json_path == "-":
         console.out(json.dumps(result, indent=1, sort_keys=True))
         return result

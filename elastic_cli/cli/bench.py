@@ -42,5 +42,5 @@ def bench_command(words, recipe, device, dtype, quick, kinds, history, train_ste
     overrides = [w for w in words if "=" in w] + [f"train.dtype={dtype}"] * (dtype is not None)
     if len(recipes) + (recipe is not None) > 1:
         raise UsageError("bench takes one recipe (as a word or --recipe)")
-    bench.run(recipe or (recipes[0] if recipes else "recipes/tiny.yaml"), overrides, device, quick, json_path, kinds,
-              history, train_steps, deadline)
+    bench.run(bench.BenchOptions(recipe or (recipes[0] if recipes else "recipes/tiny.yaml"), tuple(overrides), device,
+                                 quick, json_path, kinds, history, train_steps, deadline))

@@ -109,46 +109,16 @@ Examples:
               "over document length x depth of the facts; the cells go to PATH.json (and into --out).")
 def eval_cmd(words, ckpt, device, dtype, tokenizer, data_dir, split, schedule, samples, compare, batch_size,
              max_docs, no_gain, json_path, plot_path, heatmap_path):
-    import json
-
-    from elastic_cli.evaluate import job as evaluate
-    from elastic_cli.runs import inference
-    from elastic_cli.atomic import write_atomic
+    from elastic_cli.evaluate import job
 
     ckpt, overrides, rest = _split_words(words, ckpt, "eval")
     if rest:
         raise UsageError(f"unexpected word(s) {' '.join(rest)!r}: eval takes one RUN_OR_CHECKPOINT and KEY=VALUE overrides")
-    json_file = inference.check_writable(json_path, "--out") if json_path not in (None, "-") else None
-    plot_file = inference.check_writable(plot_path, "--plot") if plot_path else None
-    heat_file = inference.check_writable(heatmap_path, "--heatmap") if heatmap_path else None
-    for f in (plot_file, heat_file):
-        if f is not None:
-            evaluate.check_plot_available(f)
-    report = evaluate.run_eval(ckpt, data_dir, split, schedule, samples, compare or [], batch_size, max_docs,
-                               _settings(overrides, device, dtype, tokenizer), gain=not no_gain,
-                               need_depths=heat_file is not None)
-    text = json.dumps(report, indent=1)
-    if json_path == "-":
-        console.out(text)
-    elif json_file is not None:
-        write_atomic(inference.make_parents(json_file), (text + "\n").encode())
-        console.info(f"wrote {json_file}")
-    if json_path != "-":
-        columns, rows = evaluate.table_rows(report)
-        console.table(evaluate.title(report), columns, rows)
-    if plot_file is not None:
-        evaluate.plot_curves(report, inference.make_parents(plot_file))
-        console.info(f"wrote {plot_file}")
-    if heat_file is not None:
-        from elastic_cli.evaluate import heatmap
-
-        names = evaluate.table_rows(report)[0][1:]
-        panels = [(f"{n} ({report['split']})", r["heatmap"]) for n, r in zip(names, report["results"])]
-        heatmap.draw(panels, inference.make_parents(heat_file))
-        cells_file = heat_file.with_suffix(".json")
-        if cells_file != json_file:  # --json to the same path already holds the cells
-            write_atomic(inference.make_parents(cells_file), (json.dumps(dict(panels), indent=1) + "\n").encode())
-        console.info(f"wrote {heat_file} and {cells_file}")
+    if compare and schedule:
+        raise UsageError("use either --schedule or --compare-schedules, not both")
+    job.run(job.EvalOptions(ckpt, _settings(overrides, device, dtype, tokenizer), data_dir, split,
+                            tuple(compare or [schedule]), samples, batch_size, max_docs, not no_gain, json_path,
+                            plot_path, heatmap_path))
 
 
 GENERATE_HELP = """Continue a prompt, streaming tokens to stdout.
@@ -193,10 +163,10 @@ Examples:
               "to this file (missing folders are created).")
 def generate_cmd(words, ckpt, device, dtype, tokenizer, prompt, files, encoding, strict, max_new_tokens,
                  temperature, top_k, top_p, seed, num_samples, schedule, output):
-    from elastic_cli.generate import job as generate
-    from elastic_cli.runs import inference
     from elastic_cli.data import textio
+    from elastic_cli.generate import job
     from elastic_cli.generate.decoding import DecodingOptions, check_options
+    from elastic_cli.generate.prompt import read_prompt
 
     ckpt, overrides, rest = _split_words(words, ckpt, "generate")
     files = list(files)
@@ -207,12 +177,10 @@ def generate_cmd(words, ckpt, device, dtype, tokenizer, prompt, files, encoding,
             prompt = word
         else:
             raise UsageError(f"unexpected word {word!r}: give the prompt once (as a word or --prompt)")
-    opts = check_options(DecodingOptions(temperature, top_k, top_p))
-    policy = textio.Policy(textio.check_encoding(encoding), strict)
-    out_file = inference.check_writable(output, "--out") if output else None
-    text = generate.read_prompt(prompt, files, policy)
-    generate.run_generate(ckpt, text, max_new_tokens, opts, seed, num_samples, schedule, out_file,
-                          _settings(overrides, device, dtype, tokenizer))
+    decoding = check_options(DecodingOptions(temperature, top_k, top_p))
+    text = read_prompt(prompt, files, textio.Policy(textio.check_encoding(encoding), strict))
+    job.run(job.GenerateOptions(ckpt, text, _settings(overrides, device, dtype, tokenizer), max_new_tokens, decoding,
+                                seed, num_samples, schedule, output))
 
 
 @cli.command("export", epilog=EXIT_CODES_HELP)
@@ -233,12 +201,12 @@ def export_cmd(words, ckpt, tokenizer, out, overwrite, dtype) -> None:
       elastic export runs/tiny --out hf/tiny
       elastic export runs/tiny/checkpoints/step_00000100 --out hf/tiny-100 --overwrite
     """
-    from elastic_cli.interop.export.writer import export
+    from elastic_cli.interop.export.writer import ExportOptions, export
 
     ckpt, overrides, rest = _split_words(words, ckpt, "export")
     if rest or overrides:
         raise UsageError(f"unexpected word(s) {' '.join(rest + overrides)!r}: export takes one RUN_OR_CHECKPOINT")
-    console.info(f"wrote {export(ckpt, out, overwrite, tokenizer, dtype)}")
+    console.info(f"wrote {export(ExportOptions(ckpt, out, overwrite, tokenizer, dtype))}")
 
 
 @cli.command("lm-eval", epilog=EXIT_CODES_HELP)
@@ -264,13 +232,12 @@ def lm_eval_cmd(words, ckpt, device, dtype, tokenizer, tasks, data_dir, split, i
       elastic lm-eval runs/tiny --data data/stdlib --tasks elastic_docs
       elastic lm-eval runs/tiny --tasks wikitext --out results/lm-eval.json --device cpu
     """
-    from elastic_cli.runs import inference
-    from elastic_cli.interop.lm_eval_tasks import run_lm_eval
+    from elastic_cli.interop import lm_eval_tasks
 
     ckpt, overrides, rest = _split_words(words, ckpt, "lm-eval")
     if rest:
         raise UsageError(f"unexpected word(s) {' '.join(rest)!r}: lm-eval takes one RUN_OR_CHECKPOINT and KEY=VALUE overrides")
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
-    json_file = inference.check_writable(json_path, "--out") if json_path else None
-    run_lm_eval(ckpt, names, data_dir, split, include_path, limit, num_fewshot, model_args, bootstrap_iters, json_file,
-                _settings(overrides, device, dtype, tokenizer))
+    names = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    lm_eval_tasks.run(lm_eval_tasks.LmEvalOptions(ckpt, names, _settings(overrides, device, dtype, tokenizer), data_dir,
+                                                  split, include_path, limit, num_fewshot, model_args, bootstrap_iters,
+                                                  json_path))

@@ -34,14 +34,14 @@ never share one. It is printed at the start; --overwrite replaces a run of the s
               "device, print sizes, a memory estimate and the launch command (one line), then exit. Plans --gpus N "
               "jobs on a machine without GPUs.")
 def train_command(args, gpus, nodes, rdzv_endpoint, resume, overwrite, dry_run) -> None:
-    from elastic_cli.train import job as launch
     from elastic_cli.config import load_config, split_args
+    from elastic_cli.train import job
 
     recipes, overrides = split_args(args)
     overrides += [f"run.gpus={gpus}"] * (gpus is not None) + [f"run.nodes={nodes}"] * (nodes is not None)
     cfg = load_config(recipes, overrides)
-    worker_argv = ["train", *recipes, *overrides, "--resume", resume] + ["--overwrite"] * overwrite
-    code = launch.run(cfg, worker_argv, resume, overwrite, dry_run, rdzv_endpoint)
+    worker_argv = ("train", *recipes, *overrides, "--resume", resume) + ("--overwrite",) * overwrite
+    code = job.run(job.TrainOptions(cfg, resume, overwrite, dry_run, rdzv_endpoint, worker_argv))
     if code:
         raise click.exceptions.Exit(code)
 

@@ -52,7 +52,21 @@ def load_config(recipes: str | Path | list, overrides: list[str] | tuple[str, ..
     if isinstance(run, dict) and run.get("dir") is None:
         run["dir"] = default_run_dir(paths, changed)
     _fit_warmup(tree, origin)
-    recipe = str(paths[-1])
+    return _validated(tree, origin, str(paths[-1]))
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...], source: str) -> RunConfig:
+    """`cfg` (a loaded config, e.g. a checkpoint's) with `key=value` overrides applied, validated as
+    `load_config` validates them; errors name `source` for the keys the overrides did not set. No file
+    is read: a config loaded once serves every variant of it."""
+    tree, origin, layer = to_dict(cfg), {}, {}
+    for item in overrides:
+        _apply_override(layer, item, tree)
+    _merge_layer(tree, layer, origin, OVERRIDE)
+    return _validated(tree, origin, source)
+
+
+def _validated(tree: dict, origin: dict[str, str], recipe: str) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(tree)
     except ValidationError as e:

@@ -8,22 +8,29 @@ Axis legend: B documents in a batch, L segment length, V vocabulary.
 """
 from __future__ import annotations
 
+import json
+import lzma
 import math
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from elastic_cli import console, precision
-from elastic_cli.evaluate import heatmap
-from elastic_cli.runs import inference
-from elastic_cli.atomic import write_atomic
+from elastic_cli.atomic import check_writable, make_parents, write_atomic
 from elastic_cli.data.compat import check_data
-from elastic_cli.errors import DataError, UsageError
-from elastic_cli.evaluate.scoring import GAIN_THRESHOLD, Tally, score  # noqa: F401  (Tally: part of this module's API)
+from elastic_cli.data.loader import PreparedData
+from elastic_cli.data.tokenizer import Tokenizer
+from elastic_cli.errors import DataError
+from elastic_cli.evaluate import heatmap, report
+from elastic_cli.evaluate.scoring import GAIN_THRESHOLD, Tally, score
+from elastic_cli.runs import inference
+from elastic_cli.runs.checkpoint import saved_step
+from elastic_cli.runs.inference import Settings
 
 LN2 = math.log(2.0)
 
@@ -46,16 +53,85 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return peak * (1 if sys.platform == "darwin" else 1024), "cpu_peak_rss"
 
 
-def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int | None,
-                 batch_size: int | None, max_docs: int | None, settings: inference.Settings = inference.Settings(),
-                 gain: bool = True) -> dict:
-    """One model variant on one split -> a result record. `gain`: also score every segment with
-    empty memory for the long-context gain (language data only; doubles the time)."""
-    from elastic_cli.runs.checkpoint import saved_step
+@dataclass(frozen=True)
+class EvalOptions:
+    """Everything `elastic eval` takes (the CLI builds it; `run` does the rest)."""
 
-    loaded = inference.load(ckpt, settings, schedule, samples)
+    ckpt: str  # a run or checkpoint directory
+    settings: Settings = Settings()  # key=value, --device, --dtype, --tokenizer
+    data: str | None = None  # prepared data (default: the run's data.path)
+    split: str | None = None  # default: the run's eval.split
+    schedules: tuple[str | None, ...] = (None,)  # one variant per read schedule (None: the checkpoint's own)
+    samples: int | None = None  # Elastic Memory samples M
+    batch_size: int | None = None  # default: eval.batch
+    max_docs: int | None = None  # default: eval.max_batches x batch size, or all
+    gain: bool = True  # also score with empty memory (the long-context gain; language data only)
+    out: str | None = None  # JSON path ('-': stdout instead of the table)
+    plot: str | None = None  # loss by segment / accuracy by distance image
+    heatmap: str | None = None  # haystack data: accuracy over length x depth image (cells beside it as .json)
+
+
+def run(opts: EvalOptions) -> dict:
+    """`elastic eval`: one result per read schedule, shown as a table (and written where asked).
+    Output paths are checked, the checkpoint opened and verified and the data checked before any scoring."""
+    json_file = check_writable(opts.out, "--out") if opts.out not in (None, "-") else None
+    plot_file = check_writable(opts.plot, "--plot") if opts.plot else None
+    heat_file = check_writable(opts.heatmap, "--heatmap") if opts.heatmap else None
+    for f in (plot_file, heat_file):
+        if f is not None:
+            report.check_plot_available(f)
+    ckpt = inference.open_checkpoint(opts.ckpt)
+    cfg = inference.configure(ckpt, opts.settings)  # a bad setting fails here; the config names the data
+    data, path = open_data(opts.data, cfg, inference.tokenizer_file(ckpt.path, cfg, opts.settings.tokenizer, required=False))
+    if heat_file is not None and not heatmap.has_depths(data.meta):
+        raise DataError(f"{path} records no depths for a heatmap; prepare it with --task babilong, niah-multikey, "
+                        f"niah-multivalue or passkey and --haystack")
+    split = opts.split or cfg.eval.split
+    if not data.documents(split):
+        raise DataError(f"{path} has no documents in split {split!r}")
+    results = [evaluate_one(inference.load(ckpt, opts.settings, schedule, opts.samples), data, split, opts)
+               for schedule in opts.schedules]
+    out = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(path), "split": split, "results": results}
+    text = json.dumps(out, indent=1)
+    if opts.out == "-":
+        console.out(text)
+    else:
+        if json_file is not None:
+            write_atomic(make_parents(json_file), (text + "\n").encode())
+            console.info(f"wrote {json_file}")
+        console.table(report.title(out), *report.table_rows(out))
+    if plot_file is not None:
+        report.plot_curves(out, make_parents(plot_file))
+        console.info(f"wrote {plot_file}")
+    if heat_file is not None:
+        names = report.table_rows(out)[0][1:]
+        panels = [(f"{n} ({split})", r["heatmap"]) for n, r in zip(names, results)]
+        heatmap.draw(panels, make_parents(heat_file))
+        cells_file = heat_file.with_suffix(".json")
+        if cells_file != json_file:  # --out to the same path already holds the cells
+            write_atomic(make_parents(cells_file), (json.dumps(dict(panels), indent=1) + "\n").encode())
+        console.info(f"wrote {heat_file} and {cells_file}")
+    return out
+
+
+def open_data(given: str | None, cfg, tokenizer: Path | None) -> tuple[PreparedData, Path]:
+    """The prepared data to score (--data, else the run's data.path), checked against the model."""
+    path = Path(given or cfg.data.path)
+    if not (path / "meta.json").is_file():
+        hint = "" if given else f" (the run's data.path{' relative to this directory' if not path.is_absolute() else ''})"
+        raise DataError(f"no prepared data at {path}{hint} (no meta.json); run `elastic prepare` or pass --data DIR")
+    data = PreparedData(path)
+    warning = check_data(cfg, data.meta, path, tokenizer)
+    if warning:
+        console.warn(warning)
+    return data, path
+
+
+def evaluate_one(loaded: inference.Loaded, data: PreparedData, split: str, opts: EvalOptions) -> dict:
+    """One model variant on one split -> a result record."""
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
-    batch = batch_size or cfg.eval.batch
+    batch = opts.batch_size or cfg.eval.batch
+    max_docs = opts.max_docs
     if max_docs is None and cfg.eval.max_batches is not None:  # the run's eval.max_batches batches of documents
         max_docs = cfg.eval.max_batches * batch
     ids = data.documents(split)[:max_docs]
@@ -69,7 +145,7 @@ def evaluate_one(ckpt: str, data, split: str, schedule: str | None, samples: int
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
         unit = ((data.task or {}).get("options") or {}).get("segment_len")  # mqar counts distances in its own unit
         tally = score(model, docs, answers, batch, device, lambda: precision.autocast(device, cfg.train.dtype), bar,
-                      gain=gain and not any(answers), distance_unit=unit)
+                      gain=opts.gain and not any(answers), distance_unit=unit)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
@@ -112,10 +188,6 @@ def xz_bits_per_byte(data, ids: list[int], n_bytes: int) -> float | None:
     """Bits per byte of the evaluated documents under xz (lzma preset 9, one raw stream per document,
     no container bytes): the floor a language model of this text should beat. The text is the
     documents' tokens decoded with the data's tokenizer (None when it is not at hand)."""
-    import lzma
-
-    from elastic_cli.data.tokenizer import Tokenizer
-
     path = data.meta.get("tokenizer")
     if not path or not Path(path).is_file() or not n_bytes:
         return None
@@ -124,129 +196,3 @@ def xz_bits_per_byte(data, ids: list[int], n_bytes: int) -> float | None:
     size = sum(len(lzma.compress(tok.decode(data.tokens(i)).encode("utf-8"), format=lzma.FORMAT_RAW, filters=filters))
                for i in ids)
     return 8.0 * size / n_bytes
-
-
-def run_eval(ckpt: str, data_dir: str | None, split: str | None, schedule: str | None, samples: int | None,
-             compare: list[str], batch_size: int | None, max_docs: int | None,
-             settings: inference.Settings = inference.Settings(), gain: bool = True, need_depths: bool = False) -> dict:
-    """`elastic eval`: one result per read schedule (just one without --compare-schedules).
-    `need_depths` (--heatmap): DataError unless the data records each document's depth."""
-    from elastic_cli.data.loader import PreparedData
-
-    if compare and schedule:
-        raise UsageError("use either --schedule or --compare-schedules, not both")
-    ckpt_dir, cfg = inference.read_config(ckpt, settings)  # fail early on a bad checkpoint; its config names the data
-    path = Path(data_dir or cfg.data.path)
-    if not (path / "meta.json").is_file():
-        hint = "" if data_dir else f" (the run's data.path{' relative to this directory' if not path.is_absolute() else ''})"
-        raise DataError(f"no prepared data at {path}{hint} (no meta.json); run `elastic prepare` or pass --data DIR")
-    data = PreparedData(path)
-    warning = check_data(cfg, data.meta, path, inference.tokenizer_file(ckpt_dir, cfg, settings.tokenizer, required=False))
-    if warning:
-        console.warn(warning)
-    if need_depths and not heatmap.has_depths(data.meta):
-        raise DataError(f"{path} records no depths for a heatmap; prepare it with --task babilong, niah-multikey, "
-                        f"niah-multivalue or passkey and --haystack")
-    split = split or cfg.eval.split
-    if not data.documents(split):
-        raise DataError(f"{path} has no documents in split {split!r}")
-    results = [evaluate_one(ckpt_dir, data, split, s, samples, batch_size, max_docs, settings, gain)
-               for s in (compare or [schedule])]
-    return {"checkpoint": str(ckpt_dir), "step": results[0]["step"], "data": str(path), "split": split,
-            "results": results}
-
-
-def title(report: dict) -> str:
-    """The table's title: what was scored (checkpoint and its step) on which documents."""
-    return f"eval of {report['checkpoint']} (step {report['step']}) on {report['split']} of {report['data']}"
-
-
-def shown_segments(n: int) -> list[int]:
-    """Segment indices for the table: 1, 2, 3, 4, then powers of two, and the last (JSON has all)."""
-    picked = {i for i in range(min(n, 4))} | {(1 << k) - 1 for k in range(3, 32) if (1 << k) <= n} | {n - 1}
-    return sorted(i for i in picked if 0 <= i < n)
-
-
-def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
-    """Metrics down, variants across (side by side for --compare-schedules)."""
-    res = report["results"]
-    names = [r["memory"]["kind"] + (f" {r['memory']['schedule']} M={r['memory']['samples']}"
-                                     if "schedule" in r["memory"] else "") for r in res]
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    rows = [["perplexity"] + [fmt(r["perplexity"], ".3f") for r in res],
-            ["bits per byte"] + [fmt(r["bits_per_byte"], ".4f") for r in res],
-            ["loss (nats/token)"] + [fmt(r["loss"], ".4f") for r in res]]
-    if any(r.get("xz_bits_per_byte") is not None for r in res):
-        rows.append(["xz -9 bits per byte (floor)"] + [fmt(r.get("xz_bits_per_byte"), ".4f") for r in res])
-    if any(r.get("long_context_gain") for r in res):
-        gains = [r.get("long_context_gain") or {} for r in res]
-        rows.append(["long-context gain (nats/token)"] + [fmt(g.get("mean_nats"), ".4f") for g in gains])
-        rows.append([f"key tokens (gain > {GAIN_THRESHOLD:g} nats)"] + [fmt(g.get("key_fraction"), ".4f") for g in gains])
-        rows.append(["key-token perplexity"] + [fmt(g.get("key_perplexity"), ".3f") for g in gains])
-    if any(r["exact_match"] is not None for r in res):
-        rows.append(["exact match"] + [fmt(r["exact_match"], ".3f") for r in res])
-        rows.append(["answer token accuracy"] + [fmt(r["answer_token_accuracy"], ".3f") for r in res])
-        rows.append(["answer loss (nats/token)"] + [fmt(r["answer_loss"], ".4f") for r in res])
-        distances = sorted({d for r in res for d in r.get("answer_by_distance", {})}, key=_distance_key)
-        for d in distances:
-            rows.append([f"answer accuracy, distance {d}"] + [fmt(r["answer_by_distance"][d]["accuracy"], ".3f")
-                                                             if d in r["answer_by_distance"] else "n/a" for r in res])
-    for i in shown_segments(max(len(r["loss_by_segment"]) for r in res)):
-        rows.append([f"loss, segment {i + 1}"] + [fmt(r["loss_by_segment"][i] if i < len(r["loss_by_segment"]) else None,
-                                                      ".4f") for r in res])
-    rows.append(["tokens / docs"] + [f"{r['tokens']} / {r['docs']}" for r in res])
-    rows.append(["tokens/s"] + [f"{r['speed']['tokens_per_s']:.0f}" for r in res])
-    rows.append(["peak memory (MiB)"] + [f"{r['speed']['peak_memory_bytes'] / 2**20:.0f} "
-                                         f"({r['speed']['peak_memory_kind']})" for r in res])
-    return ["metric"] + names, rows
-
-
-def _distance_key(d: str) -> tuple[int, int]:
-    return (1, 0) if d == "unknown" else (0, int(d))
-
-
-def check_plot_available(path: Path | None = None) -> None:
-    """UsageError (exit 2) before any work: no matplotlib, or a --plot suffix it cannot write."""
-    try:
-        import matplotlib  # noqa: F401
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'elastic-cli[plot]' (or pip install matplotlib)") from None
-    if path is not None:
-        formats = FigureCanvasAgg.get_supported_filetypes()
-        if Path(path).suffix.lower().lstrip(".") not in formats:
-            raise UsageError(f"--plot {path}: the suffix must name an image format: {', '.join('.' + f for f in sorted(formats))}")
-
-
-def plot_curves(report: dict, path: Path) -> None:
-    """Task data: answer accuracy against distance in segments; otherwise loss by segment index.
-    One line per variant; the image format is the suffix of `path` (written atomically)."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    by_distance = any(r.get("answer_by_distance") for r in report["results"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r, name in zip(report["results"], table_rows(report)[0][1:]):
-        if by_distance:
-            points = [(int(d), v["accuracy"]) for d, v in r["answer_by_distance"].items() if d != "unknown"]
-        else:
-            points = [(i + 1, v) for i, v in enumerate(r["loss_by_segment"]) if v is not None]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    if by_distance:
-        ax.set_xlabel("distance from fact to question (segments)")
-        ax.set_ylabel("answer token accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"answer accuracy by distance ({report['split']})")
-    else:
-        ax.set_xlabel("segment index in the document")
-        ax.set_ylabel("loss (nats/token)")
-        ax.set_title(f"loss by segment ({report['split']})")
-    ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())

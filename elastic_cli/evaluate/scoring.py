@@ -1,5 +1,6 @@
-"""Teacher-forced scoring of whole documents, memory carried through each one: the one loop behind
-`elastic eval` (and anything else that scores documents).
+"""Teacher-forced scoring, memory carried from segment to segment: `read` is the one segment loop behind
+`elastic eval` (`score`: whole documents), the periodic validation loss (train/validate.py), `elastic
+bench`'s history passes and lm-eval's rolling log-likelihood (through `score`).
 
 Axis legend: B documents in a batch, L segment length, V vocabulary.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -132,6 +134,38 @@ class _Answers:
         return slice(int(np.searchsorted(self.pos, lo)), int(np.searchsorted(self.pos, hi)))
 
 
+def reset_at(model, states, doc_start, s: int):
+    """Empty the memory of rows whose document starts at segment s. doc_start (m, S) bool on the CPU,
+    and so is the mask handed to the memories (each moves it where its leaves are; a host-side leaf,
+    like Elastic Memory's t, needs no sync). No work at s = 0 (the window's states are fresh) or where
+    no row starts a document: the reset builds an empty state and a select per leaf, which the hot
+    path should not pay every segment."""
+    if s == 0 or not bool(doc_start[:, s].any()):
+        return states
+    return model.reset_states(states, doc_start[:, s])
+
+
+def token_nll(model, x: torch.Tensor, y: torch.Tensor, states, amp=nullcontext):
+    """One segment: per-token NLL (B, l) in fp32 (0 where y is -1), the logits (B, l, V) in fp32 and the
+    memory states after it. x, y: (B, l), l <= segment_len."""
+    with amp():
+        logits, states = model(x, states)  # (B, l, V)
+    logits = logits.float()
+    return F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none"), logits, states  # (B, l)
+
+
+def read(model, x: torch.Tensor, y: torch.Tensor, states, amp=nullcontext, doc_start=None) -> Iterator[tuple]:
+    """THE segment loop: x, y (B, T) read segment_len tokens at a time (the last segment may be
+    shorter), memory carried from each segment to the next and emptied where `doc_start` (B, S) bool
+    (CPU) says a row's document starts. Yields (s, nll (B, l), logits (B, l, V), states after segment s)."""
+    L = model.segment_len
+    for s, start in enumerate(range(0, x.shape[1], L)):
+        if doc_start is not None:
+            states = reset_at(model, states, doc_start, s)
+        nll, logits, states = token_nll(model, x[:, start:start + L], y[:, start:start + L], states, amp)
+        yield s, nll, logits, states
+
+
 @torch.no_grad()
 def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device: torch.device,
           amp=nullcontext, bar=None, gain: bool = False, distance_unit: int | None = None) -> Tally:
@@ -145,17 +179,15 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
     order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))  # similar lengths share a batch
     for first in range(0, len(order), batch_size):
         rows = order[first : first + batch_size]
-        inputs, targets, n_seg = batch_arrays([docs[i] for i in rows], L)
+        inputs, targets, _ = batch_arrays([docs[i] for i in rows], L)
         inputs, targets = inputs.to(device), targets.to(device)
         spans = [_Answers(spans_of(answers[i]), distance_unit or L) for i in rows]
-        states = model.empty_states(len(rows), device)
-        for s in range(n_seg):
+        for s, nll, logits, _ in read(model, inputs, targets, model.empty_states(len(rows), device), amp):
             x, y = inputs[:, s * L : (s + 1) * L], targets[:, s * L : (s + 1) * L]  # (B, L)
-            nll, logits, states = _nll(model, x, y, states, amp)  # (B, L), (B, L, V)
             valid = y >= 0  # (B, L)
             tally.add_segment(s, nll, valid)
             if gain:
-                reset, _, _ = _nll(model, x, y, model.empty_states(len(rows), device), amp)
+                reset, _, _ = token_nll(model, x, y, model.empty_states(len(rows), device), amp)
                 tally.add_gain(nll, reset, valid)
             miss = ((logits.argmax(-1) != y) & valid).cpu()  # (B, L)
             for r, a in enumerate(spans):
@@ -172,10 +204,3 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
         for i, a in zip(rows, spans):
             tally.doc_exact[i] = [bool(w == 0) for w in a.wrong]
     return tally
-
-
-def _nll(model, x, y, states, amp):
-    with amp():
-        logits, states = model(x, states)  # (B, L, V)
-    logits = logits.float()
-    return F.cross_entropy(logits.transpose(1, 2), y.clamp(min=0), reduction="none"), logits, states  # (B, L)

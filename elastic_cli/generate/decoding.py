@@ -9,7 +9,8 @@ Axis legend: B rows, V vocabulary.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import nullcontext
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +22,16 @@ class DecodingOptions(NamedTuple):
     temperature: float = 1.0  # 0: greedy
     top_k: int | None = None  # None: no crop
     top_p: float = 1.0  # 1: no nucleus crop
+
+
+class Sampler(NamedTuple):
+    """How a decoder draws: the filters, the random stream, the token that ends a sample (None: none)
+    and the precision context of each forward (a callable returning a context manager)."""
+
+    opts: DecodingOptions
+    generator: torch.Generator
+    eos_id: int | None = None
+    amp: Callable = nullcontext
 
 
 def check_options(opts: DecodingOptions) -> DecodingOptions:

@@ -25,30 +25,35 @@ from lm_eval.api.registry import register_model
 
 from elastic_cli import precision
 from elastic_cli.runs import inference
-from elastic_cli.generate.job import continuation
-from elastic_cli.generate.decoding import DecodingOptions, check_options, make_generator
+from elastic_cli.generate.decoding import DecodingOptions, Sampler, check_options, make_generator
+from elastic_cli.generate.stream import continuation
 from elastic_cli.evaluate.scoring import score
 from elastic_cli.errors import UsageError
 
 TRUE = ("1", "true", "yes")
 MODEL_ARGS = ("schedule", "samples", "document_end", "seed")  # ElasticLM's own options (besides ckpt)
+HARNESS_ARGS = ("batch_size", "max_batch_size", "device")  # passed by the harness: documents are read one at a
+# time, on the device the settings choose
 
 
 @register_model("elastic")
 class ElasticLM(TemplateLM):
     backend = "causal"
 
-    def __init__(self, ckpt: str, schedule: str | None = None, samples: int | None = None,
-                 document_end: bool | str = False, seed: int = 0, batch_size=None, max_batch_size=None,
-                 device=None, settings: inference.Settings | None = None, **unknown):
+    def __init__(self, ckpt: str | inference.Checkpoint, settings: inference.Settings | None = None, **args):
+        """ckpt: a run or checkpoint directory (from the harness's model_args) or one already opened;
+        args: MODEL_ARGS, and the harness's own HARNESS_ARGS (accepted, unused)."""
         super().__init__()
+        unknown = sorted(set(args) - set(MODEL_ARGS) - set(HARNESS_ARGS))
         if unknown:
-            raise ValueError(f"elastic model: unknown model_args {sorted(unknown)}; known: ckpt, {', '.join(MODEL_ARGS)}")
+            raise ValueError(f"elastic model: unknown model_args {unknown}; known: ckpt, {', '.join(MODEL_ARGS)}")
         settings = settings or inference.Settings()
-        self.loaded = inference.load(ckpt, settings, schedule, int(samples) if samples is not None else None)
-        self.tok = inference.load_tokenizer(self.loaded.ckpt, self.loaded.cfg, settings.tokenizer)
-        self.document_end = str(document_end).lower() in TRUE
-        self.seed = int(seed)
+        ckpt = ckpt if isinstance(ckpt, inference.Checkpoint) else inference.open_checkpoint(ckpt)
+        samples = args.get("samples")
+        self.loaded = inference.load(ckpt, settings, args.get("schedule"), int(samples) if samples is not None else None)
+        self.tok = inference.load_tokenizer(ckpt.path, self.loaded.cfg, settings.tokenizer)
+        self.document_end = str(args.get("document_end", False)).lower() in TRUE
+        self.seed = int(args.get("seed", 0))
         self._device = self.loaded.device
 
     @property
@@ -133,8 +138,8 @@ class ElasticLM(TemplateLM):
             logits, stream = self.model.step(torch.tensor([self.tok_encode(context)], device=self._device),
                                              self.model.start_stream(1, self._device))
         tokens = []
-        for token, _ in continuation(self.model, stream, logits[:, -1].float(), max_new, opts, generator,
-                                     self.tok.eos_id, self._amp):
+        sampler = Sampler(opts, generator, self.tok.eos_id, self._amp)
+        for token, _ in continuation(self.model, stream, logits[:, -1].float(), max_new, sampler):
             if token == self.tok.eos_id:
                 break
             tokens.append(token)

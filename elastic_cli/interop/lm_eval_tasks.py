@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from elastic_cli import console
 from elastic_cli.runs import inference
-from elastic_cli.atomic import write_atomic
+from elastic_cli.atomic import check_writable, make_parents, write_atomic
+from elastic_cli.data.compat import check_data
+from elastic_cli.data.loader import PreparedData
+from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
 
 HINT = "pip install 'elastic-cli[lm-eval]' (or: pip install lm_eval)"
@@ -59,10 +63,6 @@ def _task(name: str, jsonl: Path, **fields) -> dict:
 
 def write_local_tasks(cfg, data_dir: str, split: str, out: Path, tok_path: Path) -> list[str]:
     """Write docs.jsonl (answers.jsonl for task data) and the task YAMLs into `out`; returns the task names."""
-    from elastic_cli.data.compat import check_data
-    from elastic_cli.data.loader import PreparedData
-    from elastic_cli.data.tokenizer import Tokenizer
-
     data = PreparedData(data_dir)
     warning = check_data(cfg, data.meta, Path(data_dir), tok_path)
     if warning:
@@ -92,40 +92,58 @@ def write_local_tasks(cfg, data_dir: str, split: str, out: Path, tok_path: Path)
     return list(tasks)
 
 
-def run_lm_eval(ckpt: str, tasks: list[str], data_dir: str | None, split: str | None, include_path: str | None,
-                limit: float | None, num_fewshot: int | None, model_args: str | None, bootstrap_iters: int,
-                json_path: Path | None, settings: inference.Settings = inference.Settings()) -> dict:
+@dataclass(frozen=True)
+class LmEvalOptions:
+    """Everything `elastic lm-eval` takes (the CLI builds it)."""
+
+    ckpt: str  # a run or checkpoint directory
+    tasks: tuple[str, ...]  # harness task names (or the local ones --data writes)
+    settings: inference.Settings = inference.Settings()  # key=value, --device, --dtype, --tokenizer
+    data: str | None = None  # prepared data as local tasks
+    split: str | None = None  # of --data (default: eval.split)
+    include_path: str | None = None  # a folder of task YAMLs
+    limit: float | None = None  # documents per task (a fraction if < 1)
+    num_fewshot: int | None = None
+    model_args: str | None = None  # "k=v,..": ElasticLM's MODEL_ARGS
+    bootstrap_iters: int = 100000
+    out: str | None = None  # JSON of the results
+
+
+def run(opts: LmEvalOptions) -> dict:
     """Run the harness; prints its table on stdout and returns {"results": ..., "versions": ..., "n-shot": ...}."""
     require_lm_eval()
-    import lm_eval
+    import lm_eval  # optional (elastic-cli[lm-eval]): checked just above
     from lm_eval.tasks import TaskManager
+    from lm_eval.utils import make_table
 
-    from elastic_cli.interop.lm_eval_model import ElasticLM, parse_model_args  # needs lm_eval (optional)
+    from elastic_cli.interop.lm_eval_model import ElasticLM, parse_model_args  # imports lm_eval
 
-    path, cfg = inference.read_config(ckpt, settings)
-    tok_path = inference.tokenizer_file(path, cfg, settings.tokenizer)
-    if data_dir is None and split is not None:
+    json_file = check_writable(opts.out, "--out") if opts.out else None
+    if opts.data is None and opts.split is not None:
         raise UsageError("--split applies with --data")
+    model_args = parse_model_args(opts.model_args)
+    ckpt = inference.open_checkpoint(opts.ckpt)
+    cfg = inference.configure(ckpt, opts.settings)
+    tok_path = inference.tokenizer_file(ckpt.path, cfg, opts.settings.tokenizer)
     with tempfile.TemporaryDirectory(prefix="elastic-lm-eval-") as tmp:
-        paths = [include_path] if include_path else []
-        if data_dir is not None:
-            write_local_tasks(cfg, data_dir, split or cfg.eval.split, Path(tmp), tok_path)
+        paths = [opts.include_path] if opts.include_path else []
+        if opts.data is not None:
+            write_local_tasks(cfg, opts.data, opts.split or cfg.eval.split, Path(tmp), tok_path)
             paths.append(tmp)
         manager = TaskManager(include_path=paths, include_defaults=False) if paths else None
-        if manager is None or any(t not in manager.all_tasks for t in tasks):  # harness tasks: index them all (slow)
+        if manager is None or any(t not in manager.all_tasks for t in opts.tasks):  # harness tasks: index them all (slow)
             manager = TaskManager(include_path=paths or None)
-        unknown = [t for t in tasks if t not in manager.all_tasks]
+        unknown = [t for t in opts.tasks if t not in manager.all_tasks]
         if unknown:
             local = " (--data DIR adds elastic_docs, and for task data elastic_answer, elastic_answer_ll)"
             raise UsageError(f"--tasks: unknown task(s) {', '.join(unknown)}{local}")
-        lm = ElasticLM(ckpt=str(path), settings=settings, **parse_model_args(model_args))
-        out = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot, bootstrap_iters=bootstrap_iters, log_samples=False)
-    from lm_eval.utils import make_table
-
+        lm = ElasticLM(ckpt, opts.settings, **model_args)
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(opts.tasks), task_manager=manager, limit=opts.limit,
+                                      num_fewshot=opts.num_fewshot, bootstrap_iters=opts.bootstrap_iters,
+                                      log_samples=False)
     console.out(make_table(out))
-    report = {"checkpoint": str(path), **{k: out.get(k) for k in ("results", "versions", "n-shot", "configs")}}
-    if json_path is not None:
-        write_atomic(inference.make_parents(json_path), (json.dumps(report, indent=1, default=str) + "\n").encode())
-        console.info(f"wrote {json_path}")
+    report = {"checkpoint": str(ckpt.path), **{k: out.get(k) for k in ("results", "versions", "n-shot", "configs")}}
+    if json_file is not None:
+        write_atomic(make_parents(json_file), (json.dumps(report, indent=1, default=str) + "\n").encode())
+        console.info(f"wrote {json_file}")
     return report

@@ -36,7 +36,7 @@ from elastic_cli import __version__, console
 from elastic_cli.runs import lock as runlock
 from elastic_cli.atomic import remove_tree, write_atomic
 from elastic_cli.code_version import code_version
-from elastic_cli.runs.files import CKPT_FILES, TOKENIZER_FILE, file_sha256, verify  # noqa: F401 (verify: public here)
+from elastic_cli.runs.files import CKPT_FILES, TOKENIZER_FILE, file_sha256, verify
 from elastic_cli.errors import DataError, UsageError
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -73,9 +73,6 @@ def resolve(path: str | Path) -> Path:
     return found
 
 
-_warned: set[str] = set()  # checkpoints reported as failing verification (once each)
-
-
 def newest_verified(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run whose files match their recorded sha256; newer ones
     that do not are reported and skipped. None when the run has no complete checkpoint; DataError
@@ -86,9 +83,7 @@ def newest_verified(run_dir: Path) -> Path | None:
             verify(ckpt)
         except DataError as e:
             reasons.append(str(e))
-            if str(e) not in _warned:  # preflight and the run both look: say it once
-                _warned.add(str(e))
-                console.warn(f"skipping {ckpt.name}: {e}")
+            console.warn(f"skipping {ckpt.name}: {e}")
             continue
         return ckpt
     if found:
@@ -138,17 +133,14 @@ def removal(run_dir: Path, names: tuple[str, ...]) -> str | None:
     return f"{run_dir}: " + ", ".join(parts)
 
 
-def prepare_run_dir(run_dir: Path, resume: str, overwrite: bool) -> Path | None:
-    """`check_run_dir`, then remove the run files of a fresh start (saying what, under --overwrite);
-    returns the checkpoint to resume from."""
-    start, remove = check_run_dir(run_dir, resume, overwrite)
-    deleted = removal(run_dir, remove) if overwrite else None
+def remove_run_files(run_dir: Path, names: tuple[str, ...], say: bool) -> None:
+    """Remove the run files of a fresh start (`check_run_dir` named them), saying what when `say` (--overwrite)."""
+    deleted = removal(run_dir, names) if say else None
     if deleted:
         console.info(f"--overwrite: deleting {deleted}")
-    for name in remove:
+    for name in names:
         target = Path(run_dir) / name
         remove_tree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    return start
 
 
 def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
@@ -223,7 +215,7 @@ def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: st
 
 def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> dict:
     """Load weights (and optimizer state) into the unwrapped model; return train_state."""
-    _load_weights(ckpt, model, device)
+    load_weights(ckpt, model, device)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
@@ -233,21 +225,6 @@ def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, 
         return json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise DataError(f"checkpoint file {ckpt / 'train_state.json'} is not valid JSON") from None
-
-
-def load_for_inference(path: str | Path, overrides: list[str] | tuple[str, ...] = ()):
-    """(RunConfig, Decoder in eval mode on CPU, checkpoint dir) from a run or checkpoint directory.
-
-    The model is rebuilt from the checkpoint's config.yaml plus `overrides` (e.g.
-    "memory.schedule=exponential": Elastic Memory has no weights, so test-time options apply)."""
-    from elastic_cli.build import build_model
-    from elastic_cli.config import load_config
-
-    ckpt = resolve(path)
-    cfg = load_config(ckpt / "config.yaml", list(overrides))
-    model = build_model(cfg)
-    _load_weights(ckpt, model, torch.device("cpu"))
-    return cfg, model.eval(), ckpt
 
 
 def saved_step(ckpt: Path) -> int | None:
@@ -291,7 +268,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([unb64(s) for s in state["cuda"]])
 
 
-def _load_weights(ckpt: Path, model: nn.Module, device: torch.device) -> None:
+def load_weights(ckpt: Path, model: nn.Module, device: torch.device) -> None:
     try:
         load_model(model, str(ckpt / "model.safetensors"), strict=True, device=str(device))
     except (RuntimeError, KeyError, ValueError, SafetensorError) as e:

@@ -21,25 +21,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-_verified: dict[tuple, str | None] = {}  # (checkpoint, its files' sizes and mtimes) -> error or None
-
-
 def verify(ckpt: Path) -> None:
     """DataError (exit 3) naming the first file of a checkpoint that is missing or whose sha256
-    differs from the one COMPLETE recorded at save time (checkpoints from before checksums: presence only)."""
+    differs from the one COMPLETE recorded at save time (checkpoints from before checksums: presence only).
+    It reads every file: callers verify a checkpoint once and pass the result on."""
     ckpt = Path(ckpt)
-    marker = ckpt / "COMPLETE"
-    stats = [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None
-             for f in [marker, *(ckpt / n for n in CKPT_FILES + OPTIONAL_FILES)]]
-    key = (str(ckpt.resolve()), tuple(stats))  # a file changed since it was hashed is hashed again
-    if key not in _verified:
-        try:
-            _check_files(ckpt, marker)
-            _verified[key] = None
-        except DataError as e:
-            _verified[key] = str(e)
-    if _verified[key] is not None:
-        raise DataError(_verified[key])
+    _check_files(ckpt, ckpt / "COMPLETE")
 
 
 def _check_files(ckpt: Path, marker: Path) -> None:

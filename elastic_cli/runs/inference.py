@@ -3,14 +3,19 @@ checkpoint loaded with inference-time settings (device, precision, test-time mem
 device, the checkpoint's tokenizer, and the check that an output path can be written."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from elastic_cli.train import distributed
+from elastic_cli import precision
+from elastic_cli.build import build_model
+from elastic_cli.config import load_config, with_overrides
+from elastic_cli.data.compat import model_tokenizer
+from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
+from elastic_cli.runs import checkpoint
+from elastic_cli.runs.files import TOKENIZER_FILE, file_sha256
 
 # key=value overrides that make sense for a trained model: anything else is fixed by its weights or
 # is a training setting. memory.kind and memory.layers decide which weights exist.
@@ -25,6 +30,16 @@ class Settings(NamedTuple):
     device: str | None = None  # --device auto|cpu|cuda; default auto, whatever device trained the run
     dtype: str | None = None  # --dtype auto|fp32|bf16 (train.dtype: the precision policy, precision.py)
     tokenizer: str | None = None  # --tokenizer PATH; default the checkpoint's own copy
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint opened once (`open_checkpoint`): found, its files verified, its config read and its
+    weights loaded on the host. Every variant an inference command builds from it (`load`) reuses all four."""
+
+    path: Path  # the checkpoint directory
+    config: Any  # RunConfig as saved
+    step: int | None  # the optimizer step it was saved at
+    weights: dict  # name -> tensor on the CPU (the model's state dict)
 
 
 class Loaded(NamedTuple):
@@ -72,32 +87,42 @@ def overrides_for(kind: str, settings: Settings, schedule: str | None = None, sa
     return out
 
 
-def read_config(ckpt: str | Path, settings: Settings | None = None) -> tuple[Path, Any]:
-    """(checkpoint dir, its RunConfig with `settings` applied) without loading weights. DataError
-    (exit 3) when the path is missing or incomplete or its saved config is not one this version can
-    build; UsageError (exit 2) for a bad setting."""
-    from elastic_cli.runs import checkpoint
-    from elastic_cli.config import load_config
-
-    path = checkpoint.resolve(ckpt)
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """A run directory (its newest checkpoint that verifies) or a checkpoint directory, opened once.
+    DataError (exit 3) when the path is missing, incomplete or corrupted, its saved config is not one
+    this version can build, or its weights do not fit that config."""
+    ckpt = checkpoint.resolve(path)
     try:
-        saved = load_config(path / "config.yaml")
+        saved = load_config(ckpt / "config.yaml")
     except UsageError as e:
-        raise DataError(f"checkpoint {path} has a config this version cannot use: {e}") from None
-    if settings is None:
-        return path, saved
-    return path, load_config(path / "config.yaml", overrides_for(saved.memory.kind, settings))
+        raise DataError(f"checkpoint {ckpt} has a config this version cannot use: {e}") from None
+    model = build_model(saved)
+    checkpoint.load_weights(ckpt, model, torch.device("cpu"))
+    return Checkpoint(ckpt, saved, checkpoint.saved_step(ckpt), model.state_dict())
 
 
-def load(ckpt: str | Path, settings: Settings = Settings(), schedule: str | None = None,
+def configure(ckpt: Checkpoint, settings: Settings, schedule: str | None = None, samples: int | None = None):
+    """The checkpoint's RunConfig with the inference settings (and --schedule/--samples) applied;
+    UsageError (exit 2) for a setting it cannot take."""
+    overrides = overrides_for(ckpt.config.memory.kind, settings, schedule, samples)
+    return with_overrides(ckpt.config, overrides, str(ckpt.path / "config.yaml"))
+
+
+def load(ckpt: Checkpoint, settings: Settings = Settings(), schedule: str | None = None,
          samples: int | None = None) -> Loaded:
-    """The model of a run or checkpoint directory, rebuilt with the inference settings, on its device."""
-    from elastic_cli.runs import checkpoint
-
-    path, saved = read_config(ckpt)
-    cfg, model, path = checkpoint.load_for_inference(path, overrides_for(saved.memory.kind, settings, schedule, samples))
-    device = distributed.pick_device(cfg.run.device)
-    return Loaded(cfg, model.to(device).eval(), path, device)
+    """One variant of an opened checkpoint: the model rebuilt with the inference settings, its
+    weights from `ckpt.weights` (test-time memory options such as the read schedule change no
+    weight), in eval mode on its device. DataError when the options change which weights exist."""
+    cfg = configure(ckpt, settings, schedule, samples)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(ckpt.weights, strict=True)
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:300]
+        raise DataError(f"checkpoint {ckpt.path} does not fit the model built from its config and overrides: "
+                        f"{first}") from None
+    device = precision.pick_device(cfg.run.device)
+    return Loaded(cfg, model.to(device).eval(), ckpt.path, device)
 
 
 def tokenizer_file(ckpt: Path, cfg: Any, given: str | None = None, required: bool = True) -> Path | None:
@@ -105,9 +130,6 @@ def tokenizer_file(ckpt: Path, cfg: Any, given: str | None = None, required: boo
     else, for checkpoints saved before they carried one, the run's data.tokenizer (or what its data's
     meta.json records) if that file is here. A given file must equal the carried copy. DataError
     (exit 3) when none is found and `required`."""
-    from elastic_cli.runs.files import TOKENIZER_FILE, file_sha256
-    from elastic_cli.data.compat import model_tokenizer
-
     carried = Path(ckpt) / TOKENIZER_FILE
     if given is not None:
         path = Path(given)
@@ -129,8 +151,6 @@ def tokenizer_file(ckpt: Path, cfg: Any, given: str | None = None, required: boo
 
 def load_tokenizer(ckpt: Path, cfg: Any, given: str | None = None):
     """`tokenizer_file` loaded, and checked against the model's vocabulary (DataError, exit 3)."""
-    from elastic_cli.data.tokenizer import Tokenizer
-
     path = tokenizer_file(ckpt, cfg, given)
     tokenizer = Tokenizer.load(path)
     if tokenizer.vocab_size != cfg.model.vocab_size:
@@ -138,21 +158,7 @@ def load_tokenizer(ckpt: Path, cfg: Any, given: str | None = None):
     return tokenizer
 
 
-def check_writable(path: str | Path, flag: str) -> Path:
-    """UsageError (exit 2) unless `path` can be created or replaced (checked before any work). Missing
-    parent folders are fine when the nearest existing one is writable: `make_parents` creates them."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory")
-    existing = next((p for p in path.parents if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise UsageError(f"{flag} {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{flag} {path}: not writable")
-    return path
-
-
-def make_parents(path: Path) -> Path:
-    """Create the parent folders of an output path (checked by `check_writable`); returns the path."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return Path(path)
+def load_checkpoint(path: str | Path, settings: Settings = Settings()) -> Loaded:
+    """Open a run or checkpoint directory and load its one variant (a caller with several variants
+    opens it once with `open_checkpoint` and calls `load` for each)."""
+    return load(open_checkpoint(path), settings)

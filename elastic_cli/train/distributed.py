@@ -42,17 +42,6 @@ def world() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def pick_device(kind: str) -> torch.device:
-    """run.device auto|cpu|cuda -> the device of this process (cuda:LOCAL_RANK under torchrun)."""
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError("run.device=cuda but no CUDA device is visible")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def init(device: torch.device) -> None:
     """Join the process group of a torchrun/srun worker (gloo on CPU, nccl on CUDA); no-op alone."""
     global _device
@@ -195,12 +184,12 @@ def job_exit_code(rc: int, codes: dict[int, int], interrupted: bool, preempted: 
     return documented[0] if documented else 1
 
 
-def launch(cmd: list[str], preempted_marker: Path, cpu: bool) -> int:
+def launch(cmd: list[str], preempted_marker: Path, cpu: bool, env: dict[str, str] | None = None) -> int:
     """Run torchrun and map its outcome to an exit code (`job_exit_code`). SIGTERM/SIGUSR1 sent to
     this process are relayed to torchrun as SIGTERM, which torchrun forwards to every worker (they
-    finish the step, save, and exit 75)."""
+    finish the step, save, and exit 75). `env`: more variables for the workers (the run plan's file)."""
     with tempfile.TemporaryDirectory(prefix="elastic-exit-") as folder:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{EXIT_DIR_ENV: folder})
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{EXIT_DIR_ENV: folder}, **(env or {}))
         env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "600")  # time workers get to save after a signal
         if cpu:
             per = max(1, (os.cpu_count() or 1) // max(1, int(cmd[cmd.index("--nproc-per-node") + 1])))

@@ -2,51 +2,89 @@
 or train in this process."""
 from __future__ import annotations
 
+import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from elastic_cli import console
-from elastic_cli.runs import checkpoint
-from elastic_cli.train import distributed
-from elastic_cli.train import preflight
+from elastic_cli import console, precision
 from elastic_cli.build import describe
 from elastic_cli.config import RunConfig
 from elastic_cli.errors import UsageError
+from elastic_cli.runs import checkpoint
+from elastic_cli.train import distributed, preflight
+from elastic_cli.train.loop import train
 
 
-def run(cfg: RunConfig, worker_argv: list[str], resume: str, overwrite: bool, dry_run: bool,
-        rdzv_endpoint: str | None) -> int:
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything `elastic train` takes (the CLI builds it)."""
+
+    cfg: RunConfig  # recipes and overrides, resolved
+    resume: str = "never"  # auto | never | PATH
+    overwrite: bool = False  # start over in a run directory of the same configuration
+    dry_run: bool = False  # check and describe, then exit
+    rdzv_endpoint: str | None = None  # torchrun rendezvous for --nodes > 1
+    argv: tuple[str, ...] = ()  # the worker's command line: `elastic <argv>` under torchrun, command.txt
+
+
+def run(opts: TrainOptions) -> int:
     """`elastic train`: describe (--dry-run), launch N x M workers through torchrun, or train here.
-    Returns the exit code (0, or 75/130/1 from a launched job)."""
+    The run plan (every check before step 1) is made once here and handed on. Returns the exit code
+    (0, or 75/130/1 from a launched job)."""
+    cfg = opts.cfg
     gpus, nodes = cfg.run.gpus, cfg.run.nodes
     launching = distributed.needs_launch(gpus, nodes)
-    cmd = distributed.launch_command(gpus, nodes, rdzv_endpoint, worker_argv) if launching else None
-    if dry_run:
-        data = preflight.check_run(cfg, resume, overwrite, gpus * nodes, hardware=False)
-        sizes = describe(cfg, gpus * nodes)
-        rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
-        rows.append(["data", f"{cfg.data.path}: {len(data.documents(cfg.data.train_split))} train documents, "
-                             f"{data.meta['n_tokens']:,} tokens"])
-        rows.append(["device", _planned_device(cfg.run.device, gpus)])
-        start, remove = checkpoint.check_run_dir(Path(cfg.run.dir), resume, overwrite)
-        deleted = checkpoint.removal(Path(cfg.run.dir), remove) if overwrite else None
-        rows.append(["start", f"resume {start}" if start else "fresh" + (f" (--overwrite deletes {deleted})" if deleted else "")])
-        console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
-        console.out("launch: " + (" ".join(cmd) if cmd else "this process (no torchrun)"))  # one line, to copy
+    cmd = distributed.launch_command(gpus, nodes, opts.rdzv_endpoint, list(opts.argv)) if launching else None
+    if opts.dry_run:
+        describe_plan(preflight.plan(cfg, opts.resume, opts.overwrite, gpus * nodes, hardware=False), gpus, cmd)
+        return 0
+    if distributed.is_worker():  # launched: the launcher's plan, or rank 0 makes one for all ranks
+        train(cfg, argv=("elastic", *opts.argv), plan=worker_plan(opts))
         return 0
     if launching:
-        device = distributed.pick_device(cfg.run.device)
+        device = precision.pick_device(cfg.run.device)
         if device.type == "cuda" and gpus > torch.cuda.device_count():
             raise UsageError(f"--gpus {gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
-        preflight.check_run(cfg, resume, overwrite, gpus * nodes)
+        made = preflight.plan(cfg, opts.resume, opts.overwrite, gpus * nodes)
         console.info(f"run directory: {cfg.run.dir}")
         console.info("launching: " + " ".join(cmd))
-        return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu")
-    from elastic_cli.train.loop import train
-
-    train(cfg, resume, overwrite, ("elastic", *worker_argv))
+        with tempfile.TemporaryDirectory(prefix="elastic-plan-") as folder:
+            plan_file = Path(folder) / "plan.json"
+            plan_file.write_text(made.to_json())
+            return distributed.launch(cmd, Path(cfg.run.dir) / "state" / "PREEMPTED", cpu=device.type == "cpu",
+                                      env={preflight.PLAN_ENV: str(plan_file)})
+    train(cfg, argv=("elastic", *opts.argv), plan=preflight.plan(cfg, opts.resume, opts.overwrite, 1))
     return 0
+
+
+def worker_plan(opts: TrainOptions) -> Callable[[int], preflight.RunPlan]:
+    """For a launched worker: the plan its launcher wrote (PLAN_ENV), else (srun, another node's
+    launcher, another config) one made by rank 0 for the job's `world` processes."""
+    def make(world: int) -> preflight.RunPlan:
+        path = os.environ.get(preflight.PLAN_ENV)
+        given = preflight.RunPlan.from_json(Path(path).read_text(), opts.cfg) if path and Path(path).is_file() else None
+        return given if given is not None and given.world == world else preflight.plan(
+            opts.cfg, opts.resume, opts.overwrite, world)
+
+    return make
+
+
+def describe_plan(plan: preflight.RunPlan, gpus: int, cmd: list[str] | None) -> None:
+    """The dry run's table: sizes, memory estimate, data, device, where it starts; then the launch line."""
+    cfg = plan.cfg
+    sizes = describe(cfg, plan.world)
+    rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
+    rows.append(["data", f"{cfg.data.path}: {len(plan.data.documents(cfg.data.train_split))} train documents, "
+                         f"{plan.data.meta['n_tokens']:,} tokens"])
+    rows.append(["device", _planned_device(cfg.run.device, gpus)])
+    deleted = checkpoint.removal(Path(cfg.run.dir), plan.remove) if plan.remove and cfg.run.dir else None
+    rows.append(["start", f"resume {plan.start}" if plan.start else "fresh" + (f" (--overwrite deletes {deleted})" if deleted else "")])
+    console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
+    console.out("launch: " + (" ".join(cmd) if cmd else "this process (no torchrun)"))  # one line, to copy
 
 
 def _planned_device(kind: str, gpus: int) -> str:

@@ -2,7 +2,7 @@
 
 Rank 0 only. Every record the trainer writes (`{"step": ..., "loss": ..., ...}`) goes to each sink;
 numbers become scalars at `step`. Opening the sinks prints one line saying where metrics go.
-- jsonl: `RUN/metrics.jsonl` (console.MetricsWriter), appended on resume.
+- jsonl: `RUN/metrics.jsonl` (MetricsWriter), appended on resume.
 - tensorboard: event files in `RUN/tensorboard/` (`torch.utils.tensorboard`); a resumed run purges
   the events logged after its checkpoint's step, so a curve has no doubled steps.
 - wandb: offline (`RUN/wandb/`, `wandb sync` uploads it) unless WANDB_MODE says otherwise; the run
@@ -10,6 +10,7 @@ numbers become scalars at `step`. Opening the sinks prints one line saying where
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -34,9 +35,26 @@ def check_installed(names) -> None:
                                  f"pip install 'elastic-cli[{EXTRA[name]}]'") from None
 
 
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only); flushed every write."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._f = open(self.path, "a", encoding="utf-8") if console.is_rank0() else None
+
+    def write(self, record: dict) -> None:
+        if self._f is not None:
+            self._f.write(json.dumps(record, sort_keys=True) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
 class JsonlSink:
     def __init__(self, run_dir: Path):
-        self.writer, self.where = console.MetricsWriter(run_dir / "metrics.jsonl"), str(run_dir / "metrics.jsonl")
+        self.writer, self.where = MetricsWriter(run_dir / "metrics.jsonl"), str(run_dir / "metrics.jsonl")
 
     def write(self, record: dict) -> None:
         self.writer.write(record)
@@ -126,3 +144,25 @@ def open_metrics(names, run_dir: Path, step: int, config: dict) -> Metrics:
     sinks = [made[name]() for name in dict.fromkeys(names)]  # each sink once
     console.info("metrics: " + (", ".join(s.where for s in sinks) if sinks else "not written (run.loggers is empty)"))
     return Metrics(sinks)
+
+
+def drop_metrics_after(path: Path, step: int) -> int:
+    """Remove the rows of a metrics.jsonl logged after `step` (a resumed run logs them again), and a
+    torn last line; rewritten atomically. Returns the number of rows removed."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        write_atomic(path, "".join(kept).encode("utf-8"))
+    return dropped

@@ -1,4 +1,4 @@
-"""Training: `train(cfg)` reads top to bottom (launching is `launch.py`, one step is `step.py`). One optimizer step = `train.global_batch` windows of
+"""Training: `train(cfg)` reads top to bottom (checks before step 1: `preflight.py`, launching: `job.py`, one step: `step.py`). One optimizer step = `train.global_batch` windows of
 `train.segments` segments; each rank reads its share in micro-batches, segment by segment, with
 memory carried across segments and gradients truncated every `train.bptt_segments` segments.
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -19,18 +19,18 @@ from elastic_cli.train import autobatch
 from elastic_cli.runs import checkpoint
 from elastic_cli.train import distributed
 from elastic_cli.train import loggers
-from elastic_cli.train import preflight
 from elastic_cli.runs import lock as runlock
 from elastic_cli.build import build_model
-from elastic_cli.config import RunConfig, check_world, config_hash, diff, dump_yaml, load_config, to_dict
-from elastic_cli.data.compat import model_tokenizer
+from elastic_cli.config import RunConfig, config_hash, dump_yaml, to_dict
 from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.model.init import init_weights
+from elastic_cli.train import preflight
+from elastic_cli.train.preflight import RunPlan
 from elastic_cli.train.optim import build_optimizer, lr_at, segments_at, set_lr
-from elastic_cli.train.step import evaluate_loss, train_step
+from elastic_cli.train.step import train_step
+from elastic_cli.train.validate import evaluate_loss
 
-ARCH_KEYS = preflight.ARCH_KEYS  # a resumed run may not change these
 
 
 class Summary(NamedTuple):
@@ -39,30 +39,49 @@ class Summary(NamedTuple):
     loss: float
 
 
-def train(cfg: RunConfig, resume: str = "never", overwrite: bool = False, argv: tuple[str, ...] = ()) -> Summary:
-    """Train in this process (one worker of a torchrun job, or alone); returns the final step."""
-    device = distributed.pick_device(cfg.run.device)
+def train(cfg: RunConfig, resume: str = "never", overwrite: bool = False, argv: tuple[str, ...] = (),
+          plan: RunPlan | Callable[[int], RunPlan] | None = None) -> Summary:
+    """Train in this process (one worker of a torchrun job, or alone); returns the final step.
+    `plan`: every check before step 1 (`preflight.plan`), made by the caller; or a function that rank 0
+    calls with the job's world size (a launched worker), every rank getting its result; None: rank 0
+    makes it from `resume` and `overwrite`."""
+    device = precision.pick_device(cfg.run.device)
     distributed.init(device)
     lock = runlock.RunLock(cfg.run.dir)  # held by rank 0 while it trains; the kernel drops it if we die
     try:
-        return _train(cfg, device, resume, overwrite, list(argv), lock)
+        if plan is None:
+            plan = lambda world: preflight.plan(cfg, resume, overwrite, world)  # noqa: E731
+        if callable(plan):
+            plan = _shared(cfg, plan)
+        return _train(plan, device, list(argv), lock)
     finally:
         lock.release()
         distributed.shutdown()
 
 
-def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, argv: list[str],
-           lock: runlock.RunLock) -> Summary:
+def _shared(cfg: RunConfig, make: Callable[[int], RunPlan]) -> RunPlan:
+    """Rank 0's plan on every rank (made once, by rank 0; the other ranks reopen its data)."""
+    mine = None
+
+    def on_rank0() -> str:
+        nonlocal mine
+        mine = make(distributed.world())
+        return mine.to_json()
+
+    text = _on_rank0(on_rank0)
+    return mine if mine is not None else RunPlan.from_json(text, cfg)
+
+
+def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.RunLock) -> Summary:
+    cfg = plan.cfg
     t, rank, world = cfg.train, distributed.rank(), distributed.world()
-    check_world(cfg, world)
-    loggers.check_installed(cfg.run.loggers)
     if world != cfg.run.gpus * cfg.run.nodes and console.is_rank0():
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
-    data = preflight.open_data(cfg)
-    tokenizer, _ = model_tokenizer(cfg)  # copied into every checkpoint (None: the run names no tokenizer file)
+    data, tokenizer = plan.data, plan.tokenizer  # the tokenizer is copied into every checkpoint
     run_dir = Path(cfg.run.dir)
-    start = _on_rank0(lambda: _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock))
+    start = plan.start
+    _on_rank0(lambda: _prepare_run(plan, run_dir, argv, world, lock))
     torch.manual_seed(t.seed)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
@@ -82,10 +101,10 @@ def _train(cfg: RunConfig, device: torch.device, resume: str, overwrite: bool, a
                            cfg.model.segment_len, t.seed, rank, world, answers_only=t.loss_on == "answers")
     step, tokens = 0, 0
     if start is not None:
-        step, tokens = _resume(Path(start), cfg, model, optimizer, loader, device)
+        step, tokens = _resume(plan, model, optimizer, loader, device)
     if t.compile:
         model.compile_blocks()  # one graph per kind of block; the memory writes between segments stay eager
-    net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
+    net = distributed.wrap(model, find_unused=bool(plan.write_only))
     forward = net
 
     stop = _StopFlag()
@@ -164,18 +183,18 @@ def summary_line(step: int, ran: int, tokens: int, seconds: float, loss: float, 
     return text + f"; checkpoint {ckpt or 'none'}; run directory {run_dir} (elastic eval {run_dir})"
 
 
-def _prepare_run(cfg, run_dir, resume, overwrite, argv, world, lock) -> str | None:
-    """Rank 0: every check before step 1 (preflight), the run lock, then the run files."""
-    preflight.check_run(cfg, resume, overwrite, world)
+def _prepare_run(plan: RunPlan, run_dir: Path, argv: list[str], world: int, lock: runlock.RunLock) -> None:
+    """Rank 0: the run lock, then the run directory as the plan found it: a fresh start's old run files
+    removed (saying what, under --overwrite), a resumed run's metrics after its checkpoint dropped;
+    then the run files."""
     console.info(f"run directory: {run_dir}")
     lock.acquire()
-    start = checkpoint.prepare_run_dir(run_dir, resume, overwrite)
-    if start is not None:  # rows logged after the checkpoint are logged again by the resumed run
-        dropped = console.drop_metrics_after(run_dir / "metrics.jsonl", checkpoint.saved_step(start))
+    checkpoint.remove_run_files(run_dir, plan.remove, say=plan.overwrite)
+    if plan.start is not None:  # rows logged after the checkpoint are logged again by the resumed run
+        dropped = loggers.drop_metrics_after(run_dir / "metrics.jsonl", checkpoint.saved_step(plan.start))
         if dropped:
-            console.warn(f"dropped {dropped} metrics.jsonl row(s) logged after {start.name}; the resumed run logs them again")
-    checkpoint.write_run_files(run_dir, dump_yaml(cfg), argv, world)
-    return None if start is None else str(start)
+            console.warn(f"dropped {dropped} metrics.jsonl row(s) logged after {plan.start.name}; the resumed run logs them again")
+    checkpoint.write_run_files(run_dir, dump_yaml(plan.cfg), argv, world)
 
 
 def _on_rank0(fn):
@@ -192,11 +211,10 @@ def _on_rank0(fn):
     return result
 
 
-def _resume(ckpt: Path, cfg, model, optimizer, loader, device) -> tuple[int, int]:
-    preflight.check_architecture(ckpt, cfg)
-    changed = diff(load_config(ckpt / "config.yaml"), cfg)
-    if [k for k in changed if k != "run.dir"]:
-        console.warn(f"resuming {ckpt} with changed settings: {', '.join(k for k in changed if k != 'run.dir')}")
+def _resume(plan: RunPlan, model, optimizer, loader, device) -> tuple[int, int]:
+    ckpt = plan.start
+    if plan.changed:
+        console.warn(f"resuming {ckpt} with changed settings: {', '.join(plan.changed)}")
     state = checkpoint.load(ckpt, model, optimizer, device)
     loader.load_state_dict(state["loader"])
     rngs = state["rng"]

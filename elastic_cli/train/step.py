@@ -1,4 +1,4 @@
-"""One training step (`train_step`), the segment loss it is made of, and the periodic validation pass.
+"""One training step (`train_step`) and the segment loss it is made of.
 
 `train_step` reads only `cfg.train`; `elastic bench` times exactly this function.
 """
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
 from elastic_cli.train import distributed
-from elastic_cli.data.loader import SegmentLoader
 from elastic_cli.errors import Diverged
+from elastic_cli.evaluate.scoring import reset_at
 from elastic_cli.memory.base import detach_state
 
 
@@ -43,7 +43,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
                 chunk = aux = torch.zeros((), device=device)
                 with autocast:
                     for s in range(c0, min(c0 + bptt, segments)):
-                        states = reset_at(model, states, first, s, device)  # memory empties at document starts
+                        states = reset_at(model, states, first, s)  # memory empties at document starts
                         write = s < segments - 1 or bool(t.aux_weight)  # the window's last state is dropped
                         args = (forward, x[:, s], y[:, s], states, t.loss_on == "answers", write)
                         if t.checkpoint_segments:  # keep only the states between segments; recompute in backward
@@ -86,45 +86,3 @@ def segment_nll(forward, x, y, states, sparse: bool = False, write: bool = True)
         return F.cross_entropy(logits.float(), y[select], reduction="sum"), states
     logits, states = forward(x, states, write=write)  # (m, L, V)
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum"), states
-
-
-def reset_at(model, states, doc_start, s: int, device):
-    """Empty the memory of rows whose document starts at segment s. doc_start (m, S) bool on the CPU,
-    and so is the mask handed to the memories (each moves it where its leaves are; a host-side leaf,
-    like Elastic Memory's t, needs no sync). No work at s = 0 (the window's states are fresh) or where
-    no row starts a document: the reset builds an empty state and a select per leaf, which the hot
-    path should not pay every segment."""
-    if s == 0 or not bool(doc_start[:, s].any()):
-        return states
-    return model.reset_states(states, doc_start[:, s])
-
-
-@torch.no_grad()
-def evaluate_loss(cfg, model, data, autocast, device) -> tuple[float, float]:
-    """Mean token loss and argmax accuracy on the first `train.eval_batches` global batches of the
-    validation split (a fresh loader each time: the same windows at every evaluation). With
-    train.loss_on=answers both are over answer tokens only."""
-    t = cfg.train
-    loader = SegmentLoader(data, cfg.data.val_split, t.global_batch, t.segments, cfg.model.segment_len,
-                           t.seed, distributed.rank(), distributed.world(), answers_only=t.loss_on == "answers")
-    was_training = model.training
-    model.eval()
-    nll, correct, count = 0.0, 0, 0
-    for _ in range(t.eval_batches):
-        batch = loader.next_batch()
-        for r0 in range(0, batch.inputs.shape[0], t.micro_batch):
-            x = batch.inputs[r0:r0 + t.micro_batch].to(device)  # (m, S, L)
-            y = batch.targets[r0:r0 + t.micro_batch].to(device)  # (m, S, L)
-            first = batch.doc_start[r0:r0 + t.micro_batch]  # (m, S) on the CPU
-            states = model.empty_states(x.shape[0], device)
-            for s in range(x.shape[1]):
-                states = reset_at(model, states, first, s, device)
-                with autocast:
-                    logits, states = model(x[:, s], states)  # (m, L, V)
-                nll += F.cross_entropy(logits.float().flatten(0, 1), y[:, s].flatten(), ignore_index=-1,
-                                       reduction="sum").item()
-                correct += int(((logits.argmax(-1) == y[:, s]) & (y[:, s] != -1)).sum())
-                count += int((y[:, s] != -1).sum())
-    model.train(was_training)
-    nll, correct, count = distributed.all_reduce_sum([nll, correct, count])
-    return nll / max(count, 1), correct / max(count, 1)

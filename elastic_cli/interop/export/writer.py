@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from elastic_cli import __version__, console
 from elastic_cli.runs import inference
 from elastic_cli.atomic import replace_tree
+from elastic_cli.config import to_dict
+from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
+from elastic_cli.interop.export.card import model_card
 
 # Kinds whose export is checked against elastic (tests/test_export.py: logits, greedy generation).
 # A kind missing here (a new one) is refused until it is added to that test.
@@ -37,39 +43,46 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out}: {existing} is not a writable directory")
 
 
-def export(ckpt: str, out: str, overwrite: bool = False, tokenizer: str | None = None, dtype: str = "fp32") -> Path:
-    """Write the export folder (creating missing parent folders); returns its path. dtype: the weights'
-    precision in model.safetensors, fp32 (as trained) or bf16 (half the size)."""
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything `elastic export` takes (the CLI builds it)."""
+
+    ckpt: str  # a run or checkpoint directory
+    out: str  # the folder to write
+    overwrite: bool = False  # replace a non-empty --out
+    tokenizer: str | None = None  # default: the copy the checkpoint carries
+    dtype: str = "fp32"  # the weights' precision in model.safetensors: fp32 (as trained) or bf16 (half the size)
+
+
+def export(opts: ExportOptions) -> Path:
+    """Write the export folder (creating missing parent folders); returns its path."""
     require_transformers()
-    out_dir = Path(out)
-    path, cfg = inference.read_config(ckpt)
-    if cfg.memory.kind not in EXPORTABLE:
-        raise UsageError(f"memory.kind={cfg.memory.kind} is not exported yet: its Hugging Face model has not been "
-                         f"checked against elastic (exported kinds: {', '.join(EXPORTABLE)})")
-    tok_path = inference.tokenizer_file(path, cfg, tokenizer)
-    check_out(out_dir, overwrite)
+    out_dir = Path(opts.out)
+    ckpt = inference.open_checkpoint(opts.ckpt)
+    if ckpt.config.memory.kind not in EXPORTABLE:
+        raise UsageError(f"memory.kind={ckpt.config.memory.kind} is not exported yet: its Hugging Face model has not "
+                         f"been checked against elastic (exported kinds: {', '.join(EXPORTABLE)})")
+    tok_path = inference.tokenizer_file(ckpt.path, ckpt.config, opts.tokenizer)
+    check_out(out_dir, opts.overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(path, tok_path, tmp, dtype)
+        _write(ckpt, tok_path, tmp, opts.dtype)
         replace_tree(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
-def _write(ckpt: Path, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
-    from elastic_cli.runs import checkpoint
-    from elastic_cli.config import to_dict
-    from elastic_cli.data.tokenizer import Tokenizer
-    from elastic_cli.interop.export.card import model_card
-    from elastic_cli.interop.export.configuration_elastic import ElasticConfig
+def _write(ckpt: inference.Checkpoint, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
+    from transformers import GenerationConfig  # optional (elastic-cli[hf]): checked by require_transformers
+
+    from elastic_cli.interop.export.configuration_elastic import ElasticConfig  # these import transformers
     from elastic_cli.interop.export.modeling_elastic import ElasticForCausalLM
     from elastic_cli.interop.export.tokenization_elastic import ElasticTokenizer
-    from transformers import GenerationConfig
 
-    cfg, model, _ = checkpoint.load_for_inference(ckpt)
+    cfg, model = ckpt.config, inference.load(ckpt, inference.Settings(device="cpu")).model
     tok = Tokenizer.load(tok_path)
     if tok.vocab_size != cfg.model.vocab_size:
         raise DataError(f"tokenizer {tok_path} has {tok.vocab_size} pieces, the model {cfg.model.vocab_size}")
@@ -84,11 +97,9 @@ def _write(ckpt: Path, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
     hf.generation_config = GenerationConfig(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
                                             pad_token_id=tok.pad_id, do_sample=False, max_new_tokens=128)
     if dtype == "bf16":
-        import torch
-
         hf.to(torch.bfloat16)
     tmp.mkdir(parents=True)
     hf.save_pretrained(tmp)
     ElasticTokenizer(vocab_file=str(tok_path)).save_pretrained(tmp)
-    (tmp / "README.md").write_text(model_card(cfg, ckpt, tok), encoding="utf-8")
-    console.info(f"exported {ckpt} ({cfg.memory.kind} memory) as a Hugging Face model")
+    (tmp / "README.md").write_text(model_card(cfg, ckpt.path, tok), encoding="utf-8")
+    console.info(f"exported {ckpt.path} ({cfg.memory.kind} memory) as a Hugging Face model")
