@@ -40,7 +40,7 @@ def steps(kind: str, data: Path, micro_batch: int, n: int = 2) -> dict[str, torc
                            cfg.model.segment_len, 0, distributed.rank(), distributed.world())
     net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
     for _ in range(n):
-        train_step(cfg, model, opt, loader.next_batch(), nullcontext(), torch.device("cpu"), net, net)
+        train_step(cfg, model, opt, loader.next_batch(), nullcontext(), torch.device("cpu"), net)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -25,21 +25,21 @@ def make_run(root: Path, kind: str = "elastic") -> Path:
     from elastic_cli.runs import checkpoint
     from elastic_cli.build import build_model
     from elastic_cli.config import dump_yaml, load_config
-    from elastic_cli.data.prepare import prepare
+    from elastic_cli.data.prepare import PrepareOptions, prepare
     from elastic_cli.model.init import init_weights
 
     src = root / "src"
     src.mkdir(parents=True)
     for i in range(8):
         (src / f"mod{i}.py").write_text(code_text(i), encoding="utf-8")
-    prepare([str(src)], str(TOKENIZER), str(root / "data"), val_frac=0.5, test_frac=0.2, workers=1)
+    prepare([str(src)], str(TOKENIZER), str(root / "data"), PrepareOptions(val_frac=0.5, test_frac=0.2, workers=1))
     cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"data.path={root / 'data'}", f"data.tokenizer={TOKENIZER}",
                                                        f"run.dir={root / 'run'}", f"memory.kind={kind}", *TINY,
                                                        *SMALL_MEMORY.get(kind, [])])
     model = build_model(cfg)
     init_weights(model, seed=0)
     optimizer = torch.optim.AdamW(model.parameters())
-    checkpoint.save(root / "run", 1, model, optimizer, {"step": 1}, dump_yaml(cfg), keep_last=1)
+    checkpoint.save(root / "run", model, optimizer, {"step": 1}, dump_yaml(cfg), keep_last=1)
     return root / "run"
 
 
@@ -54,7 +54,7 @@ def sharpen(run) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.35)
     from elastic_cli.config import dump_yaml
 
-    checkpoint.save(run, 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, dump_yaml(cfg), keep_last=1)
+    checkpoint.save(run, model, torch.optim.AdamW(model.parameters()), {"step": 1}, dump_yaml(cfg), keep_last=1)
 
 
 def segment_logits(model, ids):

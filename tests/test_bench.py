@@ -200,8 +200,8 @@ def test_history_pass_states_equal_reading_in_one_go():
 def test_timed_after_times_every_kind_and_history():
     models = {"none": build("none"), "elastic": build()}
     passes = {k: bench_history.history_pass(m, V, [SEG, 3 * SEG], nullcontext(), CPU) for k, m in models.items()}
-    evals, gens = bench_history.timed_after(models, passes, (SEG, 3 * SEG), (SEG, 3 * SEG), SEG, 4, 2,
-                                            nullcontext(), CPU)
+    timing = bench_history.Timing((SEG, 3 * SEG), (SEG, 3 * SEG), SEG, 4, 2)
+    evals, gens = bench_history.timed_after(models, passes, timing, nullcontext(), CPU)
     assert set(evals) == set(gens) == {(k, n) for k in models for n in (SEG, 3 * SEG)}
     assert all(len(v) == 2 and min(v) > 0 for v in [*evals.values(), *gens.values()])
 

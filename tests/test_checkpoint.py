@@ -37,7 +37,7 @@ def trained(seed: int = 0):
 
 
 def save(run_dir: Path, step: int, cfg, model, opt, keep_last: int = 3) -> Path:
-    return checkpoint.save(run_dir, step, model, opt, {"step": step, "tokens": 7 * step, "loader": {"window": step}},
+    return checkpoint.save(run_dir, model, opt, {"step": step, "tokens": 7 * step, "loader": {"window": step}},
                            dump_yaml(cfg), keep_last)
 
 

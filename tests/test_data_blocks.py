@@ -136,8 +136,8 @@ MEASURE = """
 import resource, sys
 from elastic_cli.data import blocks, sources
 blocks.BLOCK_CHARS = sources.READ_BYTES = 1 << 16
-from elastic_cli.data.prepare import prepare
-prepare([sys.argv[1]], sys.argv[2], sys.argv[3], workers=1)
+from elastic_cli.data.prepare import PrepareOptions, prepare
+prepare([sys.argv[1]], sys.argv[2], sys.argv[3], PrepareOptions(workers=1))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 

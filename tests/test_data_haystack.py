@@ -12,7 +12,7 @@ import pytest
 from cli_run import run_cli
 from elastic_cli.data import babi, babi_solver, haystack
 from elastic_cli.data.loader import PreparedData
-from elastic_cli.data.tasks import check_answer, prepare_task
+from elastic_cli.data.tasks import check_answer, TaskOptions, prepare_task
 from elastic_cli.data.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,7 @@ def test_solver_recomputes_every_generated_story(qa):
 @pytest.mark.parametrize("qa", babi.QA)
 def test_babilong_on_unseen_books_every_answer_recomputed(tmp_path, unseen_books, qa):
     tok = Tokenizer.load(BOOKS)
-    prepare_task("babilong", [300, 500], 16, BOOKS, str(tmp_path / "b"), seed=3,
-                 options={"haystack": [str(unseen_books)], "qa": qa})
+    prepare_task("babilong", [300, 500], 16, BOOKS, str(tmp_path / "b"), TaskOptions(seed=3, options={"haystack": [str(unseen_books)], "qa": qa}))
     data = PreparedData(tmp_path / "b")
     assert data.task["options"]["qa"] == qa and len(data) == 16
     answers = set()
@@ -69,7 +68,7 @@ def test_babilong_on_unseen_books_every_answer_recomputed(tmp_path, unseen_books
 def test_babilong_checker_fails_on_corrupted_documents(tmp_path, kjv_books):
     """Moving the asked actor elsewhere in its supporting fact changes the recomputed answer."""
     tok = Tokenizer.load(BOOKS)
-    prepare_task("babilong", 400, 10, BOOKS, str(tmp_path / "b"), options={"haystack": [str(kjv_books)], "qa": 1})
+    prepare_task("babilong", 400, 10, BOOKS, str(tmp_path / "b"), TaskOptions(options={"haystack": [str(kjv_books)], "qa": 1}))
     data = PreparedData(tmp_path / "b")
     for i in range(len(data)):
         before, answer, t = split_doc(tok, data, i)
@@ -85,8 +84,7 @@ def test_babilong_checker_fails_on_corrupted_documents(tmp_path, kjv_books):
 @pytest.mark.parametrize("task", ["niah-multikey", "niah-multivalue", "passkey"])
 def test_needles_in_books(tmp_path, kjv_books, task):
     tok = Tokenizer.load(BOOKS)
-    prepare_task(task, 400, 12, BOOKS, str(tmp_path / "n"), seed=1,
-                 options={"haystack": [str(kjv_books)], **({} if task == "passkey" else {"needles": 3})})
+    prepare_task(task, 400, 12, BOOKS, str(tmp_path / "n"), TaskOptions(seed=1, options={"haystack": [str(kjv_books)], **({} if task == "passkey" else {"needles": 3})}))
     data = PreparedData(tmp_path / "n")
     for i in range(len(data)):
         before, answer, t = split_doc(tok, data, i)
@@ -102,15 +100,13 @@ def test_needles_in_books(tmp_path, kjv_books, task):
 
 
 def test_depth_grid_and_range(tmp_path, kjv_books):
-    prepare_task("babilong", [300, 600], 12, BOOKS, str(tmp_path / "g"),
-                 options={"haystack": [str(kjv_books)], "depth": "0,0.5,1", "qa": 1})
+    prepare_task("babilong", [300, 600], 12, BOOKS, str(tmp_path / "g"), TaskOptions(options={"haystack": [str(kjv_books)], "depth": "0,0.5,1", "qa": 1}))
     docs = json.loads((tmp_path / "g" / "meta.json").read_text())["docs"]
     for i, d in enumerate(docs):
         assert d["tokens"] == (300, 600)[i % 2]
         assert abs(d["depth"] - (0, 0.5, 1)[(i // 2) % 3]) < 0.2, (i, d["depth"])
     assert [d["depth"] for d in docs[:2]] == [0.0, 0.0] and [d["depth"] for d in docs[4:6]] == [1.0, 1.0]
-    prepare_task("niah-multivalue", 600, 10, BOOKS, str(tmp_path / "r"),
-                 options={"haystack": [str(kjv_books)], "depth": "0.25:0.5", "needles": 2})
+    prepare_task("niah-multivalue", 600, 10, BOOKS, str(tmp_path / "r"), TaskOptions(options={"haystack": [str(kjv_books)], "depth": "0.25:0.5", "needles": 2}))
     for d in json.loads((tmp_path / "r" / "meta.json").read_text())["docs"]:
         assert 0.15 <= d["depth"] <= 0.6
 
@@ -127,23 +123,23 @@ def test_sentences_respect_boundaries_and_reserved_words():
 
 def test_deterministic_and_up_to_date(tmp_path, kjv_books, capsys):
     opts = {"haystack": [str(kjv_books)], "qa": 2}
-    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "a"), seed=7, options=opts)
-    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "b"), seed=7, options=opts)
+    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "a"), TaskOptions(seed=7, options=opts))
+    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "b"), TaskOptions(seed=7, options=opts))
     for name in ("meta.json", "tokens-00000.bin"):
         a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         assert a == b or name == "meta.json" and json.loads(a)["docs"] == json.loads(b)["docs"]
     capsys.readouterr()
-    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "a"), seed=7, options=opts)
+    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "a"), TaskOptions(seed=7, options=opts))
     out = capsys.readouterr()
     assert "up to date" in out.err + out.out
 
 
 def test_prepared_directory_as_haystack(tmp_path, kjv_books):
-    from elastic_cli.data.prepare import prepare
+    from elastic_cli.data.prepare import PrepareOptions, prepare
 
-    prepare([str(kjv_books)], BOOKS, str(tmp_path / "books"), workers=1)
+    prepare([str(kjv_books)], BOOKS, str(tmp_path / "books"), PrepareOptions(workers=1))
     tok = Tokenizer.load(BOOKS)
-    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "b"), options={"haystack": [str(tmp_path / "books")]})
+    prepare_task("babilong", 300, 6, BOOKS, str(tmp_path / "b"), TaskOptions(options={"haystack": [str(tmp_path / "books")]}))
     data = PreparedData(tmp_path / "b")
     for i in range(len(data)):
         before, answer, _ = split_doc(tok, data, i)
@@ -198,9 +194,8 @@ def test_lm_eval_answer_rows_are_right_answers(tmp_path, kjv_books, task):
     from elastic_cli.interop.lm_eval_tasks import task_rows
 
     tok = Tokenizer.load(BOOKS)
-    prepare_task(task, 400, 10, BOOKS, str(tmp_path / "d"), val_frac=0.5, test_frac=0.0,
-                 options={"haystack": [str(kjv_books)], "needles": 3} if task == "niah-multivalue"
-                 else {"haystack": [str(kjv_books)], "qa": 2})
+    prepare_task(task, 400, 10, BOOKS, str(tmp_path / "d"), TaskOptions(val_frac=0.5, test_frac=0.0, options={"haystack": [str(kjv_books)], "needles": 3} if task == "niah-multivalue"
+                 else {"haystack": [str(kjv_books)], "qa": 2}))
     data = PreparedData(tmp_path / "d")
     docs, rows, _ = task_rows(data, "val", tok)
     per_doc = 3 if task == "niah-multivalue" else 1
@@ -221,7 +216,7 @@ def test_book_sentences_that_read_as_facts_are_left_out():
 def test_question_position_does_not_tell_the_answer(tmp_path, kjv_books, task):
     """Answers have 1-5 tokens; the question must end at the same offset in every document of a
     length (a memoryless model once read the answer's length off the question's place in its segment)."""
-    prepare_task(task, [300, 333], 40, BOOKS, str(tmp_path / "q"), options={"haystack": [str(kjv_books)]})
+    prepare_task(task, [300, 333], 40, BOOKS, str(tmp_path / "q"), TaskOptions(options={"haystack": [str(kjv_books)]}))
     data = PreparedData(tmp_path / "q")
     starts = {(int(len(data.tokens(i))), data.answers(i)[0][0]) for i in range(len(data))}
     assert len(starts) == 2 and {n for n, _ in starts} == {300, 333}, starts

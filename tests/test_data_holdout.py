@@ -9,7 +9,7 @@ import pytest
 
 from elastic_cli.data import holdout, store
 from elastic_cli.data.loader import PreparedData
-from elastic_cli.data.prepare import prepare
+from elastic_cli.data.prepare import PrepareOptions, prepare
 from elastic_cli.data.tokenizer import Tokenizer
 
 TOKENIZER = str(Path(__file__).resolve().parents[1] / "tokenizers" / "books-8k.model")
@@ -27,7 +27,7 @@ def books(root: Path, n: int) -> Path:
 def test_six_books_with_default_fractions_get_val_and_test(tmp_path, capsys):
     names = [f"books/novel-{i}.txt" for i in range(6)]
     assert all(store.split_of(n, 0.05, 0.05) == "train" for n in names)  # the hash draw alone leaves none
-    prepare([str(books(tmp_path, 6))], TOKENIZER, str(tmp_path / "out"), workers=1)
+    prepare([str(books(tmp_path, 6))], TOKENIZER, str(tmp_path / "out"), PrepareOptions(workers=1))
     data = PreparedData(tmp_path / "out")
     assert [len(data.documents(s)) for s in ("train", "val", "test")] == [4, 1, 1]
     by_draw = sorted(names, key=holdout.draw)
@@ -38,7 +38,7 @@ def test_six_books_with_default_fractions_get_val_and_test(tmp_path, capsys):
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_one_or_two_books_hold_out_the_tail(tmp_path, capsys, n):
-    prepare([str(books(tmp_path, n))], TOKENIZER, str(tmp_path / "out"), workers=1, val_frac=0.1, test_frac=0.05)
+    prepare([str(books(tmp_path, n))], TOKENIZER, str(tmp_path / "out"), PrepareOptions(workers=1, val_frac=0.1, test_frac=0.05))
     data = PreparedData(tmp_path / "out")
     tok = Tokenizer.load(TOKENIZER)
     val, test = data.documents("val"), data.documents("test")
@@ -52,7 +52,7 @@ def test_one_or_two_books_hold_out_the_tail(tmp_path, capsys, n):
 
 
 def test_splits_asked_to_be_empty_stay_empty(tmp_path):
-    prepare([str(books(tmp_path, 4))], TOKENIZER, str(tmp_path / "out"), workers=1, val_frac=0.0, test_frac=0.0)
+    prepare([str(books(tmp_path, 4))], TOKENIZER, str(tmp_path / "out"), PrepareOptions(workers=1, val_frac=0.0, test_frac=0.0))
     assert len(PreparedData(tmp_path / "out").documents("train")) == 4
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from elastic_cli.data.loader import PreparedData, SegmentLoader
-from elastic_cli.data.prepare import prepare
+from elastic_cli.data.prepare import PrepareOptions, prepare
 from elastic_cli.data.tokenizer import PAD_ID, Tokenizer
 from elastic_cli.errors import DataError
 
@@ -24,7 +24,7 @@ def data(tmp_path_factory):
     for i in range(23):
         n = int(rng.integers(1, 120))
         (src / f"d{i:02d}.txt").write_text(" ".join(rng.choice(words, n)))
-    prepare([str(src)], BOOKS, str(root / "out"), val_frac=0.2, test_frac=0.1, workers=1)
+    prepare([str(src)], BOOKS, str(root / "out"), PrepareOptions(val_frac=0.2, test_frac=0.1, workers=1))
     return PreparedData(root / "out")
 
 

@@ -14,7 +14,7 @@ import pytest
 from cli_run import run_cli
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.data.merge import merge
-from elastic_cli.data.prepare import part_range, prepare
+from elastic_cli.data.prepare import part_range, PrepareOptions, prepare
 from elastic_cli.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,10 +77,10 @@ def test_three_parts_merged_equal_one_process(tmp_path, monkeypatch, capsys, n_d
 
 def test_workers_and_shards_change_nothing(tmp_path):
     src = corpus(tmp_path, 6)
-    prepare([str(src)], CODE, str(tmp_path / "w1"), workers=1)
-    prepare([str(src)], CODE, str(tmp_path / "w2"), workers=2)
+    prepare([str(src)], CODE, str(tmp_path / "w1"), PrepareOptions(workers=1))
+    prepare([str(src)], CODE, str(tmp_path / "w2"), PrepareOptions(workers=2))
     for i in range(2):
-        prepare([str(src)], CODE, str(tmp_path / f"q{i}"), workers=2, shard=(i, 2))
+        prepare([str(src)], CODE, str(tmp_path / f"q{i}"), PrepareOptions(workers=2, shard=(i, 2)))
     merge([str(tmp_path / "q0"), str(tmp_path / "q1")], str(tmp_path / "m"))
     assert checksums(tmp_path / "w1") == checksums(tmp_path / "w2") == checksums(tmp_path / "m")
 
@@ -88,9 +88,9 @@ def test_workers_and_shards_change_nothing(tmp_path):
 def test_bad_parts_are_refused_before_out_is_touched(tmp_path, monkeypatch, capsys):
     src = corpus(tmp_path, 8)
     for i in range(3):
-        prepare([str(src)], CODE, str(tmp_path / f"p{i}"), workers=1, shard=(i, 3))
-    prepare([str(src)], CODE, str(tmp_path / "other"), workers=1, shard=(1, 2))
-    prepare([str(src)], CODE, str(tmp_path / "full"), workers=1)
+        prepare([str(src)], CODE, str(tmp_path / f"p{i}"), PrepareOptions(workers=1, shard=(i, 3)))
+    prepare([str(src)], CODE, str(tmp_path / "other"), PrepareOptions(workers=1, shard=(1, 2)))
+    prepare([str(src)], CODE, str(tmp_path / "full"), PrepareOptions(workers=1))
     (tmp_path / "unfinished").mkdir()
     shutil.copytree(tmp_path / "p2", tmp_path / "bad")
     blob = bytearray((tmp_path / "bad" / "tokens-00000.bin").read_bytes())
@@ -128,6 +128,6 @@ def test_slurm_array_script_prepares_parts_and_merges(tmp_path):
     done = subprocess.run(["bash", str(script), "--merge", str(tmp_path / "data"), "3"], env=ENV | {"ELASTIC": env["ELASTIC"]},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    prepare([str(src)], CODE, str(tmp_path / "one"), workers=1)
+    prepare([str(src)], CODE, str(tmp_path / "one"), PrepareOptions(workers=1))
     assert checksums(tmp_path / "data") == checksums(tmp_path / "one")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("data")) == ["data", "data.parts"]

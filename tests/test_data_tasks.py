@@ -7,7 +7,7 @@ import torch
 
 from elastic_cli.data import mqar
 from elastic_cli.data.loader import PreparedData, SegmentLoader
-from elastic_cli.data.tasks import check_answer, prepare_task
+from elastic_cli.data.tasks import check_answer, TaskOptions, prepare_task
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
 
@@ -20,7 +20,7 @@ CODE = str(ROOT / "tokenizers" / "code-8k.model")
 @pytest.mark.parametrize("tok_path", [BOOKS, CODE])
 def test_lengths_and_answers(tmp_path, task, tok_path):
     tok = Tokenizer.load(tok_path)
-    prepare_task(task, 700, 12, tok_path, str(tmp_path / "t"), seed=5)
+    prepare_task(task, 700, 12, tok_path, str(tmp_path / "t"), TaskOptions(seed=5))
     data = PreparedData(tmp_path / "t")
     assert data.task["name"] == task and len(data) == 12
     answers = set()
@@ -40,8 +40,8 @@ def test_lengths_and_answers(tmp_path, task, tok_path):
 
 def test_passkey_depth_varies_and_generation_is_seeded(tmp_path):
     tok = Tokenizer.load(BOOKS)
-    prepare_task("passkey", 400, 20, BOOKS, str(tmp_path / "a"), seed=1)
-    prepare_task("passkey", 400, 20, BOOKS, str(tmp_path / "b"), seed=1)
+    prepare_task("passkey", 400, 20, BOOKS, str(tmp_path / "a"), TaskOptions(seed=1))
+    prepare_task("passkey", 400, 20, BOOKS, str(tmp_path / "b"), TaskOptions(seed=1))
     a, b = PreparedData(tmp_path / "a"), PreparedData(tmp_path / "b")
     assert all((a.tokens(i) == b.tokens(i)).all() for i in range(20))
     depths = {tok.decode(a.tokens(i)).index("The pass key is") for i in range(20)}
@@ -49,7 +49,7 @@ def test_passkey_depth_varies_and_generation_is_seeded(tmp_path):
 
 
 def test_sorting_frequencies_drift_between_halves(tmp_path):
-    prepare_task("sorting", 16000, 4, BOOKS, str(tmp_path / "s"), seed=2)
+    prepare_task("sorting", 16000, 4, BOOKS, str(tmp_path / "s"), TaskOptions(seed=2))
     data, tok = PreparedData(tmp_path / "s"), Tokenizer.load(BOOKS)
     moved = 0
     for i in range(4):
@@ -69,7 +69,7 @@ def test_too_short_length_is_a_usage_error(tmp_path):
 
 def _mqar(tmp_path, distance, name="m", **kw):
     opts = {"pairs": 6, "segment_len": 32, "distance": distance, "keys": 16, "values": 16, **kw}
-    prepare_task("mqar", 256, 30, CODE, str(tmp_path / name), seed=3, options=opts)
+    prepare_task("mqar", 256, 30, CODE, str(tmp_path / name), TaskOptions(seed=3, options=opts))
     return PreparedData(tmp_path / name)
 
 
@@ -117,7 +117,7 @@ def test_mqar_rejects_impossible_settings(tmp_path):
     with pytest.raises(UsageError, match="cannot place"):
         _mqar(tmp_path, (0, 0), pairs=70, keys=80)                      # 140 items > 127 two-token slots
     with pytest.raises(UsageError, match="only apply to --task mqar"):
-        prepare_task("recall", 256, 2, CODE, str(tmp_path / "r"), options={"pairs": 3})
+        prepare_task("recall", 256, 2, CODE, str(tmp_path / "r"), TaskOptions(options={"pairs": 3}))
 
 
 def test_loader_answers_only_keeps_exactly_the_answer_targets(tmp_path):

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import tiny_run
-from elastic_cli.runs import checkpoint
 from elastic_cli.runs import inference
 from elastic_cli.train import distributed
 from elastic_cli.build import build_model

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from elastic_cli.evaluate.job import bits_per_byte, perplexity
-from elastic_cli.evaluate.scoring import Tally, score
+from elastic_cli.evaluate.scoring import Scoring, Tally, score
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
@@ -168,18 +168,17 @@ def test_eval_errors_exit_codes(run, capsys, tmp_path):
 
 
 def test_eval_refuses_data_made_with_another_tokenizer(run, capsys, tmp_path):
-    from elastic_cli.data.prepare import prepare
+    from elastic_cli.data.prepare import PrepareOptions, prepare
 
-    prepare([str(run.parent / "src")], str(REPO / "tokenizers" / "books-8k.model"), str(tmp_path / "books"),
-            val_frac=0.5, test_frac=0.2, workers=1)
+    prepare([str(run.parent / "src")], str(REPO / "tokenizers" / "books-8k.model"), str(tmp_path / "books"), PrepareOptions(val_frac=0.5, test_frac=0.2, workers=1))
     code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "books")
     assert code == 3 and "tokenizer" in err
 
 
 def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
-    from elastic_cli.data.tasks import prepare_task
+    from elastic_cli.data.tasks import TaskOptions, prepare_task
 
-    prepare_task("passkey", 96, 6, str(TOKENIZER), str(tmp_path / "passkey"), val_frac=0.5, test_frac=0.0)
+    prepare_task("passkey", 96, 6, str(TOKENIZER), str(tmp_path / "passkey"), TaskOptions(val_frac=0.5, test_frac=0.0))
     meta = json.loads((tmp_path / "passkey" / "meta.json").read_text())
     val = [d for d in meta["docs"] if d["split"] == "val"]
     assert val and all(len(d.get("answers", [])) == 1 for d in val)
@@ -222,9 +221,9 @@ def test_long_context_gain_is_zero_without_memory_or_history(kind):
     rng = np.random.default_rng(0)
     short = [rng.integers(0, 30, n) for n in (SEG, SEG - 2, 3)]
     long = [rng.integers(0, 30, n) for n in (4 * SEG, 3 * SEG + 1)]
-    one = score(model, short, [None] * 3, 2, torch.device("cpu"), gain=True)
+    one = score(model, short, [None] * 3, 2, torch.device("cpu"), Scoring(gain=True))
     assert one.gain == 0.0 and one.key_tokens == 0 and one.gain_tokens == one.tokens
-    many = score(model, long, [None] * 2, 2, torch.device("cpu"), gain=True)
+    many = score(model, long, [None] * 2, 2, torch.device("cpu"), Scoring(gain=True))
     assert (many.gain == 0.0) == (kind == "none")
     report = gain_report(many)
     assert report["mean_nats"] == pytest.approx(many.gain / many.tokens) and 0 <= report["key_fraction"] <= 1
@@ -244,10 +243,9 @@ def test_answers_by_distance_count_segments_between_fact_and_question():
 
 def test_eval_task_data_by_distance_json_and_plot(run, capsys, tmp_path):
     """mqar through the CLI: accuracy by distance in the task's own segment unit, and --plot draws it."""
-    from elastic_cli.data.tasks import prepare_task
+    from elastic_cli.data.tasks import TaskOptions, prepare_task
 
-    prepare_task("mqar", 64, 8, str(TOKENIZER), str(tmp_path / "mq"), val_frac=0.5, test_frac=0.0,
-                 options={"pairs": 3, "segment_len": 8, "distance": (1, 3), "keys": 8, "values": 8})
+    prepare_task("mqar", 64, 8, str(TOKENIZER), str(tmp_path / "mq"), TaskOptions(val_frac=0.5, test_frac=0.0, options={"pairs": 3, "segment_len": 8, "distance": (1, 3), "keys": 8, "values": 8}))
     code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "mq", "--json", "-",
                              "--plot", tmp_path / "d.png")
     assert code == 0, err
@@ -281,10 +279,9 @@ def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_
     """Cells from the batched eval equal cells built by hand from each document scored alone."""
     from elastic_cli.runs import inference
     from elastic_cli.data.loader import PreparedData
-    from elastic_cli.data.tasks import prepare_task
+    from elastic_cli.data.tasks import TaskOptions, prepare_task
 
-    prepare_task("niah-multivalue", [224, 320], 16, str(TOKENIZER), str(tmp_path / "h"), val_frac=0.6, test_frac=0.0,
-                 options={"haystack": [str(kjv_books)], "depth": "0,1", "needles": 2})
+    prepare_task("niah-multivalue", [224, 320], 16, str(TOKENIZER), str(tmp_path / "h"), TaskOptions(val_frac=0.6, test_frac=0.0, options={"haystack": [str(kjv_books)], "depth": "0,1", "needles": 2}))
     code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "h", "--json", "-",
                              "--heatmap", tmp_path / "heat.png", "--batch-size", 3)
     assert code == 0, err

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from elastic_cli.runs import checkpoint  # noqa: E402
+from elastic_cli.runs import inference  # noqa: E402
 from elastic_cli.data.sources import stdlib_root  # noqa: E402
 from elastic_cli.data.tokenizer import Tokenizer  # noqa: E402
 from elastic_cli.interop.export import writer  # noqa: E402
@@ -42,7 +42,7 @@ def test_every_exported_kind_is_a_registered_kind():
 def test_hf_logits_equal_elastic_on_three_segments(kind, tmp_path):
     run, out = exported(tmp_path, kind)
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
-    _, ref, _ = checkpoint.load_for_inference(run)
+    ref = inference.load_checkpoint(run).model
     ids = torch.randint(5, 8000, (2, 3 * L), generator=torch.Generator().manual_seed(0))  # (2, 48): 3 segments
     with torch.no_grad():
         want = segment_logits(ref, ids)

@@ -20,6 +20,7 @@ import torch
 
 import tiny_run
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import inference
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.data.loader import PreparedData
@@ -175,7 +176,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(trained, tmp_path, 
     monkeypatch.setattr(checkpoint.torch, "save", full)
     with pytest.raises(DataError, match="could not write checkpoint .*step_00000006: No space left on device; "
                                         "nothing was marked complete and the previous checkpoint .*step_00000004 is intact"):
-        checkpoint.save(run, 6, model, opt, {"step": 6}, "x: 1\n", keep_last=3)
+        checkpoint.save(run, model, opt, {"step": 6}, "x: 1\n", keep_last=3)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_00000002", "step_00000004"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     checkpoint.verify(run / "checkpoints" / "step_00000004")
@@ -208,5 +209,5 @@ def test_nan_loss_stops_with_exit_4_and_keeps_the_last_good_checkpoint(trained, 
     assert "the last good checkpoint" in line and "step_00000001 is kept" in line
     ckpt = checkpoint.resolve(tmp_path / "run")
     assert ckpt.name == "step_00000001"
-    _, model, _ = checkpoint.load_for_inference(ckpt)
+    model = inference.load_checkpoint(ckpt).model
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())

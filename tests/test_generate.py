@@ -259,18 +259,18 @@ def test_same_seed_same_tokens():
     m = model()
     logits, stream = prefill(m, ids(11), torch.device("cpu"))
     opts = DecodingOptions(0.9, 20, 0.95)
-    a = [t for t, _ in continuation(m, stream, logits, 12, opts, make_generator(5), None)]
-    b = [t for t, _ in continuation(m, stream, logits, 12, opts, make_generator(5), None)]
-    c = [t for t, _ in continuation(m, stream, logits, 12, opts, make_generator(6), None)]
+    a = [t for t, _ in continuation(m, stream, logits, 12, Sampler(opts, make_generator(5), None))]
+    b = [t for t, _ in continuation(m, stream, logits, 12, Sampler(opts, make_generator(5), None))]
+    c = [t for t, _ in continuation(m, stream, logits, 12, Sampler(opts, make_generator(6), None))]
     assert a == b and a != c
 
 
 def test_generation_stops_after_eos():
     m = model()
     logits, stream = prefill(m, ids(4), torch.device("cpu"))
-    greedy = [t for t, _ in continuation(m, stream, logits, 6, DecodingOptions(0.0, None, 1.0), make_generator(0), None)]
+    greedy = [t for t, _ in continuation(m, stream, logits, 6, Sampler(DecodingOptions(0.0, None, 1.0), make_generator(0), None))]
     stop = greedy[2]
-    cut = [t for t, _ in continuation(m, stream, logits, 6, DecodingOptions(0.0, None, 1.0), make_generator(0), stop)]
+    cut = [t for t, _ in continuation(m, stream, logits, 6, Sampler(DecodingOptions(0.0, None, 1.0), make_generator(0), stop))]
     assert cut == greedy[: greedy.index(stop) + 1]
 
 

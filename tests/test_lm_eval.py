@@ -19,7 +19,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from elastic_cli.runs import checkpoint  # noqa: E402
 from elastic_cli.config import dump_yaml, load_config  # noqa: E402
 from elastic_cli.data.loader import PreparedData  # noqa: E402
-from elastic_cli.data.tasks import prepare_task  # noqa: E402
+from elastic_cli.data.tasks import TaskOptions, prepare_task  # noqa: E402
 from elastic_cli.interop.lm_eval_model import ElasticLM  # noqa: E402
 from cli_run import run_cli  # noqa: E402
 from eval_run import REPO, TINY, TOKENIZER, segment_logits, sharpen  # noqa: E402
@@ -32,12 +32,12 @@ def run(tmp_path_factory):
     from elastic_cli.model.init import init_weights
 
     root = tmp_path_factory.mktemp("lmeval")
-    prepare_task("passkey", 200, 12, str(TOKENIZER), str(root / "data"), 0, 0.25, 0.0, "auto", False)
+    prepare_task("passkey", 200, 12, str(TOKENIZER), str(root / "data"), TaskOptions(seed=0, val_frac=0.25, test_frac=0.0, dtype="auto", force=False))
     cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"data.path={root / 'data'}", f"data.tokenizer={TOKENIZER}",
                                                        f"run.dir={root / 'run'}", "memory.kind=elastic", *TINY])
     model = build_model(cfg)
     init_weights(model, seed=0)
-    checkpoint.save(root / "run", 1, model, torch.optim.AdamW(model.parameters()), {"step": 1}, dump_yaml(cfg), 1)
+    checkpoint.save(root / "run", model, torch.optim.AdamW(model.parameters()), {"step": 1}, dump_yaml(cfg), 1)
     sharpen(root / "run")
     return root / "run", root / "data"
 

@@ -119,7 +119,7 @@ def test_a_cuda_run_evaluates_on_a_cpu_machine(trained, tmp_path, capsys):
     from elastic_cli.config import dump_yaml
 
     cuda_run = tmp_path / "cuda-run"
-    checkpoint.save(cuda_run, 2, model, torch.optim.AdamW(model.parameters()), {"step": 2}, dump_yaml(cfg), 1,
+    checkpoint.save(cuda_run, model, torch.optim.AdamW(model.parameters()), {"step": 2}, dump_yaml(cfg), 1,
                     tiny_run.TOKENIZER)
     base = ["eval", cuda_run, "--data", data, "--max-docs", "1", "--no-gain", "--out", "-"]
     code, out, err = cli(capsys, *base)
@@ -301,7 +301,7 @@ def test_export_creates_its_parent_folders(trained, tmp_path, capsys):
 
 def test_training_lines_print_above_the_bar_on_a_terminal(monkeypatch, capsys, tmp_path):
     from elastic_cli import console
-    from elastic_cli.train.loop import _Log, summary_line
+    from elastic_cli.train.loop import Summary, _Log, summary_line
 
     monkeypatch.setattr(console, "interactive", lambda: True)
     log = _Log(tmp_path / "train.log")
@@ -316,7 +316,7 @@ def test_training_lines_print_above_the_bar_on_a_terminal(monkeypatch, capsys, t
     assert "step 1 val_loss 1.2345\n" in err
     assert err.split("step 1 val_loss")[0].endswith("\r")  # the bar was cleared first (tqdm.write), then redrawn
     assert (tmp_path / "train.log").read_text().endswith(" step 1 val_loss 1.2345\n")
-    line = summary_line(150, 50, 1_234_567, 61.2, 3.14159, [(3.5, 50), (3.25, 100), (3.3, 150)],
+    line = summary_line(Summary(150, 1_234_567, 3.14159), 50, 61.2, [(3.5, 50), (3.25, 100), (3.3, 150)],
                         Path("runs/tiny/checkpoints/step_00000150"), Path("runs/tiny"))
     assert line == ("done: step 150 (50 this run, 61 s), 1,234,567 tokens, last loss 3.1416, val_loss best 3.2500 "
                     "(step 100) last 3.3000 (step 150); checkpoint runs/tiny/checkpoints/step_00000150; run directory "

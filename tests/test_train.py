@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 
 import tiny_run
-from elastic_cli.runs import checkpoint
 from elastic_cli.runs import inference
 from elastic_cli.cli.app import cli
 from elastic_cli.config import load_config

@@ -11,7 +11,7 @@ import torch
 import tiny_run
 from elastic_cli.config import load_config
 from elastic_cli.data.loader import Batch, PreparedData, SegmentLoader
-from elastic_cli.data.tasks import prepare_task
+from elastic_cli.data.tasks import TaskOptions, prepare_task
 from elastic_cli.train.optim import segments_at
 from elastic_cli.evaluate.scoring import score
 from elastic_cli.train.loop import train
@@ -58,8 +58,7 @@ def test_checkpointed_segments_give_the_same_gradients(kind):
 @pytest.fixture(scope="module")
 def mqar_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("mqar") / "d"
-    prepare_task("mqar", 4 * 16, 24, str(tiny_run.TOKENIZER), str(out), seed=1, val_frac=0.0, test_frac=0.0,
-                 options={"pairs": 3, "segment_len": 16, "distance": (0, 3), "keys": 8, "values": 8})
+    prepare_task("mqar", 4 * 16, 24, str(tiny_run.TOKENIZER), str(out), TaskOptions(seed=1, val_frac=0.0, test_frac=0.0, options={"pairs": 3, "segment_len": 16, "distance": (0, 3), "keys": 8, "values": 8}))
     return PreparedData(out)
 
 

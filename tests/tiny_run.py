@@ -29,13 +29,13 @@ def documents() -> list[str]:
 
 def prepare(out: Path) -> Path:
     """`elastic prepare` of the documents (one file each) with the shipped code tokenizer into out/data."""
-    from elastic_cli.data.prepare import prepare as run_prepare
+    from elastic_cli.data.prepare import PrepareOptions, prepare as run_prepare
 
     src = out / "src"
     src.mkdir(parents=True)
     for i, text in enumerate(documents()):
         (src / f"m{i:02d}.py").write_text(text)
-    run_prepare([str(src)], str(TOKENIZER), str(out / "data"), val_frac=0.2, test_frac=0.0, workers=1)
+    run_prepare([str(src)], str(TOKENIZER), str(out / "data"), PrepareOptions(val_frac=0.2, test_frac=0.0, workers=1))
     return out / "data"
 
 

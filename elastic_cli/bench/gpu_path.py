@@ -24,6 +24,10 @@ from torch.utils._pytree import tree_leaves
 
 from elastic_cli.data.loader import Batch
 from elastic_cli.model.decoder import Decoder
+from elastic_cli.bench.history import stream_after
+from elastic_cli.train.optim import build_optimizer
+from elastic_cli.train.step import train_step
+from elastic_cli.build import build_model
 
 _NO_KERNEL = frozenset({"empty.memory_format", "empty_strided.default", "empty_like.default", "new_empty.default",
                         "new_empty_strided.default", "_unsafe_view.default", "lift_fresh.default"})
@@ -104,7 +108,6 @@ def segment_counts(model: Decoder) -> tuple[Launches, Launches]:
 def token_count(model: Decoder) -> float:
     """Launches per generated token, the mean over one whole segment of single-token steps from a
     segment boundary at t > 0 (the segment's fold into memory and the next reads included)."""
-    from elastic_cli.bench.history import stream_after
 
     stream, token = stream_after(model, after_one_segment(model)), torch.zeros(1, 1, dtype=torch.long, device=META)
 
@@ -119,8 +122,6 @@ def token_count(model: Decoder) -> float:
 def train_step_syncs(cfg, model: Decoder) -> int:
     """Host syncs of one `step.train_step` at the recipe's micro-batch and window (the batch comes from
     the host, as the loader's does)."""
-    from elastic_cli.train.optim import build_optimizer
-    from elastic_cli.train.step import train_step
 
     t, m = cfg.train, cfg.model
     shape = (t.micro_batch, t.segments, m.segment_len)
@@ -136,7 +137,6 @@ def gpu_path(configs: dict) -> dict:
     gpu_path_f64_ops_per_segment (elastic: float64 launches of an eval segment with its write),
     gpu_path_ops_per_token {kind: launches per generated token}, host_syncs_per_train_step (the most
     over the kinds)."""
-    from elastic_cli.build import build_model
 
     per_kind: dict[str, dict] = {}
     for kind, cfg in configs.items():

@@ -24,8 +24,10 @@ def evaluate_document(model: Decoder, tokens: Tensor, autocast, states: tuple | 
     from `states` (default: empty memory), and the memory states after the last segment."""
     if states is None:
         states = model.empty_states(tokens.shape[0], tokens.device)
-    nll = 0.0
-    for _, seg_nll, _, states in read(model, tokens[:, :-1], tokens[:, 1:], states, lambda: autocast):
+    n, L = tokens.shape[1], model.segment_len
+    m = min(n, -(-(n - 1) // L) * L)  # inputs: the segments holding the n - 1 positions that predict a token
+    nll = 0.0  # targets tokens[:, 1:m + 1]: one short of the inputs when the last input predicts nothing
+    for _, seg_nll, _, states in read(model, tokens[:, :m], tokens[:, 1:m + 1], states, lambda: autocast):
         nll += float(seg_nll.sum())
     return nll / tokens[:, 1:].numel(), states
 
@@ -80,11 +82,21 @@ def history_pass(model: Decoder, vocab: int, lengths: list[int], autocast, devic
     return Pass(peaks, kept, {n: model.numel(s) for n, s in kept.items()}, meter.how)
 
 
-def timed_after(models: dict[str, Decoder], passes: dict[str, Pass], eval_lengths: tuple[int, int],
-                generate_lengths: tuple[int, int], eval_tokens: int, new_tokens: int, repeats: int,
-                autocast, device: torch.device) -> tuple[dict, dict]:
+class Timing(NamedTuple):
+    """What `timed_after` times: after which histories, how many tokens, how many interleaved repeats."""
+
+    eval_lengths: tuple[int, ...]  # histories (tokens) after which `eval_tokens` more are evaluated
+    generate_lengths: tuple[int, ...]  # histories after which `new_tokens` are generated
+    eval_tokens: int
+    new_tokens: int
+    repeats: int
+
+
+def timed_after(models: dict[str, Decoder], passes: dict[str, Pass], timing: Timing, autocast,
+                device: torch.device) -> tuple[dict, dict]:
     """Seconds per token, per (kind, history): evaluating `eval_tokens` more tokens, and generating
     `new_tokens`, from the states after each history. All interleaved. Returns (eval, generate)."""
+    eval_lengths, generate_lengths, eval_tokens, new_tokens, repeats = timing
     vocab = next(iter(models.values())).vocab_size
     more = measure.random_tokens((1, eval_tokens + 1), vocab, 6, device)
     first = torch.zeros(1, vocab, device=device)  # (1, V): the first generated token is 0

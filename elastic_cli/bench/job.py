@@ -26,7 +26,8 @@ from elastic_cli import allocator, console, precision
 from elastic_cli.atomic import write_atomic
 from elastic_cli.bench import measure
 from elastic_cli.bench.gpu_path import gpu_path
-from elastic_cli.bench.history import evaluate_document, generate_greedy, history_pass, stream_after, timed_after
+from elastic_cli.bench.history import (Timing, evaluate_document, generate_greedy, history_pass, stream_after,
+                                       timed_after)
 from elastic_cli.bench.kernels import KernelShapes, kernel_fns, kernel_ratios
 from elastic_cli.bench.train import WARMUP_STEPS, build_variants, cpu_name, kind_configs, train_costs
 from elastic_cli.code_version import code_version
@@ -141,9 +142,9 @@ def _history(variants, kinds: list[str], plan: Plan, m, autocast, device, say) -
         say(f"bench:   {kind}: reading {plan.eval_histories[1]:,} tokens")
         passes[kind] = history_pass(variants.models[kind], m.vocab_size, lengths, autocast, device)
     new_tokens = plan.generate_tokens or m.segment_len
-    evals, gens = timed_after({k: variants.models[k] for k in kinds}, passes, plan.eval_histories,
-                              plan.generate_histories, plan.eval_segments * m.segment_len, new_tokens,
-                              plan.generate_repeats, autocast, device)
+    timing = Timing(plan.eval_histories, plan.generate_histories, plan.eval_segments * m.segment_len, new_tokens,
+                    plan.generate_repeats)
+    evals, gens = timed_after({k: variants.models[k] for k in kinds}, passes, timing, autocast, device)
     (es, el), (gs, gl) = plan.eval_histories, plan.generate_histories
     result: dict = {
         "eval_peak_bytes": {k: {str(n): passes[k].peaks[n] for n in plan.eval_histories} for k in kinds},

@@ -12,13 +12,18 @@ from elastic_cli.bench import measure
 from elastic_cli.data.loader import Batch
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
+from elastic_cli.config import load_config
+from elastic_cli.build import build_model
+from elastic_cli.model.init import init_weights
+from elastic_cli.train.optim import build_optimizer
+from elastic_cli.train.step import train_step
+from elastic_cli.train.autobatch import resolve, with_micro_batch
 
 
 def kind_configs(recipe: str, overrides: list[str], kinds: list[str] | None = None) -> dict:
     """The recipe once per memory kind in the registry (`none` and `elastic` first), or per kind in
     `kinds`: the recipe and overrides with memory.kind=KIND (the recipe's own options for its kind,
     defaults for the others), plus the overrides KIND.key=value as memory.key=value of that kind only."""
-    from elastic_cli.config import load_config
 
     order = [k for k in ("none", "elastic") if k in REGISTRY] + sorted(set(REGISTRY) - {"none", "elastic"})
     shared = [o for o in overrides if o.split(".", 1)[0] not in REGISTRY]
@@ -52,12 +57,7 @@ class Variants(NamedTuple):
 def build_variants(cfg, configs: dict, device: torch.device, autocast) -> Variants:
     """Models, optimizers and train-step closures on one fixed random batch (B, S, L); `cfg` gives
     the model and train settings, `configs` one config per kind (`kind_configs`)."""
-    from elastic_cli.build import build_model
-    from elastic_cli.model.init import init_weights
-    from elastic_cli.train.optim import build_optimizer
-    from elastic_cli.train.step import train_step
 
-    from elastic_cli.train.autobatch import resolve, with_micro_batch
 
     cfg = resolve(cfg, 1, device)  # train.micro_batch=auto: as one training process would choose (by the estimate)
     configs = {k: with_micro_batch(c, cfg.train.micro_batch) for k, c in configs.items()}
@@ -74,9 +74,8 @@ def build_variants(cfg, configs: dict, device: torch.device, autocast) -> Varian
         opt = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
         if t.compile:
             model.compile_blocks()  # as training does (streaming generation stays eager)
-        forward = model
-        steps[kind] = (lambda c=c, model=model, opt=opt, forward=forward:  # the trainer's own step (train.py)
-                       train_step(c, model, opt, fake, autocast, device, forward=forward))
+        steps[kind] = (lambda c=c, model=model, opt=opt:  # the trainer's own step (train/step.py)
+                       train_step(c, model, opt, fake, autocast, device))
     return Variants(configs, models, steps)
 
 

@@ -109,23 +109,24 @@ def prepare(sources, tokenizer_path, out, repos, corpus, min_tokens, val_frac, t
                     "keys": keys, "values": values, "noise": noise, "haystack": haystack, "depth": depth,
                     "qa": qa, "needles": needles}
     if task is not None:
-        from elastic_cli.data.tasks import prepare_task
+        from elastic_cli.data.tasks import TaskOptions, prepare_task
 
         if sources or corpus or repos or shard:
             raise UsageError("--task takes no SOURCES, --corpus, --repos or --shard")
         if length is None or count is None:
             raise UsageError("--task needs --length and --count")
-        prepare_task(task, length, count, tokenizer_path, out, seed, val_frac, test_frac, dtype, force, task_options)
+        prepare_task(task, length, count, tokenizer_path, out,
+                     TaskOptions(seed, val_frac, test_frac, dtype, force, task_options))
         return
     if length is not None or count is not None or any(v not in (None, ()) for v in task_options.values()):
         raise UsageError("--length, --count and the task options only apply with --task")
-    from elastic_cli.data.prepare import prepare as run_prepare
-
     from elastic_cli.data import textio
+    from elastic_cli.data.prepare import PrepareOptions, prepare as run_prepare
 
     policy = textio.Policy(textio.check_encoding(encoding), strict)
-    run_prepare(list(sources), tokenizer_path, out, repos, min_tokens, val_frac, test_frac, dtype, force,
-                corpus, workers, shard, policy)
+    run_prepare(list(sources), tokenizer_path, out, PrepareOptions(repos, min_tokens, val_frac, test_frac, dtype, force,
+                                                                   corpus, workers, shard, policy))
+
 
 LIST_HELP = """List what exists: recipes (and memory overlays), memory kinds with their options,
 synthetic tasks (elastic prepare --task) and built-in corpora (elastic prepare --corpus).

@@ -21,6 +21,7 @@ from elastic_cli.memory import options as memory_options
 
 from .explain import RENAMED, explain
 from .schema import RunConfig, check, to_dict
+from elastic_cli import console
 
 OVERRIDE = "command line"
 # The memory section saved by versions before each kind declared its options: every field of every
@@ -137,7 +138,6 @@ def _fit_warmup(tree: dict, origin: dict[str, str]) -> None:
         return
     steps, warmup = train.get("steps"), train.get("warmup")
     if isinstance(steps, int) and isinstance(warmup, int) and 0 < steps < warmup:
-        from elastic_cli import console
 
         train["warmup"] = steps
         console.warn(f"train.warmup={warmup} ({origin.get('train.warmup', 'the recipe')}) exceeds train.steps={steps} "

@@ -23,6 +23,7 @@ from elastic_cli.data import babi_solver
 from elastic_cli.data import sources as src
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
+from elastic_cli.data.loader import PreparedData
 
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+")
 MIN_WORDS, MAX_WORDS = 3, 60
@@ -108,7 +109,6 @@ def load(sources: list[str], tok: Tokenizer) -> Haystack:
 
 def _prepared(path: Path) -> tuple[list[list[str]], list[dict]]:
     """A prepared directory's documents as books, decoded with the tokenizer it names."""
-    from elastic_cli.data.loader import PreparedData
 
     data = PreparedData(path)
     tok_path = data.meta.get("tokenizer")

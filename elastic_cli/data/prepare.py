@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from elastic_cli import console
 from elastic_cli.data import textio
@@ -74,9 +75,10 @@ def run_meta(base: dict, fingerprint: str, n_bytes: int, dropped: int) -> dict:
             "n_bytes": n_bytes, "stats": {**base["stats"], "dropped_short": dropped}, "sources": base["sources"]}
 
 
-def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, workers: int, min_tokens: int,
-                fracs: dict[str, float], total_bytes: int, policy: textio.Policy = textio.Policy()) -> tuple[int, int]:
+def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, workers: int, opts: PrepareOptions,
+                total_bytes: int) -> tuple[int, int]:
     """Stream every document's blocks through the workers into `w`; (UTF-8 bytes kept, dropped)."""
+    min_tokens, policy = opts.min_tokens, opts.policy
     newlines, spaces = tok.cuts()
     if not newlines:
         console.warn(f"{tok.path} has pieces that hold a newline: each document is encoded whole "
@@ -96,7 +98,7 @@ def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, worker
                     w.discard()
                     dropped += 1
                 else:
-                    w.end(docs[j].name, doc_bytes, store.split_of(docs[j].name, fracs["val"], fracs["test"]))
+                    w.end(docs[j].name, doc_bytes, store.split_of(docs[j].name, opts.val_frac, opts.test_frac))
                     n_bytes += doc_bytes
                 seen, doc_bytes, open_doc = seen + doc_bytes, 0, False
             elapsed = max(time.monotonic() - t0, 1e-9)
@@ -107,12 +109,24 @@ def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, worker
     return n_bytes, dropped
 
 
-def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, min_tokens: int = 1,
-            val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
-            corpus: str | None = None, workers: int | None = None, shard: tuple[int, int] | None = None,
-            policy: textio.Policy = textio.Policy()) -> Summary:
-    """Tokenize the sources into `out`; with `shard=(I, N)`, only part I of N (joined by data/merge.py).
-    policy: how files are decoded (--encoding, --strict; elastic_cli/data/textio.py)."""
+class PrepareOptions(NamedTuple):
+    """How `prepare` reads and splits its sources (the flags of `elastic prepare`)."""
+
+    repos: bool = False  # each subfolder of a source folder is one document (a repository)
+    min_tokens: int = 1  # drop shorter documents
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    dtype: str = "auto"  # auto | uint16 | uint32
+    force: bool = False  # rebuild even if `out` holds other input
+    corpus: str | None = None  # a built-in corpus instead of (or besides) the sources
+    workers: int | None = None  # encoding processes (default: up to 2 cores)
+    shard: tuple[int, int] | None = None  # (I, N): only part I of N (joined by data/merge.py)
+    policy: textio.Policy = textio.Policy()  # how files are decoded (--encoding, --strict; data/textio.py)
+
+
+def prepare(sources: list[str], tokenizer: str, out: str, opts: PrepareOptions = PrepareOptions()) -> Summary:
+    """Tokenize the sources into `out`; with `opts.shard=(I, N)`, only part I of N (joined by data/merge.py)."""
+    repos, min_tokens, val_frac, test_frac, dtype, force, corpus, workers, shard, policy = opts
     return_large_buffers()  # before the first block is read
     out_p = Path(out)
     _check_fracs(val_frac, test_frac)
@@ -155,8 +169,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, repos: bool = False, m
                       "replaced_files": len(col.replaced), "replaced_bytes": sum(col.replaced_bytes.values())}}
     t0 = time.monotonic()
     with store.Writer(out_p, dt) as w:
-        n_bytes, dropped = _write_docs(w, [col.docs[j] for j in docs], tok, workers, min_tokens, fracs,
-                                       sum(doc_sizes[j] for j in docs), policy)
+        n_bytes, dropped = _write_docs(w, [col.docs[j] for j in docs], tok, workers, opts, sum(doc_sizes[j] for j in docs))
         if shard is None:
             if not w.docs:
                 raise DataError(f"every document is shorter than --min-tokens {min_tokens} ({dropped} dropped)")

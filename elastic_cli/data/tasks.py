@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import NamedTuple
 from types import SimpleNamespace
 
 import numpy as np
@@ -220,11 +221,21 @@ def _generator(task: str, tok: Tokenizer, options: dict):
     return make, None
 
 
-def prepare_task(task: str, length: int | list[int], count: int, tokenizer: str, out: str, seed: int = 0,
-                 val_frac: float = 0.05, test_frac: float = 0.05, dtype: str = "auto", force: bool = False,
-                 options: dict | None = None) -> None:
+class TaskOptions(NamedTuple):
+    """How `prepare_task` draws and splits its documents (the flags of `elastic prepare --task`)."""
+
+    seed: int = 0  # the generator's seed
+    val_frac: float = 0.05
+    test_frac: float = 0.05
+    dtype: str = "auto"  # auto | uint16 | uint32
+    force: bool = False  # rebuild even if `out` holds other input
+    options: dict | None = None  # the task's own settings (below)
+
+
+def prepare_task(task: str, length: int | list[int], count: int, tokenizer: str, out: str,
+                 opts: TaskOptions = TaskOptions()) -> None:
     """Write `count` documents of `task` to `out`. `length`: tokens per document, or a list that the
-    documents take in turn. `options` are the task's own settings (mqar: pairs, queries, distance
+    documents take in turn. `opts.options` are the task's own settings (mqar: pairs, queries, distance
     (lo, hi) in segments, segment_len, keys, values, noise; haystack tasks: haystack (sources), depth
     (see `parse_depth`; documents take the grid's points in turn after the lengths), qa, needles)."""
     if task not in TASKS:
@@ -232,6 +243,7 @@ def prepare_task(task: str, length: int | list[int], count: int, tokenizer: str,
     lengths = [length] if isinstance(length, int) else list(length)
     if count < 1 or not lengths or min(lengths) < 8:
         raise UsageError(f"--count must be >= 1 and --length >= 8, got {count} and {length}")
+    seed, val_frac, test_frac, dtype, force, options = opts
     options = {k: v for k, v in (options or {}).items() if v is not None and v != ()}
     depths = parse_depth(options.get("depth", HAYSTACK_DEFAULTS["depth"]))
     tok = Tokenizer.load(tokenizer)

@@ -27,7 +27,7 @@ from elastic_cli.data.loader import PreparedData
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError
 from elastic_cli.evaluate import heatmap, report
-from elastic_cli.evaluate.scoring import GAIN_THRESHOLD, Tally, score
+from elastic_cli.evaluate.scoring import GAIN_THRESHOLD, Scoring, Tally, score
 from elastic_cli.runs import inference
 from elastic_cli.runs.checkpoint import saved_step
 from elastic_cli.runs.inference import Settings
@@ -144,8 +144,8 @@ def evaluate_one(loaded: inference.Loaded, data: PreparedData, split: str, opts:
     t0 = time.perf_counter()
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
         unit = ((data.task or {}).get("options") or {}).get("segment_len")  # mqar counts distances in its own unit
-        tally = score(model, docs, answers, batch, device, lambda: precision.autocast(device, cfg.train.dtype), bar,
-                      gain=opts.gain and not any(answers), distance_unit=unit)
+        amp = lambda: precision.autocast(device, cfg.train.dtype)  # noqa: E731
+        tally = score(model, docs, answers, batch, device, Scoring(amp, bar, opts.gain and not any(answers), unit))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0

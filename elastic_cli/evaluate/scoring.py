@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -147,7 +147,10 @@ def reset_at(model, states, doc_start, s: int):
 
 def token_nll(model, x: torch.Tensor, y: torch.Tensor, states, amp=nullcontext):
     """One segment: per-token NLL (B, l) in fp32 (0 where y is -1), the logits (B, l, V) in fp32 and the
-    memory states after it. x, y: (B, l), l <= segment_len."""
+    memory states after it. x: (B, l), l <= segment_len; y: (B, l), or shorter when the last inputs
+    predict nothing (as -1)."""
+    if y.shape[1] < x.shape[1]:
+        y = F.pad(y, (0, x.shape[1] - y.shape[1]), value=-1)  # (B, l)
     with amp():
         logits, states = model(x, states)  # (B, l, V)
     logits = logits.float()
@@ -156,7 +159,7 @@ def token_nll(model, x: torch.Tensor, y: torch.Tensor, states, amp=nullcontext):
 
 def read(model, x: torch.Tensor, y: torch.Tensor, states, amp=nullcontext, doc_start=None) -> Iterator[tuple]:
     """THE segment loop: x, y (B, T) read segment_len tokens at a time (the last segment may be
-    shorter), memory carried from each segment to the next and emptied where `doc_start` (B, S) bool
+    shorter; y may end before x), memory carried from each segment to the next and emptied where `doc_start` (B, S) bool
     (CPU) says a row's document starts. Yields (s, nll (B, l), logits (B, l, V), states after segment s)."""
     L = model.segment_len
     for s, start in enumerate(range(0, x.shape[1], L)):
@@ -166,15 +169,25 @@ def read(model, x: torch.Tensor, y: torch.Tensor, states, amp=nullcontext, doc_s
         yield s, nll, logits, states
 
 
+class Scoring(NamedTuple):
+    """How `score` reads: the autocast context of each forward (a callable), a progress bar to update
+    with scored tokens, whether to also score each segment with empty memory (the long-context gain),
+    and the tokens per segment distances are counted in (None: the model's segment_len; a task's own
+    unit keeps distances comparable between models with other segment lengths)."""
+
+    amp: Callable = nullcontext
+    bar: Any = None
+    gain: bool = False
+    distance_unit: int | None = None
+
+
 @torch.no_grad()
 def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device: torch.device,
-          amp=nullcontext, bar=None, gain: bool = False, distance_unit: int | None = None) -> Tally:
+          how: Scoring = Scoring()) -> Tally:
     """Teacher-forced NLL of every next token of every document, memory carried per document.
 
-    answers[i]: document i's answer spans (see `spans_of`); amp() gives the autocast context of each
-    forward; `gain`: also score each segment with empty memory (the long-context gain);
-    `distance_unit`: tokens per segment when counting distances (default: the model's segment_len;
-    a task's own unit keeps distances comparable between models with other segment lengths)."""
+    answers[i]: document i's answer spans (see `spans_of`)."""
+    amp, bar, gain, distance_unit = how
     tally, L = Tally(), model.segment_len
     order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))  # similar lengths share a batch
     for first in range(0, len(order), batch_size):

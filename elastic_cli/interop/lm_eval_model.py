@@ -27,7 +27,7 @@ from elastic_cli import precision
 from elastic_cli.runs import inference
 from elastic_cli.generate.decoding import DecodingOptions, Sampler, check_options, make_generator
 from elastic_cli.generate.stream import continuation
-from elastic_cli.evaluate.scoring import score
+from elastic_cli.evaluate.scoring import Scoring, score
 from elastic_cli.errors import UsageError
 
 TRUE = ("1", "true", "yes")
@@ -115,7 +115,7 @@ class ElasticLM(TemplateLM):
         for request in requests:
             (text,) = request.args
             ids = [self.tok.bos_id] + self.tok.encode(text) + [self.tok.eos_id] * self.document_end
-            tally = score(self.model, [np.asarray(ids)], [None], 1, self._device, self._amp)
+            tally = score(self.model, [np.asarray(ids)], [None], 1, self._device, Scoring(self._amp))
             out.append(-tally.nll)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), out[-1])
         return out

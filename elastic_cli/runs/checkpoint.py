@@ -155,15 +155,16 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
     write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
 
 
-def save(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict,
-         config_yaml: str, keep_last: int, tokenizer: Path | None = None) -> Path:
-    """Write checkpoints/step_X atomically (rank 0 only), update `latest`, drop the oldest beyond keep_last.
+def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict, config_yaml: str,
+         keep_last: int, tokenizer: Path | None = None) -> Path:
+    """Write checkpoints/step_X (X = train_state["step"]) atomically (rank 0 only), update `latest`, drop
+    the oldest beyond keep_last.
     `tokenizer` (the run's .model file) is copied in as tokenizer.model and checksummed with the rest,
     so the checkpoint is self-contained: it runs from any directory or machine.
     A write error (disk full, quota, read-only) -> DataError; nothing new is marked complete and the
     previous checkpoints are untouched."""
     root = Path(run_dir) / "checkpoints"
-    final = root / step_name(step)
+    final = root / step_name(train_state["step"])
     tmp = root / (final.name + ".tmp")
     try:
         _write_files(tmp, model, optimizer, train_state, config_yaml, tokenizer)

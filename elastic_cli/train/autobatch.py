@@ -15,6 +15,8 @@ import torch
 
 from elastic_cli.train import distributed
 from elastic_cli.config import RunConfig
+from elastic_cli.build import describe
+from elastic_cli.train.step import segment_nll
 
 FILL = 0.85  # of the device's memory the estimate may use (the allocator's fragmentation and workspaces take the rest)
 
@@ -39,7 +41,6 @@ def largest_fitting(share: int, fits: Callable[[int], bool]) -> int:
 
 
 def estimated_bytes(cfg: RunConfig, world: int, micro_batch: int) -> float:
-    from elastic_cli.build import describe
 
     return describe(with_micro_batch(cfg, micro_batch), world)["memory_gib"] * 2**30
 
@@ -62,7 +63,6 @@ def resolve(cfg: RunConfig, world: int, device: torch.device,
 def window_probe(cfg: RunConfig, model, autocast, device: torch.device) -> Callable[[int], bool]:
     """probe(m): one BPTT chunk of m random windows, forward and backward, on the device; False on a
     CUDA out-of-memory error. Gradients and the allocator's cache are released after each try."""
-    from elastic_cli.train.step import segment_nll
 
     m_cfg, t = cfg.model, cfg.train
 

@@ -105,7 +105,6 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
     if t.compile:
         model.compile_blocks()  # one graph per kind of block; the memory writes between segments stay eager
     net = distributed.wrap(model, find_unused=bool(plan.write_only))
-    forward = net
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
@@ -124,7 +123,7 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
                 loader.set_segments(segments_at(step, t.curriculum, t.segments))
                 batch = loader.next_batch()  # inputs/targets (b, S, L), doc_start (b, S)
                 try:
-                    loss, n_tokens, grad_norm = train_step(step_cfg, model, optimizer, batch, autocast, device, net, forward)
+                    loss, n_tokens, grad_norm = train_step(step_cfg, model, optimizer, batch, autocast, device, net)
                 except Diverged as e:
                     saved = checkpoint.complete_checkpoints(run_dir)
                     kept = f"the last good checkpoint {saved[-1]} is kept" if saved else "no checkpoint was saved yet"
@@ -155,7 +154,7 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
 
                 preempt = distributed.all_reduce_max(stop.raised) > 0
                 if preempt or step == t.steps or (t.save_every and step % t.save_every == 0):
-                    ckpt = _save(cfg, run_dir, step, tokens, model, optimizer, loader, tokenizer)
+                    ckpt = _save(plan, step, tokens, model, optimizer, loader)
                     log.write(f"saved {ckpt}")
                     t_last = time.monotonic()
                 if preempt and step < t.steps:
@@ -165,7 +164,7 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
                     raise Preempted(f"stopped by a signal at step {step}; resume with --resume auto")
         log.bar = None
         ckpt = ckpt or (checkpoint.complete_checkpoints(run_dir) or [None])[-1]
-        log.write(summary_line(step, step - step_first, tokens, time.monotonic() - t_start, loss, vals, ckpt, run_dir))
+        log.write(summary_line(Summary(step, tokens, loss), step - step_first, time.monotonic() - t_start, vals, ckpt, run_dir))
     finally:
         stop.restore()
         metrics.close()
@@ -173,9 +172,10 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
     return Summary(step, tokens, loss)
 
 
-def summary_line(step: int, ran: int, tokens: int, seconds: float, loss: float, vals: list[tuple[float, int]],
-                 ckpt: Path | None, run_dir: Path) -> str:
+def summary_line(done: Summary, ran: int, seconds: float, vals: list[tuple[float, int]], ckpt: Path | None,
+                 run_dir: Path) -> str:
     """The end of a run in one line: steps, tokens, time, losses, where the checkpoint is."""
+    step, tokens, loss = done
     text = f"done: step {step} ({ran} this run, {seconds:,.0f} s), {tokens:,} tokens, last loss {loss:.4f}"
     if vals:
         best = min(vals)
@@ -223,13 +223,14 @@ def _resume(plan: RunPlan, model, optimizer, loader, device) -> tuple[int, int]:
     return state["step"], state["tokens"]
 
 
-def _save(cfg, run_dir, step, tokens, model, optimizer, loader, tokenizer) -> Path:
+def _save(plan: RunPlan, step: int, tokens: int, model, optimizer, loader) -> Path:
+    cfg, run_dir = plan.cfg, Path(plan.cfg.run.dir)
     rngs = distributed.all_gather_object(checkpoint.rng_state())
     path = None
     if console.is_rank0():
         state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
                  "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
-        path = checkpoint.save(run_dir, step, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last, tokenizer)
+        path = checkpoint.save(run_dir, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last, plan.tokenizer)
     distributed.barrier()
     return path or run_dir / "checkpoints" / checkpoint.step_name(step)
 

@@ -16,13 +16,12 @@ from elastic_cli.evaluate.scoring import reset_at
 from elastic_cli.memory.base import detach_state
 
 
-def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward=None) -> tuple[float, int, float]:
+def train_step(cfg, model, optimizer, batch, autocast, device, net=None) -> tuple[float, int, float]:
     """One optimizer step over this rank's rows of the global batch; returns the global mean loss,
     the global number of target tokens and the gradient norm before clipping. Reads only `cfg.train`.
-    `net` is the (DDP-)wrapped model, `forward` the (compiled) callable; both default to `model`.
+    `net` is the (DDP-)wrapped model (default: `model`); `train.compile` compiles the blocks in place.
     `elastic bench` times exactly this function."""
     net = model if net is None else net
-    forward = net if forward is None else forward
     t = cfg.train
     rows, segments = batch.inputs.shape[:2]
     local = int((batch.targets != -1).sum())
@@ -45,7 +44,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None, forward
                     for s in range(c0, min(c0 + bptt, segments)):
                         states = reset_at(model, states, first, s)  # memory empties at document starts
                         write = s < segments - 1 or bool(t.aux_weight)  # the window's last state is dropped
-                        args = (forward, x[:, s], y[:, s], states, t.loss_on == "answers", write)
+                        args = (net, x[:, s], y[:, s], states, t.loss_on == "answers", write)
                         if t.checkpoint_segments:  # keep only the states between segments; recompute in backward
                             nll, states = recompute(segment_nll, *args, use_reentrant=False)
                         else:

@@ -29,7 +29,7 @@ def main(run_dir: str, first: int, ready) -> None:
     while True:
         with torch.no_grad():
             model.embed.weight[0, 0] = step  # each checkpoint's weights name its step
-        checkpoint.save(Path(run_dir), step, model, opt, {"step": step}, dump_yaml(cfg), keep_last=2)
+        checkpoint.save(Path(run_dir), model, opt, {"step": step}, dump_yaml(cfg), keep_last=2)
         if step == first:
             ready.set()  # one complete checkpoint of this process exists; kills come now
         step += 1

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from elastic_cli.interop.export.configuration_elastic import ElasticConfig
+from .configuration_elastic import ElasticConfig
 
 try:
     import elastic_cli
