@@ -46,7 +46,7 @@ def make_run(root: Path, kind: str = "elastic") -> Path:
 def sharpen(run) -> None:
     """Re-draw the weights with a larger spread (seeded), so that greedy decoding depends on the
     whole context instead of repeating one token, and save the checkpoint again."""
-    cfg, model, ckpt, _ = inference.load_checkpoint(run)
+    cfg, model, _ = inference.load_checkpoint(run)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():

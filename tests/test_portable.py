@@ -16,8 +16,8 @@ import tiny_run
 from cli_run import run_cli as cli
 from elastic_cli.runs import checkpoint
 from elastic_cli.runs import inference
-from elastic_cli.runs.files import file_sha256
-from elastic_cli.config import load_config
+from elastic_cli.runs.checkpoint import file_sha256
+from elastic_cli.config import dump_yaml, load_config
 from elastic_cli.errors import DataError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,8 +56,7 @@ def test_a_checkpoint_carries_its_tokenizer_checksummed(trained):
     carried = ckpt / "tokenizer.model"
     assert carried.read_bytes() == tiny_run.TOKENIZER.read_bytes()
     assert json.loads((ckpt / "COMPLETE").read_text())["sha256"]["tokenizer.model"] == file_sha256(carried)
-    cfg = load_config(ckpt / "config.yaml")
-    assert inference.tokenizer_file(ckpt, cfg) == carried
+    assert checkpoint.open_checkpoint(ckpt).tokenizer == carried
     with open(carried, "r+b") as f:  # a damaged copy is a damaged checkpoint, named
         f.write(b"x")
     try:
@@ -71,22 +70,26 @@ def test_tokenizer_resolution_and_old_checkpoints(trained, tmp_path):
     _, run = trained
     old = tmp_path / "old"
     shutil.copytree(checkpoint.resolve(run), old)
-    cfg = load_config(old / "config.yaml")
     books = ROOT / "tokenizers" / "books-8k.model"
     with pytest.raises(DataError, match=r"--tokenizer .*books-8k.model is not the tokenizer .* was trained with"):
-        inference.tokenizer_file(old, cfg, str(books))
+        checkpoint.open_checkpoint(old, str(books))
     (old / "tokenizer.model").unlink()  # a checkpoint from before they carried one ...
     complete = json.loads((old / "COMPLETE").read_text())
     del complete["sha256"]["tokenizer.model"]
     (old / "COMPLETE").write_text(json.dumps(complete))
     checkpoint.resolve(old)  # ... still verifies
-    assert inference.tokenizer_file(old, cfg) == tiny_run.TOKENIZER  # falls back to what the data recorded
-    assert inference.tokenizer_file(old, cfg, str(books)) == books  # --tokenizer: nothing to compare with
+    assert checkpoint.open_checkpoint(old).tokenizer == tiny_run.TOKENIZER  # falls back to what the data recorded
+    assert checkpoint.open_checkpoint(old, str(books)).tokenizer == books  # --tokenizer: nothing to compare with
+    cfg = load_config(old / "config.yaml")
     gone = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(tmp_path / "nowhere"),
                                                                        "tokenizer": "tokenizers/gone.model"})})
+    (old / "config.yaml").write_text(dump_yaml(gone))
+    complete["sha256"]["config.yaml"] = file_sha256(old / "config.yaml")
+    (old / "COMPLETE").write_text(json.dumps(complete))
+    opened = checkpoint.open_checkpoint(old)  # evaluating needs no tokenizer; generating does
     with pytest.raises(DataError, match=r"carries none .* data.tokenizer \(tokenizers/gone.model\) is not a file "
                                         r"here; pass --tokenizer PATH"):
-        inference.tokenizer_file(old, gone)
+        opened.require_tokenizer()
 
 
 def test_a_moved_run_generates_and_evaluates_the_same_anywhere(trained, tmp_path, capsys, monkeypatch):

@@ -51,7 +51,7 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_75(data, tmp_path):
     logged = [m["step"] for m in tiny_run.metrics(run_dir)]
     assert state["step"] == logged[-1] >= 2  # the step in flight was finished, logged and saved
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == ckpt.name
-    cfg, model, _, _ = inference.load_checkpoint(run_dir)
+    cfg, model, _ = inference.load_checkpoint(run_dir)
     assert cfg.train.steps == 100000 and not model.training
 
     done = subprocess.run([sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",

@@ -29,7 +29,7 @@ from elastic_cli.errors import DataError
 from elastic_cli.evaluate import heatmap, report
 from elastic_cli.evaluate.scoring import GAIN_THRESHOLD, Scoring, Tally, score
 from elastic_cli.runs import inference
-from elastic_cli.runs.checkpoint import saved_step
+from elastic_cli.runs.checkpoint import open_checkpoint
 from elastic_cli.runs.inference import Settings
 
 LN2 = math.log(2.0)
@@ -80,17 +80,25 @@ def run(opts: EvalOptions) -> dict:
     for f in (plot_file, heat_file):
         if f is not None:
             report.check_plot_available(f)
-    ckpt = inference.open_checkpoint(opts.ckpt)
-    cfg = inference.configure(ckpt, opts.settings)  # a bad setting fails here; the config names the data
-    data, path = open_data(opts.data, cfg, inference.tokenizer_file(ckpt.path, cfg, opts.settings.tokenizer, required=False))
+    ckpt = open_checkpoint(opts.ckpt, opts.settings.tokenizer)
+    path = Path(opts.data or ckpt.config.data.path)  # the data settings cannot change: the saved config names it
+    if not (path / "meta.json").is_file():
+        hint = "" if opts.data else f" (the run's data.path{' relative to this directory' if not path.is_absolute() else ''})"
+        raise DataError(f"no prepared data at {path}{hint} (no meta.json); run `elastic prepare` or pass --data DIR")
+    data = PreparedData(path)
+    warning = check_data(ckpt.config, data.meta, path, ckpt.tokenizer)
+    if warning:
+        console.warn(warning)
+    cfg = inference.configure(ckpt, opts.settings)  # a bad setting fails here, before any scoring
     if heat_file is not None and not heatmap.has_depths(data.meta):
         raise DataError(f"{path} records no depths for a heatmap; prepare it with --task babilong, niah-multikey, "
                         f"niah-multivalue or passkey and --haystack")
     split = opts.split or cfg.eval.split
     if not data.documents(split):
         raise DataError(f"{path} has no documents in split {split!r}")
-    results = [evaluate_one(inference.load(ckpt, opts.settings, schedule, opts.samples), data, split, opts)
-               for schedule in opts.schedules]
+    done = {"checkpoint": str(ckpt.path), "step": ckpt.step}
+    results = [{**done, **evaluate_one(inference.load(ckpt, opts.settings, schedule, opts.samples), data, split,
+                                       opts.batch_size, opts.max_docs, opts.gain)} for schedule in opts.schedules]
     out = {"checkpoint": str(ckpt.path), "step": ckpt.step, "data": str(path), "split": split, "results": results}
     text = json.dumps(out, indent=1)
     if opts.out == "-":
@@ -114,24 +122,11 @@ def run(opts: EvalOptions) -> dict:
     return out
 
 
-def open_data(given: str | None, cfg, tokenizer: Path | None) -> tuple[PreparedData, Path]:
-    """The prepared data to score (--data, else the run's data.path), checked against the model."""
-    path = Path(given or cfg.data.path)
-    if not (path / "meta.json").is_file():
-        hint = "" if given else f" (the run's data.path{' relative to this directory' if not path.is_absolute() else ''})"
-        raise DataError(f"no prepared data at {path}{hint} (no meta.json); run `elastic prepare` or pass --data DIR")
-    data = PreparedData(path)
-    warning = check_data(cfg, data.meta, path, tokenizer)
-    if warning:
-        console.warn(warning)
-    return data, path
-
-
-def evaluate_one(loaded: inference.Loaded, data: PreparedData, split: str, opts: EvalOptions) -> dict:
-    """One model variant on one split -> a result record."""
+def evaluate_one(loaded: inference.Loaded, data: PreparedData, split: str, batch_size: int | None,
+                 max_docs: int | None, gain: bool) -> dict:
+    """One model variant on one split -> its result record (the caller adds which checkpoint)."""
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
-    batch = opts.batch_size or cfg.eval.batch
-    max_docs = opts.max_docs
+    batch = batch_size or cfg.eval.batch
     if max_docs is None and cfg.eval.max_batches is not None:  # the run's eval.max_batches batches of documents
         max_docs = cfg.eval.max_batches * batch
     ids = data.documents(split)[:max_docs]
@@ -145,15 +140,13 @@ def evaluate_one(loaded: inference.Loaded, data: PreparedData, split: str, opts:
     with console.progress(sum(len(d) - 1 for d in docs), label, unit="tok") as bar:
         unit = ((data.task or {}).get("options") or {}).get("segment_len")  # mqar counts distances in its own unit
         amp = lambda: precision.autocast(device, cfg.train.dtype)  # noqa: E731
-        tally = score(model, docs, answers, batch, device, Scoring(amp, bar, opts.gain and not any(answers), unit))
+        tally = score(model, docs, answers, batch, device, Scoring(amp, bar, gain and not any(answers), unit))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     peak, peak_kind = peak_memory(device)
     mem = cfg.memory
     return {
-        "checkpoint": str(loaded.ckpt),
-        "step": saved_step(loaded.ckpt),
         "memory": {"kind": mem.kind, **mem.options()},
         "docs": len(ids), "tokens": tally.tokens, "bytes": n_bytes,
         "loss": tally.nll / tally.tokens,

@@ -17,6 +17,7 @@ from elastic_cli.generate.decoding import DecodingOptions, Sampler, make_generat
 from elastic_cli.generate.prompt import Prompt, prompt_texts
 from elastic_cli.generate.stream import IncrementalDecoder, continuation, prefill_chunks, samples, stream_numel
 from elastic_cli.runs import inference
+from elastic_cli.runs.checkpoint import open_checkpoint
 from elastic_cli.runs.inference import Settings
 
 
@@ -39,10 +40,10 @@ def run(opts: GenerateOptions) -> list[dict]:
     """`elastic generate`: prints each sample to stdout as it is produced; returns the records
     (also written as JSONL to `opts.out`)."""
     out_file = check_writable(opts.out, "--out") if opts.out else None
-    ckpt = inference.open_checkpoint(opts.ckpt)
+    ckpt = open_checkpoint(opts.ckpt, opts.settings.tokenizer)
     loaded = inference.load(ckpt, opts.settings, opts.schedule)
     cfg, model, device = loaded.cfg, loaded.model, loaded.device
-    tokenizer = inference.load_tokenizer(ckpt.path, cfg, opts.settings.tokenizer)
+    tokenizer = inference.load_tokenizer(ckpt, cfg)
     chunks = itertools.chain([[tokenizer.bos_id]], (tokenizer.encode(t) for t in prompt_texts(opts.prompt)))
     amp = lambda: precision.autocast(device, cfg.train.dtype)  # noqa: E731
     t0 = time.perf_counter()

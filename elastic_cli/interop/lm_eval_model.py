@@ -25,6 +25,7 @@ from lm_eval.api.registry import register_model
 
 from elastic_cli import precision
 from elastic_cli.runs import inference
+from elastic_cli.runs.checkpoint import Checkpoint, open_checkpoint
 from elastic_cli.generate.decoding import DecodingOptions, Sampler, check_options, make_generator
 from elastic_cli.generate.stream import continuation
 from elastic_cli.evaluate.scoring import Scoring, score
@@ -40,7 +41,7 @@ HARNESS_ARGS = ("batch_size", "max_batch_size", "device")  # passed by the harne
 class ElasticLM(TemplateLM):
     backend = "causal"
 
-    def __init__(self, ckpt: str | inference.Checkpoint, settings: inference.Settings | None = None, **args):
+    def __init__(self, ckpt: str | Checkpoint, settings: inference.Settings | None = None, **args):
         """ckpt: a run or checkpoint directory (from the harness's model_args) or one already opened;
         args: MODEL_ARGS, and the harness's own HARNESS_ARGS (accepted, unused)."""
         super().__init__()
@@ -48,10 +49,10 @@ class ElasticLM(TemplateLM):
         if unknown:
             raise ValueError(f"elastic model: unknown model_args {unknown}; known: ckpt, {', '.join(MODEL_ARGS)}")
         settings = settings or inference.Settings()
-        ckpt = ckpt if isinstance(ckpt, inference.Checkpoint) else inference.open_checkpoint(ckpt)
+        ckpt = ckpt if isinstance(ckpt, Checkpoint) else open_checkpoint(ckpt, settings.tokenizer)
         samples = args.get("samples")
         self.loaded = inference.load(ckpt, settings, args.get("schedule"), int(samples) if samples is not None else None)
-        self.tok = inference.load_tokenizer(ckpt.path, self.loaded.cfg, settings.tokenizer)
+        self.tok = inference.load_tokenizer(ckpt, self.loaded.cfg)
         self.document_end = str(args.get("document_end", False)).lower() in TRUE
         self.seed = int(args.get("seed", 0))
         self._device = self.loaded.device

@@ -18,6 +18,7 @@ import yaml
 
 from elastic_cli import console
 from elastic_cli.runs import inference
+from elastic_cli.runs.checkpoint import open_checkpoint
 from elastic_cli.atomic import check_writable, make_parents, write_atomic
 from elastic_cli.data.compat import check_data
 from elastic_cli.data.loader import PreparedData
@@ -122,9 +123,9 @@ def run(opts: LmEvalOptions) -> dict:
     if opts.data is None and opts.split is not None:
         raise UsageError("--split applies with --data")
     model_args = parse_model_args(opts.model_args)
-    ckpt = inference.open_checkpoint(opts.ckpt)
+    ckpt = open_checkpoint(opts.ckpt, opts.settings.tokenizer)
     cfg = inference.configure(ckpt, opts.settings)
-    tok_path = inference.tokenizer_file(ckpt.path, cfg, opts.settings.tokenizer)
+    tok_path = ckpt.require_tokenizer()
     with tempfile.TemporaryDirectory(prefix="elastic-lm-eval-") as tmp:
         paths = [opts.include_path] if opts.include_path else []
         if opts.data is not None:

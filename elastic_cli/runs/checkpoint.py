@@ -16,6 +16,7 @@ share one format.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,8 +38,46 @@ from elastic_cli import __version__, console
 from elastic_cli.runs import lock as runlock
 from elastic_cli.atomic import remove_tree, write_atomic
 from elastic_cli.code_version import code_version
-from elastic_cli.runs.files import CKPT_FILES, TOKENIZER_FILE, file_sha256, verify
+from elastic_cli.build import build_model
+from elastic_cli.config import load_config
+from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.errors import DataError, UsageError
+
+CKPT_FILES = ("model.safetensors", "optimizer.pt", "train_state.json", "config.yaml")
+TOKENIZER_FILE = "tokenizer.model"  # the run's tokenizer, copied (checkpoints saved before it carried one lack it)
+OPTIONAL_FILES = (TOKENIZER_FILE,)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(ckpt: Path) -> None:
+    """DataError (exit 3) naming the first file of a checkpoint that is missing or whose sha256
+    differs from the one COMPLETE recorded at save time (checkpoints from before checksums: presence only).
+    It reads every file: callers verify a checkpoint once and pass the result on."""
+    ckpt = Path(ckpt)
+    _check_files(ckpt, ckpt / "COMPLETE")
+
+
+def _check_files(ckpt: Path, marker: Path) -> None:
+    text = marker.read_text(encoding="utf-8", errors="replace").strip()
+    try:
+        recorded = json.loads(text)["sha256"] if text else {n: None for n in CKPT_FILES}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"checkpoint file {marker} is corrupted (not the JSON written at save time)") from None
+    for name, sha in recorded.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise DataError(f"checkpoint file {f} is missing")
+        if sha is not None and file_sha256(f) != sha:
+            raise DataError(f"checkpoint file {f} is truncated or corrupted (its sha256 differs from the one "
+                            f"recorded when it was saved)")
+
 
 _STEP = re.compile(r"^step_(\d+)$")
 RESUME_WORDS = ("yes", "y", "true", "1", "on", "latest", "last", "newest", "resume")  # meant: --resume auto
@@ -226,6 +266,56 @@ def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, 
         return json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise DataError(f"checkpoint file {ckpt / 'train_state.json'} is not valid JSON") from None
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint opened once (`open_checkpoint`): found, its files verified, its config read, its
+    weights loaded on the host, its step and tokenizer known. Every variant a command builds from it
+    (runs/inference.py) reuses all of them."""
+
+    path: Path  # the checkpoint directory
+    config: Any  # RunConfig as saved
+    step: int | None  # the optimizer step it was saved at
+    weights: dict  # name -> tensor on the CPU (the model's state dict)
+    tokenizer: Path | None  # --tokenizer, else the copy it carries, else the run's data.tokenizer if here
+    missing_tokenizer: str = ""  # why `tokenizer` is None (DataError text for commands that need one)
+
+    def require_tokenizer(self) -> Path:
+        if self.tokenizer is None:
+            raise DataError(self.missing_tokenizer)
+        return self.tokenizer
+
+
+def open_checkpoint(path: str | Path, tokenizer: str | None = None) -> Checkpoint:
+    """A run directory (its newest checkpoint that verifies) or a checkpoint directory, opened once.
+    DataError (exit 3) when the path is missing, incomplete or corrupted, its saved config is not one
+    this version can build, its weights do not fit that config, or a given --tokenizer is not the one
+    it carries; UsageError (exit 2) when --tokenizer names no file."""
+    ckpt = resolve(path)
+    step = saved_step(ckpt)
+    try:
+        saved = load_config(ckpt / "config.yaml")
+    except UsageError as e:
+        raise DataError(f"checkpoint {ckpt} has a config this version cannot use: {e}") from None
+    model = build_model(saved)
+    try:
+        load_model(model, str(ckpt / "model.safetensors"), strict=True, device="cpu")
+    except (RuntimeError, KeyError, ValueError, SafetensorError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise DataError(f"checkpoint {ckpt} does not fit the model built from its config: {first}") from None
+    carried = ckpt / TOKENIZER_FILE
+    found, why = carried if carried.is_file() else model_tokenizer(saved)[0], ""
+    if tokenizer is not None:
+        found = Path(tokenizer)
+        if not found.is_file():
+            raise UsageError(f"--tokenizer {found}: no such file")
+        if carried.is_file() and file_sha256(carried) != file_sha256(found):
+            raise DataError(f"--tokenizer {found} is not the tokenizer {ckpt} was trained with ({carried}, "
+                            f"which it carries); leave --tokenizer out")
+    elif found is None:
+        why = (f"cannot find the tokenizer of {ckpt}: the checkpoint carries none (saved before checkpoints did) "
+               f"and its data.tokenizer ({saved.data.tokenizer}) is not a file here; pass --tokenizer PATH")
+    return Checkpoint(ckpt, saved, step, model.state_dict(), found, why)
 
 
 def saved_step(ckpt: Path) -> int | None:

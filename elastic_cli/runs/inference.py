@@ -1,6 +1,6 @@
-"""What the commands that use a trained model share (eval, generate, lm-eval, export): the
-checkpoint loaded with inference-time settings (device, precision, test-time memory options) on its
-device, the checkpoint's tokenizer, and the check that an output path can be written."""
+"""What the commands that use a trained model share (eval, generate, lm-eval, export): a checkpoint
+opened once (`checkpoint.open_checkpoint`) becomes a model variant with inference-time settings
+(device, precision, test-time memory options) on its device, and its tokenizer."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +10,11 @@ import torch
 
 from elastic_cli import precision
 from elastic_cli.build import build_model
-from elastic_cli.config import load_config, with_overrides
-from elastic_cli.data.compat import model_tokenizer
+from elastic_cli.config import with_overrides
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.runs import checkpoint
-from elastic_cli.runs.files import TOKENIZER_FILE, file_sha256
+from elastic_cli.runs.checkpoint import Checkpoint
 
 # key=value overrides that make sense for a trained model: anything else is fixed by its weights or
 # is a training setting. memory.kind and memory.layers decide which weights exist.
@@ -32,20 +31,11 @@ class Settings(NamedTuple):
     tokenizer: str | None = None  # --tokenizer PATH; default the checkpoint's own copy
 
 
-class Checkpoint(NamedTuple):
-    """A checkpoint opened once (`open_checkpoint`): found, its files verified, its config read and its
-    weights loaded on the host. Every variant an inference command builds from it (`load`) reuses all four."""
-
-    path: Path  # the checkpoint directory
-    config: Any  # RunConfig as saved
-    step: int | None  # the optimizer step it was saved at
-    weights: dict  # name -> tensor on the CPU (the model's state dict)
-
-
 class Loaded(NamedTuple):
+    """One variant of an opened checkpoint, ready to run."""
+
     cfg: Any  # RunConfig, with the inference settings applied
     model: torch.nn.Module  # Decoder, eval mode, on `device`
-    ckpt: Path
     device: torch.device
 
 
@@ -87,25 +77,11 @@ def overrides_for(kind: str, settings: Settings, schedule: str | None = None, sa
     return out
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """A run directory (its newest checkpoint that verifies) or a checkpoint directory, opened once.
-    DataError (exit 3) when the path is missing, incomplete or corrupted, its saved config is not one
-    this version can build, or its weights do not fit that config."""
-    ckpt = checkpoint.resolve(path)
-    try:
-        saved = load_config(ckpt / "config.yaml")
-    except UsageError as e:
-        raise DataError(f"checkpoint {ckpt} has a config this version cannot use: {e}") from None
-    model = build_model(saved)
-    checkpoint.load_weights(ckpt, model, torch.device("cpu"))
-    return Checkpoint(ckpt, saved, checkpoint.saved_step(ckpt), model.state_dict())
-
-
 def configure(ckpt: Checkpoint, settings: Settings, schedule: str | None = None, samples: int | None = None):
     """The checkpoint's RunConfig with the inference settings (and --schedule/--samples) applied;
     UsageError (exit 2) for a setting it cannot take."""
     overrides = overrides_for(ckpt.config.memory.kind, settings, schedule, samples)
-    return with_overrides(ckpt.config, overrides, str(ckpt.path / "config.yaml"))
+    return with_overrides(ckpt.config, overrides, "the checkpoint's config.yaml")
 
 
 def load(ckpt: Checkpoint, settings: Settings = Settings(), schedule: str | None = None,
@@ -122,36 +98,13 @@ def load(ckpt: Checkpoint, settings: Settings = Settings(), schedule: str | None
         raise DataError(f"checkpoint {ckpt.path} does not fit the model built from its config and overrides: "
                         f"{first}") from None
     device = precision.pick_device(cfg.run.device)
-    return Loaded(cfg, model.to(device).eval(), ckpt.path, device)
+    return Loaded(cfg, model.to(device).eval(), device)
 
 
-def tokenizer_file(ckpt: Path, cfg: Any, given: str | None = None, required: bool = True) -> Path | None:
-    """The tokenizer of a checkpoint: --tokenizer PATH, else the copy it carries (tokenizer.model),
-    else, for checkpoints saved before they carried one, the run's data.tokenizer (or what its data's
-    meta.json records) if that file is here. A given file must equal the carried copy. DataError
-    (exit 3) when none is found and `required`."""
-    carried = Path(ckpt) / TOKENIZER_FILE
-    if given is not None:
-        path = Path(given)
-        if not path.is_file():
-            raise UsageError(f"--tokenizer {path}: no such file")
-        if carried.is_file() and file_sha256(carried) != file_sha256(path):
-            raise DataError(f"--tokenizer {path} is not the tokenizer {ckpt} was trained with ({carried}, "
-                            f"which it carries); leave --tokenizer out")
-        return path
-    if carried.is_file():
-        return carried
-    path, _ = model_tokenizer(cfg)
-    if path is None and required:
-        raise DataError(f"cannot find the tokenizer of {ckpt}: the checkpoint carries none (saved before "
-                        f"checkpoints did) and its data.tokenizer ({cfg.data.tokenizer}) is not a file here; "
-                        f"pass --tokenizer PATH")
-    return path
-
-
-def load_tokenizer(ckpt: Path, cfg: Any, given: str | None = None):
-    """`tokenizer_file` loaded, and checked against the model's vocabulary (DataError, exit 3)."""
-    path = tokenizer_file(ckpt, cfg, given)
+def load_tokenizer(ckpt: Checkpoint, cfg: Any):
+    """The checkpoint's tokenizer (`Checkpoint.tokenizer`, required here), checked against the model's
+    vocabulary (DataError, exit 3)."""
+    path = ckpt.require_tokenizer()
     tokenizer = Tokenizer.load(path)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise DataError(f"tokenizer {path} has {tokenizer.vocab_size} pieces, the model {cfg.model.vocab_size}")
@@ -161,4 +114,4 @@ def load_tokenizer(ckpt: Path, cfg: Any, given: str | None = None):
 def load_checkpoint(path: str | Path, settings: Settings = Settings()) -> Loaded:
     """Open a run or checkpoint directory and load its one variant (a caller with several variants
     opens it once with `open_checkpoint` and calls `load` for each)."""
-    return load(open_checkpoint(path), settings)
+    return load(checkpoint.open_checkpoint(path, settings.tokenizer), settings)

@@ -78,7 +78,7 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
     if world != cfg.run.gpus * cfg.run.nodes and console.is_rank0():
         console.warn(f"running {world} process(es) while run.gpus x run.nodes = {cfg.run.gpus * cfg.run.nodes}; "
                      f"the global batch ({t.global_batch} windows) is kept")
-    data, tokenizer = plan.data, plan.tokenizer  # the tokenizer is copied into every checkpoint
+    data = plan.data
     run_dir = Path(cfg.run.dir)
     start = plan.start
     _on_rank0(lambda: _prepare_run(plan, run_dir, argv, world, lock))

@@ -71,8 +71,8 @@ def plan(cfg: RunConfig, resume: str, overwrite: bool, world: int, hardware: boo
     data = open_data(cfg)
     check_splits(cfg, data)
     write_only = check_truncation(cfg)
-    start, remove = check_run_dir(Path(cfg.run.dir), resume, overwrite)
     check_same_configuration(cfg, resume, overwrite)
+    start, remove = check_run_dir(Path(cfg.run.dir), resume, overwrite)
     changed = check_architecture(start, cfg) if start is not None else []
     return RunPlan(cfg, world, data, start, remove, tuple(write_only), model_tokenizer(cfg)[0], overwrite,
                    tuple(k for k in changed if k != "run.dir"))

@@ -14,6 +14,7 @@ import torch
 
 from elastic_cli import __version__, console
 from elastic_cli.runs import inference
+from elastic_cli.runs.checkpoint import Checkpoint, open_checkpoint
 from elastic_cli.atomic import replace_tree
 from elastic_cli.config import to_dict
 from elastic_cli.data.tokenizer import Tokenizer
@@ -58,11 +59,11 @@ def export(opts: ExportOptions) -> Path:
     """Write the export folder (creating missing parent folders); returns its path."""
     require_transformers()
     out_dir = Path(opts.out)
-    ckpt = inference.open_checkpoint(opts.ckpt)
+    ckpt = open_checkpoint(opts.ckpt, opts.tokenizer)
     if ckpt.config.memory.kind not in EXPORTABLE:
         raise UsageError(f"memory.kind={ckpt.config.memory.kind} is not exported yet: its Hugging Face model has not "
                          f"been checked against elastic (exported kinds: {', '.join(EXPORTABLE)})")
-    tok_path = inference.tokenizer_file(ckpt.path, ckpt.config, opts.tokenizer)
+    tok_path = ckpt.require_tokenizer()
     check_out(out_dir, opts.overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -75,7 +76,7 @@ def export(opts: ExportOptions) -> Path:
     return out_dir
 
 
-def _write(ckpt: inference.Checkpoint, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
+def _write(ckpt: Checkpoint, tok_path: Path, tmp: Path, dtype: str = "fp32") -> None:
     from transformers import GenerationConfig  # optional (elastic-cli[hf]): checked by require_transformers
 
     from elastic_cli.interop.export.configuration_elastic import ElasticConfig  # these import transformers
