@@ -1,5 +1,5 @@
-"""The commands that use a trained model or measure one: eval, generate, export, lm-eval, bench
-(registered on the `elastic` group of cli.py).
+"""The commands that use a trained model: eval, generate, export, lm-eval (registered on the
+`elastic` group of app.py). Each parses its words, builds its job's options and calls the job.
 
 One convention: the checkpoint (a run or checkpoint directory) is the first positional word (`--ckpt`
 still works), `KEY=VALUE` words set inference-time options (inference.INFERENCE_KEYS), outputs are
