@@ -30,9 +30,9 @@ def tokenizer_train(sources, corpus, vocab_size, out, kind, sample, seed, force)
     \b
     Example: elastic tokenizer train ~/books --vocab-size 8000 --out my-tokenizers/books-8k.model
     """
-    from elastic_cli.data.tokenizer_train import train_from_sources
+    from elastic_cli.data.tokenizer_train import TokenizerOptions, train_from_sources
 
-    tok, lines = train_from_sources(list(sources), vocab_size, out, kind, sample, seed, corpus, force)
+    tok, lines = train_from_sources(list(sources), vocab_size, out, TokenizerOptions(kind, sample, seed, corpus, force))
     console.info(f"wrote {out}: {tok.vocab_size} pieces from {lines} sampled lines, sha256 {tok.sha256[:12]}")
 
 
