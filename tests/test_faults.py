@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import tiny_run
 from elastic_cli.runs import checkpoint
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError
 from elastic_cli.train.loop import train
-from cli_run import run_cli
+from tests.helpers import tiny_run
+from tests.helpers.cli_run import run_cli
 
 TRIALS = 20 if tiny_run.FULL_FAULTS else 3
 FAULTS = Path(__file__).parent / "faults"
