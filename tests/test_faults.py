@@ -52,6 +52,7 @@ def corpus(root: Path) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_kill_9_during_prepare_never_leaves_a_half_written_output(tmp_path):
     """Even trials start from nothing, odd ones rebuild (--force) over a complete output. After each
     kill, `out` is absent, the old complete output, or the new complete one: never partial."""
@@ -106,6 +107,7 @@ def fork_and_kill(run: Path, step: int, delay: float) -> None:
     proc.join()
 
 
+@pytest.mark.slow
 def test_kill_9_during_checkpoint_saves_keeps_a_loadable_checkpoint(tmp_path):
     run, rng, outcomes = tmp_path / "run", random.Random(1), {}
     sys.path.insert(0, str(FAULTS))
@@ -128,11 +130,10 @@ def test_kill_9_during_checkpoint_saves_keeps_a_loadable_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A run with checkpoints at steps 2 and 4."""
+def trained(tiny_corpus, tmp_path_factory):
+    """A run with checkpoints at steps 2 and 4 (copied by every test that changes it)."""
     root = tmp_path_factory.mktemp("trained")
-    data = tiny_run.prepare(root)
-    args = tiny_run.overrides(data, root / "run", "train.steps=4", "train.save_every=2")
+    args = tiny_run.overrides(tiny_corpus, root / "run", "train.steps=4", "train.save_every=2")
     train(load_config("recipes/tiny.yaml", args))
     return root / "run", args
 
@@ -181,6 +182,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(trained, tmp_path, 
     checkpoint.verify(run / "checkpoints" / "step_00000004")
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_a_real_save_exits_3(trained, tmp_path):
     """A real `elastic train` whose checkpoint files cannot be written (RLIMIT_FSIZE below the weights'
     size): one-line error, exit 3, nothing marked complete."""

@@ -303,6 +303,7 @@ train: {global_batch: 2, micro_batch: 2, segments: 2, bptt_segments: 1, steps: 1
 """
 
 
+@pytest.mark.slow
 def test_cli_quick_run_emits_every_key(tmp_path):
     import json
     import os

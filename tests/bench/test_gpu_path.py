@@ -26,6 +26,7 @@ def counts():
     return gpu_path(kind_configs("recipes/tiny.yaml", [], ["none", "elastic"]))
 
 
+@pytest.mark.slow
 def test_elastic_write_is_one_product_per_layer(counts):
     """cat([C ; X]) and one bmm per layer, plus what the 2 layers share once per segment: the upload of
     [R | (1-ρ)A], its product with W(0, l) and the concatenation into [R | W]."""
@@ -33,6 +34,7 @@ def test_elastic_write_is_one_product_per_layer(counts):
     assert counts["gpu_path"]["none"]["ops_per_write_layer"] == 0
 
 
+@pytest.mark.slow
 def test_issue_24_cpu_bars(counts):
     assert counts["gpu_path_f64_ops_per_segment"] == 0
     assert counts["gpu_path_ops_per_token"]["none"] <= 150

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from elastic_cli.cli.app import cli
@@ -12,6 +13,7 @@ def test_help_lists_exit_codes():
     assert "75  preempted" in result.output
 
 
+@pytest.mark.slow
 def test_unknown_command_exits_2_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -7,12 +7,12 @@ import pytest
 
 from elastic_cli.memory import REGISTRY
 from tests.helpers.cli_run import run_cli
-from tests.helpers.eval_run import make_run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
-def test_eval_and_generate_through_the_cli(kind, tmp_path, capsys):
-    run = make_run(tmp_path, kind)
+def test_eval_and_generate_through_the_cli(kind, tiny_model_of, tmp_path, capsys):
+    run = tiny_model_of(kind)
     code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--json", "-")
     assert code == 0, err
     (result,) = json.loads(out)["results"]

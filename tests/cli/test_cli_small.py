@@ -9,7 +9,6 @@ import pytest
 
 from elastic_cli.config import load_config
 from tests.helpers.cli_run import run_cli
-from tests.helpers.eval_run import make_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,8 +23,8 @@ def test_click_usage_errors_are_one_line_exit_2(capsys, args, message):
     assert err.startswith(f"error: {message}") and err.count("\n") == 1 and "--help" in err and "Usage:" not in err
 
 
-def test_plot_writes_the_format_its_suffix_names(tmp_path, capsys):
-    run = make_run(tmp_path)
+def test_plot_writes_the_format_its_suffix_names(tiny_model, tmp_path, capsys):
+    run = tiny_model
     magic = {".png": b"\x89PNG", ".jpg": b"\xff\xd8\xff"}
     for suffix, head in magic.items():
         code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--max-docs", "1", "--plot", tmp_path / f"p{suffix}")
@@ -37,6 +36,7 @@ def test_plot_writes_the_format_its_suffix_names(tmp_path, capsys):
         assert not (tmp_path / bad).exists()
 
 
+@pytest.mark.slow
 def test_tokenizer_train_refuses_an_existing_output(tmp_path, capsys):
     src = ROOT / "elastic_cli"  # some text with enough distinct pieces
     out = tmp_path / "tok.model"

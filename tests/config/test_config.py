@@ -131,6 +131,7 @@ def test_base_chain_deep_merges_maps_and_replaces_lists(tmp_path):
     assert cfg.run.dir == "runs/over--train.compile-true--train.lr-1e-3"  # overrides that change it: its own dir
 
 
+@pytest.mark.slow
 def test_config_show_round_trips(tmp_path):
     out = subprocess.run([sys.executable, "-m", "elastic_cli", "config", "show", "recipes/tiny.yaml",
                           "recipes/memory/none.yaml", "train.lr=0.01"], capture_output=True, text=True,
@@ -185,6 +186,7 @@ def test_missing_keys_cycles_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+@pytest.mark.slow
 def test_config_error_exits_2_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml", "train.lrr=1"],
                           capture_output=True, text=True, env=tiny_run.env(), cwd=tiny_run.ROOT)

@@ -80,6 +80,7 @@ def test_tricky_text_in_blocks_gives_the_tokens_of_the_whole(size):
     assert len(diff) <= 40 < n  # at most the 40 lines of 1000 spaces
 
 
+@pytest.mark.slow
 def test_stdlib_documents_stream_and_encode_like_the_whole_text():
     """Every document of the python-stdlib corpus: the streamed read is the whole read, and its default
     blocks give exactly the tokens of the whole text. With 64 kB blocks (many cuts per document) the
@@ -142,6 +143,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_document(tmp_path):
     """A 1 MB and an 8 MB document (64 kB blocks): the process's peak RSS differs by a few MB, where
     one whole-text encode of the 8 MB one would add ~280 MB (35x the input)."""

@@ -159,6 +159,7 @@ def test_rerun_is_a_no_op_and_changed_input_needs_force(tmp_path, monkeypatch, c
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == ["out"]
 
 
+@pytest.mark.slow
 def test_kill_9_never_leaves_a_complete_looking_directory(tmp_path):
     corpus = tmp_path / "big"
     corpus.mkdir()
@@ -244,6 +245,7 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_subprocess_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "elastic_cli", "prepare", str(tmp_path / "nope"), "--tokenizer", BOOKS,
                            "--out", str(tmp_path / "o")], env=ENV, capture_output=True, text=True)

@@ -115,6 +115,7 @@ def test_bad_parts_are_refused_before_out_is_touched(tmp_path, monkeypatch, caps
         PreparedData(p[0])
 
 
+@pytest.mark.slow
 def test_slurm_array_script_prepares_parts_and_merges(tmp_path):
     """scripts/slurm/prepare.sbatch run as tasks 0..2 of an array job (SLURM's variables set by hand,
     `elastic` through python -m), then in merge mode: the same files as one process."""

@@ -47,6 +47,7 @@ def test_reservoir_sample_is_bounded_seeded_and_covers_the_stream():
     assert sample_lines(["x\ny\n"], 10, seed=0) == ["x", "y"]
 
 
+@pytest.mark.slow
 def test_train_via_cli_and_load_errors(tmp_path):
     src = Path(json.__file__).parent                       # the standard library's json package
     out = tmp_path / "t.model"

@@ -94,25 +94,21 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 
 from tests.helpers.cli_run import run_cli  # noqa: E402
-from tests.helpers.eval_run import REPO, TOKENIZER, make_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("evalrun"))
+from tests.helpers.eval_run import REPO, TOKENIZER  # noqa: E402
 
 
 def without_speed(report):
     return {**report, "results": [{k: v for k, v in r.items() if k != "speed"} for r in report["results"]]}
 
 
-def test_eval_json_is_deterministic_and_consistent(run, capsys):
-    code, out1, _ = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--batch-size", "2")
+@pytest.mark.slow
+def test_eval_json_is_deterministic_and_consistent(tiny_model, capsys):
+    code, out1, _ = run_cli(capsys, "eval", "--ckpt", tiny_model, "--json", "-", "--batch-size", "2")
     assert code == 0
-    code, out2, _ = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--batch-size", "3")
+    code, out2, _ = run_cli(capsys, "eval", "--ckpt", tiny_model, "--json", "-", "--batch-size", "3")
     a, b = json.loads(out1), json.loads(out2)
     assert json.dumps(without_speed(a)) == json.dumps(without_speed(b))
-    meta = json.loads((run.parent / "data" / "meta.json").read_text())
+    meta = json.loads((tiny_model.parent / "data" / "meta.json").read_text())
     val = [d for d in meta["docs"] if d["split"] == "val"]
     (r,) = a["results"]
     assert r["docs"] == len(val) == 3 and r["bytes"] == sum(d["bytes"] for d in val)
@@ -125,9 +121,11 @@ def test_eval_json_is_deterministic_and_consistent(run, capsys):
     assert r["speed"]["tokens_per_s"] > 0
 
 
-def test_compare_schedules_side_by_side_same_weights(run, capsys, tmp_path):
-    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-schedules", "uniform,exponential,gauss",
-                             "--samples", "4", "--json", tmp_path / "r.json", "--plot", tmp_path / "c.png")
+@pytest.mark.slow
+def test_compare_schedules_side_by_side_same_weights(tiny_model, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--compare-schedules",
+                             "uniform,exponential,gauss", "--samples", "4", "--json", tmp_path / "r.json",
+                             "--plot", tmp_path / "c.png")
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
     res = report["results"]
@@ -141,16 +139,16 @@ def test_compare_schedules_side_by_side_same_weights(run, capsys, tmp_path):
     assert "elastic exponential M=4" in out and "loss, segment 1" in out
 
 
-def test_eval_errors_exit_codes(run, capsys, tmp_path):
+def test_eval_errors_exit_codes(tiny_model, capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", "--ckpt", tmp_path / "nope")
     assert code == 3 and f"{tmp_path / 'nope'} does not exist" in err
     broken = tmp_path / "broken"
-    shutil.copytree(run, broken)
+    shutil.copytree(tiny_model, broken)
     (next((broken / "checkpoints").glob("step_*")) / "COMPLETE").unlink()
     code, _, err = run_cli(capsys, "eval", "--ckpt", broken)
     assert code == 3 and "no complete checkpoint" in err
     other = tmp_path / "other"
-    shutil.copytree(run, other)
+    shutil.copytree(tiny_model, other)
     ckpt = next((other / "checkpoints").glob("step_*"))
     (ckpt / "config.yaml").write_text((ckpt / "config.yaml").read_text().replace("d_model: 32", "d_model: 64"))
     code, _, err = run_cli(capsys, "eval", "--ckpt", other)
@@ -159,38 +157,39 @@ def test_eval_errors_exit_codes(run, capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", "--ckpt", other)
     assert code == 3 and "does not fit" in err
     (tmp_path / "a-file").write_text("")
-    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--json", tmp_path / "a-file" / "r.json")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--json", tmp_path / "a-file" / "r.json")
     assert code == 2 and "a-file is not a directory" in err
-    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--compare-sampling", "uniform,spiral")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--compare-sampling", "uniform,spiral")
     assert code == 2 and "spiral" in err
     assert err.startswith("error: ") and err.count("\n") == 1  # one line, no traceback
 
 
-def test_eval_refuses_data_made_with_another_tokenizer(run, capsys, tmp_path):
+def test_eval_refuses_data_made_with_another_tokenizer(tiny_model, capsys, tmp_path):
     from elastic_cli.data.prepare import prepare
 
-    prepare([str(run.parent / "src")], str(REPO / "tokenizers" / "books-8k.model"), str(tmp_path / "books"),
-            val_frac=0.5, test_frac=0.2, workers=1)
-    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "books")
+    prepare([str(tiny_model.parent / "src")], str(REPO / "tokenizers" / "books-8k.model"),
+            str(tmp_path / "books"), val_frac=0.5, test_frac=0.2, workers=1)
+    code, _, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--data", tmp_path / "books")
     assert code == 3 and "tokenizer" in err
 
 
-def test_eval_task_data_reports_exact_match(run, capsys, tmp_path):
+def test_eval_task_data_reports_exact_match(tiny_model, capsys, tmp_path):
     from elastic_cli.data.tasks import prepare_task
 
     prepare_task("passkey", 96, 6, str(TOKENIZER), str(tmp_path / "passkey"), val_frac=0.5, test_frac=0.0)
     meta = json.loads((tmp_path / "passkey" / "meta.json").read_text())
     val = [d for d in meta["docs"] if d["split"] == "val"]
     assert val and all(len(d.get("answers", [])) == 1 for d in val)
-    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "passkey", "--json", "-")
+    code, out, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--data", tmp_path / "passkey", "--json",
+                             "-")
     assert code == 0, err
     (r,) = json.loads(out)["results"]
     assert r["answers"] == len(val) and 0 <= r["exact_match"] <= 1
     assert r["exact_match"] <= r["answer_token_accuracy"] <= 1 and r["answer_loss"] > 0
 
 
-def test_eval_other_memory_kind_and_schedule_only_for_elastic(capsys, tmp_path):
-    run = make_run(tmp_path, kind="none")
+def test_eval_other_memory_kind_and_schedule_only_for_elastic(capsys, tiny_model_of):
+    run = tiny_model_of("none")
     code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--json", "-", "--max-docs", "1")
     assert code == 0, err
     assert json.loads(out)["results"][0]["memory"] == {"kind": "none"}
@@ -241,13 +240,13 @@ def test_answers_by_distance_count_segments_between_fact_and_question():
     assert (t.answers, t.exact) == (2, 2)
 
 
-def test_eval_task_data_by_distance_json_and_plot(run, capsys, tmp_path):
+def test_eval_task_data_by_distance_json_and_plot(tiny_model, capsys, tmp_path):
     """mqar through the CLI: accuracy by distance in the task's own segment unit, and --plot draws it."""
     from elastic_cli.data.tasks import prepare_task
 
     prepare_task("mqar", 64, 8, str(TOKENIZER), str(tmp_path / "mq"), val_frac=0.5, test_frac=0.0,
                  options={"pairs": 3, "segment_len": 8, "distance": (1, 3), "keys": 8, "values": 8})
-    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "mq", "--json", "-",
+    code, out, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--data", tmp_path / "mq", "--json", "-",
                              "--plot", tmp_path / "d.png")
     assert code == 0, err
     (r,) = json.loads(out)["results"]
@@ -276,7 +275,7 @@ def test_heatmap_cells_closed_form():
     assert binned["accuracy"][4] == [0.0, 1.0] and binned["accuracy"][2] == [None, 1.0]
 
 
-def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_books):
+def test_eval_heatmap_json_png_and_per_document_twin(tiny_model, capsys, tmp_path, kjv_books):
     """Cells from the batched eval equal cells built by hand from each document scored alone."""
     from elastic_cli.runs import inference
     from elastic_cli.data.loader import PreparedData
@@ -284,13 +283,13 @@ def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_
 
     prepare_task("niah-multivalue", [224, 320], 16, str(TOKENIZER), str(tmp_path / "h"), val_frac=0.6, test_frac=0.0,
                  options={"haystack": [str(kjv_books)], "depth": "0,1", "needles": 2})
-    code, out, err = run_cli(capsys, "eval", "--ckpt", run, "--data", tmp_path / "h", "--json", "-",
+    code, out, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--data", tmp_path / "h", "--json", "-",
                              "--heatmap", tmp_path / "heat.png", "--batch-size", 3)
     assert code == 0, err
     (r,) = json.loads(out)["results"]
     grid = r["heatmap"]
     data = PreparedData(tmp_path / "h")
-    loaded = inference.load(str(run))
+    loaded = inference.load(str(tiny_model))
     right = {}
     for i in data.documents("val"):
         doc = data.meta["docs"][i]
@@ -302,5 +301,5 @@ def test_eval_heatmap_json_png_and_per_document_twin(run, capsys, tmp_path, kjv_
         assert grid["docs"][row][col] == len(oks) and grid["accuracy"][row][col] == sum(oks) / len(oks)
     assert (tmp_path / "heat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list(json.loads((tmp_path / "heat.json").read_text()).values()) == [grid]
-    code, _, err = run_cli(capsys, "eval", "--ckpt", run, "--heatmap", tmp_path / "no.png")
+    code, _, err = run_cli(capsys, "eval", "--ckpt", tiny_model, "--heatmap", tmp_path / "no.png")
     assert code == 3 and "records no depths" in err and not (tmp_path / "no.png").exists()

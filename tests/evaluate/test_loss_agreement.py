@@ -27,11 +27,6 @@ from tests.helpers import tiny_run
 S = 4  # segments per window; tiny_run documents are longer than S x 16 tokens
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
-
-
 def recording(monkeypatch, module) -> list[torch.Tensor]:
     """Make `module.F.cross_entropy` also record its per-token losses (in call order)."""
     seen, original = [], F.cross_entropy
@@ -47,12 +42,13 @@ def recording(monkeypatch, module) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
-def test_train_eval_and_generation_score_each_token_alike(kind, data, monkeypatch):
+def test_train_eval_and_generation_score_each_token_alike(kind, tiny_corpus, monkeypatch):
     cfg = load_config(["recipes/tiny.yaml", f"recipes/memory/{kind}.yaml"], tiny_run.overrides(
-        data, data, f"memory.kind={kind}", f"train.segments={S}", "train.bptt_segments=2", "train.global_batch=1", "train.micro_batch=1"))
+        tiny_corpus, tiny_corpus, f"memory.kind={kind}", f"train.segments={S}", "train.bptt_segments=2",
+        "train.global_batch=1", "train.micro_batch=1"))
     model = build_model(cfg)
     init_weights(model, 0)
-    prepared = PreparedData(data)
+    prepared = PreparedData(tiny_corpus)
     batch = SegmentLoader(prepared, "val", 1, S, 16, 0).next_batch()  # the first val document's first window
     doc = np.asarray(prepared.tokens(prepared.documents("val")[0]))
     assert len(doc) > S * 16 + 1 and np.array_equal(batch.inputs[0].flatten().numpy(), doc[:S * 16])

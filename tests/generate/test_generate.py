@@ -310,16 +310,11 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 from tests.helpers.cli_run import run_cli  # noqa: E402
-from tests.helpers.eval_run import code_text, make_run  # noqa: E402
+from tests.helpers.eval_run import code_text  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("genrun"))
-
-
-def test_generate_same_seed_same_output_and_jsonl(run, capsys, tmp_path):
-    args = ["generate", "--ckpt", run, "--prompt", "def main(", "--max-new-tokens", "12", "--top-k", "50",
+def test_generate_same_seed_same_output_and_jsonl(tiny_model, capsys, tmp_path):
+    args = ["generate", "--ckpt", tiny_model, "--prompt", "def main(", "--max-new-tokens", "12", "--top-k", "50",
             "--top-p", "0.9", "--num-samples", "2"]
     code, out_a, err = run_cli(capsys, *args, "--seed", "1", "--output", tmp_path / "a.jsonl")
     assert code == 0, err
@@ -333,16 +328,18 @@ def test_generate_same_seed_same_output_and_jsonl(run, capsys, tmp_path):
     assert records[0]["prompt_tokens"] == records[1]["prompt_tokens"] > 1
 
 
-def test_generate_from_long_file_and_stdin(run, capsys, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_generate_from_long_file_and_stdin(tiny_model, capsys, tmp_path, monkeypatch):
     book = tmp_path / "book.py"
     book.write_text("".join(code_text(i) for i in range(8)), encoding="utf-8")
-    code, out_file, err = run_cli(capsys, "generate", "--ckpt", run, "--file", book, "--max-new-tokens", "8",
-                                  "--temperature", "0", "--output", tmp_path / "f.jsonl")
+    code, out_file, err = run_cli(capsys, "generate", "--ckpt", tiny_model, "--file", book, "--max-new-tokens",
+                                  "8", "--temperature", "0", "--output", tmp_path / "f.jsonl")
     assert code == 0, err
     (rec,) = [json.loads(line) for line in (tmp_path / "f.jsonl").read_text().splitlines()]
     assert rec["prompt_tokens"] > 20 * 16  # many segments of 16 tokens were folded into memory
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(book.read_bytes())))
-    code, out_stdin, _ = run_cli(capsys, "generate", "--ckpt", run, "-", "--max-new-tokens", "8", "--temperature", "0")
+    code, out_stdin, _ = run_cli(capsys, "generate", "--ckpt", tiny_model, "-", "--max-new-tokens", "8",
+                                 "--temperature", "0")
     assert code == 0 and out_stdin == out_file  # greedy: same prompt, same continuation
 
 
@@ -358,20 +355,20 @@ def test_generate_from_long_file_and_stdin(run, capsys, tmp_path, monkeypatch):
     (["--prompt", "x", "--output", "FILE/x.jsonl"], 2, "not a directory"),
     (["--prompt", "x", "--output", "DIR"], 2, "is a directory"),
 ])
-def test_generate_errors_exit_codes(run, capsys, tmp_path, extra, expect_code, message):
+def test_generate_errors_exit_codes(tiny_model, capsys, tmp_path, extra, expect_code, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 = 1\n".encode("latin-1"))
     names = {"EMPTY": tmp_path / "empty.txt", "LATIN1": tmp_path / "latin1.txt", "DIR": tmp_path,
              "FILE/x.jsonl": tmp_path / "empty.txt" / "x.jsonl"}
-    code, out, err = run_cli(capsys, "generate", "--ckpt", run, *[names.get(a, a) for a in extra])
+    code, out, err = run_cli(capsys, "generate", "--ckpt", tiny_model, *[names.get(a, a) for a in extra])
     assert code == expect_code and message in err
     assert err.startswith("error: ") and err.count("\n") == 1 and out == ""
 
 
-def test_generate_missing_or_incomplete_checkpoint(run, capsys, tmp_path):
+def test_generate_missing_or_incomplete_checkpoint(tiny_model, capsys, tmp_path):
     code, _, err = run_cli(capsys, "generate", "--ckpt", tmp_path / "none", "--prompt", "x")
     assert code == 3 and f"{tmp_path / 'none'} does not exist" in err
-    ckpt = next((run / "checkpoints").glob("step_*"))
+    ckpt = next((tiny_model / "checkpoints").glob("step_*"))
     torn = tmp_path / (ckpt.name + ".tmp")
     shutil.copytree(ckpt, torn)
     (torn / "COMPLETE").unlink()

@@ -134,6 +134,7 @@ def test_export_folder_and_model_card(tmp_path, capsys):
     assert (tmp_path / "hf16" / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
 
 
+@pytest.mark.slow
 def test_missing_elastic_cli_is_named_at_load_time(tmp_path):
     _, out = exported(tmp_path, "none")
     script = ("import sys; sys.modules['elastic_cli'] = None\n"
@@ -145,8 +146,8 @@ def test_missing_elastic_cli_is_named_at_load_time(tmp_path):
     assert "runs elastic's own code (the `elastic_cli` package), which is not installed" in done.stderr
 
 
-def test_export_refusals_exit_2(tmp_path, capsys, monkeypatch):
-    run = make_run(tmp_path, "armt")
+def test_export_refusals_exit_2(tiny_model_of, tmp_path, capsys, monkeypatch):
+    run = tiny_model_of("armt")
     monkeypatch.setattr(writer, "EXPORTABLE", ("none", "elastic"))
     code, _, err = run_cli(capsys, "export", "--ckpt", run, "--out", tmp_path / "a")
     assert code == 2 and "memory.kind=armt is not exported yet" in err and not (tmp_path / "a").exists()

@@ -112,6 +112,7 @@ def test_generate_until_equals_elastic_generate_cut_at_stop(run, capsys, tmp_pat
     assert cut == text[: text.index(stop)]
 
 
+@pytest.mark.slow
 def test_lm_eval_cli_on_local_tasks_offline(run, capsys, tmp_path):
     run_dir, data = run
     code, out, err = run_cli(capsys, "lm-eval", "--ckpt", run_dir, "--data", data, "--tasks",
@@ -125,6 +126,7 @@ def test_lm_eval_cli_on_local_tasks_offline(run, capsys, tmp_path):
     assert 0 <= results["elastic_answer_ll"]["acc,none"] <= 1 and "elastic_docs" in out
 
 
+@pytest.mark.slow
 def test_lm_eval_usage_errors_exit_2(run, capsys, monkeypatch):
     run_dir, data = run
     code, _, err = run_cli(capsys, "lm-eval", "--ckpt", run_dir, "--tasks", "no_such_task", "--data", data)

@@ -47,6 +47,7 @@ def history():
     return x, direct_projection(x.numpy(), ORDER), random_pieces(T_HIST, gen)
 
 
+@pytest.mark.slow
 def test_segmentation_invariance_float64(history):
     x, direct, pieces = history
     c0 = torch.zeros(ORDER, CHANNELS, dtype=torch.float64)
@@ -63,6 +64,7 @@ def test_segmentation_invariance_float64(history):
     assert max(errors.values()) < 1e-10
 
 
+@pytest.mark.slow
 def test_segmentation_invariance_float32(history):
     x, direct, pieces = history
     c0, x32 = torch.zeros(ORDER, CHANNELS), x.float()
@@ -267,7 +269,7 @@ def test_a_miss_builds_the_next_segments_banks_too():
 
 
 @pytest.mark.parametrize("t,l,order", [(0, 64, 16), (64, 64, 16), (1000, 7, 8), (3, 5, 64), (10**6, 2048, 64),
-                                       (10**9, 2048, 64), (12345, 1, 1024)])
+                                       (10**9, 2048, 64), pytest.param(12345, 1, 1024, marks=pytest.mark.slow)])
 def test_transplanted_injection_equals_the_closed_forms(t, l, order):
     """The write's route: [R | (1-ρ)A] on the host, then W = (1-ρ) A W(0, l), equals the reference banks
     (float64: R to 1e-13 absolute, W to 1e-6 relative, as the closed-form fast banks are held)."""

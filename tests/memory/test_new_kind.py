@@ -59,11 +59,10 @@ def test_toy_meets_the_memory_contract(check):
     check("toy")  # built from its Options' defaults: the contract test needs no entry for it
 
 
-def test_toy_trains_evaluates_and_generates_through_the_cli(tmp_path, capsys):
-    data = tiny_run.prepare(tmp_path)
+def test_toy_trains_evaluates_and_generates_through_the_cli(tiny_corpus, tmp_path, capsys):
     run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", "recipes/tiny.yaml",
-                           *tiny_run.overrides(data, run, "memory.kind=toy", "memory.rate=0.25", "train.steps=3"))
+    code, _, err = run_cli(capsys, "train", "recipes/tiny.yaml", *tiny_run.overrides(
+        tiny_corpus, run, "memory.kind=toy", "memory.rate=0.25", "train.steps=3"))
     assert code == 0, err
     losses = [r["loss"] for r in tiny_run.metrics(run) if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)

@@ -222,6 +222,7 @@ def test_single_token_steps_decode_through_the_joint_cache():
     assert all(c.kj is not None and c.kj.shape[-1] == 2 * (D // HEADS) for c in stream.past)
 
 
+@pytest.mark.slow
 def test_compiled_blocks_give_the_eager_losses_and_gradients():
     """`compile_blocks` (train.compile): whole segments through the compiled blocks (the eager backend:
     dynamo's tracing, graph breaks and guards, without a C++ toolchain) equal eager; streaming stays eager."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,23 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "recipes" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Prepared data and a run trained 2 steps through the CLI (run.device=cpu)."""
-    root = tmp_path_factory.mktemp("portable")
-    data = tiny_run.prepare(root)
-    from elastic_cli.cli import main  # no capsys in a module fixture: main directly
-
-    argv = sys.argv
-    sys.argv = ["elastic", "train", str(TINY), *tiny_run.overrides(data, root / "run", "train.steps=2",
-                                                                     "train.eval_every=1")]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = argv
-    assert e.value.code == 0
-    return data, root / "run"
+@pytest.fixture
+def trained(tiny_corpus, trained_run):
+    """Prepared data and a run trained 2 steps through the CLI (conftest.py; read only)."""
+    return tiny_corpus, trained_run
 
 
 def without_speed(report: dict) -> dict:
@@ -50,7 +36,7 @@ def without_speed(report: dict) -> dict:
 
 # ------------------------------------------------------------------ a checkpoint carries its tokenizer
 
-def test_a_checkpoint_carries_its_tokenizer_checksummed(trained):
+def test_a_checkpoint_carries_its_tokenizer_checksummed(trained, tmp_path):
     _, run = trained
     ckpt = checkpoint.resolve(run)
     carried = ckpt / "tokenizer.model"
@@ -58,13 +44,12 @@ def test_a_checkpoint_carries_its_tokenizer_checksummed(trained):
     assert json.loads((ckpt / "COMPLETE").read_text())["sha256"]["tokenizer.model"] == file_sha256(carried)
     cfg = load_config(ckpt / "config.yaml")
     assert inference.tokenizer_file(ckpt, cfg) == carried
-    with open(carried, "r+b") as f:  # a damaged copy is a damaged checkpoint, named
+    damaged = tmp_path / ckpt.name  # the shared run stays whole: damage a copy
+    shutil.copytree(ckpt, damaged)
+    with open(damaged / "tokenizer.model", "r+b") as f:  # a damaged copy is a damaged checkpoint, named
         f.write(b"x")
-    try:
-        with pytest.raises(DataError, match="tokenizer.model is truncated or corrupted"):
-            checkpoint.resolve(ckpt)
-    finally:
-        shutil.copyfile(tiny_run.TOKENIZER, carried)
+    with pytest.raises(DataError, match="tokenizer.model is truncated or corrupted"):
+        checkpoint.resolve(damaged)
 
 
 def test_tokenizer_resolution_and_old_checkpoints(trained, tmp_path):

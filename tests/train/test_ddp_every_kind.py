@@ -18,20 +18,16 @@ from elastic_cli.model.init import init_weights
 from tests.helpers import ddp_kinds, tiny_run
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
-
-
-def test_two_gloo_processes_train_every_kind_like_one(data, tmp_path):
+@pytest.mark.slow
+def test_two_gloo_processes_train_every_kind_like_one(tiny_corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", "localhost:0", "--module", "tests.helpers.ddp_kinds", str(data), str(tmp_path)]
+           "--rdzv-endpoint", "localhost:0", "--module", "tests.helpers.ddp_kinds", str(tiny_corpus), str(tmp_path)]
     proc = subprocess.run(cmd, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     for kind in sorted(REGISTRY):
         two = torch.load(tmp_path / f"{kind}.pt", weights_only=True)
-        one = ddp_kinds.steps(kind, data, micro_batch=2)
-        cfg = ddp_kinds.config(kind, data, 2)
+        one = ddp_kinds.steps(kind, tiny_corpus, micro_batch=2)
+        cfg = ddp_kinds.config(kind, tiny_corpus, 2)
         fresh = build_model(cfg)
         init_weights(fresh, 0)
         for name in preflight.write_only_parameters(cfg):  # they learned, in both
@@ -41,9 +37,9 @@ def test_two_gloo_processes_train_every_kind_like_one(data, tmp_path):
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))
-def test_write_only_probe_matches_the_full_model(kind, data):
+def test_write_only_probe_matches_the_full_model(kind, tiny_corpus):
     """The narrow probe names exactly the parameters the real model leaves without gradient in one segment."""
-    cfg = ddp_kinds.config(kind, data, 2)
+    cfg = ddp_kinds.config(kind, tiny_corpus, 2)
     model = build_model(cfg)
     init_weights(model, 0)
     tokens = torch.arange(cfg.model.segment_len).view(1, -1) * 7 % cfg.model.vocab_size
@@ -55,12 +51,12 @@ def test_write_only_probe_matches_the_full_model(kind, data):
 
 
 @pytest.mark.parametrize("setting", [["train.bptt_segments=1"], ["train.segments=1", "train.bptt_segments=1"]])
-def test_a_truncation_that_starves_write_parameters_is_refused(data, setting):
+def test_a_truncation_that_starves_write_parameters_is_refused(tiny_corpus, setting):
     cfg = load_config(["recipes/tiny.yaml", "recipes/memory/armt.yaml"],
-                      tiny_run.overrides(data, data, "memory.kind=armt", *setting))
+                      tiny_run.overrides(tiny_corpus, tiny_corpus, "memory.kind=armt", *setting))
     with pytest.raises(UsageError, match="only through the next segment's read.*at least 2"):
         preflight.check_truncation(cfg)
     for kind in ("none", "elastic", "xl"):  # nothing to starve: allowed
         ok = load_config(["recipes/tiny.yaml", f"recipes/memory/{kind}.yaml"],
-                         tiny_run.overrides(data, data, f"memory.kind={kind}", *setting))
+                         tiny_run.overrides(tiny_corpus, tiny_corpus, f"memory.kind={kind}", *setting))
         assert preflight.check_truncation(ok) == []

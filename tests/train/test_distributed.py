@@ -53,14 +53,14 @@ def test_a_torchrun_worker_never_launches(monkeypatch):
     assert not distributed.needs_launch(2, 1)
 
 
-def test_two_gloo_processes_equal_one_process(tmp_path):
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process(tiny_corpus, tmp_path):
     """Same global batch (4 windows): 1 process x 2 micro-batches vs 2 processes x 1 micro-batch,
     through `elastic train --gpus 2` (torchrun, DDP, gloo). Losses and weights agree to float rounding."""
-    data = tiny_run.prepare(tmp_path)
     runs = {1: tmp_path / "gpus1", 2: tmp_path / "gpus2"}
-    train(load_config("recipes/tiny.yaml", tiny_run.overrides(data, runs[1], "train.steps=3")))
+    train(load_config("recipes/tiny.yaml", tiny_run.overrides(tiny_corpus, runs[1], "train.steps=3")))
     args = [sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
-            *tiny_run.overrides(data, runs[2], "train.steps=3"), "--gpus", "2"]
+            *tiny_run.overrides(tiny_corpus, runs[2], "train.steps=3"), "--gpus", "2"]
     proc = subprocess.run(args, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "launching: " in proc.stderr and "--nproc-per-node 2" in proc.stderr

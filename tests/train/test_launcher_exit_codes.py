@@ -20,11 +20,6 @@ FAULTS = tiny_run.FAULTS
 full_only = pytest.mark.skipif(not tiny_run.FULL_FAULTS, reason="ELASTIC_FULL_FAULTS=1 runs every launcher exit path")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
-
-
 def start(data: Path, run_dir: Path, *extra: str, fault: str | None = None) -> subprocess.Popen:
     env = tiny_run.env()
     env["PYTHONPATH"] = f"{FAULTS}{os.pathsep}{env['PYTHONPATH']}"
@@ -46,11 +41,12 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, code, message", [
     pytest.param(None, 0, None, marks=full_only), pytest.param("usage", 2, "error: injected usage error", marks=full_only),
     ("data", 3, "error: injected data error"), pytest.param("bug", 1, "RuntimeError: injected bug", marks=full_only)])
-def test_worker_exit_code_is_the_launcher_exit_code(data, tmp_path, fault, code, message):
-    proc = start(data, tmp_path / "run", "train.steps=2", fault=fault)
+def test_worker_exit_code_is_the_launcher_exit_code(tiny_corpus, tmp_path, fault, code, message):
+    proc = start(tiny_corpus, tmp_path / "run", "train.steps=2", fault=fault)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == code, err[-3000:]
     assert "ChildFailedError" not in err and "Root Cause" not in err and "FutureWarning" not in err
@@ -60,18 +56,21 @@ def test_worker_exit_code_is_the_launcher_exit_code(data, tmp_path, fault, code,
         assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
 
 
+@pytest.mark.slow
 @full_only
-def test_nan_loss_in_workers_exits_4(data, tmp_path):
-    proc = start(data, tmp_path / "run", "train.steps=20", "train.lr=1e12", "train.grad_clip=0", "train.save_every=1")
+def test_nan_loss_in_workers_exits_4(tiny_corpus, tmp_path):
+    proc = start(tiny_corpus, tmp_path / "run", "train.steps=20", "train.lr=1e12", "train.grad_clip=0",
+                 "train.save_every=1")
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 4, err[-3000:]
     assert "error: training diverged at step" in err and "micro-batch" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 75), pytest.param(signal.SIGINT, 130, marks=full_only)])
-def test_signals_through_the_launcher(data, tmp_path, sig, code):
+def test_signals_through_the_launcher(tiny_corpus, tmp_path, sig, code):
     run_dir = tmp_path / "run"
-    proc = start(data, run_dir, "train.steps=100000")
+    proc = start(tiny_corpus, run_dir, "train.steps=100000")
     wait_for_step(proc, run_dir)
     if sig == signal.SIGTERM:
         proc.send_signal(sig)  # slurm signals the launcher (srun's task), which relays to torchrun

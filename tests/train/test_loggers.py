@@ -13,11 +13,6 @@ from elastic_cli.train.loop import train
 from tests.helpers import tiny_run
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
-
-
 def interrupted_then_resumed(data, run_dir, loggers_value):
     """Train 4 steps (checkpoints at 2 and 4), drop the step-4 checkpoint as if stopped after step 3,
     then `--resume auto` (steps 3 and 4 again)."""
@@ -27,10 +22,11 @@ def interrupted_then_resumed(data, run_dir, loggers_value):
     train(load_config("recipes/tiny.yaml", args), resume="auto")
 
 
-def test_tensorboard_events_equal_metrics_jsonl_after_resume(data, tmp_path, capsys):
+@pytest.mark.slow
+def test_tensorboard_events_equal_metrics_jsonl_after_resume(tiny_corpus, tmp_path, capsys):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     run = tmp_path / "run"
-    interrupted_then_resumed(data, run, "[jsonl,tensorboard]")
+    interrupted_then_resumed(tiny_corpus, run, "[jsonl,tensorboard]")
     err = capsys.readouterr().err
     where = [line for line in err.splitlines() if line.startswith("metrics: ")]
     assert where == [f"metrics: {run}/metrics.jsonl, TensorBoard {run}/tensorboard "
@@ -45,7 +41,7 @@ def test_tensorboard_events_equal_metrics_jsonl_after_resume(data, tmp_path, cap
     final = {r["step"]: r for r in records}
     assert [e.value for e in events] == pytest.approx([final[s]["loss"] for s in (1, 2, 3, 4)], rel=1e-6)
     assert [e.value for e in acc.Scalars("lr")] == pytest.approx([final[s]["lr"] for s in (1, 2, 3, 4)], rel=1e-6)
-    args = tiny_run.overrides(data, run, "train.save_every=2", "train.steps=4", "train.log_every=2",
+    args = tiny_run.overrides(tiny_corpus, run, "train.save_every=2", "train.steps=4", "train.log_every=2",
                               "run.loggers=[tensorboard]")  # the same configuration: --overwrite may replace it
     train(load_config("recipes/tiny.yaml", args), overwrite=True)  # starting over removes the old events
     acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
@@ -83,12 +79,13 @@ def wandb_history(path) -> list[dict]:
     return rows
 
 
-def test_wandb_offline_keeps_one_run_id_across_resume(data, tmp_path, capsys, monkeypatch):
+@pytest.mark.slow
+def test_wandb_offline_keeps_one_run_id_across_resume(tiny_corpus, tmp_path, capsys, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
     run = tmp_path / "run"
-    interrupted_then_resumed(data, run, "[wandb]")
+    interrupted_then_resumed(tiny_corpus, run, "[wandb]")
     run_id = (run / "state" / "wandb_run_id").read_text().strip()
     err = capsys.readouterr().err
     assert [line for line in err.splitlines() if line.startswith("metrics: ")] == \
@@ -109,9 +106,10 @@ def test_other_ranks_write_nothing(tmp_path, monkeypatch):
     assert sinks.sinks == [] and list(tmp_path.iterdir()) == []
 
 
-def test_missing_logger_package_is_usage_error_with_hint(data, tmp_path, monkeypatch):
+def test_missing_logger_package_is_usage_error_with_hint(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
-    cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "run", "run.loggers=[jsonl,wandb]"))
+    cfg = load_config("recipes/tiny.yaml",
+                      tiny_run.overrides(tiny_corpus, tmp_path / "run", "run.loggers=[jsonl,wandb]"))
     with pytest.raises(UsageError, match=r"pip install 'elastic-cli\[wandb\]'"):
         train(cfg)
     assert not (tmp_path / "run").exists()

@@ -16,11 +16,6 @@ from elastic_cli.cli import main
 from tests.helpers import tiny_run
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))  # splits: train and val; test is empty
-
-
 def cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["elastic", *map(str, args)])
     try:
@@ -44,10 +39,10 @@ def both(monkeypatch, capsys, data, run_dir, *extra) -> tuple[int, str]:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_on_a_cpu_only_machine_fails_but_its_dry_run_plans_it(data, tmp_path, monkeypatch, capsys):
+def test_cuda_on_a_cpu_only_machine_fails_but_its_dry_run_plans_it(tiny_corpus, tmp_path, monkeypatch, capsys):
     """The real run needs the GPUs; --dry-run on a login node without any plans the job: every other
     check, the device row saying none is visible here, and the launch command on one line."""
-    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, tmp_path / "run", "run.device=cuda")]
+    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(tiny_corpus, tmp_path / "run", "run.device=cuda")]
     code, err = cli(monkeypatch, capsys, *args)
     assert code == 2 and err == "error: run.device=cuda but no CUDA device is visible\n"
     monkeypatch.setattr(sys, "argv", ["elastic", *map(str, args), "--gpus", "2", "--dry-run"])
@@ -64,52 +59,52 @@ def test_cuda_on_a_cpu_only_machine_fails_but_its_dry_run_plans_it(data, tmp_pat
     assert code == 2 and "train.micro_batch=3" in err  # the other checks still run
 
 
-def test_non_empty_run_dir_without_overwrite(data, tmp_path, monkeypatch, capsys):
+def test_non_empty_run_dir_without_overwrite(tiny_corpus, tmp_path, monkeypatch, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run")
+    code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "run")
     assert code == 2 and "is not empty: pass --resume auto" in err
 
 
-def test_missing_resume_path(data, tmp_path, monkeypatch, capsys):
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "--resume", tmp_path / "gone")
+def test_missing_resume_path(tiny_corpus, tmp_path, monkeypatch, capsys):
+    code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "run", "--resume", tmp_path / "gone")
     assert code == 3 and f"{tmp_path / 'gone'} does not exist" in err
 
 
-def test_empty_validation_split_with_eval_every(data, tmp_path, monkeypatch, capsys):
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "data.val_split=test")
+def test_empty_validation_split_with_eval_every(tiny_corpus, tmp_path, monkeypatch, capsys):
+    code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "run", "data.val_split=test")
     assert code == 3 and "split 'test'" in err and "train.eval_every=2" in err and "--val-frac" in err
     assert not (tmp_path / "run").exists()
-    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, tmp_path / "ok", "data.val_split=test",
+    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(tiny_corpus, tmp_path / "ok", "data.val_split=test",
                                                              "train.eval_every=0", "train.steps=2"), "--dry-run"]
     assert cli(monkeypatch, capsys, *args)[0] == 0  # no evaluation asked: fine
 
 
-def test_empty_training_split(data, tmp_path, monkeypatch, capsys):
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "data.train_split=test", "train.eval_every=0")
+def test_empty_training_split(tiny_corpus, tmp_path, monkeypatch, capsys):
+    code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "run", "data.train_split=test", "train.eval_every=0")
     assert code == 3 and "split 'test'" in err and "has no documents" in err
 
 
-def test_run_dir_that_cannot_be_written(data, tmp_path, monkeypatch, capsys):
+def test_run_dir_that_cannot_be_written(tiny_corpus, tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("not a directory")
-    code, err = both(monkeypatch, capsys, data, tmp_path / "file" / "run")
+    code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "file" / "run")
     assert code == 2 and "is not a writable directory" in err
 
 
-def test_write_only_parameters_that_cannot_learn(data, tmp_path, monkeypatch, capsys):
-    code, err = both(monkeypatch, capsys, data, tmp_path / "run", "memory.kind=armt", "train.bptt_segments=1")
+def test_write_only_parameters_that_cannot_learn(tiny_corpus, tmp_path, monkeypatch, capsys):
+    code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "run", "memory.kind=armt", "train.bptt_segments=1")
     assert code == 2 and "memory.kind=armt" in err and "at least 2" in err
 
 
-def test_second_train_on_the_same_run_dir_refuses_at_once(data, tmp_path, monkeypatch, capsys):
+def test_second_train_on_the_same_run_dir_refuses_at_once(tiny_corpus, tmp_path, monkeypatch, capsys):
     lock = runlock.RunLock(tmp_path / "run").acquire()  # a running `elastic train`
     try:
         t0 = time.monotonic()
-        code, err = both(monkeypatch, capsys, data, tmp_path / "run", "--resume", "auto")
+        code, err = both(monkeypatch, capsys, tiny_corpus, tmp_path / "run", "--resume", "auto")
         assert code == 2 and "is in use by pid" in err and time.monotonic() - t0 < 30
     finally:
         lock.release()
-    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, tmp_path / "run", "train.steps=2")]
+    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(tiny_corpus, tmp_path / "run", "train.steps=2")]
     assert cli(monkeypatch, capsys, *args)[0] == 0  # the lock file alone is not "a non-empty run dir"
 
 

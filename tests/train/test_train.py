@@ -25,17 +25,14 @@ GOLDEN_OVERRIDES = ["train.steps=8", "train.warmup=2", "train.log_every=1", "tra
                     "train.save_every=0", "data.tokenizer=null", "run.device=cpu"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
-
-
 def losses(run_dir: Path) -> list[float]:
     return [m["loss"] for m in tiny_run.metrics(run_dir)]
 
 
-def test_tiny_recipe_loss_goes_down_and_matches_golden(data, tmp_path):
-    cfg = load_config("recipes/tiny.yaml", [*GOLDEN_OVERRIDES, f"data.path={data}", f"run.dir={tmp_path}/run"])
+@pytest.mark.slow
+def test_tiny_recipe_loss_goes_down_and_matches_golden(tiny_corpus, tmp_path):
+    cfg = load_config("recipes/tiny.yaml",
+                      [*GOLDEN_OVERRIDES, f"data.path={tiny_corpus}", f"run.dir={tmp_path}/run"])
     train(cfg)
     got = losses(tmp_path / "run")
     assert len(got) == 8 and got[-1] < got[0] - 0.5  # learning, not just noise
@@ -50,10 +47,10 @@ def test_tiny_recipe_loss_goes_down_and_matches_golden(data, tmp_path):
     torch.testing.assert_close(torch.tensor(got), torch.tensor(golden["losses"]), rtol=golden["rtol"], atol=0)
 
 
-def test_resume_is_exact(data, tmp_path):
+def test_resume_is_exact(tiny_corpus, tmp_path):
     """2k steps straight == k steps, then a fresh process state resumed from the step-k checkpoint:
     every loss after the resume is bitwise equal, and so are the final weights."""
-    base = tiny_run.overrides(data, tmp_path / "a", "train.save_every=3", "train.steps=6")
+    base = tiny_run.overrides(tiny_corpus, tmp_path / "a", "train.save_every=3", "train.steps=6")
     train(load_config("recipes/tiny.yaml", base))
     ckpt = tmp_path / "a" / "checkpoints" / "step_00000003"
     train(load_config("recipes/tiny.yaml", [*base, f"run.dir={tmp_path}/b"]), resume=str(ckpt))
@@ -65,8 +62,8 @@ def test_resume_is_exact(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_auto_continues_the_newest_checkpoint(data, tmp_path):
-    args = tiny_run.overrides(data, tmp_path / "run", "train.save_every=2", "train.steps=4")
+def test_resume_auto_continues_the_newest_checkpoint(tiny_corpus, tmp_path):
+    args = tiny_run.overrides(tiny_corpus, tmp_path / "run", "train.save_every=2", "train.steps=4")
     train(load_config("recipes/tiny.yaml", args))
     straight = losses(tmp_path / "run")
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004")  # as if stopped after step 2... 
@@ -79,12 +76,12 @@ def test_resume_auto_continues_the_newest_checkpoint(data, tmp_path):
 
 
 @pytest.mark.parametrize("kind, changes", [("infinity", True), ("elastic", False)])
-def test_aux_weight_adds_the_memories_aux_loss(data, tmp_path, kind, changes):
+def test_aux_weight_adds_the_memories_aux_loss(tiny_corpus, tmp_path, kind, changes):
     """train.aux_weight scales model.aux_loss (the ∞-former KL) into the objective: it changes the
     update for a kind that has an aux loss and nothing for one that has none."""
     weights = []
     for w in (0.0, 1.0):
-        args = tiny_run.overrides(data, tmp_path / f"{w}", f"memory.kind={kind}", f"train.aux_weight={w}",
+        args = tiny_run.overrides(tiny_corpus, tmp_path / f"{w}", f"memory.kind={kind}", f"train.aux_weight={w}",
                                   "train.steps=1", "train.warmup=0")
         train(load_config("recipes/tiny.yaml", args))
         weights.append(checkpoint.load_for_inference(tmp_path / f"{w}")[1].state_dict())
@@ -92,8 +89,9 @@ def test_aux_weight_adds_the_memories_aux_loss(data, tmp_path, kind, changes):
     assert same != changes
 
 
-def test_non_empty_run_dir_needs_resume_or_overwrite(data, tmp_path):
-    cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "run", "train.steps=1", "train.warmup=0"))
+def test_non_empty_run_dir_needs_resume_or_overwrite(tiny_corpus, tmp_path):
+    cfg = load_config("recipes/tiny.yaml",
+                      tiny_run.overrides(tiny_corpus, tmp_path / "run", "train.steps=1", "train.warmup=0"))
     train(cfg)
     with pytest.raises(UsageError, match="not empty.*--resume auto.*--overwrite"):
         train(cfg)
@@ -101,25 +99,26 @@ def test_non_empty_run_dir_needs_resume_or_overwrite(data, tmp_path):
     assert len(tiny_run.metrics(tmp_path / "run")) == 1
 
 
-def test_architecture_change_on_resume_is_data_error(data, tmp_path):
-    args = tiny_run.overrides(data, tmp_path / "run", "train.steps=2")
+def test_architecture_change_on_resume_is_data_error(tiny_corpus, tmp_path):
+    args = tiny_run.overrides(tiny_corpus, tmp_path / "run", "train.steps=2")
     train(load_config("recipes/tiny.yaml", args))
     with pytest.raises(DataError, match="model.mlp_hidden"):
         train(load_config("recipes/tiny.yaml", [*args, "model.mlp_hidden=32", "train.steps=3"]), resume="auto")
 
 
-def test_vocab_mismatch_is_data_error(data, tmp_path):
-    cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "run", "model.vocab_size=4096"))
+def test_vocab_mismatch_is_data_error(tiny_corpus, tmp_path):
+    cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(tiny_corpus, tmp_path / "run", "model.vocab_size=4096"))
     with pytest.raises(DataError, match="vocab_size=4096.*meta.json has vocab_size=8000"):
         train(cfg)
     assert not (tmp_path / "run").exists()
 
 
-def test_dry_run_prints_sizes_and_writes_nothing(data, tmp_path):
-    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(data, tmp_path / "run"), "--gpus", "2", "--dry-run"]
+def test_dry_run_prints_sizes_and_writes_nothing(tiny_corpus, tmp_path):
+    args = ["train", "recipes/tiny.yaml", *tiny_run.overrides(tiny_corpus, tmp_path / "run"), "--gpus", "2",
+            "--dry-run"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "run"))
+    cfg = load_config("recipes/tiny.yaml", tiny_run.overrides(tiny_corpus, tmp_path / "run"))
     from elastic_cli.build import build_model
 
     params = sum(p.numel() for p in build_model(cfg).parameters())
@@ -130,12 +129,12 @@ def test_dry_run_prints_sizes_and_writes_nothing(data, tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_bf16_and_compile_match_cpu_fp32(data, tmp_path):
+def test_cuda_bf16_and_compile_match_cpu_fp32(tiny_corpus, tmp_path):
     """On CUDA (bf16 autocast, torch.compile): the first loss is the fp32 CPU loss up to bf16 rounding,
     training still goes down, and the checkpoint (saved from the unwrapped module) loads on CPU."""
-    cpu = train(load_config("recipes/tiny.yaml", tiny_run.overrides(data, tmp_path / "cpu", "train.steps=4")))
+    cpu = train(load_config("recipes/tiny.yaml", tiny_run.overrides(tiny_corpus, tmp_path / "cpu", "train.steps=4")))
     gpu = train(load_config("recipes/tiny.yaml", tiny_run.overrides(
-        data, tmp_path / "gpu", "train.steps=4", "run.device=cuda", "train.dtype=auto", "train.compile=true")))
+        tiny_corpus, tmp_path / "gpu", "train.steps=4", "run.device=cuda", "train.dtype=auto", "train.compile=true")))
     first_cpu, first_gpu = losses(tmp_path / "cpu")[0], losses(tmp_path / "gpu")[0]
     assert abs(first_gpu - first_cpu) < 2e-2 * first_cpu
     assert gpu.loss < first_gpu and abs(gpu.loss - cpu.loss) < 0.1 * cpu.loss

@@ -130,12 +130,12 @@ def test_curriculum_resume_is_bitwise_across_a_stage_boundary(mqar_data, tmp_pat
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_curriculum_is_checked_before_training(mqar_data, tmp_path):
+def test_curriculum_is_checked_before_training(mqar_data, tiny_corpus, tmp_path):
     from elastic_cli.errors import UsageError
 
     for bad in ("[[0,1],[0,2]]", "[[0,9]]", "[[7,1]]"):
         with pytest.raises(UsageError, match="train.curriculum"):
             load_config("recipes/tiny.yaml", tiny_run.overrides(mqar_data.path, tmp_path, f"train.curriculum={bad}"))
     with pytest.raises(Exception, match="loss_on=answers"):
-        train(load_config("recipes/tiny.yaml", tiny_run.overrides(tiny_run.prepare(tmp_path / "lm"), tmp_path / "r",
+        train(load_config("recipes/tiny.yaml", tiny_run.overrides(tiny_corpus, tmp_path / "r",
                                                                   "train.loss_on=answers")))

@@ -15,11 +15,6 @@ from elastic_cli.runs import checkpoint
 from tests.helpers import tiny_run
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
-
-
 def start(run_dir: Path, data: Path, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
             *tiny_run.overrides(data, run_dir, "train.warmup=0", "train.save_every=0", *extra)]
@@ -36,9 +31,10 @@ def wait_for_steps(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
         time.sleep(0.05)
 
 
-def test_sigterm_saves_a_complete_checkpoint_and_exits_75(data, tmp_path):
+@pytest.mark.slow
+def test_sigterm_saves_a_complete_checkpoint_and_exits_75(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, data, "train.steps=100000")
+    proc = start(run_dir, tiny_corpus, "train.steps=100000")
     wait_for_steps(proc, run_dir, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -54,15 +50,17 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits_75(data, tmp_path):
     assert cfg.train.steps == 100000 and not model.training
 
     done = subprocess.run([sys.executable, "-m", "elastic_cli", "train", "recipes/tiny.yaml",
-                           *tiny_run.overrides(data, run_dir, "train.warmup=0", f"train.steps={state['step'] + 1}"),
+                           *tiny_run.overrides(tiny_corpus, run_dir, "train.warmup=0",
+                                               f"train.steps={state['step'] + 1}"),
                            "--resume", "auto"], cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert [m["step"] for m in tiny_run.metrics(run_dir)] == logged + [state["step"] + 1]
 
 
-def test_ctrl_c_exits_130_and_leaves_only_complete_checkpoints(data, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_leaves_only_complete_checkpoints(tiny_corpus, tmp_path):
     run_dir = tmp_path / "run"
-    proc = start(run_dir, data, "train.steps=100000", "train.save_every=1")
+    proc = start(run_dir, tiny_corpus, "train.steps=100000", "train.save_every=1")
     wait_for_steps(proc, run_dir, 3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
