@@ -23,6 +23,7 @@ def test_click_usage_errors_are_one_line_exit_2(capsys, args, message):
     assert err.startswith(f"error: {message}") and err.count("\n") == 1 and "--help" in err and "Usage:" not in err
 
 
+@pytest.mark.slow
 def test_plot_writes_the_format_its_suffix_names(tiny_model, tmp_path, capsys):
     run = tiny_model
     magic = {".png": b"\x89PNG", ".jpg": b"\xff\xd8\xff"}

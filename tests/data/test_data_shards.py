@@ -75,6 +75,7 @@ def test_three_parts_merged_equal_one_process(tmp_path, monkeypatch, capsys, n_d
     assert code == 0 and "nothing to do" in err  # a finished part is not redone
 
 
+@pytest.mark.slow
 def test_workers_and_shards_change_nothing(tmp_path):
     src = corpus(tmp_path, 6)
     prepare([str(src)], CODE, str(tmp_path / "w1"), workers=1)

@@ -275,6 +275,7 @@ def test_heatmap_cells_closed_form():
     assert binned["accuracy"][4] == [0.0, 1.0] and binned["accuracy"][2] == [None, 1.0]
 
 
+@pytest.mark.slow
 def test_eval_heatmap_json_png_and_per_document_twin(tiny_model, capsys, tmp_path, kjv_books):
     """Cells from the batched eval equal cells built by hand from each document scored alone."""
     from elastic_cli.runs import inference

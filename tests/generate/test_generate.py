@@ -139,6 +139,7 @@ def test_documents_then_the_prompt(tmp_path):
     assert pieces[-len(tok.encode("Who set y?")):] == tok.encode("Who set y?")  # the question comes last
 
 
+@pytest.mark.slow
 def test_a_long_file_is_read_in_blocks_at_constant_memory(tmp_path, monkeypatch):
     """40 MB (about 10M tokens of text): checking and streaming it holds one block at a time, and
     the pieces (ending at newlines, also where a character straddles a block) are the whole text."""

@@ -23,7 +23,12 @@ from elastic_cli.memory import REGISTRY  # noqa: E402
 from tests.helpers.cli_run import run_cli  # noqa: E402
 from tests.helpers.eval_run import TOKENIZER, make_run, segment_logits, sharpen  # noqa: E402
 
-L = 16  # segment_len of the test runs (test_eval.TINY)
+L = 16  # segment_len of the test runs (eval_run.TINY)
+
+
+def slow_but_elastic(kinds):
+    """Parameters for every kind: the recipe's kind (elastic) runs in `make test-fast`, the others are slow."""
+    return [pytest.param(kind, marks=() if kind == "elastic" else pytest.mark.slow) for kind in kinds]
 
 
 def exported(root, kind):
@@ -38,7 +43,7 @@ def test_every_exported_kind_is_a_registered_kind():
     assert set(writer.EXPORTABLE) <= set(REGISTRY)
 
 
-@pytest.mark.parametrize("kind", writer.EXPORTABLE)
+@pytest.mark.parametrize("kind", slow_but_elastic(writer.EXPORTABLE))
 def test_hf_logits_equal_elastic_on_three_segments(kind, tmp_path):
     run, out = exported(tmp_path, kind)
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
@@ -81,7 +86,7 @@ def test_auto_tokenizer_ids_equal_sentencepiece(tmp_path):
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (sp.bos_id, sp.eos_id, sp.pad_id)
 
 
-@pytest.mark.parametrize("kind", ["none", "elastic", "xl", "armt"])
+@pytest.mark.parametrize("kind", slow_but_elastic(["none", "elastic", "xl", "armt"]))
 def test_greedy_generate_equals_elastic_generate(kind, tmp_path, capsys):
     run, out = exported(tmp_path, kind)
     prompt = "def compute(values):\n    total = 0\n    for v in values:\n        total += v"
@@ -99,6 +104,7 @@ def test_greedy_generate_equals_elastic_generate(kind, tmp_path, capsys):
     assert len(set(want)) > 2  # a real continuation, not one token repeated
 
 
+@pytest.mark.slow
 def test_export_folder_and_model_card(tmp_path, capsys):
     run = make_run(tmp_path, "elastic")
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 9.0, "val_loss": 8.5}) + "\n")

@@ -122,6 +122,7 @@ def test_polynomial_reconstructed_to_cell_averaging_error():
     assert err <= bound < 1e-2
 
 
+@pytest.mark.slow
 def test_high_order_finite_and_float32_matches_float64():
     order = 1024
     gen = torch.Generator().manual_seed(3)

@@ -126,6 +126,7 @@ def test_decoder_streaming_rows_reset():
         check_rows_and_reset(model, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_loss():
     torch.manual_seed(0)
     check_training(build("caching", max_caches=2, aggregate="gated", **ARMT))

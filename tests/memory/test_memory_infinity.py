@@ -123,6 +123,7 @@ def test_decoder_streaming_rows_reset_numel():
     assert model.numel(model.empty_states(1, "cpu")) == 2 * (N * D + 1)
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_loss():
     torch.manual_seed(0)
     model = build("infinity", basis=N, resample=16, sticky=True)

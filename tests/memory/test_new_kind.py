@@ -59,6 +59,7 @@ def test_toy_meets_the_memory_contract(check):
     check("toy")  # built from its Options' defaults: the contract test needs no entry for it
 
 
+@pytest.mark.slow
 def test_toy_trains_evaluates_and_generates_through_the_cli(tiny_corpus, tmp_path, capsys):
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", "recipes/tiny.yaml", *tiny_run.overrides(

@@ -74,6 +74,7 @@ def test_tokenizer_resolution_and_old_checkpoints(trained, tmp_path):
         inference.tokenizer_file(old, gone)
 
 
+@pytest.mark.slow
 def test_a_moved_run_generates_and_evaluates_the_same_anywhere(trained, tmp_path, capsys, monkeypatch):
     data, run = trained
     gen = ["def main(", "--max-new-tokens", "8", "--temperature", "0"]
@@ -121,6 +122,7 @@ def test_a_cuda_run_evaluates_on_a_cpu_machine(trained, tmp_path, capsys):
     assert code == 2 and "memory.kind is fixed by the checkpoint's weights" in err
 
 
+@pytest.mark.slow
 def test_eval_key_values_no_gain_and_the_step_in_the_title(trained, capsys, tmp_path):
     data, run = trained
     code, out, err = cli(capsys, "eval", run, "--data", data, "--max-docs", "2", "eval.batch=1", "--out", "-")

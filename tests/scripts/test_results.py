@@ -68,6 +68,7 @@ def test_findings_state_the_bars_with_their_numbers(out):
     assert "`elastic-order8-uniform` with 0.675" in best and "misses the 0.90 bar" in best
 
 
+@pytest.mark.slow
 def test_write_makes_the_page_json_and_pngs(out, tmp_path):
     dest = tmp_path / "docs" / "results.md"
     results.write(out, dest)
@@ -102,6 +103,7 @@ def reproduce_kinds():
     return REGISTRY
 
 
+@pytest.mark.slow
 def test_results_heatmap_panels_and_json(tmp_path):
     import json
     import subprocess

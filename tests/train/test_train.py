@@ -47,6 +47,7 @@ def test_tiny_recipe_loss_goes_down_and_matches_golden(tiny_corpus, tmp_path):
     torch.testing.assert_close(torch.tensor(got), torch.tensor(golden["losses"]), rtol=golden["rtol"], atol=0)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tiny_corpus, tmp_path):
     """2k steps straight == k steps, then a fresh process state resumed from the step-k checkpoint:
     every loss after the resume is bitwise equal, and so are the final weights."""
@@ -62,6 +63,7 @@ def test_resume_is_exact(tiny_corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_auto_continues_the_newest_checkpoint(tiny_corpus, tmp_path):
     args = tiny_run.overrides(tiny_corpus, tmp_path / "run", "train.save_every=2", "train.steps=4")
     train(load_config("recipes/tiny.yaml", args))

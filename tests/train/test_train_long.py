@@ -109,6 +109,7 @@ def test_set_segments_continues_the_stream_at_the_next_window_boundary(mqar_data
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.doc_start, b.doc_start)
 
 
+@pytest.mark.slow
 def test_curriculum_resume_is_bitwise_across_a_stage_boundary(mqar_data, tmp_path):
     """Stages 1 -> 2 -> 4 segments; a run stopped at the step where a stage starts and resumed ends
     with the same losses and weights as the uninterrupted run."""
