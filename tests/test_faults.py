@@ -28,7 +28,7 @@ from tests.helpers import tiny_run
 from tests.helpers.cli_run import run_cli
 
 TRIALS = 20 if tiny_run.FULL_FAULTS else 3
-FAULTS = Path(__file__).parent / "faults"
+FAULTS = tiny_run.FAULTS
 
 
 def kill_at(args: list[str], delay: float) -> tuple[float, int | None]:
