@@ -39,6 +39,7 @@ def step_faults(**env) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(allocator._glibc() is None, reason="the C library is not glibc")
 def test_a_training_step_reuses_the_memory_the_last_one_freed():
     """Five tiny-recipe train steps after six: with glibc's defaults the heap's top is given back and

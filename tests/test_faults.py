@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import tiny_run
 from elastic_cli.runs import checkpoint
 from elastic_cli.runs import inference
 from elastic_cli.build import build_model
@@ -26,10 +25,11 @@ from elastic_cli.config import load_config
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError
 from elastic_cli.train.loop import train
-from cli_run import run_cli
+from tests.helpers import tiny_run
+from tests.helpers.cli_run import run_cli
 
 TRIALS = 20 if tiny_run.FULL_FAULTS else 3
-FAULTS = Path(__file__).parent / "faults"
+FAULTS = tiny_run.FAULTS
 
 
 def kill_at(args: list[str], delay: float) -> tuple[float, int | None]:
@@ -53,6 +53,7 @@ def corpus(root: Path) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_kill_9_during_prepare_never_leaves_a_half_written_output(tmp_path):
     """Even trials start from nothing, odd ones rebuild (--force) over a complete output. After each
     kill, `out` is absent, the old complete output, or the new complete one: never partial."""
@@ -107,6 +108,7 @@ def fork_and_kill(run: Path, step: int, delay: float) -> None:
     proc.join()
 
 
+@pytest.mark.slow
 def test_kill_9_during_checkpoint_saves_keeps_a_loadable_checkpoint(tmp_path):
     run, rng, outcomes = tmp_path / "run", random.Random(1), {}
     sys.path.insert(0, str(FAULTS))
@@ -129,11 +131,10 @@ def test_kill_9_during_checkpoint_saves_keeps_a_loadable_checkpoint(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A run with checkpoints at steps 2 and 4."""
+def trained(tiny_corpus, tmp_path_factory):
+    """A run with checkpoints at steps 2 and 4 (copied by every test that changes it)."""
     root = tmp_path_factory.mktemp("trained")
-    data = tiny_run.prepare(root)
-    args = tiny_run.overrides(data, root / "run", "train.steps=4", "train.save_every=2")
+    args = tiny_run.overrides(tiny_corpus, root / "run", "train.steps=4", "train.save_every=2")
     train(load_config("recipes/tiny.yaml", args))
     return root / "run", args
 
@@ -182,6 +183,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(trained, tmp_path, 
     checkpoint.verify(run / "checkpoints" / "step_00000004")
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_a_real_save_exits_3(trained, tmp_path):
     """A real `elastic train` whose checkpoint files cannot be written (RLIMIT_FSIZE below the weights'
     size): one-line error, exit 3, nothing marked complete."""

@@ -4,7 +4,7 @@ A document is read as a stream of text pieces (sources.document_texts) and regro
 of about BLOCK_CHARS characters that end where the tokenizer allows a cut (Tokenizer.cuts): after
 a newline, or, in a line longer than a block, before a space that follows a non-space. Encoding
 the blocks one by one gives the tokens of the whole text, up to ties of sentencepiece's float32
-lattice in texts longer than a block (docs/internals.md, Data; tests/test_data_blocks.py), so
+lattice in texts longer than a block (docs/internals.md, Data; tests/data/test_data_blocks.py), so
 memory holds a few blocks, never a document.
 
 Blocks of every document go, in batches of about BLOCK_CHARS, to the workers; results come back

@@ -21,7 +21,7 @@ from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.interop.export.card import model_card
 
-# Kinds whose export is checked against elastic (tests/test_export.py: logits, greedy generation).
+# Kinds whose export is checked against elastic (tests/interop/test_export.py: logits, greedy generation).
 # A kind missing here (a new one) is refused until it is added to that test.
 EXPORTABLE = ("none", "elastic", "xl", "memorizing", "melodi", "rmt", "armt", "infinity", "caching")
 HF_HINT = "pip install 'elastic-cli[hf]' (or: pip install transformers)"
