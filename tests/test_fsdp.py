@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -119,6 +120,22 @@ def test_sigterm_at_step_5_exits_75_and_one_process_resumes_to_the_same_weights(
     logged, reference = tiny_run.metrics(run_dir), tiny_run.metrics(fsdp_elastic)
     assert [m["step"] for m in logged] == list(range(1, 11))
     torch.testing.assert_close([m["loss"] for m in logged], [m["loss"] for m in reference], rtol=1e-5, atol=0)
+
+
+@pytest.mark.slow
+def test_a_shard_that_cannot_be_written_exits_3_through_the_launcher(data, tmp_path):
+    """RLIMIT_FSIZE below a shard's size: DCP fails on every rank, each says so in one line, the
+    launcher exits 3, and nothing is marked complete."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes fail with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    proc = subprocess.run(command(data, tmp_path / "run", "train.steps=1", "train.warmup=0", "train.parallel=fsdp"),
+                          cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert "error: could not write checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "run").rglob("COMPLETE")) and not list((tmp_path / "run").rglob("*.tmp"))
 
 
 @pytest.mark.slow

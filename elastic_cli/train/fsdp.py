@@ -28,19 +28,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException  # noqa: F401  (a failed DCP write, on every rank)
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException  # a failed DCP read or write, raised on every rank
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
-from elastic_cli.errors import UsageError
+from elastic_cli.errors import DataError, UsageError
 from elastic_cli.train import distributed
 
 try:  # torch >= 2.6: public; fully_shard's ignored_params needs 2.7 (checked by `check_available`)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - older torch: refused at plan time
-    FSDPModule = MixedPrecisionPolicy = fully_shard = DTensor = None
+    init_device_mesh = FSDPModule = MixedPrecisionPolicy = fully_shard = DTensor = None
 
 SHARDS = "dcp"  # the folder of a checkpoint that holds the DCP shards of the model and the optimizer
 
@@ -77,8 +78,6 @@ def shard(model: nn.Module, device: torch.device, bf16: bool) -> nn.Module:
     sharded in turn, so a GPU never holds more than one block unsharded. Memory parameters are
     ignored by FSDP (replicated: `finish_gradients` averages their gradients)."""
     check_available()
-    from torch.distributed.device_mesh import init_device_mesh
-
     mesh = init_device_mesh(device.type, (distributed.world(),))
     mine = memory_parameters(model)
     ignored = set(mine)
@@ -154,11 +153,24 @@ def load(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None
     state = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)  # a fresh optimizer gets its state allocated
-    with _alone():
-        dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
+    try:
+        with _alone():
+            dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.is_initialized())
+    except (CheckpointException, RuntimeError, OSError) as e:
+        e = cause(e)
+        raise DataError(f"checkpoint {Path(folder).parent} cannot be loaded from {folder}: "
+                        f"{' '.join(str(e).split())[:300]}") from None
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optim"])
+
+
+def cause(e: BaseException) -> BaseException:
+    """The error behind a CheckpointException (the lowest rank's), else `e`."""
+    if isinstance(e, CheckpointException) and getattr(e, "failures", None):
+        failure = e.failures[min(e.failures)]
+        return failure[0] if isinstance(failure, tuple) else failure
+    return e
 
 
 @contextmanager

@@ -259,7 +259,7 @@ def _save(plan: RunPlan, step: int, tokens: int, model, optimizer, loader) -> Pa
         try:
             fsdp.save(folder, model, optimizer)
         except (OSError, RuntimeError, fsdp.CheckpointException) as e:  # DCP raises on every rank when one fails
-            error = checkpoint.save_failed(run_dir, step, e)
+            error = checkpoint.save_failed(run_dir, step, fsdp.cause(e))
             distributed.barrier()
             raise error from None
         weights = fsdp.full_weights(model) if fsdp.is_sharded(model) else model

@@ -80,12 +80,12 @@ def plan(cfg: RunConfig, resume: str, overwrite: bool, world: int, hardware: boo
 
 
 def check_parallel(cfg: RunConfig, world: int) -> None:
-    """train.parallel=fsdp on several processes: a torch with FSDP2, and no train.compile (torch.compile
-    of the blocks under FSDP2 fails in torch 2.13: a garbage view shape in the compiled block)."""
-    if cfg.train.parallel != "fsdp" or world == 1:
+    """train.parallel=fsdp: a torch with FSDP2 and DCP (>= 2.7), and on several processes no train.compile
+    (torch.compile of the blocks under FSDP2 fails in torch 2.13: a garbage view shape in the compiled block)."""
+    if cfg.train.parallel != "fsdp":
         return
     fsdp.check_available()
-    if cfg.train.compile:
+    if cfg.train.compile and world > 1:
         raise UsageError("train.compile=true is not supported with train.parallel=fsdp yet: set train.compile=false "
                          "or train.parallel=ddp")
 
