@@ -64,7 +64,7 @@ def checkpoints(out: Path) -> None:
             cfg = load_config(ckpt / "config.yaml", [f"train.parallel={mode}", f"run.dir={out / f'{source}-{mode}'}"])
             plan = RunPlan(cfg, 2, PreparedData(cfg.data.path), ckpt, (), (), None)
             sharded = mode == "fsdp"
-            model = loop._model(plan, CPU, sharded, bf16=False)
+            model = loop._model(cfg, ckpt, CPU, sharded, bf16=False)
             opt = build_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, CPU)
             loader = SegmentLoader(plan.data, "train", cfg.train.global_batch, cfg.train.segments, cfg.model.segment_len,
                                    cfg.train.seed, distributed.rank(), distributed.world())

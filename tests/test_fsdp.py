@@ -215,7 +215,7 @@ def test_checkpoints_load_across_formats_and_process_counts(worker):
         assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
         cfg = load_config(ckpt / "config.yaml")
         plan = preflight.RunPlan(cfg, 1, preflight.open_data(cfg), ckpt, (), (), None)
-        model = loop._model(plan, CPU, False, False)
+        model = loop._model(cfg, ckpt, CPU, False, False)
         opt = loop.build_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, CPU)
         loader = loop.SegmentLoader(plan.data, "train", cfg.train.global_batch, cfg.train.segments,
                                     cfg.model.segment_len, 0)

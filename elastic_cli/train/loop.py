@@ -88,7 +88,7 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
 
     bf16 = precision.uses_bf16(device.type, t.dtype)
     sharded = t.parallel == "fsdp" and world > 1
-    model = _model(plan, device, sharded, bf16)
+    model = _model(cfg, start, device, sharded, bf16)
     autocast = precision.autocast(device, t.dtype)
     probe = autobatch.window_probe(cfg, model, autocast, device) if device.type == "cuda" and not sharded else None
     step_cfg = autobatch.resolve(cfg, world, device, probe)  # cfg with an integer micro-batch
@@ -211,16 +211,16 @@ def _on_rank0(fn):
     return result
 
 
-def _model(plan: RunPlan, device: torch.device, sharded: bool, bf16: bool):
+def _model(cfg: RunConfig, start: Path | None, device: torch.device, sharded: bool, bf16: bool):
     """The model, initialised from train.seed, on its device. Sharded (train.parallel=fsdp, several
     processes): built on the host and sharded block by block onto the device, the weights of a
-    checkpoint without dcp/ loaded before (`_resume` loads the rest)."""
-    model = build_model(plan.cfg)
-    init_weights(model, plan.cfg.train.seed)
+    checkpoint `start` without dcp/ loaded before (`_resume` loads the rest)."""
+    model = build_model(cfg)
+    init_weights(model, cfg.train.seed)
     if not sharded:
         return model.to(device)
-    if plan.start is not None and not checkpoint.has_shards(plan.start):
-        checkpoint.load_weights(plan.start, model, torch.device("cpu"))
+    if start is not None and not checkpoint.has_shards(start):
+        checkpoint.load_weights(start, model, torch.device("cpu"))
     return fsdp.shard(model, device, bf16)
 
 
