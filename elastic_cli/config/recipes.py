@@ -82,7 +82,7 @@ def _validated(tree: dict, origin: dict[str, str], recipe: str) -> RunConfig:
 # Keys that do not make another configuration: where and how a run executes and reports, and what
 # `elastic eval` reads. Overriding them keeps the run directory (and --resume may change them).
 SAME_RUN_KEYS = ("run.", "eval.", "train.log_every", "train.eval_every", "train.eval_batches", "train.save_every",
-                 "train.keep_last")
+                 "train.keep_last", "train.parallel")
 RUN_DIR_CHARS = 80  # longer derived names keep this many characters and a hash of the rest
 
 

@@ -65,6 +65,9 @@ class TrainConfig(_Section):
     seed: int = _f(0, "seed of the weights and the data order")
     dtype: Literal["auto", "fp32", "bf16"] = _f("auto", "precision: auto is bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = _f(False, "torch.compile the model")
+    parallel: Literal["ddp", "fsdp"] = _f("ddp", "with several processes: ddp replicates the model on each; fsdp shards "
+                                                 "parameters, gradients and AdamW moments over them (FSDP2; checkpoints "
+                                                 "through torch.distributed.checkpoint). One process: no difference")
     log_every: int = _f(10, "steps between metric lines", gt=0)
     eval_every: int = _f(0, "steps between validations; 0: no periodic validation", ge=0)
     eval_batches: int = _f(4, "validation batches (training-style windows of the val split)", gt=0)

@@ -2,6 +2,8 @@
 
     runs/<name>/config.yaml command.txt env.json train.log metrics.jsonl
     runs/<name>/checkpoints/step_00000100/{model.safetensors, optimizer.pt, train_state.json, config.yaml, COMPLETE}
+    runs/<name>/checkpoints/step_00000100/dcp/   train.parallel=fsdp: the model and optimizer through
+                                                 torch.distributed.checkpoint (one file per rank), instead of optimizer.pt
     runs/<name>/checkpoints/latest          name of the newest complete checkpoint
     runs/<name>/state/PREEMPTED             stopped by a signal after a complete save
 
@@ -11,7 +13,9 @@ longer match their recorded sha256 is refused (exit 3, naming the file) or, for 
 skipped for the newest checkpoint that verifies. Deleting one (keep_last, --overwrite) renames it
 aside first, so an interrupted delete never leaves COMPLETE beside missing files. Weights are saved
 from the unwrapped module (no `module.`/`_orig_mod.` prefixes), so DDP, compiled and plain runs
-share one format.
+share one format. A checkpoint with a `dcp/` folder (train.parallel=fsdp, train/fsdp.py) is resumed
+from it by any number of processes, sharded or not; its model.safetensors (gathered on rank 0) is
+what eval, generate and export read, as for any other checkpoint.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from elastic_cli import __version__, console
@@ -44,6 +48,7 @@ from elastic_cli.data.compat import model_tokenizer
 from elastic_cli.errors import DataError, UsageError
 
 CKPT_FILES = ("model.safetensors", "optimizer.pt", "train_state.json", "config.yaml")
+SHARDS = "dcp"  # a sharded checkpoint's folder: DCP files of the model and optimizer, written by every rank
 TOKENIZER_FILE = "tokenizer.model"  # the run's tokenizer, copied (checkpoints saved before it carried one lack it)
 OPTIONAL_FILES = (TOKENIZER_FILE,)
 
@@ -195,27 +200,24 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
     write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
 
 
-def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, train_state: dict, config_yaml: str,
-         keep_last: int, tokenizer: Path | None = None) -> Path:
+def save(run_dir: Path, model: nn.Module | dict, optimizer: torch.optim.Optimizer | None, train_state: dict,
+         config_yaml: str, keep_last: int, tokenizer: Path | None = None, shards: bool = False) -> Path:
     """Write checkpoints/step_X (X = train_state["step"]) atomically (rank 0 only), update `latest`, drop
     the oldest beyond keep_last.
+    `model`: the module, or its state dict (a sharded model's, gathered on rank 0).
     `tokenizer` (the run's .model file) is copied in as tokenizer.model and checksummed with the rest,
     so the checkpoint is self-contained: it runs from any directory or machine.
+    `shards`: every rank has written the model and optimizer into step_X.tmp/dcp/ (`prepare_shards`,
+    then train/fsdp.save); they are kept, checksummed with the rest, and no optimizer.pt is written.
     A write error (disk full, quota, read-only) -> DataError; nothing new is marked complete and the
     previous checkpoints are untouched."""
     root = Path(run_dir) / "checkpoints"
     final = root / step_name(train_state["step"])
     tmp = root / (final.name + ".tmp")
     try:
-        _write_files(tmp, model, optimizer, train_state, config_yaml, tokenizer)
+        _write_files(tmp, model, optimizer, train_state, config_yaml, tokenizer, shards)
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
-        shutil.rmtree(tmp, ignore_errors=True)
-        if _interrupted(e):  # Ctrl-C inside torch.save can surface as the writer's RuntimeError: still 130
-            raise KeyboardInterrupt from None
-        previous = complete_checkpoints(run_dir)
-        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
-        raise DataError(f"could not write checkpoint {final}: {reason}; nothing was marked complete and {kept}") from None
+        raise save_failed(run_dir, train_state["step"], e) from None
     if final.exists():
         remove_tree(final)
     os.replace(tmp, final)
@@ -227,6 +229,35 @@ def save(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, trai
     return final
 
 
+def prepare_shards(run_dir: Path, step: int) -> Path:
+    """Rank 0, before every rank writes its shards: an empty step_X.tmp/; returns its dcp/ folder."""
+    tmp = Path(run_dir) / "checkpoints" / (step_name(step) + ".tmp")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / SHARDS).mkdir(parents=True)
+    except OSError as e:
+        raise save_failed(run_dir, step, e) from None
+    return tmp / SHARDS
+
+
+def save_failed(run_dir: Path, step: int, e: BaseException) -> DataError | KeyboardInterrupt:
+    """A write of checkpoint `step` failed (here or, sharded, on any rank): its .tmp directory removed,
+    and the DataError to raise (KeyboardInterrupt when Ctrl-C is behind the error)."""
+    final = Path(run_dir) / "checkpoints" / step_name(step)
+    shutil.rmtree(final.with_name(final.name + ".tmp"), ignore_errors=True)
+    if _interrupted(e):  # Ctrl-C inside torch.save can surface as the writer's RuntimeError: still 130
+        return KeyboardInterrupt()
+    previous = complete_checkpoints(run_dir)
+    kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+    reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:200]
+    return DataError(f"could not write checkpoint {final}: {reason}; nothing was marked complete and {kept}")
+
+
+def has_shards(ckpt: Path) -> bool:
+    """True for a checkpoint written by train.parallel=fsdp (model and optimizer in dcp/)."""
+    return (Path(ckpt) / SHARDS / ".metadata").is_file()
+
+
 def _interrupted(e: BaseException | None) -> bool:
     """True when a KeyboardInterrupt is somewhere in the chain of exceptions behind `e`."""
     while e is not None:
@@ -236,15 +267,24 @@ def _interrupted(e: BaseException | None) -> bool:
     return False
 
 
-def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: str, tokenizer: Path | None) -> None:
-    """The checkpoint's files in `tmp`, fsynced, then COMPLETE with their sha256 (read back from disk)."""
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))  # shared (tied) tensors stored once
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: str, tokenizer: Path | None,
+                 shards: bool = False) -> None:
+    """The checkpoint's files in `tmp`, fsynced, then COMPLETE with their sha256 (read back from disk).
+    `shards`: tmp/dcp/ holds the ranks' DCP files (kept, checksummed) and replaces optimizer.pt."""
+    if not shards:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if isinstance(model, nn.Module):
+        save_model(model, str(tmp / "model.safetensors"))  # shared (tied) tensors stored once
+    else:
+        save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     write_atomic(tmp / "train_state.json", json.dumps(train_state).encode())
     write_atomic(tmp / "config.yaml", config_yaml.encode())
-    names = CKPT_FILES
+    names = tuple(n for n in CKPT_FILES if optimizer is not None or n != "optimizer.pt")
+    if shards:
+        names += tuple(sorted(f"{SHARDS}/{p.name}" for p in (tmp / SHARDS).iterdir() if p.is_file()))
     if tokenizer is not None:
         shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
         names += (TOKENIZER_FILE,)
@@ -255,13 +295,24 @@ def _write_files(tmp: Path, model, optimizer, train_state: dict, config_yaml: st
 
 
 def load(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, device: torch.device) -> dict:
-    """Load weights (and optimizer state) into the unwrapped model; return train_state."""
+    """Load weights (and optimizer state) into the unwrapped model; return train_state. (A sharded
+    checkpoint's optimizer is in dcp/: train/fsdp.load reads both.)"""
     load_weights(ckpt, model, device)
     if optimizer is not None:
-        try:
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
-        except (RuntimeError, ValueError, KeyError, EOFError, OSError) as e:
-            raise DataError(f"checkpoint file {ckpt / 'optimizer.pt'} cannot be loaded: {' '.join(str(e).split())[:200]}") from None
+        optimizer.load_state_dict(optimizer_state(ckpt))
+    return train_state(ckpt)
+
+
+def optimizer_state(ckpt: Path) -> dict:
+    """optimizer.pt: a plain `optimizer.state_dict()` (tensors only)."""
+    try:
+        return torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError) as e:
+        raise DataError(f"checkpoint file {ckpt / 'optimizer.pt'} cannot be loaded: {' '.join(str(e).split())[:200]}") from None
+
+
+def train_state(ckpt: Path) -> dict:
+    """train_state.json (step, tokens, loader cursor, RNG states per rank, ...)."""
     try:
         return json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):

@@ -1,5 +1,6 @@
 """Processes: the launcher (`--gpus N` -> torchrun) and the worker side (process group, DDP,
-collectives). The only module that imports torch.distributed.
+collectives). With fsdp.py (train.parallel=fsdp: FSDP2 and DCP checkpoints), the only module that
+imports torch.distributed.
 
 A process started by torchrun (or by srun with RANK/WORLD_SIZE/LOCAL_RANK exported) is a worker.
 Otherwise `elastic train --gpus N` re-executes itself under `python -m elastic_cli.train.torchrun` (torchrun, quiet about failed workers)

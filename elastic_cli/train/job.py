@@ -74,10 +74,12 @@ def worker_plan(opts: TrainOptions) -> Callable[[int], preflight.RunPlan]:
 
 
 def describe_plan(plan: preflight.RunPlan, gpus: int, cmd: list[str] | None) -> None:
-    """The dry run's table: sizes, memory estimate, data, device, where it starts; then the launch line."""
+    """The dry run's table: sizes, per-process parameter, gradient and optimizer memory (ddp or fsdp),
+    memory estimate, data, device, where it starts; then the launch line."""
     cfg = plan.cfg
     sizes = describe(cfg, plan.world)
-    rows = [[k, f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"] for k, v in sizes.items()]
+    rows = [[k, human_bytes(v) if k.endswith("_memory_per_process") else f"{v:,.2f}" if isinstance(v, float)
+             else f"{v:,}" if isinstance(v, int) else str(v)] for k, v in sizes.items()]
     rows.append(["data", f"{cfg.data.path}: {len(plan.data.documents(cfg.data.train_split))} train documents, "
                          f"{plan.data.meta['n_tokens']:,} tokens"])
     rows.append(["device", _planned_device(cfg.run.device, gpus)])
@@ -85,6 +87,14 @@ def describe_plan(plan: preflight.RunPlan, gpus: int, cmd: list[str] | None) -> 
     rows.append(["start", f"resume {plan.start}" if plan.start else "fresh" + (f" (--overwrite deletes {deleted})" if deleted else "")])
     console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
     console.out("launch: " + (" ".join(cmd) if cmd else "this process (no torchrun)"))  # one line, to copy
+
+
+def human_bytes(n: int) -> str:
+    """1,234,567 -> '1.18 MiB'."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} B"
 
 
 def _planned_device(kind: str, gpus: int) -> str:

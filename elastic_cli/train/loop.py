@@ -17,7 +17,7 @@ import torch
 from elastic_cli import console, precision
 from elastic_cli.train import autobatch
 from elastic_cli.runs import checkpoint
-from elastic_cli.train import distributed
+from elastic_cli.train import distributed, fsdp
 from elastic_cli.train import loggers
 from elastic_cli.runs import lock as runlock
 from elastic_cli.build import build_model
@@ -27,7 +27,7 @@ from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.model.init import init_weights
 from elastic_cli.train import preflight
 from elastic_cli.train.preflight import RunPlan
-from elastic_cli.train.optim import build_optimizer, lr_at, segments_at, set_lr
+from elastic_cli.train.optim import build_optimizer, lr_at, parameter_names, segments_at, set_lr
 from elastic_cli.train.step import train_step
 from elastic_cli.train.validate import evaluate_loss
 
@@ -86,13 +86,12 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
 
-    model = build_model(cfg)
-    init_weights(model, t.seed)
-    model.to(device)
     bf16 = precision.uses_bf16(device.type, t.dtype)
+    sharded = t.parallel == "fsdp" and world > 1
+    model = _model(cfg, start, device, sharded, bf16)
     autocast = precision.autocast(device, t.dtype)
-    step_cfg = autobatch.resolve(cfg, world, device, autobatch.window_probe(cfg, model, autocast, device)
-                                 if device.type == "cuda" else None)  # cfg with an integer micro-batch
+    probe = autobatch.window_probe(cfg, model, autocast, device) if device.type == "cuda" and not sharded else None
+    step_cfg = autobatch.resolve(cfg, world, device, probe)  # cfg with an integer micro-batch
     if autobatch.is_auto(cfg) and console.is_rank0():
         console.info(f"train.micro_batch=auto: {step_cfg.train.micro_batch} windows per forward "
                      f"(of {t.global_batch // world} per process and step)")
@@ -101,15 +100,16 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
                            cfg.model.segment_len, t.seed, rank, world, answers_only=t.loss_on == "answers")
     step, tokens = 0, 0
     if start is not None:
-        step, tokens = _resume(plan, model, optimizer, loader, device)
+        step, tokens = _resume(plan, model, optimizer, loader, device, sharded)
     if t.compile:
         model.compile_blocks()  # one graph per kind of block; the memory writes between segments stay eager
-    net = distributed.wrap(model, find_unused=bool(plan.write_only))
+    net = model if sharded else distributed.wrap(model, find_unused=bool(plan.write_only))
 
     stop = _StopFlag()
     log = _Log(run_dir / "train.log")
     metrics = loggers.open_metrics(cfg.run.loggers, run_dir, step, to_dict(cfg))
-    log.write(f"start step={step} steps={t.steps} world={world} device={device} dtype={'bf16' if bf16 else 'fp32'} "
+    log.write(f"start step={step} steps={t.steps} world={world} parallel={t.parallel if world > 1 else 'none'} "
+              f"device={device} dtype={'bf16' if bf16 else 'fp32'} "
               f"params={sum(p.numel() for p in model.parameters())} run_dir={run_dir}")
     loss, vals, ckpt = float("nan"), [], None
     t_start, t_last, tokens_last, step_first = time.monotonic(), time.monotonic(), tokens, step
@@ -211,11 +211,34 @@ def _on_rank0(fn):
     return result
 
 
-def _resume(plan: RunPlan, model, optimizer, loader, device) -> tuple[int, int]:
+def _model(cfg: RunConfig, start: Path | None, device: torch.device, sharded: bool, bf16: bool):
+    """The model, initialised from train.seed, on its device. Sharded (train.parallel=fsdp, several
+    processes): built on the host and sharded block by block onto the device, the weights of a
+    checkpoint `start` without dcp/ loaded before (`_resume` loads the rest)."""
+    model = build_model(cfg)
+    init_weights(model, cfg.train.seed)
+    if not sharded:
+        return model.to(device)
+    if start is not None and not checkpoint.has_shards(start):
+        checkpoint.load_weights(start, model, torch.device("cpu"))
+    return fsdp.shard(model, device, bf16)
+
+
+def _resume(plan: RunPlan, model, optimizer, loader, device, sharded: bool) -> tuple[int, int]:
+    """Weights, optimizer, loader cursor and RNG from the plan's checkpoint. A checkpoint with dcp/
+    (train.parallel=fsdp) is read through DCP by any number of processes, sharded or not; one without
+    (optimizer.pt) is loaded whole, its optimizer sharded when the model is (its weights were loaded
+    before sharding)."""
     ckpt = plan.start
     if plan.changed:
         console.warn(f"resuming {ckpt} with changed settings: {', '.join(plan.changed)}")
-    state = checkpoint.load(ckpt, model, optimizer, device)
+    if checkpoint.has_shards(ckpt):
+        fsdp.load(ckpt / checkpoint.SHARDS, model, optimizer)
+    elif sharded:
+        fsdp.load_full_optimizer(model, optimizer, checkpoint.optimizer_state(ckpt), parameter_names(model))
+    else:
+        checkpoint.load(ckpt, model, optimizer, device)
+    state = checkpoint.train_state(ckpt)
     loader.load_state_dict(state["loader"])
     rngs = state["rng"]
     checkpoint.set_rng_state(rngs[distributed.rank()] if len(rngs) == distributed.world() else rngs[0])
@@ -224,12 +247,26 @@ def _resume(plan: RunPlan, model, optimizer, loader, device) -> tuple[int, int]:
 
 
 def _save(plan: RunPlan, step: int, tokens: int, model, optimizer, loader) -> Path:
+    """Every rank. train.parallel=ddp: rank 0 writes model.safetensors and optimizer.pt. fsdp: every
+    rank writes its shards of the model and optimizer into dcp/ (DCP), the whole weights are gathered
+    on rank 0 for model.safetensors (what eval, generate and export read), then rank 0 completes it."""
     cfg, run_dir = plan.cfg, Path(plan.cfg.run.dir)
     rngs = distributed.all_gather_object(checkpoint.rng_state())
+    state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
+             "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
+    if cfg.train.parallel == "fsdp":
+        folder = Path(_on_rank0(lambda: str(checkpoint.prepare_shards(run_dir, step))))
+        try:
+            fsdp.save(folder, model, optimizer)
+        except (OSError, RuntimeError, fsdp.CheckpointException) as e:  # DCP raises on every rank when one fails
+            error = checkpoint.save_failed(run_dir, step, fsdp.cause(e))
+            distributed.barrier()
+            raise error from None
+        weights = fsdp.full_weights(model) if fsdp.is_sharded(model) else model
+        return Path(_on_rank0(lambda: str(checkpoint.save(run_dir, weights, None, state, dump_yaml(cfg), cfg.train.keep_last,
+                                                          plan.tokenizer, shards=True))))
     path = None
     if console.is_rank0():
-        state = {"step": step, "tokens": tokens, "loader": loader.state_dict(), "rng": rngs,
-                 "config_sha256": config_hash(cfg), "world": distributed.world(), "time": time.time()}
         path = checkpoint.save(run_dir, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last, plan.tokenizer)
     distributed.barrier()
     return path or run_dir / "checkpoints" / checkpoint.step_name(step)

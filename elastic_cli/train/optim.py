@@ -10,11 +10,24 @@ from torch import nn
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Matrices (>= 2-D: linear and embedding weights) decay; norms, biases and every 1-D
     tensor do not (nanoGPT `configure_optimizers`). Tied weights appear once."""
+    decay, no_decay = _split(model)
+    return [{"params": [p for _, p in decay], "weight_decay": weight_decay},
+            {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
+
+
+def parameter_names(model: nn.Module) -> list[str]:
+    """The parameters' names in the order of the optimizer's groups (`optimizer.state_dict()`
+    numbers them so): how an optimizer.pt is read into an optimizer over a sharded model."""
+    decay, no_decay = _split(model)
+    return [name for name, _ in decay + no_decay]
+
+
+def _split(model: nn.Module) -> tuple[list, list]:
     decay, no_decay = [], []
-    for _, p in model.named_parameters():  # named_parameters() already skips shared (tied) tensors
+    for name, p in model.named_parameters():  # named_parameters() already skips shared (tied) tensors
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (decay if p.dim() >= 2 else no_decay).append((name, p))
+    return decay, no_decay
 
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float,

@@ -21,7 +21,7 @@ from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError, UsageError
 from elastic_cli.runs import checkpoint
 from elastic_cli.runs import lock as runlock
-from elastic_cli.train import loggers
+from elastic_cli.train import fsdp, loggers
 
 ARCH_KEYS = ("model.", "memory.kind", "memory.layers")  # a resumed run may not change these
 
@@ -59,12 +59,13 @@ PLAN_ENV = "ELASTIC_RUN_PLAN"  # a launched worker reads its launcher's plan fro
 
 
 def plan(cfg: RunConfig, resume: str, overwrite: bool, world: int, hardware: bool = True) -> RunPlan:
-    """Everything that would stop a run later, checked once: process count, device, metric loggers,
+    """Everything that would stop a run later, checked once: process count, parallel mode, device, metric loggers,
     data and its splits, the memory/truncation setting, the run directory (writable, empty or
     resumable, not in use, replaced only by a run of the same configuration) and the checkpoint to
     resume (verified, same architecture). Read-only: nothing is written. `hardware=False` (a --dry-run
     planning a GPU job from a machine without GPUs) skips the device check only."""
     check_world(cfg, world)
+    check_parallel(cfg, world)
     if hardware:
         precision.pick_device(cfg.run.device)  # run.device=cuda without CUDA: UsageError
     loggers.check_installed(cfg.run.loggers)
@@ -76,6 +77,17 @@ def plan(cfg: RunConfig, resume: str, overwrite: bool, world: int, hardware: boo
     changed = check_architecture(start, cfg) if start is not None else []
     return RunPlan(cfg, world, data, start, remove, tuple(write_only), model_tokenizer(cfg)[0], overwrite,
                    tuple(k for k in changed if k != "run.dir"))
+
+
+def check_parallel(cfg: RunConfig, world: int) -> None:
+    """train.parallel=fsdp: a torch with FSDP2 and DCP (>= 2.7), and on several processes no train.compile
+    (torch.compile of the blocks under FSDP2 fails in torch 2.13: a garbage view shape in the compiled block)."""
+    if cfg.train.parallel != "fsdp":
+        return
+    fsdp.check_available()
+    if cfg.train.compile and world > 1:
+        raise UsageError("train.compile=true is not supported with train.parallel=fsdp yet: set train.compile=false "
+                         "or train.parallel=ddp")
 
 
 def open_data(cfg: RunConfig) -> PreparedData:

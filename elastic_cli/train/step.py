@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as recompute
 
-from elastic_cli.train import distributed
+from elastic_cli.train import distributed, fsdp
 from elastic_cli.errors import Diverged
 from elastic_cli.evaluate.scoring import reset_at
 from elastic_cli.memory.base import detach_state
@@ -19,14 +19,15 @@ from elastic_cli.memory.base import detach_state
 def train_step(cfg, model, optimizer, batch, autocast, device, net=None) -> tuple[float, int, float]:
     """One optimizer step over this rank's rows of the global batch; returns the global mean loss,
     the global number of target tokens and the gradient norm before clipping. Reads only `cfg.train`.
-    `net` is the (DDP-)wrapped model (default: `model`); `train.compile` compiles the blocks in place.
+    `net` is the (DDP-)wrapped model (default: `model`; under FSDP both are the sharded model);
+    `train.compile` compiles the blocks in place.
     `elastic bench` times exactly this function."""
     net = model if net is None else net
     t = cfg.train
     rows, segments = batch.inputs.shape[:2]
     local = int((batch.targets != -1).sum())
     total = int(distributed.all_reduce_sum([local])[0])
-    scale = distributed.world() / max(total, 1)  # DDP averages over ranks: undo it, then divide by all tokens
+    scale = distributed.world() / max(total, 1)  # DDP and FSDP average over ranks: undo it, then divide by all tokens
     optimizer.zero_grad(set_to_none=True)
     chunks, where = [], []  # per BPTT chunk: its summed NLL (a device scalar) and (micro-batch, first segment)
     starts = list(range(0, rows, t.micro_batch))
@@ -38,7 +39,7 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None) -> tupl
         bptt = min(t.bptt_segments, segments)
         for c0 in range(0, segments, bptt):
             last = i == len(starts) - 1 and c0 + bptt >= segments
-            with distributed.no_sync(net, skip=not last):  # DDP reduces once, at the very last backward
+            with distributed.no_sync(net, skip=not last):  # DDP reduces once, at the very last backward (FSDP: each)
                 chunk = aux = torch.zeros((), device=device)
                 with autocast:
                     for s in range(c0, min(c0 + bptt, segments)):
@@ -56,7 +57,12 @@ def train_step(cfg, model, optimizer, batch, autocast, device, net=None) -> tupl
             chunks.append(chunk.detach())  # stays on the device: no host sync per chunk
             where.append((i, c0))
             states = detach_state(states)  # truncated BPTT: no gradient into earlier chunks
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
+    max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+    if fsdp.is_sharded(net):  # FSDP reduce-scattered after each backward; the memories' replicated parameters now
+        fsdp.finish_gradients(net)
+        grad_norm = fsdp.clip_grad_norm(net, max_norm)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     *values, norm = torch.stack([*chunks, grad_norm.to(chunks[0].dtype)]).tolist()  # the step's one host sync
     bad = next((w for w, v in zip(where, values) if not math.isfinite(v)), None)  # this rank's first non-finite chunk
     loss = distributed.all_reduce_sum([sum(values)])[0] / max(total, 1)
