@@ -17,9 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ddp_kinds
-import tiny_run
-from cli_run import run_cli
+from tests.helpers import ddp_kinds, tiny_run
+from tests.helpers.cli_run import run_cli
 from elastic_cli.build import build_model, describe, state_bytes
 from elastic_cli.config import load_config
 from elastic_cli.errors import DataError, UsageError
@@ -35,8 +34,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_run.prepare(tmp_path_factory.mktemp("data"))
+def data(tiny_corpus):
+    return tiny_corpus
 
 
 def kind_args(kind: str) -> list[str]:
@@ -148,7 +147,7 @@ def test_fsdp_checkpoint_is_what_eval_reads(fsdp_elastic, capsys):
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
-# ------------------------------------------------------------ one launch of tests/fsdp_worker.py (2 processes)
+# ------------------------------------------------------------ one launch of tests/helpers/fsdp_worker.py (2 processes)
 
 def named_state(ckpt: Path) -> dict:
     """A checkpoint with optimizer.pt read without the code under test: weights and AdamW state by name."""
@@ -173,14 +172,14 @@ def assert_same_state(got: dict, want: dict, what: str) -> None:
 @pytest.fixture(scope="module")
 def worker(data, tmp_path_factory):
     """Two one-process runs of armt (memory parameters: replicated under FSDP) saved at step 2, one
-    with optimizer.pt (ddp), one with dcp/ (fsdp); then tests/fsdp_worker.py on 2 processes."""
+    with optimizer.pt (ddp), one with dcp/ (fsdp); then tests/helpers/fsdp_worker.py on 2 processes."""
     out = tmp_path_factory.mktemp("worker")
     for source, mode in (("ddp", "ddp"), ("dcp1", "fsdp")):
         cfg = load_config(["recipes/tiny.yaml", "recipes/memory/armt.yaml"], tiny_run.overrides(
             data, out / "sources" / source, "memory.kind=armt", "train.steps=2", f"train.parallel={mode}"))
         loop.train(cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", "localhost:0", str(tiny_run.ROOT / "tests" / "fsdp_worker.py"), str(data), str(out)]
+           "--rdzv-endpoint", "localhost:0", "--module", "tests.helpers.fsdp_worker", str(data), str(out)]
     proc = subprocess.run(cmd, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out

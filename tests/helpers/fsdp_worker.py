@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-sys.path.insert(0, str(Path(__file__).parent))
-import ddp_kinds  # noqa: E402
+from tests.helpers import ddp_kinds  # noqa: E402
 from elastic_cli import console  # noqa: E402
 from elastic_cli.build import build_model  # noqa: E402
 from elastic_cli.config import load_config  # noqa: E402
