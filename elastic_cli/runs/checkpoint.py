@@ -201,13 +201,13 @@ def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int
 
 
 def save(run_dir: Path, model: nn.Module | dict, optimizer: torch.optim.Optimizer | None, train_state: dict,
-         config_yaml: str, keep_last: int, tokenizer: Path | None = None, shards: bool = False) -> Path:
+         config_yaml: str, keep_last: int, tokenizer: Path | None = None) -> Path:
     """Write checkpoints/step_X (X = train_state["step"]) atomically (rank 0 only), update `latest`, drop
     the oldest beyond keep_last.
     `model`: the module, or its state dict (a sharded model's, gathered on rank 0).
     `tokenizer` (the run's .model file) is copied in as tokenizer.model and checksummed with the rest,
     so the checkpoint is self-contained: it runs from any directory or machine.
-    `shards`: every rank has written the model and optimizer into step_X.tmp/dcp/ (`prepare_shards`,
+    `optimizer` None: every rank has written the model and optimizer into step_X.tmp/dcp/ (`prepare_shards`,
     then train/fsdp.save); they are kept, checksummed with the rest, and no optimizer.pt is written.
     A write error (disk full, quota, read-only) -> DataError; nothing new is marked complete and the
     previous checkpoints are untouched."""
@@ -215,7 +215,7 @@ def save(run_dir: Path, model: nn.Module | dict, optimizer: torch.optim.Optimize
     final = root / step_name(train_state["step"])
     tmp = root / (final.name + ".tmp")
     try:
-        _write_files(tmp, model, optimizer, train_state, config_yaml, tokenizer, shards)
+        _write_files(tmp, model, optimizer, train_state, config_yaml, tokenizer, shards=optimizer is None)
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
         raise save_failed(run_dir, train_state["step"], e) from None
     if final.exists():

@@ -264,7 +264,7 @@ def _save(plan: RunPlan, step: int, tokens: int, model, optimizer, loader) -> Pa
             raise error from None
         weights = fsdp.full_weights(model) if fsdp.is_sharded(model) else model
         return Path(_on_rank0(lambda: str(checkpoint.save(run_dir, weights, None, state, dump_yaml(cfg), cfg.train.keep_last,
-                                                          plan.tokenizer, shards=True))))
+                                                          plan.tokenizer))))  # None: the optimizer is in the shards
     path = None
     if console.is_rank0():
         path = checkpoint.save(run_dir, model, optimizer, state, dump_yaml(cfg), cfg.train.keep_last, plan.tokenizer)
