@@ -100,16 +100,19 @@ def reset_at(model, states, doc_start, s: int, device):
 
 
 @torch.no_grad()
-def evaluate_loss(cfg, model, data, autocast, device) -> tuple[float, float]:
+def evaluate_loss(cfg, model, data, autocast, device) -> tuple[float, float, dict[str, float]]:
     """Mean token loss and argmax accuracy on the first `train.eval_batches` global batches of the
-    validation split (a fresh loader each time: the same windows at every evaluation). With
-    train.loss_on=answers both are over answer tokens only."""
+    validation split (a fresh loader each time: the same windows at every evaluation), and the
+    memories' diagnostics (`Decoder.memory_metrics`, e.g. ARMT's write gate β) averaged over every
+    segment written. With train.loss_on=answers loss and accuracy are over answer tokens only."""
     t = cfg.train
     loader = SegmentLoader(data, cfg.data.val_split, t.global_batch, t.segments, cfg.model.segment_len,
                            t.seed, distributed.rank(), distributed.world(), answers_only=t.loss_on == "answers")
     was_training = model.training
     model.eval()
     nll, correct, count = 0.0, 0, 0
+    diag: dict[str, float] = {}
+    writes = 0
     for _ in range(t.eval_batches):
         batch = loader.next_batch()
         for r0 in range(0, batch.inputs.shape[0], t.micro_batch):
@@ -125,6 +128,9 @@ def evaluate_loss(cfg, model, data, autocast, device) -> tuple[float, float]:
                                        reduction="sum").item()
                 correct += int(((logits.argmax(-1) == y[:, s]) & (y[:, s] != -1)).sum())
                 count += int((y[:, s] != -1).sum())
+                for name, value in model.memory_metrics(states).items():
+                    diag[name] = diag.get(name, 0.0) + float(value)
+                writes += 1
     model.train(was_training)
-    nll, correct, count = distributed.all_reduce_sum([nll, correct, count])
-    return nll / max(count, 1), correct / max(count, 1)
+    nll, correct, count, writes, *sums = distributed.all_reduce_sum([nll, correct, count, writes, *diag.values()])
+    return nll / max(count, 1), correct / max(count, 1), {k: v / max(writes, 1) for k, v in zip(diag, sums)}

@@ -78,10 +78,12 @@ class Memory(nn.Module):
     A kind declares next to its class: `Options` (its memory.* options, memory/options.py) and
     `cache_read` (how `caching` can combine its reads over cached states: "keys" when the read is
     extra keys/values from the state alone, "out" for a per-token `Read.out`, "pre" for the `pre`
-    residual; None: it cannot be cached)."""
+    residual; None: it cannot be cached) and `zero_init` (its parameters that start at zero, e.g.
+    ARMT's value projection; model/init.py applies it)."""
 
     Options: ClassVar[type[MemoryOptions]] = MemoryOptions
     cache_read: ClassVar[str | None] = None
+    zero_init: ClassVar[tuple[str, ...]] = ()  # parameter names (relative to the memory) init_weights zeroes
 
     def __init__(self, n_head: int, head_dim: int):
         super().__init__()
@@ -148,6 +150,11 @@ class Memory(nn.Module):
     def aux_loss(self, state: State) -> Tensor | None:
         """A (B,) auxiliary loss the last write left in the state (e.g. the ∞-former KL), or None."""
         return None
+
+    def metrics(self, state: State) -> dict[str, Tensor]:
+        """Diagnostics the last write left in the state, name -> (B,) (e.g. ARMT's write gate β), for
+        the training loop to log (memory code computes, never logs); default none."""
+        return {}
 
 
 def detach_state(states: Any) -> Any:

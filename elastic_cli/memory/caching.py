@@ -253,6 +253,9 @@ class CachingMemory(Memory):
     def aux_loss(self, state: Any) -> Tensor | None:
         return self.base.aux_loss(self.online(state))
 
+    def metrics(self, state: Any) -> dict[str, Tensor]:
+        return self.base.metrics(self.online(state))
+
     def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost | None:
         """The base's read from each of the C1 states (its write once); mixing 2 n C1 D, and with a
         router W_u x̂ (2 n D^2) and its logits over the descriptors (2 n C1 D). `soup` instead mixes

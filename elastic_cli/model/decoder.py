@@ -240,6 +240,12 @@ class Decoder(nn.Module):
                 total = total + loss.mean()
         return total
 
+    def memory_metrics(self, states: States) -> dict[str, Tensor]:
+        """The memories' diagnostics of the last write (`Memory.metrics`), batch means (0-d tensors),
+        named `{name}/layer{i}` (e.g. `beta/layer0`, ARMT's write gate)."""
+        return {f"{name}/layer{i}": value.float().mean() for i, mem, s in zip(self.memory_layers, self._memories(), states)
+                for name, value in mem.metrics(s).items()}
+
     def logits(self, x: Tensor) -> Tensor:
         return self._project(self.norm(x))  # (B, n, V)
 
