@@ -20,7 +20,7 @@ OPTIONS = {
     "elastic": lambda layer: {"order": 8, "samples": 5, "schedule": "exponential"},
     "xl": lambda layer: {"cache": 9},  # more than one segment
     "memorizing": lambda layer: {"store": 10, "topk": 3},
-    "melodi": lambda layer: {"window": SEG, "short_tokens": 3, "summary_tokens": 2, "long_layer": layer == 1,
+    "melodi": lambda layer: {"window": SEG, "short_tokens": 3, "summary_tokens": 2, "long_layer": layer == 1, "first": layer == 0,
                              "long_tokens": 2, "long_store": 5},
     "infinity": lambda layer: {"basis": 8, "resample": 12, "sticky": True},
     "armt": lambda layer: {"tokens": 2, "key_dim": 4},

@@ -61,7 +61,7 @@ def test_memory_kinds_match_the_registry_and_their_constructors():
         assert all(f.description for name, f in options.items() if name not in ("kind", "layers")), "help text"
         params = list(inspect.signature(REGISTRY[kind]).parameters)
         assert params[:2] == ["n_head", "head_dim"]
-        expected = set(cfg.memory.options()) | ({"window", "long_layer"} if kind == "melodi" else set())
+        expected = set(cfg.memory.options()) | ({"window", "long_layer", "first"} if kind == "melodi" else set())
         if kind == "caching":  # the base kind's options sit next to caching's own
             params += list(inspect.signature(REGISTRY[cfg.memory.base]).parameters)
         assert set(layer_options(cfg, 1)) == expected and expected <= set(params[2:])

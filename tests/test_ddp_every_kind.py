@@ -37,8 +37,10 @@ def test_two_gloo_processes_train_every_kind_like_one(data, tmp_path):
         init_weights(fresh, 0)
         for name in preflight.write_only_parameters(cfg):  # they learned, in both
             assert not torch.equal(one[name], fresh.state_dict()[name]), (kind, name)
-        for name in one:
-            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=f"{kind} {name}")
+        for name in one:  # atol 5e-6 (a DDP error is O(lr) = 3e-3): a zero-initialised weight (ARMT's W_v)
+            #               moves lr g / (|g| + eps) at its first Adam step, which turns the reduction order's
+            #               roundoff in a near-zero gradient entry into ~1e-6
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=5e-6, msg=f"{kind} {name}")
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))

@@ -25,6 +25,8 @@ class SegmentView(NamedTuple):
     final: Tensor | None = None  # (B, s, D) write only: the model's last hidden state (after the final norm) there
     kv: Tensor | None = None  # (B, l, 2, H, d) keys (before RoPE) and values side by side, a view of the fused
     #                           projection (write only; None: build it from k and v if needed)
+    slot_kv: Tensor | None = None  # (B, s, 2, H, d) write only: keys (before RoPE) and values of the back
+    #                                memory-token slots at this layer (e.g. MELODI's summary tokens)
 
 
 class Read(NamedTuple):
