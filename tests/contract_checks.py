@@ -29,6 +29,17 @@ OPTIONS = {
     "rmt": lambda layer: {"tokens": 2},
 }
 KINDS = sorted(REGISTRY)
+# options that change a kind's state or read: name -> (kind, options per layer); checked like the kinds
+# (test_memory_contract_options.py)
+VARIANTS = {
+    "armt-raw-features": ("armt", lambda layer: {**OPTIONS["armt"](layer), "l2": False}),
+    "infinity-stm": ("infinity", lambda layer: {**OPTIONS["infinity"](layer), "stm": 4, "sticky": False}),
+    "infinity-stm-detached": ("infinity", lambda layer: {**OPTIONS["infinity"](layer), "stm": 9, "detach": True}),
+    "memorizing-xl-cache": ("memorizing", lambda layer: {**OPTIONS["memorizing"](layer), "cache": 8}),
+    "melodi-no-summary": ("melodi", lambda layer: {**OPTIONS["melodi"](layer), "summary_tokens": 0}),
+    "caching-armt-soup": ("caching", lambda layer: {"base": "armt", "aggregate": "soup", "max_caches": 2,
+                                                    "tokens": 2, "key_dim": 4}),
+}
 
 
 def options(kind, layer):
@@ -38,7 +49,9 @@ def options(kind, layer):
 
 
 def build(kind, seed=0):
-    memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options(kind, i)) for i in range(LAYERS)}
+    """A tiny decoder with `kind` on every layer; a VARIANTS name adds its options to the kind's."""
+    kind, opts = VARIANTS.get(kind, (kind, lambda layer: options(kind, layer)))
+    memories = {i: REGISTRY[kind](HEADS, D // HEADS, **opts(i)) for i in range(LAYERS)}
     model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
     init_weights(model, seed=seed)
     return model
