@@ -87,7 +87,7 @@ def test_switching_kind_drops_the_old_kinds_options_and_keeps_layers(tmp_path):
     base = load_config(["recipes/tiny.yaml", "recipes/memory/caching.yaml"], ["memory.base=infinity"])
     assert base.memory.model_dump() == {"kind": "caching", "layers": "all", "base": "infinity", "aggregate": "gated",
                                         "max_caches": 3, "top_k": 2, "basis": 64, "tau": 0.5, "ridge": 0.5,
-                                        "resample": 256, "sticky": False, "detach": False}  # caching's own options stay
+                                        "resample": 256, "sticky": False, "detach": False, "stm": 0}  # caching's own options stay
 
 
 def test_config_saved_before_kinds_owned_their_options_still_loads(tmp_path):
