@@ -3,7 +3,6 @@
 Transformer's XL cache, MELODI without summary tokens, Memory Caching's soup over ARMT)."""
 import pytest
 
-import contract_checks
 from contract_checks import CHECKS, VARIANTS
 
 
