@@ -59,7 +59,7 @@ SIZES = {
     # the multi-seed CPU comparison sized to about 100 core-minutes (--plan prints the estimate): no
     # sweep, paper settings or longer runs; fewer test and length documents
     "cpu-seeds": {**_CPU, "steps": 500, "sanity_steps": 250, "eval_docs": 200, "val_docs": 96,
-                  "length_docs": (96, 48, 16), "extras": False, "sweep": {}},
+                  "length_docs": (96, 48, 32), "extras": False, "sweep": {}},
     "cpu": _CPU,
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
                 mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, lrs=(3e-4, 1e-3), seeds=(0, 1, 2),
@@ -369,22 +369,26 @@ def sanity(run: Runner, z: dict, v: dict, data: Path, lr: float) -> None:
 
 
 def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
-    """(kind, run, steps) of every training run and the estimated core-minutes of training (CPU sizes:
-    CPU_SECONDS_PER_STEP scaled by the tokens of a step relative to the cpu shape) plus evaluation."""
-    runs = []
+    """(kind, run, steps) of every training run and the estimated core-minutes: the steps at
+    CPU_SECONDS_PER_STEP (scaled by the tokens of a step relative to the cpu shape), 10% for the
+    periodic validation, and every process (training or `elastic eval`) 6 s to start and evaluate."""
+    runs, evals = [], 0
     for v in todo:
         steps = z["steps"] if v["data"].startswith("mqar") else z["lm_steps"]
         steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
         if v["group"] != "matched":
             runs.append((v["kind"], tag(v), steps))
+            evals += 1
             continue
         runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
         runs += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
+        evals += len(z["lrs"]) + len(z["seeds"]) * (1 + len(z["lengths"]))  # validation, test, every length
         if v["kind"] != "none":
             runs.append((v["kind"], f"mqar-d1-{v['name']}", z["sanity_steps"]))
+            evals += 1
     scale = (z["d"] / 128) ** 2 * z["batch"] * z["length"] / (32 * 128)  # relative to the cpu shape
     seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s for k, _, s in runs)
-    return runs, 1.15 * seconds / 60  # evaluation: about 15% on top (measured on the smoke size)
+    return runs, (1.1 * seconds + 6 * (len(runs) + evals)) / 60
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,14 @@ def curve(run_dir: Path) -> list[list[float]]:
     return [[r["step"], r["val_accuracy"]] for r in rows if "val_accuracy" in r]
 
 
+def diagnostics(run_dir: Path) -> dict:
+    """The memories' diagnostics of the run's last validation (e.g. ARMT's write gate `beta/layer0`)."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    last = next((r for r in reversed(rows) if "val_loss" in r), {})
+    return {k: v for k, v in last.items() if "/layer" in k}
+
+
 def span_accuracy(r: dict, lo: int, hi: int | None = None) -> float | None:
     """Token-weighted answer accuracy of a row over the distances lo..hi (segments; no hi: all from lo on)."""
     rows = [(r["accuracy_by_distance"][d], r["tokens_by_distance"][d]) for d in r["accuracy_by_distance"]
@@ -159,7 +167,8 @@ def collect_matched(out: Path, z: dict, v: dict, table: dict) -> None:
             schedule = r["memory"].get("schedule") or r["memory"].get("sampling")
             per_schedule.setdefault(schedule if i else "", []).append(
                 {"seed": seed, "lr": lr, "retrained_lr": retrained(out, name), **mqar_numbers(r),
-                 "learning_curve": curve(run_dir) if i == 0 else None, "read_schedule": schedule})
+                 "learning_curve": curve(run_dir) if i == 0 else None, "read_schedule": schedule,
+                 "memory_metrics": diagnostics(run_dir) if i == 0 else None})
     sanity = results_of(out / "eval" / f"sanity-{v['name']}.json")
     sanity_acc = sanity[0]["answer_token_accuracy"] if sanity else None
     head = {"kind": v["kind"], "group": "matched", "lr": lr, "lrs_tried": choice["tried"], "steps": z["steps"],
@@ -243,14 +252,17 @@ def mqar_table(rows: dict, distances: list[str], matched: int | None = None) -> 
 
 def tuning_table(rows: dict) -> list[str]:
     lines = ["| variant | learning rates tried (validation answer accuracy, seed 0) | chosen | steps | curriculum "
-             "(step, segments) | sanity: d=1 task accuracy |", "|---|---|---|---|---|---|"]
+             "(step, segments) | sanity: d=1 task accuracy | last validation's memory diagnostics (seed 0) |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         tried = ", ".join(f"{t['lr']:g}: {fmt(t['val_accuracy'], '.3f')}" for t in r.get("lrs_tried") or []) or "n/a"
         sane = "n/a (no memory)" if r["kind"] == "none" else \
             f"{fmt(r.get('sanity_d1'), '.3f')} ({'passes' if r.get('sanity_d1_passed') else 'FAILS'} the {SANITY_BAR} bar)" \
             if r.get("sanity_d1") is not None else "not run"
+        diag = ((r.get("seeds") or [{}])[0].get("memory_metrics")) or {}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in diag.items()) or "none logged"
         lines.append(f"| {name} | {tried} | {fmt(r.get('lr'), 'g')} | {r.get('steps', 'n/a')} | {r.get('curriculum') or 'none'} "
-                     f"| {sane} |")
+                     f"| {sane} | {shown} |")
     return lines
 
 
@@ -455,6 +467,8 @@ def write(out: Path, dest: Path) -> None:
     matched_fp = reproduce.matched_floats(z)
     done = {n: r for n, r in mq.items() if not r.get("failed")}
     distances = sorted({d for r in done.values() for d in r["accuracy_by_distance"] if d != "unknown"}, key=int)
+    for name, r in mq.items():  # the name plots show: with the footprint where it is not the matched one
+        r["label"] = label(name, r, matched_fp)
     pngs = results_plots.write_all(table, dest, FAR, chance, segs)
     write_text(dest.with_suffix(".json"), json.dumps({"commit": code_version()["commit"] or "unknown", "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")

@@ -67,7 +67,8 @@ def distance_points(r: dict) -> tuple[list[int], list[float], list[float], list[
 
 
 def _errorbar(ax, xs, mean, lo, hi, label, colour, marker, linestyle="-") -> None:
-    ax.errorbar(xs, mean, yerr=[[m - a for m, a in zip(mean, lo)], [b - m for m, b in zip(mean, hi)]], label=label,
+    yerr = [[max(0.0, m - a) for m, a in zip(mean, lo)], [max(0.0, b - m) for m, b in zip(mean, hi)]]  # 0: rounding
+    ax.errorbar(xs, mean, yerr=yerr, label=label,
                 color=colour, marker=marker, linestyle=linestyle, capsize=3, markersize=6, linewidth=1.3)
 
 
@@ -78,7 +79,7 @@ def distance_plot(mq: dict, path: Path, chance: float) -> None:
     for name, r in mq.items():
         if not r.get("failed") and r["group"] == "matched":
             colour, marker = style(r["kind"])
-            _errorbar(left, *distance_points(r), f"{name} ({r.get('n_seeds', 1)} seeds)", colour, marker)
+            _errorbar(left, *distance_points(r), f"{r.get('label', name)} ({r.get('n_seeds', 1)} seeds)", colour, marker)
     others = [(n, r) for n, r in mq.items() if not r.get("failed") and r["group"] in ("control", "ablation")]
     for i, (name, r) in enumerate(others):
         colour, _ = style(r["kind"])
@@ -135,7 +136,7 @@ def length_plot(length: dict, path: Path, chance: float, trained: int) -> None:
                 hi.append(max(vals))
             colour, marker = style(e["kind"])
             _errorbar(ax, xs, mean, lo, hi, name, colour, marker)
-        ax.axvline(len(bins(trained - 1)) - 1.5, color="black", linewidth=0.8, linestyle=":",
+        ax.axvline(len(bins(trained - 1)) - 0.5, color="black", linewidth=0.8, linestyle=":",
                    label=f"beyond the training window ({trained} segments)")
         _chance(ax, chance)
         ax.set_xticks(range(len(spans)))
@@ -151,8 +152,8 @@ def length_plot(length: dict, path: Path, chance: float, trained: int) -> None:
 
 def frontier_plot(mq: dict, path: Path, far: int) -> None:
     """Accuracy at distance >= far against memory floats per sequence. A kind's sweep points (and its
-    matched row, trained the same way) are joined; paper settings and longer runs are separate,
-    unjoined, hollow markers."""
+    matched row, trained the same way) are joined; paper settings (hollow) and longer runs (black
+    edge) are separate, unjoined markers."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     key = f"accuracy_distance_ge_{far}"
@@ -161,11 +162,13 @@ def frontier_plot(mq: dict, path: Path, far: int) -> None:
         colour, marker = style(kind)
         pts = sorted((r["footprint_floats"], r[key]) for r in ok if r["kind"] == kind and r["group"] in ("sweep", "matched"))
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour, label=f"{kind} (sweep)")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=colour,
+                    label=f"{kind} (matched{' and sweep' if len(pts) > 1 else ''})")
         alone = [(r["footprint_floats"], r[key], r["group"]) for r in ok if r["kind"] == kind and r["group"] in ("paper", "long")]
-        for x, y, group in alone:
-            ax.plot([x], [y], marker=marker, color=colour, markerfacecolor="none", linestyle="none", markersize=9,
-                    label=f"{kind} ({group})")
+        for x, y, group in alone:  # paper: hollow; twice the steps: filled with a black edge
+            face = "none" if group == "paper" else colour
+            ax.plot([x], [y], marker=marker, color=colour, markerfacecolor=face, markeredgecolor=colour if group == "paper"
+                    else "black", linestyle="none", markersize=9, label=f"{kind} ({'paper setting' if group == 'paper' else 'twice the steps'})")
     ax.set_xscale("log")
     ax.set_xlabel("memory floats per sequence")
     ax.set_ylabel(f"answer accuracy, distance >= {far} segments")
@@ -236,15 +239,18 @@ def lm_plot(rows: dict, path: Path, width: int = 10) -> None:
     """Loss by segment index (token-weighted bins of `width` segments) and each memory's gain over
     `none` (none's loss minus its loss: positive where the memory helps)."""
     plt = _plt()
-    curves = {name: (r["kind"], *binned(r["loss_by_segment"], r.get("tokens_by_segment") or [1] * len(r["loss_by_segment"]), width))
+    curves = {name: (r["kind"], r["group"], *binned(r["loss_by_segment"], r.get("tokens_by_segment")
+                                                     or [1] * len(r["loss_by_segment"]), width))
               for name, r in rows.items() if not r.get("failed")}
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=True)
     base = next((c for c in curves.values() if c[0] == "none"), None)
-    for i, (name, (kind, xs, ys)) in enumerate(curves.items()):
+    for i, (name, (kind, group, xs, ys)) in enumerate(curves.items()):
         colour, marker = style(kind, i)
-        top.plot(xs, ys, marker=marker, color=colour, label=name)
+        look = dict(marker=marker, color=colour, label=name, markersize=4,  # another read schedule: dashed, hollow
+                    **({"linestyle": "--", "markerfacecolor": "none"} if group == "sampling" else {}))
+        top.plot(xs, ys, **look)
         if base is not None and kind != "none":
-            bottom.plot(xs, [b - y for y, b in zip(ys, base[2])], marker=marker, color=colour, label=name)
+            bottom.plot(xs, [b - y for y, b in zip(ys, base[3])], **look)
     top.set_ylabel("loss (nats/token)")
     top.set_title(f"held-out code: loss by segment index (token-weighted bins of {width} segments)", fontsize=10)
     _legend_outside(top, fontsize=7)

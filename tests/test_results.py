@@ -167,3 +167,12 @@ def test_results_heatmap_panels_and_json(tmp_path):
     done = subprocess.run([sys.executable, script, tmp_path / "lm.json", "--out", tmp_path / "x.png"],
                           capture_output=True, text=True)
     assert done.returncode == 3 and "no result with a heatmap" in done.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_diagnostics_are_the_last_validation_rows_memory_metrics(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 5, "val_loss": 2.0, "val_accuracy": 0.1, "beta/layer0": 0.4, "beta/layer1": 0.3}\n'
+        '{"step": 9, "loss": 1.0}\n{"step": 10, "val_loss": 1.5, "val_accuracy": 0.2, "beta/layer0": 0.01, "beta/layer1": 0.5}\n'
+        '{"step": 11, "loss": 0.9}\n')
+    assert results.diagnostics(tmp_path) == {"beta/layer0": 0.01, "beta/layer1": 0.5}
+    assert results.diagnostics(tmp_path / "missing") == {}
