@@ -1,6 +1,7 @@
 """Run the results experiments through the real CLI, then write docs/results.md (scripts/results.py).
 
-  python scripts/reproduce.py --size cpu-seeds   # CPU, every kind x 3 seeds x 2 learning rates (see --plan)
+  python scripts/reproduce.py --size cpu-seeds   # CPU, every kind x 3 seeds x 2 learning rates (about 5 hours
+                                                 # of one core: 2.6 h with --jobs 2; see --plan)
   python scripts/reproduce.py --size cpu         # CPU, the same plus the footprint sweep, paper settings, longer runs
   python scripts/reproduce.py --size smoke       # minutes: tiny sizes, the whole pipeline
   python scripts/reproduce.py --size gpu         # one GPU: a larger model and longer documents
@@ -56,9 +57,11 @@ SIZES = {
                   eval_docs=40, val_docs=20, lengths=(8, 32, 128), length_docs=(16, 8, 4), lm_steps=10,
                   lm_segments=4, lm_batch=4, lm_seg=16, lm_docs=4, device="cpu", jobs=2, extras=True,
                   sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)}),
-    # the multi-seed CPU comparison sized to about 100 core-minutes (--plan prints the estimate): no
-    # sweep, paper settings or longer runs; fewer test and length documents
-    "cpu-seeds": {**_CPU, "steps": 500, "sanity_steps": 250, "eval_docs": 200, "val_docs": 96,
+    # the multi-seed CPU comparison: no sweep, paper settings or longer runs, fewer test and length
+    # documents. 1000 steps, because the matched elastic run is still before its transition at 500 steps
+    # of a 500-step schedule (0.23 at d >= 2) and saturated at 1000 (0.94; both measured 2026-12-04,
+    # seed 0, lr 3e-3); about 100 core-minutes would allow ~300 steps per run. `--plan` prints the estimate.
+    "cpu-seeds": {**_CPU, "steps": 1000, "sanity_steps": 300, "eval_docs": 200, "val_docs": 96,
                   "length_docs": (96, 48, 32), "extras": False, "sweep": {}},
     "cpu": _CPU,
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
@@ -387,7 +390,18 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
             runs.append((v["kind"], f"mqar-d1-{v['name']}", z["sanity_steps"]))
             evals += 1
     scale = (z["d"] / 128) ** 2 * z["batch"] * z["length"] / (32 * 128)  # relative to the cpu shape
-    seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s for k, _, s in runs)
+    segs = z["length"] // z["seg"]
+
+    def share(kind: str, steps: int) -> float:
+        """Mean segments per window over a curriculum, relative to the full window."""
+        stages = [json.loads(c.split("=", 1)[1]) for c in curriculum(kind, steps, segs)]
+        if not stages:
+            return 1.0
+        bounds = [st for st, _ in stages[0]] + [steps]
+        return sum((b - a) * n for (a, n), b in zip(stages[0], bounds[1:])) / (steps * segs)
+
+    seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s * share(k, s)
+                  for k, _, s in runs)
     return runs, (1.1 * seconds + 6 * (len(runs) + evals)) / 60
 
 

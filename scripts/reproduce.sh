@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce docs/results.md through the real CLI (see scripts/reproduce.py for what runs):
-#   scripts/reproduce.sh                 # cpu-seeds: every kind, 3 seeds, 2 learning rates (about 180 core-minutes)
+#   scripts/reproduce.sh                 # cpu-seeds: every kind, 3 seeds, 2 learning rates (about 320 core-minutes)
 #   scripts/reproduce.sh --plan          # the runs and their estimated core-minutes; runs nothing
 #   scripts/reproduce.sh --size cpu      # the same plus the footprint sweep, paper settings, longer runs
 #   scripts/reproduce.sh --smoke         # minutes: the whole pipeline at tiny sizes
