@@ -32,8 +32,8 @@ test-fast: venv
 bench: venv
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m elastic_cli bench --recipe recipes/tiny.yaml --json runs/bench.json
 
-# Long-range tasks + language modelling for every memory kind -> docs/results.md (CPU: about an hour;
-# `make reproduce ARGS=--smoke` for a few minutes, ARGS=--gpu on a GPU).
+# Long-range tasks + language modelling for every memory kind, 3 seeds each -> docs/results.md (CPU:
+# about 320 core-minutes, ARGS=--plan prints the estimate; ARGS=--smoke for a few minutes, ARGS=--gpu on a GPU).
 reproduce: venv
 	PYTHON=$(PY) scripts/reproduce.sh $(ARGS)
 

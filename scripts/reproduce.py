@@ -1,18 +1,27 @@
 """Run the results experiments through the real CLI, then write docs/results.md (scripts/results.py).
 
-  python scripts/reproduce.py                    # CPU size (about 90 minutes on 2 cores)
+  python scripts/reproduce.py --size cpu-seeds   # CPU, every kind x 3 seeds x 2 learning rates (about 5 hours
+                                                 # of one core: 2.6 h with --jobs 2; see --plan)
+  python scripts/reproduce.py --size cpu         # CPU, the same plus the footprint sweep, paper settings, longer runs
   python scripts/reproduce.py --size smoke       # minutes: tiny sizes, the whole pipeline
   python scripts/reproduce.py --size gpu         # one GPU: a larger model and longer documents
-  python scripts/reproduce.py --kinds none,elastic --only mqar
+  python scripts/reproduce.py --size cpu-seeds --plan   # the runs and their estimated core-minutes; runs nothing
+  python scripts/reproduce.py --kinds none,elastic --only mqar --steps 400 --seeds 0,1 --lrs 3e-3
 
 What runs (every command is appended to OUT/commands.txt, relative to the repository):
 - mqar (multi-query associative recall, `elastic prepare --task mqar`) with facts 0..S-1 segments before
-  their queries: every memory kind at a matched footprint, a full-attention control (one segment spans
-  the whole document), a footprint sweep (elastic orders, xl caches, memorizing stores, each kind at
-  its paper's own setting), Elastic Memory's trained weights read with every sampling schedule;
+  their queries. Every memory kind at a matched footprint (group `matched`): the learning rate is chosen
+  per kind from `--lrs` by answer accuracy on the validation split (seed 0 at each), then the other
+  seeds train at the chosen rate (seeds change the weights and the data order: `train.seed`); every
+  matched row trains the same steps; rmt, armt and caching train with a segment-count curriculum
+  (`train.curriculum`, as their papers); each memory kind also trains on a d = 1-only task
+  (`--distance 1:1`: the sanity check its row must pass) and every seed is evaluated on new documents
+  (another generator seed) of 8, 32 and 128 segments (length generalisation). Controls (a full-attention
+  segment, facts in their query's segment) and ablations train once at the size's learning rate; the
+  full `cpu` and `gpu` sizes add a footprint sweep, each kind at its paper's setting and longer runs.
 - language modelling on the Python standard library: loss by segment, long-context gain, xz floor.
-Variants run `--jobs` at a time (each with its share of the cores); a variant that fails is reported
-as failed and the rest go on. A variant whose eval file exists is not run again (delete OUT to redo).
+Runs go `--jobs` at a time (each with its share of the cores); a run that fails is reported as failed
+and the rest go on. A run whose eval file exists is not run again (delete OUT to redo).
 """
 from __future__ import annotations
 
@@ -29,37 +38,76 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a NaN/inf loss)
-SCHEDULES = ("uniform", "exponential", "gauss", "power")
 
-# task: mqar documents; model: the shared shape; train: steps and batch; lm: the language-modelling runs
+SCHEDULES = ("uniform", "exponential", "gauss", "power")
+CURRICULUM_KINDS = ("rmt", "armt", "caching")  # recurrent kinds whose papers train on few segments first
+PAPER_KL = 1e-6  # the ∞-former's KL weight on the sum over heads and queries (Martins et al. 2022)
+
+# task: mqar documents; model: the shared shape; train: steps, batch, seeds, learning rates; sanity: the
+# d = 1 task's steps; lengths: eval document lengths in segments and documents per length; lm: the
+# language-modelling runs; extras: the footprint sweep, paper settings and longer runs
+_CPU = dict(length=128, seg=16, count=8000, pairs=8, keys=16, values=16, d=128, layers=2, heads=4, mlp=384,
+            order=32, steps=700, batch=32, lr=3e-3, lrs=(1e-3, 3e-3), seeds=(0, 1, 2), sanity_steps=300,
+            eval_docs=300, val_docs=160, lengths=(8, 32, 128), length_docs=(300, 120, 48), lm_steps=300,
+            lm_segments=8, lm_batch=8, lm_seg=64, lm_docs=12, device="cpu", jobs=2, extras=True,
+            sweep={"elastic": (8, 64)})
 SIZES = {
     "smoke": dict(length=128, seg=16, count=400, pairs=4, keys=16, values=16, d=32, layers=2, heads=2, mlp=64,
-                  order=8, steps=30, batch=8, lr=3e-3, eval_docs=40, lm_steps=10, lm_segments=4, lm_batch=4, lm_seg=16,
-                  lm_docs=4, device="cpu", jobs=2, sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)}),
-    "cpu": dict(length=128, seg=16, count=8000, pairs=8, keys=16, values=16, d=128, layers=2, heads=4, mlp=384,
-                order=32, steps=700, batch=32, lr=3e-3, eval_docs=300, lm_steps=300, lm_segments=8, lm_batch=8,
-                lm_seg=64, lm_docs=12, device="cpu", jobs=2, sweep={"elastic": (8, 64)}),
+                  order=8, steps=30, batch=8, lr=3e-3, lrs=(1e-3, 3e-3), seeds=(0, 1, 2), sanity_steps=20,
+                  eval_docs=40, val_docs=20, lengths=(8, 32, 128), length_docs=(16, 8, 4), lm_steps=10,
+                  lm_segments=4, lm_batch=4, lm_seg=16, lm_docs=4, device="cpu", jobs=2, extras=True,
+                  sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)}),
+    # the multi-seed CPU comparison: no sweep, paper settings or longer runs, fewer test and length
+    # documents. 1000 steps, because the matched elastic run is still before its transition at 500 steps
+    # of a 500-step schedule (0.23 at d >= 2) and saturated at 1000 (0.94; both measured 2026-12-04,
+    # seed 0, lr 3e-3); about 100 core-minutes would allow ~300 steps per run. `--plan` prints the estimate.
+    "cpu-seeds": {**_CPU, "steps": 1000, "sanity_steps": 300, "eval_docs": 200, "val_docs": 96,
+                  "length_docs": (96, 48, 32), "extras": False, "sweep": {}},
+    "cpu": _CPU,
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
-                mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, eval_docs=1000, lm_steps=4000, lm_segments=16, lm_seg=512,
-                lm_batch=16, lm_docs=200, device="cuda", jobs=1, sweep={"elastic": (32, 64, 256), "xl": (32, 512), "memorizing": (32, 512)}),
+                mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, lrs=(3e-4, 1e-3), seeds=(0, 1, 2),
+                sanity_steps=1000, eval_docs=1000, val_docs=256, lengths=(8, 32, 128), length_docs=(400, 200, 50),
+                lm_steps=4000, lm_segments=16, lm_seg=512, lm_batch=16, lm_docs=200, device="cuda", jobs=1,
+                extras=True, sweep={"elastic": (32, 64, 256), "xl": (32, 512), "memorizing": (32, 512)}),
 }
+# Seconds per training step of each matched row at the `cpu` shape on one thread (2-vCPU AMD EPYC,
+# the other core busy with another job), measured 2026-12-04 over steps 10..50 without validation;
+# `--plan` uses them (a kind not listed counts as elastic). rmt at the matched footprint (128 memory
+# tokens, 16,384 floats) took 5.56 s per step, 18x elastic: no size runs it.
+CPU_SECONDS_PER_STEP = {"none": 0.264, "elastic": 0.306, "xl": 0.361, "memorizing": 0.419, "melodi": 0.599,
+                        "infinity": 0.551, "armt": 0.540, "caching": 0.529, "rmt": 0.441}
+
+
+def matched_floats(z: dict) -> int:
+    """Memory floats per sequence of the matched footprint: Elastic Memory of order z['order'] on every
+    layer, 2 * order * d_model per layer."""
+    return 2 * z["order"] * z["d"] * z["layers"]
 
 
 def memory(kind: str, z: dict, size: int | None = None) -> tuple[str, list[str]]:
     """(variant name, overrides) for `kind` holding about the floats of Elastic Memory of order `size`
-    (default: the size's order) on every layer: 2 * size * d_model floats per layer."""
-    n, layers = size or z["order"], z["layers"]
+    (default: the size's order) on every layer: 2 * size * d_model floats per layer. rmt is the
+    exception: its tokens are model-width rows through every layer, so matching would multiply its
+    cost; its row keeps n/4 tokens and the page states its footprint beside its name."""
+    n, layers, segs = size or z["order"], z["layers"], z["length"] // z["seg"]
     mid = layers // 2
+    entries = layers * n  # key/value entries of the matched footprint at one layer
+    cache = min(z["seg"], entries // 4)  # memorizing: its XL cache (one segment, as the paper) beside the store
+    long_store = max(1, entries // 4)  # melodi: short tokens per layer S and long FIFO C with L S + C = L n
+    short = max(1, (entries - long_store) // layers)
     table = {
         "none": ("none", ["memory.kind=none"]),
         "elastic": (f"elastic-order{n}-uniform", ["memory.kind=elastic", f"memory.order={n}", f"memory.samples={n}",
                                                   "memory.schedule=uniform"]),
         "xl": (f"xl-cache{n}", ["memory.kind=xl", f"memory.cache={n}"]),
-        "memorizing": (f"memorizing-store{layers * n}", ["memory.kind=memorizing", f"memory.layers=[{mid}]",
-                                                         f"memory.store={layers * n}", f"memory.topk={max(1, n // 2)}"]),
-        "melodi": (f"melodi-{n}", ["memory.kind=melodi", f"memory.short_tokens={n // 2}",
-                                   f"memory.summary_tokens={max(1, n // 4)}", f"memory.long_layer={mid}",
-                                   f"memory.long_tokens={max(1, n // 4)}", f"memory.long_store={layers * n // 4}"]),
+        "memorizing": (f"memorizing-store{entries - cache}-cache{cache}", [
+            "memory.kind=memorizing", f"memory.layers=[{mid}]", f"memory.store={entries - cache}",
+            f"memory.topk={max(1, min(n // 2, entries - cache))}", f"memory.cache={cache}"]),
+        # the long FIFO gets long_tokens per window so that it spans the whole training document
+        "melodi": (f"melodi-short{short}-long{long_store}", [
+            "memory.kind=melodi", f"memory.short_tokens={short}", f"memory.summary_tokens={max(1, n // 4)}",
+            f"memory.long_layer={mid}", f"memory.long_tokens={max(1, long_store // segs)}",
+            f"memory.long_store={long_store}"]),
         # infinity holds basis * d_model floats per layer; armt about 6 * key_dim * (d_model + 1) (nu = 3);
         # caching (max_caches + 1) armt states
         "infinity": (f"infinity-basis{2 * n}", ["memory.kind=infinity", f"memory.basis={2 * n}",
@@ -74,8 +122,18 @@ def memory(kind: str, z: dict, size: int | None = None) -> tuple[str, list[str]]
     return table[kind]
 
 
+def curriculum(kind: str, steps: int, segments: int) -> list[str]:
+    """train.curriculum for the recurrent kinds (RMT/ARMT train on a few segments first): 2 segments,
+    then half the window from a quarter of the steps, the whole window from half of them."""
+    if kind not in CURRICULUM_KINDS or segments < 4 or steps < 8:
+        return []
+    stages = [[0, 2], [steps // 4, max(2, segments // 2)], [steps // 2, segments]]
+    return [f"train.curriculum={json.dumps(stages).replace(' ', '')}"]
+
+
 def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
-    """Every run: name, dataset, overrides, and what to evaluate."""
+    """Every row: name, dataset, overrides, group, and what to evaluate. Group `matched` rows train
+    with every seed and learning rate of the size; the others once."""
     out = []
     if only in (None, "mqar"):
         for kind in kinds:
@@ -88,45 +146,53 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             # the within-segment control: every fact in its query's segment (mqar-near, --distance 0:0)
             out.append({"name": "none-distance0", "kind": "none", "data": "mqar-near", "group": "control",
                         "over": ["memory.kind=none"]})
-        if "elastic" in kinds:  # the matched elastic run, twice as long: is it still learning at the end?
-            name, over = memory("elastic", z)
-            out.append({"name": f"{name}-steps{2 * z['steps']}", "kind": "elastic", "data": "mqar", "group": "long",
-                        "over": [*over, f"train.steps={2 * z['steps']}"], "compare": list(SCHEDULES)})
-        if "none" in kinds:  # ablation: without the previous-token embedding, even full attention sits on a plateau
-            out.append({"name": "none-one-segment-no-prev-embed", "kind": "none", "data": "mqar", "group": "ablation",
-                        "over": [*control, "model.prev_embed=false"]})
-        for kind, sizes in z["sweep"].items():
-            if kind in kinds:
-                for n in sizes:
-                    name, over = memory(kind, z, n)
-                    out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "sweep"})
-        if "memorizing" in kinds:  # Wu et al. 2022 keep 8k+ entries: a store that holds the whole document
-            paper = ["memory.kind=memorizing", f"memory.layers=[{z['layers'] // 2}]", f"memory.store={z['length']}",
-                     "memory.topk=32"]
-            out.append({"name": f"memorizing-store{z['length']}-paper", "kind": "memorizing", "data": "mqar",
-                        "group": "paper", "over": paper})
-            # is it the budget? the same store trained twice as long
-            out.append({"name": f"memorizing-store{z['length']}-paper-steps{2 * z['steps']}", "kind": "memorizing",
-                        "data": "mqar", "group": "long", "over": [*paper, f"train.steps={2 * z['steps']}"]})
-        if "infinity" in kinds:  # Martins et al. 2022 detach the long-term memory; ours passes gradients
-            name, over = memory("infinity", z)
-            out.append({"name": name + "-detached-paper", "kind": "infinity", "data": "mqar", "group": "paper",
-                        "over": [*over, "memory.detach=true"]})
         if "xl" in kinds:  # ablation, not the paper: does the detached write keep xl from learning?
             name, over = memory("xl", z)
             out.append({"name": name + "-grad", "kind": "xl", "data": "mqar", "group": "ablation",
                         "over": [*over, "memory.grad=true"]})
-            # or the budget? the detached cache trained twice as long
-            out.append({"name": f"{name}-steps{2 * z['steps']}", "kind": "xl", "data": "mqar", "group": "long",
-                        "over": [*over, f"train.steps={2 * z['steps']}"]})
-        if "xl" in kinds:  # Dai et al. 2019 cache as many tokens as the segment (and more at eval): cover the document
-            out.append({"name": f"xl-cache{z['length']}-paper", "kind": "xl", "data": "mqar", "group": "paper",
-                        "over": ["memory.kind=xl", f"memory.cache={z['length']}"]})
+        if z["extras"]:
+            out += extra_variants(z, kinds)
     if only in (None, "lm"):
         for kind in [k for k in ("none", "elastic") if k in kinds]:
             name, over = memory(kind, z)
             out.append({"name": name, "kind": kind, "data": "code", "over": over, "group": "lm",
                         "compare": ["uniform", "exponential"] if kind == "elastic" else None})
+    return out
+
+
+def extra_variants(z: dict, kinds: list[str]) -> list[dict]:
+    """The footprint sweep, each kind at its paper's setting, longer runs and the prev-embed ablation
+    (single seed, the size's learning rate)."""
+    out, steps2 = [], 2 * z["steps"]
+    if "elastic" in kinds:  # the matched elastic run, twice as long: is it still learning at the end?
+        name, over = memory("elastic", z)
+        out.append({"name": f"{name}-steps{steps2}", "kind": "elastic", "data": "mqar", "group": "long",
+                    "over": [*over, f"train.steps={steps2}"], "compare": list(SCHEDULES)})
+    if "none" in kinds:  # ablation: without the previous-token embedding, even full attention sits on a plateau
+        out.append({"name": "none-one-segment-no-prev-embed", "kind": "none", "data": "mqar", "group": "ablation",
+                    "over": ["memory.kind=none", f"model.segment_len={z['length']}", "train.segments=1",
+                             "train.bptt_segments=1", "model.prev_embed=false"]})
+    for kind, sizes in z["sweep"].items():
+        if kind in kinds:
+            for n in sizes:
+                name, over = memory(kind, z, n)
+                out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "sweep"})
+    if "memorizing" in kinds:  # Wu et al. 2022: a store that holds the whole document, an XL cache of one segment
+        paper = ["memory.kind=memorizing", f"memory.layers=[{z['layers'] // 2}]", f"memory.store={z['length']}",
+                 "memory.topk=32", f"memory.cache={z['seg']}"]
+        out.append({"name": f"memorizing-store{z['length']}-cache{z['seg']}-paper", "kind": "memorizing",
+                    "data": "mqar", "group": "paper", "over": paper})
+    if "infinity" in kinds:  # Martins et al. 2022: detached memory, sticky, an STM of one segment, the KL on
+        name, over = memory("infinity", z)
+        out.append({"name": f"{name}-stm{z['seg']}-paper", "kind": "infinity", "data": "mqar", "group": "paper",
+                    "over": [*over, "memory.detach=true", "memory.sticky=true", f"memory.stm={z['seg']}",
+                             f"train.aux_weight={PAPER_KL * z['heads'] * z['seg']:g}"]})
+    if "xl" in kinds:  # Dai et al. 2019 cache as many tokens as the segment (and more at eval): cover the document
+        name, over = memory("xl", z)
+        out.append({"name": f"{name}-steps{steps2}", "kind": "xl", "data": "mqar", "group": "long",
+                    "over": [*over, f"train.steps={steps2}"]})
+        out.append({"name": f"xl-cache{z['length']}-paper", "kind": "xl", "data": "mqar", "group": "paper",
+                    "over": ["memory.kind=xl", f"memory.cache={z['length']}"]})
     return out
 
 
@@ -138,6 +204,17 @@ def dedupe(vs: list[dict]) -> list[dict]:
             seen.add(key)
             out.append(v)
     return out
+
+
+def tag(v: dict, lr: float | None = None, seed: int | None = None) -> str:
+    """The file name of a run: <data>-<variant>, plus -lr<lr>-seed<seed> for the runs of a matched row."""
+    base = f"{v['data']}-{v['name']}"
+    return base if lr is None else f"{base}-lr{lr:g}-seed{seed}"
+
+
+def trials(z: dict) -> list[tuple[float, int]]:
+    """(lr, seed) of a matched row's first phase: seed 0 (the first seed) at every learning rate."""
+    return [(lr, z["seeds"][0]) for lr in z["lrs"]]
 
 
 class Runner:
@@ -161,82 +238,232 @@ class Runner:
         return done.returncode
 
 
+def datasets(z: dict) -> dict[str, list[str]]:
+    """name -> `elastic prepare` arguments: the training data, the within-segment control's, the d = 1
+    sanity task's and, per eval length (segments), new documents from another generator seed."""
+    segs = z["length"] // z["seg"]
+
+    def mqar(length: int, distance: str, count: int, seed: int, test_frac: str = "0.05") -> list[str]:
+        return ["--task", "mqar", "--length", str(length), "--count", str(count), "--pairs", str(z["pairs"]),
+                "--keys", str(z["keys"]), "--values", str(z["values"]), "--segment-len", str(z["seg"]),
+                "--distance", distance, "--seed", str(seed), "--val-frac", "0.05", "--test-frac", test_frac]
+
+    out = {"mqar": mqar(z["length"], f"0:{segs - 1}", z["count"], 0),  # facts 0..S-1 segments back
+           "mqar-near": mqar(z["length"], "0:0", z["count"], 0),  # every fact in its query's segment
+           "mqar-d1": mqar(z["length"], "1:1", z["count"], 0)}  # the sanity task: every fact one segment back
+    for n, docs in zip(z["lengths"], z["length_docs"]):  # half the documents in the test split
+        out[f"mqar-len{n}"] = mqar(n * z["seg"], f"0:{n - 1}", 2 * docs + 8, 1, "0.5")
+    return out
+
+
 def prepare(run: Runner, z: dict, data: Path, only: str | None) -> None:
     """Prepare each dataset once (a folder that holds it already is kept, and its command not repeated)."""
-    for name, far in (("mqar", z["length"] // z["seg"] - 1), ("mqar-near", 0)):  # facts 0..S-1 / 0 segments back
-        if only in (None, "mqar") and not (data / name / "meta.json").is_file():
-            run(f"prepare-{name}", "prepare", "--task", "mqar", "--length", str(z["length"]), "--count",
-                str(z["count"]), "--pairs", str(z["pairs"]), "--keys", str(z["keys"]), "--values", str(z["values"]),
-                "--segment-len", str(z["seg"]), "--distance", f"0:{far}", "--val-frac", "0.05", "--test-frac", "0.05",
-                "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / name))
+    if only in (None, "mqar"):
+        for name, args in datasets(z).items():
+            if not (data / name / "meta.json").is_file():
+                run(f"prepare-{name}", "prepare", *args, "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / name))
     if only in (None, "lm") and not (data / "code" / "meta.json").is_file():
         run("prepare-code", "prepare", "--corpus", "python-stdlib", "--tokenizer", "tokenizers/code-8k.model",
             "--out", str(data / "code"))
 
 
-def train_and_eval(run: Runner, z: dict, v: dict, data: Path) -> None:
-    """One variant: train (unless its eval file exists), then evaluate on the test split."""
-    tag = f"{v['data']}-{v['name']}"
-    report = run.out / "eval" / f"{tag}.json"
-    if report.is_file():
-        return
-    run_dir = run.out / "runs" / tag
+def train_args(z: dict, v: dict, data: Path, run_dir: Path, lr: float, seed: int, steps: int | None = None,
+               dataset: str | None = None) -> list[str]:
+    """The `elastic train` arguments of one run of variant v."""
     task = v["data"].startswith("mqar")
-    segs, steps = (z["length"] // z["seg"], z["steps"]) if task else (z["lm_segments"], z["lm_steps"])
+    segs = z["length"] // z["seg"] if task else z["lm_segments"]
+    steps = steps or (z["steps"] if task else z["lm_steps"])
     batch = z["batch"] if task else z["lm_batch"]
     shape = [f"model.d_model={z['d']}", f"model.n_layer={z['layers']}", f"model.n_head={z['heads']}",
              f"model.mlp_hidden={z['mlp']}", f"model.segment_len={z['seg'] if task else z['lm_seg']}",
              # mqar: each token also embeds its predecessor, so recall is one attention hop (model/decoder.py)
              *(["model.prev_embed=true"] if task else [])]
-    schedule = [f"train.steps={steps}", f"train.warmup={max(1, steps // 20)}", f"train.lr={z['lr']}",
-                f"train.min_lr={z['lr'] / 10}", f"train.global_batch={batch}", f"train.micro_batch={batch}",
+    schedule = [f"train.steps={steps}", f"train.warmup={max(1, steps // 20)}", f"train.lr={lr:g}",
+                f"train.min_lr={lr / 10:g}", f"train.global_batch={batch}", f"train.micro_batch={batch}",
                 f"train.segments={segs}", f"train.bptt_segments={segs}", f"train.eval_every={max(1, steps // 10)}",
-                "train.eval_batches=2", "train.save_every=0", "train.log_every=10", "train.seed=0",
-                f"train.loss_on={'answers' if task else 'all'}"]
-    where = [f"data.path={data / v['data']}", "data.tokenizer=tokenizers/code-8k.model", f"run.dir={run_dir}",
-             f"run.device={z['device']}"]
-    print(f"  {tag}: training", flush=True)
+                "train.eval_batches=2", "train.save_every=0", "train.log_every=10", f"train.seed={seed}",
+                f"train.loss_on={'answers' if task else 'all'}", *(curriculum(v["kind"], steps, segs) if task else [])]
+    where = [f"data.path={data / (dataset or v['data'])}", "data.tokenizer=tokenizers/code-8k.model",
+             f"run.dir={run_dir}", f"run.device={z['device']}"]
     # the variant's own overrides come last: the control changes the segment length and window
-    train = ["train", "recipes/tiny.yaml", *shape, *schedule, *where, *v["over"], "--overwrite"]
-    rc = run(f"train-{tag}", *train)
-    if rc == EXIT_DIVERGED:  # once, at a third of the learning rate; the page says so (OUT/eval/TAG.lr)
-        lr = z["lr"] / 3
-        print(f"  {tag}: diverged; training again at train.lr={lr:g}", flush=True)
-        rc = run(f"train-{tag}-lr", *train, f"train.lr={lr}", f"train.min_lr={lr / 10}")
-        (run.out / "eval" / f"{tag}.lr").write_text(f"{lr}\n")
-    if rc:
+    return ["train", "recipes/tiny.yaml", *shape, *schedule, *where, *v["over"], "--overwrite"]
+
+
+def train(run: Runner, z: dict, v: dict, data: Path, name: str, lr: float, seed: int, steps: int | None = None,
+          dataset: str | None = None) -> int:
+    """Train one run into OUT/runs/<name> (skipped when its checkpoint is complete); once more at a
+    third of the learning rate after a divergence (OUT/eval/<name>.lr records it)."""
+    run_dir = run.out / "runs" / name
+    if (run.out / "eval" / f"{name}.trained").is_file():
+        return 0
+    print(f"  {name}: training", flush=True)
+    args = train_args(z, v, data, run_dir, lr, seed, steps, dataset)
+    rc = run(f"train-{name}", *args)
+    if rc == EXIT_DIVERGED:
+        print(f"  {name}: diverged; training again at train.lr={lr / 3:g}", flush=True)
+        rc = run(f"train-{name}-lr", *args, f"train.lr={lr / 3:g}", f"train.min_lr={lr / 30:g}")
+        (run.out / "eval" / f"{name}.lr").write_text(f"{lr / 3}\n")
+    if rc == 0:
+        (run.out / "eval" / f"{name}.trained").write_text("")
+    return rc
+
+
+def evaluate(run: Runner, z: dict, name: str, report: Path, split: str, docs: int, data: Path | None = None,
+             compare: list[str] | None = None, gain: bool = False) -> int:
+    """`elastic eval` of the run OUT/runs/<name> into `report` (skipped when it exists)."""
+    if report.is_file():
+        return 0
+    extra = (["--data", str(data)] if data else []) + (["--compare-schedules", ",".join(compare)] if compare else [])
+    return run(f"eval-{report.stem}", "eval", "--ckpt", str(run.out / "runs" / name), "--split", split, "--max-docs",
+               str(docs), *extra, *([] if gain else ["--no-gain"]), "--json", str(report))
+
+
+def single(run: Runner, z: dict, v: dict, data: Path) -> None:
+    """A row trained once (seed 0, the size's learning rate), then evaluated on the test split."""
+    name, task = tag(v), v["data"].startswith("mqar")
+    if (run.out / "eval" / f"{name}.json").is_file() or train(run, z, v, data, name, z["lr"], z["seeds"][0]):
         return
-    compare = ["--compare-schedules", ",".join(v["compare"])] if v.get("compare") else []
-    run(f"eval-{tag}", "eval", "--ckpt", str(run_dir), "--split", "test", "--max-docs",
-        str(z["eval_docs"] if task else z["lm_docs"]), *compare, "--json", str(report))
+    compare = v.get("compare")
+    evaluate(run, z, name, run.out / "eval" / f"{name}.json", "test", z["eval_docs"] if task else z["lm_docs"],
+             compare=compare, gain=not task)
+
+
+def trial(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
+    """A matched row's first phase: train at `lr`, evaluate on the validation split (the choice)."""
+    name = tag(v, lr, seed)
+    if train(run, z, v, data, name, lr, seed) == 0:
+        evaluate(run, z, name, run.out / "eval" / f"{name}-val.json", "val", z["val_docs"])
+
+
+def choose_lr(out: Path, z: dict, v: dict) -> float | None:
+    """The learning rate of the best validation answer accuracy among a matched row's trials (ties:
+    the lower answer loss); None when every trial failed. Writes OUT/eval/<data>-<variant>.lrs.json."""
+    tried = []
+    for lr, seed in trials(z):
+        path = out / "eval" / f"{tag(v, lr, seed)}-val.json"
+        r = json.loads(path.read_text())["results"][0] if path.is_file() else None
+        tried.append({"lr": lr, "val_accuracy": r and r["answer_token_accuracy"], "val_loss": r and r["answer_loss"]})
+    ok = [t for t in tried if t["val_accuracy"] is not None]
+    chosen = max(ok, key=lambda t: (t["val_accuracy"], -t["val_loss"]))["lr"] if ok else None
+    (out / "eval" / f"{tag(v)}.lrs.json").write_text(json.dumps({"tried": tried, "chosen": chosen}, indent=1) + "\n")
+    return chosen
+
+
+def seed_run(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
+    """A matched row's second phase for one seed at the chosen rate: train (the first seed's run exists
+    from its trial), evaluate on the test split and on the documents of every eval length."""
+    name = tag(v, lr, seed)
+    if train(run, z, v, data, name, lr, seed):
+        return
+    evaluate(run, z, name, run.out / "eval" / f"{name}.json", "test", z["eval_docs"], compare=v.get("compare"))
+    compare = ["uniform", "exponential"] if v["kind"] == "elastic" else None  # the read schedule, at every length
+    for n, docs in zip(z["lengths"], z["length_docs"]):
+        evaluate(run, z, name, run.out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}.json", "test", docs,
+                 data=data / f"mqar-len{n}", compare=compare)
+
+
+def sanity(run: Runner, z: dict, v: dict, data: Path, lr: float) -> None:
+    """The d = 1-only task for a matched memory kind: train (the first seed, the chosen rate, the size's
+    sanity steps), evaluate on its test split."""
+    name = f"mqar-d1-{v['name']}"
+    steps = z["sanity_steps"]
+    if train(run, z, v, data, name, lr, z["seeds"][0], steps=steps, dataset="mqar-d1") == 0:
+        evaluate(run, z, name, run.out / "eval" / f"sanity-{v['name']}.json", "test", z["val_docs"])
+
+
+def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
+    """(kind, run, steps) of every training run and the estimated core-minutes: the steps at
+    CPU_SECONDS_PER_STEP (scaled by the tokens of a step relative to the cpu shape), 10% for the
+    periodic validation, and every process (training or `elastic eval`) 6 s to start and evaluate."""
+    runs, evals = [], 0
+    for v in todo:
+        steps = z["steps"] if v["data"].startswith("mqar") else z["lm_steps"]
+        steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
+        if v["group"] != "matched":
+            runs.append((v["kind"], tag(v), steps))
+            evals += 1
+            continue
+        runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
+        runs += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
+        evals += len(z["lrs"]) + len(z["seeds"]) * (1 + len(z["lengths"]))  # validation, test, every length
+        if v["kind"] != "none":
+            runs.append((v["kind"], f"mqar-d1-{v['name']}", z["sanity_steps"]))
+            evals += 1
+    scale = (z["d"] / 128) ** 2 * z["batch"] * z["length"] / (32 * 128)  # relative to the cpu shape
+    segs = z["length"] // z["seg"]
+
+    def share(kind: str, steps: int) -> float:
+        """Mean segments per window over a curriculum, relative to the full window."""
+        stages = [json.loads(c.split("=", 1)[1]) for c in curriculum(kind, steps, segs)]
+        if not stages:
+            return 1.0
+        bounds = [st for st, _ in stages[0]] + [steps]
+        return sum((b - a) * n for (a, n), b in zip(stages[0], bounds[1:])) / (steps * segs)
+
+    seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s * share(k, s)
+                  for k, _, s in runs)
+    return runs, (1.1 * seconds + 6 * (len(runs) + evals)) / 60
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu-seeds")
     p.add_argument("--smoke", action="store_const", const="smoke", dest="size", help="= --size smoke")
     p.add_argument("--gpu", action="store_const", const="gpu", dest="size", help="= --size gpu")
     p.add_argument("--kinds", default="none,elastic,xl,memorizing,melodi,infinity,armt,caching,rmt")
     p.add_argument("--only", choices=["mqar", "lm"], help="run one part only")
-    p.add_argument("--jobs", type=int, help="variants at a time (default: the size's)")
+    p.add_argument("--steps", type=int, help="training steps of every mqar row (default: the size's)")
+    p.add_argument("--seeds", help="seeds of the matched rows, e.g. 0,1,2 (default: the size's)")
+    p.add_argument("--lrs", help="learning rates tried per matched row, e.g. 1e-3,3e-3 (default: the size's)")
+    p.add_argument("--jobs", type=int, help="runs at a time (default: the size's)")
+    p.add_argument("--plan", action="store_true", help="print the runs and the estimated core-minutes; run nothing")
     p.add_argument("--out", type=Path, help="output folder (default runs/reproduce-<size>)")
     p.add_argument("--results", type=Path, help="results page (default docs/results.md; smoke: OUT/results.md)")
     a = p.parse_args(argv)
-    z = SIZES[a.size]
+    z = dict(SIZES[a.size])
+    if a.steps:
+        z["steps"] = a.steps
+    if a.seeds:
+        z["seeds"] = tuple(int(s) for s in a.seeds.split(","))
+    if a.lrs:
+        z["lrs"] = tuple(float(x) for x in a.lrs.split(","))
     out = a.out or Path("runs") / f"reproduce-{a.size}"
     results = a.results or (out / "results.md" if a.size == "smoke" else Path("docs/results.md"))
     kinds = [k for k in a.kinds.split(",") if k]
     jobs = a.jobs or z["jobs"]
+    todo = dedupe(variants(z, kinds, a.only))
+    if a.plan:
+        runs, minutes = plan(z, todo)
+        for kind, name, steps in runs:
+            print(f"  {name}: {steps} steps")
+        print(f"reproduce ({a.size}): {len(runs)} training runs, {sum(s for *_, s in runs)} steps, about "
+              f"{minutes:.0f} core-minutes ({minutes / jobs:.0f} minutes with --jobs {jobs})")
+        return 0
     os.chdir(ROOT)
     run = Runner(out, os.environ.get("PYTHON", sys.executable), max(1, (os.cpu_count() or 2) // jobs))
-    todo = dedupe(variants(z, kinds, a.only))
     (out / "settings.json").write_text(json.dumps({"size": a.size, "settings": z, "kinds": kinds, "only": a.only,
                                                    "variants": todo}, indent=1))
     t0 = time.time()
-    print(f"reproduce ({a.size}): {len(todo)} variants, {jobs} at a time -> {out}", flush=True)
-    prepare(run, z, out / "data", a.only)
+    matched = [v for v in todo if v["group"] == "matched"]
+    print(f"reproduce ({a.size}): {len(todo)} rows ({len(matched)} matched: seeds {list(z['seeds'])}, learning rates "
+          f"{list(z['lrs'])}), {jobs} at a time -> {out}", flush=True)
+    data = out / "data"
+    prepare(run, z, data, a.only)
+    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] != "matched"]
+    first += [lambda v=v, lr=lr, s=s: trial(run, z, v, data, lr, s) for v in matched for lr, s in trials(z)]
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(lambda v: train_and_eval(run, z, v, out / "data"), todo))
+        list(pool.map(lambda f: f(), first))
+    chosen = {v["name"]: choose_lr(out, z, v) for v in matched}
+    second = []
+    for v in matched:
+        lr = chosen[v["name"]]
+        if lr is None:
+            continue
+        second += [lambda v=v, lr=lr, s=s: seed_run(run, z, v, data, lr, s) for s in z["seeds"]]
+        if v["kind"] != "none":
+            second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(lambda f: f(), second))
     print(f"reproduce ({a.size}): runs done in {time.time() - t0:.0f} s; writing {results}", flush=True)
     return subprocess.run([run.python, str(ROOT / "scripts" / "results.py"), str(out), "--out", str(results)],
                           cwd=ROOT).returncode

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce docs/results.md through the real CLI (see scripts/reproduce.py for what runs):
-#   scripts/reproduce.sh                 # CPU size, about 90 minutes on 2 cores
+#   scripts/reproduce.sh                 # cpu-seeds: every kind, 3 seeds, 2 learning rates (about 320 core-minutes)
+#   scripts/reproduce.sh --plan          # the runs and their estimated core-minutes; runs nothing
+#   scripts/reproduce.sh --size cpu      # the same plus the footprint sweep, paper settings, longer runs
 #   scripts/reproduce.sh --smoke         # minutes: the whole pipeline at tiny sizes
 #   scripts/reproduce.sh --gpu           # one GPU: larger model, longer documents
-#   scripts/reproduce.sh --kinds none,elastic --only mqar
+#   scripts/reproduce.sh --kinds none,elastic --only mqar --steps 400
 # Environment: PYTHON (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."

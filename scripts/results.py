@@ -1,27 +1,31 @@
 """Write docs/results.md, docs/results.json and the PNGs beside them from a `scripts/reproduce.py` folder.
 
-Every number comes from the run's files: OUT/eval/<data>-<variant>.json (`elastic eval --json`),
-OUT/runs/<data>-<variant>/config.yaml (memory floats per sequence, by building the model) and
-metrics.jsonl (learning curves), OUT/commands.txt and OUT/settings.json. A variant without an eval
-file is reported as failed.
+Every number comes from the run's files: OUT/eval/*.json (`elastic eval --json`), OUT/eval/*.lrs.json
+(the learning rates tried and chosen), OUT/runs/<run>/config.yaml (memory floats per sequence, by
+building the model) and metrics.jsonl (learning curves), OUT/commands.txt and OUT/settings.json. A row
+without an eval file is reported as failed.
 
-  python scripts/results.py runs/reproduce-cpu --out docs/results.md
+  python scripts/results.py runs/reproduce-cpu-seeds --out docs/results.md
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+import reproduce  # noqa: E402
 import results_plots  # noqa: E402
 from elastic_cli.code_version import code_version  # noqa: E402
 
 FAR = 2  # distances of at least this many segments: local attention cannot see the fact
+SANITY_BAR = 0.5  # accuracy on the d = 1-only task a memory kind must reach (8x chance with 16 values)
+FOOTPRINT_SLACK = 1.25  # a row is "at the matched footprint" within this factor of elastic's floats
 
 
 def memory_floats(run_dir: Path) -> int | None:
@@ -45,71 +49,241 @@ def curve(run_dir: Path) -> list[list[float]]:
     return [[r["step"], r["val_accuracy"]] for r in rows if "val_accuracy" in r]
 
 
+def diagnostics(run_dir: Path) -> dict:
+    """The memories' diagnostics of the run's last validation (e.g. ARMT's write gate `beta/layer0`)."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    last = next((r for r in reversed(rows) if "val_loss" in r), {})
+    return {k: v for k, v in last.items() if "/layer" in k}
+
+
 def span_accuracy(r: dict, lo: int, hi: int | None = None) -> float | None:
-    """Token-weighted answer accuracy of a table row over the distances lo..hi (segments; no hi: all
-    from lo on)."""
+    """Token-weighted answer accuracy of a row over the distances lo..hi (segments; no hi: all from lo on)."""
     rows = [(r["accuracy_by_distance"][d], r["tokens_by_distance"][d]) for d in r["accuracy_by_distance"]
             if d != "unknown" and lo <= int(d) and (hi is None or int(d) <= hi)]
     n = sum(t for _, t in rows)
     return sum(a * t for a, t in rows) / n if n else None
 
 
+def results_of(path: Path) -> list[dict] | None:
+    return json.loads(path.read_text())["results"] if path.is_file() else None
+
+
+def mqar_numbers(r: dict) -> dict:
+    """The numbers of one mqar eval result (one schedule)."""
+    by_d = r["answer_by_distance"]
+    row = {"accuracy_by_distance": {d: x["accuracy"] for d, x in by_d.items()},
+           "loss_by_distance": {d: x["loss"] for d, x in by_d.items()},
+           "tokens_by_distance": {d: x["tokens"] for d, x in by_d.items()}}
+    return {**row, "answer_accuracy": r["answer_token_accuracy"], "answer_loss": r["answer_loss"],
+            f"accuracy_distance_ge_{FAR}": span_accuracy(row, FAR)}
+
+
+def spread(values: list[float]) -> dict | None:
+    """mean, sd (sample, n - 1; 0 for one value), min and max."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def aggregate(seeds: list[dict]) -> dict:
+    """A row's numbers as the mean over its seeds (per distance: over the seeds that have it; tokens
+    summed), with the spread of the headline numbers."""
+    distances = sorted({d for s in seeds for d in s["accuracy_by_distance"]}, key=lambda d: (d == "unknown", d))
+    acc = {d: sum(s["accuracy_by_distance"][d] for s in seeds if d in s["accuracy_by_distance"])
+           / sum(d in s["accuracy_by_distance"] for s in seeds) for d in distances}
+    loss = {d: sum(s["loss_by_distance"][d] for s in seeds if d in s["loss_by_distance"])
+            / sum(d in s["loss_by_distance"] for s in seeds) for d in distances}
+    tokens = {d: sum(s["tokens_by_distance"].get(d, 0) for s in seeds) for d in distances}
+    keys = ("answer_accuracy", "answer_loss", f"accuracy_distance_ge_{FAR}")
+    spreads = {k: spread([s[k] for s in seeds]) for k in keys}
+    return {"accuracy_by_distance": acc, "loss_by_distance": loss, "tokens_by_distance": tokens,
+            **{k: spreads[k] and spreads[k]["mean"] for k in keys}, "spread": spreads, "n_seeds": len(seeds)}
+
+
+def retrained(out: Path, name: str) -> float | None:
+    lr = out / "eval" / f"{name}.lr"  # trained again at this learning rate after a divergence
+    return float(lr.read_text()) if lr.is_file() else None
+
+
 def collect(out: Path) -> dict:
-    """The numbers behind the page: {"mqar": {variant: ...}, "lm": {variant: ...}} ("failed": True when
-    the variant has no eval file)."""
+    """The numbers behind the page: {"mqar": {row: ...}, "length": {row: [...]}, "lm": {row: ...}}
+    ("failed": True for a row without an eval file)."""
     settings = json.loads((out / "settings.json").read_text())
-    table: dict = {"mqar": {}, "lm": {}}
+    z = settings["settings"]
+    table: dict = {"mqar": {}, "length": {}, "lm": {}}
     for v in settings["variants"]:
-        tag = f"{v['data']}-{v['name']}"
-        path, run_dir = out / "eval" / f"{tag}.json", out / "runs" / tag
-        section = "mqar" if v["data"].startswith("mqar") else "lm"
-        results = json.loads(path.read_text())["results"] if path.is_file() else [None]
-        floats = memory_floats(run_dir)
-        for i, r in enumerate(results):
-            schedule = r and (r["memory"].get("schedule") or r["memory"].get("sampling"))
-            name = v["name"] if i == 0 else v["name"].replace("-uniform", "") + f"-{schedule}"
-            if r is None:  # failed or not run: the row stays in its table
-                table[section][name] = {"kind": v["kind"], "group": v["group"], "failed": True}
-                continue
-            lr = out / "eval" / f"{tag}.lr"  # trained again at this learning rate after a divergence
-            base = {"kind": v["kind"], "group": v["group"] if i == 0 else "sampling", "footprint_floats": floats,
-                    "retrained_lr": float(lr.read_text()) if lr.is_file() else None,
-                    "read_schedule": schedule, "command_run_dir": str(run_dir), "trained_as": v["group"]}
-            if section == "mqar":
-                by_d = r["answer_by_distance"]
-                row = {**base, "accuracy_by_distance": {d: x["accuracy"] for d, x in by_d.items()},
-                       "loss_by_distance": {d: x["loss"] for d, x in by_d.items()},
-                       "tokens_by_distance": {d: x["tokens"] for d, x in by_d.items()}}
-                table[section][name] = {**row,
-                                        "answer_accuracy": r["answer_token_accuracy"], "answer_loss": r["answer_loss"],
-                                        f"accuracy_distance_ge_{FAR}": span_accuracy(row, FAR),
-                                        "learning_curve": curve(run_dir) if i == 0 else None}
-            else:
-                table[section][name] = {**base, **{k: r.get(k) for k in ("bits_per_byte", "xz_bits_per_byte", "loss",
-                                                                         "perplexity", "loss_by_segment",
-                                                                         "tokens_by_segment", "long_context_gain",
-                                                                         "tokens")}}
+        if v["group"] == "matched":
+            collect_matched(out, z, v, table)
+        else:
+            collect_single(out, v, table)
     return table
+
+
+def collect_single(out: Path, v: dict, table: dict) -> None:
+    """A row trained once: OUT/eval/<data>-<variant>.json (one result per read schedule)."""
+    name = reproduce.tag(v)
+    run_dir = out / "runs" / name
+    section = "mqar" if v["data"].startswith("mqar") else "lm"
+    results = results_of(out / "eval" / f"{name}.json") or [None]
+    floats = memory_floats(run_dir)
+    for i, r in enumerate(results):
+        schedule = r and (r["memory"].get("schedule") or r["memory"].get("sampling"))
+        row_name = v["name"] if i == 0 else v["name"].replace("-uniform", "") + f"-{schedule}"
+        if r is None:  # failed or not run: the row stays in its table
+            table[section][row_name] = {"kind": v["kind"], "group": v["group"], "failed": True}
+            continue
+        base = {"kind": v["kind"], "group": v["group"] if i == 0 else "sampling", "footprint_floats": floats,
+                "retrained_lr": retrained(out, name), "read_schedule": schedule, "command_run_dir": str(run_dir),
+                "trained_as": v["group"], "n_seeds": 1}
+        if section == "mqar":
+            table[section][row_name] = {**base, **mqar_numbers(r), "learning_curve": curve(run_dir) if i == 0 else None}
+        else:
+            table[section][row_name] = {**base, **{k: r.get(k) for k in (
+                "bits_per_byte", "xz_bits_per_byte", "loss", "perplexity", "loss_by_segment", "tokens_by_segment",
+                "long_context_gain", "tokens")}}
+
+
+def collect_matched(out: Path, z: dict, v: dict, table: dict) -> None:
+    """A matched row: its learning rates tried (validation), every seed at the chosen one (test), the
+    d = 1 sanity task and the length-generalisation evals."""
+    lrs = out / "eval" / f"{reproduce.tag(v)}.lrs.json"
+    choice = json.loads(lrs.read_text()) if lrs.is_file() else {"tried": [], "chosen": None}
+    lr = choice["chosen"]
+    per_schedule: dict[str, list[dict]] = {}
+    floats, run0 = None, None
+    for seed in z["seeds"]:
+        name = reproduce.tag(v, lr, seed) if lr is not None else None
+        results = results_of(out / "eval" / f"{name}.json") if name else None
+        if not results:
+            continue
+        run_dir = out / "runs" / name
+        floats = floats or memory_floats(run_dir)
+        run0 = run0 or str(run_dir)
+        for i, r in enumerate(results):
+            schedule = r["memory"].get("schedule") or r["memory"].get("sampling")
+            per_schedule.setdefault(schedule if i else "", []).append(
+                {"seed": seed, "lr": lr, "retrained_lr": retrained(out, name), **mqar_numbers(r),
+                 "learning_curve": curve(run_dir) if i == 0 else None, "read_schedule": schedule,
+                 "memory_metrics": diagnostics(run_dir) if i == 0 else None})
+    sanity = results_of(out / "eval" / f"sanity-{v['name']}.json")
+    sanity_acc = sanity[0]["answer_token_accuracy"] if sanity else None
+    head = {"kind": v["kind"], "group": "matched", "lr": lr, "lrs_tried": choice["tried"], "steps": z["steps"],
+            "curriculum": next((o.split("=", 1)[1] for o in reproduce.curriculum(v["kind"], z["steps"],
+                                                                                 z["length"] // z["seg"])), None),
+            "sanity_d1": sanity_acc, "sanity_d1_passed": None if sanity_acc is None else sanity_acc >= SANITY_BAR}
+    seeds = per_schedule.pop("", [])
+    if not seeds:
+        table["mqar"][v["name"]] = {**head, "failed": True}
+    else:
+        trained = seeds[0]["read_schedule"]
+        table["mqar"][v["name"]] = {**head, "footprint_floats": floats, "read_schedule": trained, "trained_as": "matched",
+                                    "command_run_dir": run0, **aggregate(seeds), "seeds": seeds}
+        for schedule, rows in per_schedule.items():
+            table["mqar"][v["name"].replace("-uniform", "") + f"-{schedule}"] = {
+                "kind": v["kind"], "group": "sampling", "trained_as": "matched", "read_schedule": schedule,
+                "footprint_floats": floats, **aggregate(rows), "seeds": rows}
+    lengths = []
+    for n in z["lengths"]:
+        runs = [(seed, results_of(out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}.json")) for seed in z["seeds"]]
+        runs = [(seed, r) for seed, r in runs if r]
+        if not runs:
+            continue
+        rows = [{"seed": seed, **mqar_numbers(r[0])} for seed, r in runs]
+        entry = {"eval_segments": n, "kind": v["kind"], "trained_segments": z["length"] // z["seg"], **aggregate(rows),
+                 "seeds": rows}
+        others = {}
+        for i in range(1, len(runs[0][1])):
+            schedule = runs[0][1][i]["memory"].get("schedule")
+            others[schedule] = aggregate([mqar_numbers(r[i]) | {"seed": seed} for seed, r in runs if len(r) > i])
+        if others:
+            entry["schedules"] = others
+        lengths.append(entry)
+    table["length"][v["name"]] = lengths
 
 
 def fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def mqar_table(rows: dict, distances: list[str]) -> list[str]:
-    lines = ["| variant | group | memory floats / seq | " + " | ".join(f"d={d}" for d in distances)
-             + f" | d>={FAR} | all | answer loss |", "|---|---|---|" + "---|" * (len(distances) + 3)]
+def pm(r: dict, key: str) -> str:
+    """mean ± sd [min–max] of a multi-seed row's number, or the plain number of a one-seed row."""
+    s = (r.get("spread") or {}).get(key)
+    if not s or s["n"] < 2:
+        return fmt(r.get(key), ".3f")
+    return f"{s['mean']:.3f} ± {s['sd']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+
+
+def cell(r: dict, d: str) -> str:
+    """A distance cell: the mean and, with several seeds, ± their sd."""
+    mean = r["accuracy_by_distance"].get(d)
+    vals = [s["accuracy_by_distance"][d] for s in r.get("seeds") or [] if d in s["accuracy_by_distance"]]
+    if mean is None or len(vals) < 2:
+        return fmt(mean, ".3f")
+    m = sum(vals) / len(vals)
+    return f"{mean:.3f} ±{math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)):.3f}"
+
+
+def label(name: str, r: dict, matched: int | None) -> str:
+    """The row's name, with its footprint beside it where it is not the matched one."""
+    f = r.get("footprint_floats")
+    if matched and f is not None and not matched / FOOTPRINT_SLACK <= f <= matched * FOOTPRINT_SLACK:
+        share = f"1/{matched / f:.0f}" if 0 < f < matched else f"{f / matched:.1f}x" if f else "none"
+        return f"{name} ({f:,} floats: {share} of matched)" if f else name
+    return name
+
+
+def mqar_table(rows: dict, distances: list[str], matched: int | None = None) -> list[str]:
+    lines = ["| variant | group | seeds | memory floats / seq | " + " | ".join(f"d={d}" for d in distances)
+             + f" | d>={FAR}: mean ± sd [min–max] | all | answer loss |", "|---|---|---|---|" + "---|" * (len(distances) + 3)]
     for name, r in rows.items():
         if r.get("failed"):
-            lines.append(f"| {name} | {r['group']} | failed |" + " |" * (len(distances) + 3))
+            lines.append(f"| {name} | {r['group']} | failed |" + " |" * (len(distances) + 4))
             continue
-        acc = r["accuracy_by_distance"]
         group = r["group"] + (f" (lr {r['retrained_lr']:g}: diverged at the size's lr)" if r.get("retrained_lr") else "")
-        lines.append(f"| {name} | {group} | {fmt(r['footprint_floats'], ',d')} | "
-                     + " | ".join(fmt(acc.get(d), ".3f") for d in distances)
-                     + f" | {fmt(r[f'accuracy_distance_ge_{FAR}'], '.3f')} | {fmt(r['answer_accuracy'], '.3f')}"
-                     f" | {fmt(r['answer_loss'], '.3f')} |")
+        lines.append(f"| {label(name, r, matched)} | {group} | {r.get('n_seeds', 1)} | {fmt(r['footprint_floats'], ',d')} | "
+                     + " | ".join(cell(r, d) for d in distances)
+                     + f" | {pm(r, f'accuracy_distance_ge_{FAR}')} | {pm(r, 'answer_accuracy')} | {pm(r, 'answer_loss')} |")
     return lines
+
+
+def tuning_table(rows: dict) -> list[str]:
+    lines = ["| variant | learning rates tried (validation answer accuracy, seed 0) | chosen | steps | curriculum "
+             "(step, segments) | sanity: d=1 task accuracy | last validation's memory diagnostics (seed 0) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        tried = ", ".join(f"{t['lr']:g}: {fmt(t['val_accuracy'], '.3f')}" for t in r.get("lrs_tried") or []) or "n/a"
+        sane = "n/a (no memory)" if r["kind"] == "none" else \
+            f"{fmt(r.get('sanity_d1'), '.3f')} ({'passes' if r.get('sanity_d1_passed') else 'FAILS'} the {SANITY_BAR} bar)" \
+            if r.get("sanity_d1") is not None else "not run"
+        diag = ((r.get("seeds") or [{}])[0].get("memory_metrics")) or {}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in diag.items()) or "none logged"
+        lines.append(f"| {name} | {tried} | {fmt(r.get('lr'), 'g')} | {r.get('steps', 'n/a')} | {r.get('curriculum') or 'none'} "
+                     f"| {sane} | {shown} |")
+    return lines
+
+
+def length_table(length: dict, chance: float) -> list[str]:
+    sizes = sorted({e["eval_segments"] for rows in length.values() for e in rows})
+    if not sizes:
+        return ["No length-generalisation evals ran."]
+    longest = max(sizes)
+    spans = results_plots.bins(longest - 1)
+    head = ["| variant | " + " | ".join(f"{n} segments: all" for n in sizes) + " | "
+            + " | ".join(f"{longest}: d={a}" + ("" if a == b else f"-{b}") for a, b in spans) + " |",
+            "|---|" + "---|" * (len(sizes) + len(spans))]
+    for name, rows in length.items():
+        by_n = {e["eval_segments"]: e for e in rows}
+        if not by_n:
+            head.append(f"| {name} | failed |" + " |" * (len(sizes) + len(spans) - 1))
+            continue
+        e = by_n.get(longest)
+        head.append(f"| {name} | " + " | ".join(pm(by_n[n], "answer_accuracy") if n in by_n else "n/a" for n in sizes) + " | "
+                    + " | ".join(fmt(e and results_plots.binned_accuracy(e, a, b), ".3f") for a, b in spans) + " |")
+    return head
 
 
 def lm_table(rows: dict) -> list[str]:
@@ -128,63 +302,140 @@ def lm_table(rows: dict) -> list[str]:
     return lines
 
 
+def ranking(rows: dict, matched: int) -> tuple[list[tuple[str, float]], list[str]]:
+    """Matched rows ranked on their mean accuracy at d >= FAR: those at the matched footprint (within
+    FOOTPRINT_SLACK) that pass the sanity task (or have no memory); the others, with why, beside."""
+    ranked, beside = [], []
+    key = f"accuracy_distance_ge_{FAR}"
+    for name, r in rows.items():
+        if r.get("failed") or r[key] is None:
+            beside.append(f"`{name}` (failed)")
+        elif r["kind"] != "none" and r["footprint_floats"] and not matched / FOOTPRINT_SLACK <= r["footprint_floats"] <= matched * FOOTPRINT_SLACK:
+            beside.append(f"`{name}` {r[key]:.3f} (not ranked: {label(name, r, matched).split('(', 1)[1]}")
+        elif r.get("sanity_d1_passed") is False:
+            beside.append(f"`{name}` {r[key]:.3f} (not ranked: fails the d=1 sanity task, {r['sanity_d1']:.3f} < {SANITY_BAR})")
+        else:
+            ranked.append((name, r[key]))
+    return sorted(ranked, key=lambda kv: -kv[1]), beside
+
+
+def matched_sentences(rows: dict, matched: int, chance: float) -> list[str]:
+    """What the matched table shows, where Elastic Memory loses, and the ranking (on the seed means)."""
+    ok = {n: r for n, r in rows.items() if not r.get("failed")}
+    elastic = next((n for n, r in ok.items() if r["kind"] == "elastic"), None)
+    seeds = max((r.get("n_seeds", 1) for r in ok.values()), default=0)
+    lines = [f"This table shows every memory kind at about the same memory footprint ({matched:,} floats per sequence, "
+             f"Elastic Memory of order {{order}} on every layer), each at its own best learning rate, as the mean over "
+             f"{seeds} seeds (± sd across seeds; [min–max] for d>={FAR}); chance is {chance:.3f}."]
+    if elastic:
+        e = ok[elastic]
+        losses = []
+        for n, r in ok.items():
+            if n == elastic:
+                continue
+            worse = [d for d in e["accuracy_by_distance"] if d != "unknown" and d in r["accuracy_by_distance"]
+                     and r["accuracy_by_distance"][d] > e["accuracy_by_distance"][d] + 0.01]
+            if worse:
+                losses.append(f"`{n}` at d={','.join(sorted(worse, key=int))}")
+        lines.append("Elastic Memory loses to " + "; ".join(losses) + " (mean accuracy more than 0.01 higher)."
+                     if losses else "Elastic Memory's mean is not beaten by more than 0.01 at any distance.")
+    ranked, beside = ranking(ok, matched)
+    if ranked:
+        lines.append(f"Ranking within the matched footprint, on the mean at d>={FAR}: "
+                     + ", ".join(f"{i + 1}. `{n}` {a:.3f}" for i, (n, a) in enumerate(ranked)) + "."
+                     + (" Beside it: " + "; ".join(beside) + "." if beside else ""))
+    return lines
+
+
 def findings(rows: dict, chance: float, z: dict) -> list[str]:
-    """Sentences computed from the table: the bars of the issue, met or not, with the numbers."""
+    """Sentences computed from the table: the bars of issue 25, met or not, with the numbers."""
     ok = {n: r for n, r in rows.items() if not r.get("failed")}
     lines = []
-    ctrl = ok.get("none-one-segment")
-    if ctrl:
-        lines.append(f"- Control (one segment spans the document, plain attention): answer accuracy "
-                     f"{ctrl['answer_accuracy']:.3f} over all distances ({'meets' if ctrl['answer_accuracy'] >= 0.95 else 'misses'} the 0.95 bar).")
-    near = ok.get("none-distance0")
-    if near:
-        lines.append(f"- Within-segment control (`none` trained and tested with every fact in its query's segment, "
-                     f"`--distance 0:0`): answer accuracy {near['answer_accuracy']:.3f} "
-                     f"({'meets' if near['answer_accuracy'] >= 0.95 else 'misses'} the 0.95 bar).")
-    none = ok.get("none")
+    for name, what in (("none-one-segment", "Control (one segment spans the document, plain attention)"),
+                       ("none-distance0", "Within-segment control (`none` trained and tested with every fact in "
+                                          "its query's segment, `--distance 0:0`)")):
+        if name in ok:
+            a = ok[name]["answer_accuracy"]
+            lines.append(f"- {what}: answer accuracy {a:.3f} ({'meets' if a >= 0.95 else 'misses'} the 0.95 bar).")
+    none = next((r for r in ok.values() if r["kind"] == "none" and r["group"] == "matched"), ok.get("none"))
     if none:
-        d0 = none["accuracy_by_distance"].get("0")
-        lines.append(f"- `none` (no memory, segments of the same model, the mixed-distance data): distance 0 accuracy "
-                     f"{fmt(d0, '.3f')}; at distance >= {FAR}: {fmt(none[f'accuracy_distance_ge_{FAR}'], '.3f')} "
-                     f"(chance {chance:.3f}): nothing before its segment reaches it.")
-    far = {n: r[f"accuracy_distance_ge_{FAR}"] for n, r in ok.items() if r[f"accuracy_distance_ge_{FAR}"] is not None
-           and r["kind"] != "none" and r["group"] != "sampling"}
-    if far:
-        best = max(far, key=far.get)
-        lines.append(f"- Best memory at distance >= {FAR}: `{best}` with {far[best]:.3f} "
-                     f"({'meets' if far[best] >= 0.90 else 'misses'} the 0.90 bar). Ranking: "
-                     + ", ".join(f"{n} {a:.3f}" for n, a in sorted(far.items(), key=lambda kv: -kv[1])) + ".")
+        lines.append(f"- `none` (no memory, segments of the same model): distance 0 accuracy "
+                     f"{fmt(none['accuracy_by_distance'].get('0'), '.3f')}; at distance >= {FAR}: "
+                     f"{pm(none, f'accuracy_distance_ge_{FAR}')} (chance {chance:.3f}; bar: mean <= 0.1, "
+                     f"{'met' if (none[f'accuracy_distance_ge_{FAR}'] or 0) <= 0.1 else 'missed'}).")
+    e = next((r for r in ok.values() if r["kind"] == "elastic" and r["group"] == "matched"), None)
+    if e and e.get("spread", {}).get(f"accuracy_distance_ge_{FAR}"):
+        s = e["spread"][f"accuracy_distance_ge_{FAR}"]
+        met = s["mean"] >= 0.85 and s["min"] >= 0.75
+        lines.append(f"- Elastic Memory (matched) at d>={FAR}: mean {s['mean']:.3f} over {s['n']} seeds, min {s['min']:.3f} "
+                     f"(bar: mean >= 0.85 and min >= 0.75: {'met' if met else 'missed'}); d=1 sanity task "
+                     f"{fmt(e.get('sanity_d1'), '.3f')} (bar >= 0.5).")
     lines += exact_memory_lines(ok, z)
-    for trained in ("matched", "long"):
-        schedules = {r["read_schedule"]: r[f"accuracy_distance_ge_{FAR}"] for r in ok.values()
-                     if r["kind"] == "elastic" and r.get("trained_as") == trained and r["read_schedule"]}
-        if len(schedules) > 1:
-            lines.append(f"- Elastic Memory's weights ({trained} run) read with each schedule, accuracy at distance "
-                         f">= {FAR}: " + ", ".join(f"{k} {fmt(v, '.3f')}" for k, v in schedules.items()) + ".")
     return lines
 
 
 def exact_memory_lines(ok: dict, z: dict) -> list[str]:
-    """Why exact memories (xl's cache, memorizing's kNN store) land where they do, from the rows that
-    test it: xl detached vs with gradients inside its cache's reach, and each kind holding the whole
-    document as in its paper."""
+    """Why exact memories (xl's cache, memorizing's kNN store) land where they do: xl detached vs with
+    gradients inside its cache's reach, and each kind holding the whole document as in its paper."""
     lines = []
     name, reach = f"xl-cache{z['order']}", max(1, z["order"] // z["seg"])  # segments the matched cache covers
     long = f"{name}-steps{2 * z['steps']}"
     if name in ok and f"{name}-grad" in ok:
         det, grad = ok[name], ok[f"{name}-grad"]
-        lines.append(f"- Exact cache inside its reach (d=1..{reach}): `{name}` (detached, as the paper) "
-                     f"{fmt(span_accuracy(det, 1, reach), '.3f')}, `{name}-grad` (gradients into the cache, ablation) "
-                     f"{fmt(span_accuracy(grad, 1, reach), '.3f')}"
+        lines.append(f"- Gradients through the write: Elastic Memory's write is differentiable, xl's and memorizing's "
+                     f"are detached as in their papers. Inside its reach (d=1..{reach}) `{name}` (detached) scores "
+                     f"{fmt(span_accuracy(det, 1, reach), '.3f')}, `{name}-grad` (gradients into the cache, an ablation, "
+                     f"one seed) {fmt(span_accuracy(grad, 1, reach), '.3f')}"
                      + (f", `{long}` (detached, twice the steps) {fmt(span_accuracy(ok[long], 1, reach), '.3f')}"
                         if long in ok else "")
-                     + f"; beyond it {fmt(span_accuracy(det, reach + 1), '.3f')} "
-                     f"and {fmt(span_accuracy(grad, reach + 1), '.3f')}.")
+                     + f"; beyond it {fmt(span_accuracy(det, reach + 1), '.3f')} and {fmt(span_accuracy(grad, reach + 1), '.3f')}.")
     for n, r in ok.items():
-        if r["kind"] in ("xl", "memorizing") and "-paper" in n:
-            lines.append(f"- `{n}` (holds the whole document, detached as in the paper{', twice the steps' if r['group'] == 'long' else ''}): d=0 "
-                         f"{fmt(span_accuracy(r, 0, 0), '.3f')}, d>={FAR} {fmt(r[f'accuracy_distance_ge_{FAR}'], '.3f')}.")
+        if r["group"] == "paper":
+            lines.append(f"- `{n}` (its paper's setting, one seed): d=0 {fmt(span_accuracy(r, 0, 0), '.3f')}, "
+                         f"d>={FAR} {fmt(r[f'accuracy_distance_ge_{FAR}'], '.3f')}, {fmt(r['footprint_floats'], ',d')} floats.")
     return lines
+
+
+def length_sentences(length: dict, chance: float, trained: int) -> list[str]:
+    longest = max((e["eval_segments"] for rows in length.values() for e in rows), default=None)
+    if longest is None:
+        return []
+    at = {n: next(e for e in rows if e["eval_segments"] == longest) for n, rows in length.items()
+          if any(e["eval_segments"] == longest for e in rows)}
+    far = {n: results_plots.binned_accuracy(e, trained, longest - 1) for n, e in at.items()}
+    far = {n: a for n, a in far.items() if a is not None}
+    line = (f"This table shows each matched row (trained on documents of {trained} segments) on new documents (another "
+            f"generator seed) of up to {longest} segments: answer accuracy over all distances (mean ± sd [min–max] over "
+            f"seeds), and at {longest} segments by distance bin (mean over seeds); chance is {chance:.3f}.")
+    if far:
+        best = max(far, key=far.get)
+        e = next((n for n in far if length[n][0]["kind"] == "elastic"), None)
+        line += (f" Beyond the training window (d >= {trained}) the best is `{best}` with {far[best]:.3f}"
+                 + (f"; Elastic Memory reaches {far[e]:.3f}" if e and e != best else "") + ".")
+        schedules = at.get(e, {}).get("schedules") if e else None
+        if schedules:
+            line += (" Elastic Memory read with another schedule at the same length: "
+                     + ", ".join(f"{s} {fmt(results_plots.binned_accuracy(r, trained, longest - 1), '.3f')} beyond the window"
+                                 for s, r in schedules.items()) + ".")
+    return [line]
+
+
+def lm_sentences(rows: dict) -> list[str]:
+    ok = {n: r for n, r in rows.items() if not r.get("failed") and r.get("bits_per_byte") is not None}
+    if not ok:
+        return []
+    xz = next((r["xz_bits_per_byte"] for r in ok.values() if r.get("xz_bits_per_byte")), None)
+    line = f"This table shows each model's bits per byte on held-out code against `xz -9` ({fmt(xz, '.3f')})"
+    if xz is not None:
+        above = [f"`{n}`" for n, r in ok.items() if r["bits_per_byte"] > xz]
+        line += (": every model is above xz at this budget" if len(above) == len(ok) else
+                 f": {', '.join(above)} above xz" if above else ": every model beats xz")
+    none = next((r for r in ok.values() if r["kind"] == "none"), None)
+    for n, r in ok.items():
+        if none and r["kind"] != "none":
+            d = r["bits_per_byte"] - none["bits_per_byte"]
+            line += f"; `{n}` is {'worse' if d > 0 else 'better'} than `none` by {abs(d):.4f} bits per byte"
+    return [line + "."]
 
 
 def provenance() -> list[str]:
@@ -212,45 +463,69 @@ def write(out: Path, dest: Path) -> None:
     z, table = settings["settings"], collect(out)
     meta = out / "data" / "mqar" / "meta.json"  # what the task data really holds
     task = json.loads(meta.read_text()).get("task", {}).get("options", {}) if meta.is_file() else {}
-    mq = table["mqar"]
+    mq, chance, segs = table["mqar"], 1 / z["values"], z["length"] // z["seg"]
+    matched_fp = reproduce.matched_floats(z)
     done = {n: r for n, r in mq.items() if not r.get("failed")}
     distances = sorted({d for r in done.values() for d in r["accuracy_by_distance"] if d != "unknown"}, key=int)
-    pngs = results_plots.write_all(table, dest, FAR)
+    for name, r in mq.items():  # the name plots show: with the footprint where it is not the matched one
+        r["label"] = label(name, r, matched_fp)
+    pngs = results_plots.write_all(table, dest, FAR, chance, segs)
     write_text(dest.with_suffix(".json"), json.dumps({"commit": code_version()["commit"] or "unknown", "size": settings["size"],
                                                       "settings": z, **table}, indent=1) + "\n")
-    matched = {n: r for n, r in mq.items() if r["group"] in ("matched", "control", "ablation", "long")}
+    matched = {n: r for n, r in mq.items() if r["group"] == "matched"}
+    controls = {n: r for n, r in mq.items() if r["group"] in ("control", "ablation")}
+    extras = {n: r for n, r in mq.items() if r["group"] in ("sweep", "paper", "long")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""
+    seeds, lrs = ", ".join(map(str, z["seeds"])), ", ".join(f"{x:g}" for x in z["lrs"])
     lines = [
         "# Results", "",
         f"Written by `scripts/results.py` from the runs in `{out}` (`python scripts/reproduce.py --size {settings['size']}`)."
         " Nothing here is typed in by hand: rerun the script to regenerate. The numbers behind every table are in "
         f"`{dest.with_suffix('.json').name}`.", "", *provenance(), "",
         "## Multi-query associative recall (mqar)", "",
-        f"{z['count']} documents of {z['length']} tokens ({z['length'] // z['seg']} segments of {z['seg']}), {z['pairs']} "
+        f"{z['count']} documents of {z['length']} tokens ({segs} segments of {z['seg']}), {z['pairs']} "
         f"key-value pairs each, every pair asked once; the distance d is the number of segments between a fact and its "
-        f"query (0: same segment). Keys from {z['keys']} words, values from {z['values']} (chance {1 / z['values']:.3f}), "
+        f"query (0: same segment). Keys from {z['keys']} words, values from {z['values']} (chance {chance:.3f}), "
         f"{task.get('noise', 'n/a')} noise words around them (the task's options are in `{meta.parent}/meta.json`). "
         f"Model: d_model {z['d']}, {z['layers']} layers, {z['heads']} heads, and each token's input also embeds the token "
-        "before it in its segment (`model.prev_embed=true`, a learned bigram input: without it even full attention sits "
-        "on a plateau at this budget, see the `-no-prev-embed` row); "
-        f"{z['steps']} steps of {z['batch']} "
-        "documents, loss on answer tokens only (`train.loss_on=answers`), gradients through the whole document. "
-        f"Answer-token accuracy on {z['eval_docs']} test documents.", "",
-        "### Every kind at a matched footprint", "", *mqar_table(matched, distances), "",
-        *findings(mq, 1 / z["values"], z), "", f"![accuracy by distance]({pngs['distance']})", "",
-        "### Footprint sweep (quality against memory floats per sequence)", "",
-        *mqar_table({n: r for n, r in mq.items() if r["group"] in ("sweep", "paper", "matched")
-                     and r["kind"] in ("elastic", "xl", "memorizing", "infinity")}, distances), "",
-        f"![frontier]({pngs['frontier']})", "",
-        "### Elastic Memory's test-time sampling bias (one set of trained weights)", "",
-        *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "sampling", "long")},
-                    distances), "", f"![sampling schedules]({pngs['sampling']})", "",
-        "### Learning curves (validation answer accuracy against step)", "", f"![learning curves]({pngs['learning']})", "",
+        "before it in its segment (`model.prev_embed=true`, a learned bigram input). "
+        f"Every matched row trains {z['steps']} steps of {z['batch']} documents with seeds {seeds} (the seed sets the weights "
+        f"and the data order), at the learning rate chosen per row from {lrs} by validation answer accuracy (seed "
+        f"{z['seeds'][0]}); rmt, armt and caching train with a segment-count curriculum as in their papers; loss on "
+        f"answer tokens only, gradients through the whole document. Answer-token accuracy on {z['eval_docs']} test "
+        "documents per seed.", "",
+        "### Every kind at a matched footprint", "", *mqar_table(matched, distances, matched_fp), "",
+        *[s.replace("{order}", str(z["order"])) for s in matched_sentences(matched, matched_fp, chance)], "",
+        *findings(mq, chance, z), "", f"![accuracy by distance]({pngs['distance']})", "",
+        "### What each matched row got: learning rates, steps, curriculum, and the d = 1 sanity task", "",
+        f"This table shows the tuning budget of every matched row (the same for all) and its accuracy on a task whose "
+        f"facts are all one segment before their queries (trained {z['sanity_steps']} steps at the chosen learning rate, "
+        f"seed {z['seeds'][0]}); a memory kind below {SANITY_BAR} fails it and is not ranked.", "",
+        *tuning_table(matched), "",
+        "### Controls and ablations (one seed each: no spread)", "",
+        "This table shows what the task needs: full attention over the document (one segment), facts inside their "
+        "query's segment, and the ablations; they are not part of the ranking.", "",
+        *mqar_table(controls, distances, matched_fp), "",
+        "### Length generalisation (trained on 8 segments)" if segs == 8 else f"### Length generalisation (trained on {segs} segments)", "",
+        *length_sentences(table["length"], chance, segs), "", *length_table(table["length"], chance), "",
+        f"![length generalisation]({pngs['length']})", ""]
+    if extras:
+        lines += ["### Footprint sweep, paper settings and longer runs (one seed each)", "",
+                  "This table shows each kind away from the matched footprint: Elastic Memory's orders, the settings of "
+                  "each kind's paper and runs twice as long; they are not part of the ranking.", "",
+                  *mqar_table(extras, distances, matched_fp), "", f"![frontier]({pngs['frontier']})", ""]
+    lines += [
+        "### Elastic Memory's test-time sampling bias (the matched weights of every seed)", "",
+        "This table shows the same trained weights read with each schedule (mean over seeds).", "",
+        *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "sampling")},
+                    distances, matched_fp), "", f"![sampling schedules]({pngs['sampling']})", "",
+        "### Learning curves (validation answer accuracy against step, one panel per row)", "",
+        f"![learning curves]({pngs['learning']})", "",
         "## Language modelling (held-out Python standard library, test split)", "",
         "The long-context gain is, per token, the NLL with memory emptied before every segment minus the NLL with "
         "memory carried (the model judges itself, as in LongPPL); key tokens gain more than 2 nats. The xz line is "
-        "what `lzma` preset 9 needs for the same text: a language model should beat it.", "",
-        *lm_table(table["lm"]), "", f"![loss by segment]({pngs['lm']})", "",
+        "what `lzma` preset 9 needs for the same text. One seed each.", "",
+        *lm_sentences(table["lm"]), "", *lm_table(table["lm"]), "", f"![loss by segment]({pngs['lm']})", "",
         "## Commands", "", "```", commands, "```", ""]
     write_text(dest, "\n".join(lines))
 

@@ -25,6 +25,8 @@ class SegmentView(NamedTuple):
     final: Tensor | None = None  # (B, s, D) write only: the model's last hidden state (after the final norm) there
     kv: Tensor | None = None  # (B, l, 2, H, d) keys (before RoPE) and values side by side, a view of the fused
     #                           projection (write only; None: build it from k and v if needed)
+    slot_kv: Tensor | None = None  # (B, s, 2, H, d) write only: keys (before RoPE) and values of the back
+    #                                memory-token slots at this layer (e.g. MELODI's summary tokens)
 
 
 class Read(NamedTuple):
@@ -78,10 +80,12 @@ class Memory(nn.Module):
     A kind declares next to its class: `Options` (its memory.* options, memory/options.py) and
     `cache_read` (how `caching` can combine its reads over cached states: "keys" when the read is
     extra keys/values from the state alone, "out" for a per-token `Read.out`, "pre" for the `pre`
-    residual; None: it cannot be cached)."""
+    residual; None: it cannot be cached) and `zero_init` (its parameters that start at zero, e.g.
+    ARMT's value projection; model/init.py applies it)."""
 
     Options: ClassVar[type[MemoryOptions]] = MemoryOptions
     cache_read: ClassVar[str | None] = None
+    zero_init: ClassVar[tuple[str, ...]] = ()  # parameter names (relative to the memory) init_weights zeroes
 
     def __init__(self, n_head: int, head_dim: int):
         super().__init__()
@@ -148,6 +152,11 @@ class Memory(nn.Module):
     def aux_loss(self, state: State) -> Tensor | None:
         """A (B,) auxiliary loss the last write left in the state (e.g. the ∞-former KL), or None."""
         return None
+
+    def metrics(self, state: State) -> dict[str, Tensor]:
+        """Diagnostics the last write left in the state, name -> (B,) (e.g. ARMT's write gate β), for
+        the training loop to log (memory code computes, never logs); default none."""
+        return {}
 
 
 def detach_state(states: Any) -> Any:

@@ -26,9 +26,10 @@ import torch
 from pydantic import Field, create_model
 from torch import Tensor, nn
 
+from ..precision import fp32_region
 from .base import Memory, MemoryCost, Read, SegmentView
+from .options import LayerContext, MemoryOptions, OptionError, validate
 from .registry import REGISTRY, register
-from .options import LayerContext, MemoryOptions, validate
 
 AGGREGATES = ("residual", "gated", "sparse", "soup")
 
@@ -67,7 +68,11 @@ class CachingOptions(MemoryOptions):
         return {**own, **self.base_options().memory_kwargs(ctx)}
 
     def check(self, ctx: LayerContext, prefix: str) -> None:
-        self.base_options().check(ctx, prefix)
+        base = self.base_options()
+        base.check(ctx, prefix)
+        if getattr(base, "stm", 0):
+            raise OptionError("stm", f"{prefix}stm={base.stm}: caching combines the base's per-token reads only; "
+                                     f"the short-term cache would be dropped (set {prefix}stm=0)")
 
 
 @lru_cache(maxsize=None)
@@ -119,16 +124,19 @@ class CachingMemory(Memory):
             raise ValueError(f"CachingMemory: base must be one of {', '.join(bases())}, got {base!r}")
         if aggregate not in AGGREGATES:
             raise ValueError(f"CachingMemory: unknown aggregate {aggregate!r}; choose one of {', '.join(AGGREGATES)}")
-        self.mode = REGISTRY[base].cache_read
+        try:
+            self.base = REGISTRY[base](n_head, head_dim, **base_options)
+        except TypeError as err:  # an option the base does not take
+            raise ValueError(f"CachingMemory: base={base}: {err}") from None
+        self.mode = self.base.cache_read  # the instance's: an option may make a base uncacheable
+        if self.mode is None:
+            raise ValueError(f"CachingMemory: base={base} with these options cannot be cached "
+                             f"({', '.join(f'{k}={v}' for k, v in base_options.items())}), e.g. infinity's stm")
         if self.mode == "keys" and aggregate != "residual":
             raise ValueError(f"CachingMemory: base={base} reads keys/values inside the attention softmax; "
                              "only aggregate=residual applies")
         if max_caches < 1 or top_k < 1:
             raise ValueError(f"CachingMemory: max_caches and top_k must be >= 1, got {max_caches}, {top_k}")
-        try:
-            self.base = REGISTRY[base](n_head, head_dim, **base_options)
-        except TypeError as err:  # an option the base does not take
-            raise ValueError(f"CachingMemory: base={base}: {err}") from None
         self.base_kind, self.aggregate, self.max_caches, self.top_k = base, aggregate, max_caches, top_k
         d = n_head * head_dim
         self.router = None if aggregate == "residual" else nn.Linear(d, d, bias=False)  # W_u
@@ -198,7 +206,9 @@ class CachingMemory(Memory):
                     return leaf[:, :1].expand(b, n, *leaf.shape[2:]).flatten(0, 1)
                 return torch.einsum("bnc,bc...->bn...", w.to(leaf.dtype), leaf).flatten(0, 1)
 
-            return fn(_map(mix, stacked), x.reshape(b * n, 1, -1)).view(b, n, -1)  # (B, n, D)
+            with fp32_region(x.device.type):  # mixed states stay fp32 under bf16 autocast, as every state
+                mixed = _map(mix, stacked)
+            return fn(mixed, x.reshape(b * n, 1, -1)).view(b, n, -1)  # (B, n, D)
         y = fn(self.stacked(state), x.repeat_interleave(c1, dim=0))  # (B * C1, n, D)
         return torch.einsum("bnc,bcnd->bnd", w.to(y.dtype), y.view(b, c1, n, -1))  # (B, n, D)
 
@@ -253,6 +263,9 @@ class CachingMemory(Memory):
 
     def aux_loss(self, state: Any) -> Tensor | None:
         return self.base.aux_loss(self.online(state))
+
+    def metrics(self, state: Any) -> dict[str, Tensor]:
+        return self.base.metrics(self.online(state))
 
     def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost | None:
         """The base's read from each of the C1 states (its write once); mixing 2 n C1 D, and with a

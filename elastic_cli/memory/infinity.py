@@ -18,7 +18,14 @@ Read (continuous attention, §3.1, eq. 8–10): K = B W_K, V = B W_V; per head a
     r_j = E_{t ~ N(μ, σ²)}[ψ_j(t)] = N(μ; c_j, w_j² + σ²)        (closed form for Gaussians)
     out = W_O concat_h(V_hᵀ r)                                     (B, l, D), added after `wo`.
 KL regulariser (§3.4): KL(N(μ, σ²) ‖ N(μ, σ0²)) = log(σ0/σ) + σ²/(2σ0²) − 1/2, σ0 = 0.05, averaged
-over heads and queries of the segment just written; `aux_loss(state)` returns it per row.
+over heads and queries of the segment just written; `aux_loss(state)` returns it per row and
+`train.aux_weight` weighs it into the loss (the paper's weight 1e-6 is on the sum over heads and
+queries: aux_weight = 1e-6 H l reproduces it; 0, the default, does not compute it).
+Short-term memory (§3, "STM"; `stm` > 0): the paper's local attention also sees a Transformer-XL
+cache, here of the last `stm` tokens' keys (before RoPE) and values, detached as in Transformer-XL,
+joined to the segment's softmax at RoPE positions -stm..-1 (as memory/xl.py). The long-term memory
+still absorbs each segment as it leaves the local window, so its newest part overlaps the cache
+(the paper feeds it only what leaves the STM, which differs per row after a reset).
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ class InfinityState(NamedTuple):
     coef: Tensor  # (B, N, D) fp32 RBF coefficients of the long-term signal
     t: Tensor  # (B,) long, tokens absorbed since the document start (0: empty)
     kl: Tensor  # (B,) fp32 KL regulariser of the last written segment's queries (0 if none)
+    sk: Tensor  # (B, H, C, d) short-term memory: keys before RoPE of the last C = stm tokens, oldest first
+    sv: Tensor  # (B, H, C, d) their values (C = 0 without a short-term memory)
 
 
 def rbf_basis(n: int) -> tuple[Tensor, Tensor]:
@@ -110,19 +119,22 @@ class InfinityOptions(MemoryOptions):
     resample: int = Field(256, gt=0, description="points S resampled from the old signal")
     sticky: bool = Field(False, description="resample where the last segment attended (sticky memories)")
     detach: bool = Field(False, description="no gradient into the long-term memory (the paper's choice)")
+    stm: int = Field(0, ge=0, description="short-term memory: a Transformer-XL cache of this many tokens' "
+                                          "keys/values beside the long-term memory (the paper's STM; 0: none)")
 
 
 @register("infinity")
 class InfinityMemory(Memory):
     """Options: basis (N, even), tau (τ), ridge (λ), resample (S), sticky, detach (the paper's choice:
     no gradient flows into the long-term memory, so what a segment writes is not trained by later reads;
-    default False: gradients flow through the memory like every other kind's within a BPTT window)."""
+    default False: gradients flow through the memory like every other kind's within a BPTT window),
+    stm (tokens of the short-term XL cache; 0: none)."""
 
     Options = InfinityOptions
     cache_read = "out"
 
     def __init__(self, n_head: int, head_dim: int, basis: int = 64, tau: float = 0.5, ridge: float = 0.5,
-                 resample: int = 256, sticky: bool = False, detach: bool = False):
+                 resample: int = 256, sticky: bool = False, detach: bool = False, stm: int = 0):
         super().__init__(n_head, head_dim)
         if basis < 2 or basis % 2:
             raise ValueError(f"InfinityMemory: basis must be an even number >= 2, got {basis}")
@@ -132,9 +144,13 @@ class InfinityMemory(Memory):
             raise ValueError(f"InfinityMemory: ridge must be >= 0, got {ridge}")
         if resample < 1:
             raise ValueError(f"InfinityMemory: resample must be >= 1, got {resample}")
+        if not isinstance(stm, int) or stm < 0:
+            raise ValueError(f"InfinityMemory: stm must be an integer >= 0, got {stm!r}")
         d = n_head * head_dim
         self.basis, self.tau, self.ridge, self.resample, self.sticky = basis, float(tau), float(ridge), resample, bool(sticky)
-        self.detach = bool(detach)
+        self.detach, self.stm = bool(detach), stm
+        if stm:  # Memory Caching combines `out` reads only: the short-term cache's keys would be dropped
+            self.cache_read = None
         self.wk = nn.Linear(d, d, bias=False)
         self.wv = nn.Linear(d, d, bias=False)
         self.wo = nn.Linear(d, d, bias=False)
@@ -146,7 +162,7 @@ class InfinityMemory(Memory):
 
     def extra_repr(self) -> str:
         return (f"basis={self.basis}, tau={self.tau}, ridge={self.ridge}, resample={self.resample}, sticky={self.sticky}, "
-                f"detach={self.detach}")
+                f"detach={self.detach}, stm={self.stm}")
 
     def cost(self, l: int, t: int, rows: int | None = None) -> MemoryCost:
         """Read (r = l queries): K = B W_K, V = B W_V (2 N D^2 each), scores 2 r N D, μ/σ 2 * 2 H r N,
@@ -159,11 +175,13 @@ class InfinityMemory(Memory):
 
         read = density(r) + 2 * n * d * d + 2 * r * n * d + 2 * r * d * d
         carried = 2 * n * n * d + (2 * n * self.resample * n if self.sticky else 0)
-        return MemoryCost(0, read, density(l) + carried + 2 * 2 * n * l * d)
+        return MemoryCost(self.stm if t > 0 else 0, read, density(l) + carried + 2 * 2 * n * l * d)
 
     def empty(self, batch: int, device: torch.device | str) -> InfinityState:
         coef = torch.zeros(batch, self.basis, self.n_head * self.head_dim, device=device)  # (B, N, D)
-        return InfinityState(coef, torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, device=device))
+        cache = torch.zeros(batch, self.n_head, self.stm, self.head_dim, device=device)  # (B, H, C, d)
+        return InfinityState(coef, torch.zeros(batch, dtype=torch.long, device=device), torch.zeros(batch, device=device),
+                             cache, cache.clone())
 
     def split(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], x.shape[1], self.n_head, self.head_dim).transpose(1, 2)  # (B, H, N, d)
@@ -184,7 +202,11 @@ class InfinityMemory(Memory):
         with fp32_region(state.coef.device.type):
             mu, var = self.density(state.coef, seg.q.float())
             out = self.attend(state.coef, mu, var)  # (B, l, D); 0 for an empty memory (coef = 0)
-        return Read(out=out.to(seg.x.dtype))
+        if not self.stm:
+            return Read(out=out.to(seg.x.dtype))
+        slot = torch.arange(self.stm, device=state.t.device)  # (C,)
+        valid = slot[None, :] >= self.stm - state.t.clamp(max=self.stm)[:, None]  # (B, C) the last min(t, C) are written
+        return Read(k=state.sk, v=state.sv, valid=valid, pos=slot - self.stm, out=out.to(seg.x.dtype))  # pos -C..-1
 
     def write(self, state: InfinityState, seg: SegmentView) -> InfinityState:
         with fp32_region(state.coef.device.type):
@@ -203,10 +225,15 @@ class InfinityMemory(Memory):
             sd = torch.sqrt(var)
             kl = (math.log(KL_SIGMA0) - torch.log(sd) + var / (2 * KL_SIGMA0**2) - 0.5).mean(dim=(1, 2))  # (B,)
             kl = torch.where(state.t > 0, kl, torch.zeros_like(kl))
-        return InfinityState(full, state.t + x.shape[1], kl)
+        sk, sv = state.sk, state.sv
+        if self.stm:  # the short-term cache keeps the last C tokens, detached (Transformer-XL's SG)
+            sk = torch.cat([sk, seg.k.detach().to(sk.dtype)], dim=2)[:, :, -self.stm:]  # (B, H, C, d)
+            sv = torch.cat([sv, seg.v.detach().to(sv.dtype)], dim=2)[:, :, -self.stm:]  # (B, H, C, d)
+        return InfinityState(full, state.t + x.shape[1], kl, sk, sv)
 
     def aux_loss(self, state: InfinityState) -> Tensor:
         return state.kl
 
     def numel(self, state: InfinityState) -> int:
-        return self.basis * self.n_head * self.head_dim + 1  # coefficients + the KL of the last segment
+        d = self.n_head * self.head_dim
+        return self.basis * d + 1 + 2 * self.stm * d  # coefficients, the KL of the last segment, the STM cache

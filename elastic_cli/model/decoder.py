@@ -240,6 +240,12 @@ class Decoder(nn.Module):
                 total = total + loss.mean()
         return total
 
+    def memory_metrics(self, states: States) -> dict[str, Tensor]:
+        """The memories' diagnostics of the last write (`Memory.metrics`), batch means (0-d tensors),
+        named `{name}/layer{i}` (e.g. `beta/layer0`, ARMT's write gate)."""
+        return {f"{name}/layer{i}": value.float().mean() for i, mem, s in zip(self.memory_layers, self._memories(), states)
+                for name, value in mem.metrics(s).items()}
+
     def logits(self, x: Tensor) -> Tensor:
         return self._project(self.norm(x))  # (B, n, V)
 
@@ -294,8 +300,12 @@ class Decoder(nn.Module):
             seg, mem = views[i], self.blocks[i].memory
             if self.front or self.back:  # tokens only (B, l, D) / (B, H, l, d); without slots, no slice to differentiate
                 lo, hi = self.front, seg.x.shape[1] - self.back
+                tail = None  # (B, s, 2, H, d) the back slots' keys and values
+                if self.back:
+                    tail = seg.kv[:, hi:] if seg.kv is not None else \
+                        torch.stack((seg.k[:, :, hi:].transpose(1, 2), seg.v[:, :, hi:].transpose(1, 2)), dim=2)
                 seg = SegmentView(seg.x[:, lo:hi], seg.q[:, :, lo:hi], seg.k[:, :, lo:hi], seg.v[:, :, lo:hi],
-                                  kv=None if seg.kv is None else seg.kv[:, lo:hi])
+                                  kv=None if seg.kv is None else seg.kv[:, lo:hi], slot_kv=tail)
             view = seg._replace(slots=outs.get(i), final=final)
             key = mem.plan_key()
             if key is None:

@@ -23,12 +23,16 @@ def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
     | RMSNorm weights                            | 1                             |
     | prev_embed.weight (model.prev_embed)       | N(0, 0.02)                    |
     | memory parameters: >= 2-D / 1-D            | N(0, 0.02) / 0                |
+    | a memory's `zero_init` parameters          | 0 (drawn, then zeroed)        |
 
     Residual-output scaling as in GPT-2 (Radford et al. 2019, §2.3). Draws happen on the CPU in
-    `named_parameters` order, so the result is the same on every device.
+    `named_parameters` order, so the result is the same on every device; a zeroed parameter is drawn
+    too, so the others do not depend on which start at zero.
     """
     gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     n_layer = len(model.blocks)
+    zeroed = {f"{prefix}.{name}".lstrip(".") for prefix, module in model.named_modules()
+              for name in getattr(module, "zero_init", ())}  # e.g. blocks.0.memory.wv.weight (ARMT's W_v)
     for name, p in model.named_parameters():
         if ".memory." in name:
             std = 0.02 if p.dim() >= 2 else 0.0
@@ -46,3 +50,5 @@ def init_weights(model: nn.Module, seed: int | torch.Generator) -> None:
             p.copy_(torch.cat([torch.randn(rows.shape, generator=gen) * std for rows in p.chunk(parts, dim=0)]))
         else:
             p.copy_(torch.randn(p.shape, generator=gen) * std)
+        if name in zeroed:
+            p.zero_()

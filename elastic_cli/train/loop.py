@@ -143,7 +143,8 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
                               f"tokens {tokens:,} eta {eta:,.0f}s", echo=not console.interactive())
                     t_last, tokens_last = now, tokens
                 if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-                    record["val_loss"], record["val_accuracy"] = evaluate_loss(step_cfg, model, data, autocast, device)
+                    record["val_loss"], record["val_accuracy"], diag = evaluate_loss(step_cfg, model, data, autocast, device)
+                    record.update(diag)  # the memories' diagnostics, e.g. beta/layer0 (ARMT's write gate)
                     vals.append((record["val_loss"], step))
                     log.write(f"step {step} val_loss {record['val_loss']:.4f} val_accuracy {record['val_accuracy']:.4f} "
                               f"(training windows of the val split, memory empty at each window start; elastic eval "

@@ -61,7 +61,7 @@ def test_memory_kinds_match_the_registry_and_their_constructors():
         assert all(f.description for name, f in options.items() if name not in ("kind", "layers")), "help text"
         params = list(inspect.signature(REGISTRY[kind]).parameters)
         assert params[:2] == ["n_head", "head_dim"]
-        expected = set(cfg.memory.options()) | ({"window", "long_layer"} if kind == "melodi" else set())
+        expected = set(cfg.memory.options()) | ({"window", "long_layer", "first"} if kind == "melodi" else set())
         if kind == "caching":  # the base kind's options sit next to caching's own
             params += list(inspect.signature(REGISTRY[cfg.memory.base]).parameters)
         assert set(layer_options(cfg, 1)) == expected and expected <= set(params[2:])
@@ -87,7 +87,7 @@ def test_switching_kind_drops_the_old_kinds_options_and_keeps_layers(tmp_path):
     base = load_config(["recipes/tiny.yaml", "recipes/memory/caching.yaml"], ["memory.base=infinity"])
     assert base.memory.model_dump() == {"kind": "caching", "layers": "all", "base": "infinity", "aggregate": "gated",
                                         "max_caches": 3, "top_k": 2, "basis": 64, "tau": 0.5, "ridge": 0.5,
-                                        "resample": 256, "sticky": False, "detach": False}  # caching's own options stay
+                                        "resample": 256, "sticky": False, "detach": False, "stm": 0}  # caching's own options stay
 
 
 def test_config_saved_before_kinds_owned_their_options_still_loads(tmp_path):

@@ -10,14 +10,29 @@ V, D, LAYERS, HEADS, HIDDEN, SEG = 37, 16, 2, 2, 24, 6
 
 
 def build(kind, layers=(0, 1), seed=0, boost=1.0, **options):
-    """A tiny decoder; `boost` scales the memory parameters so that memory effects are large at init."""
+    """A tiny decoder; `boost` scales the memory parameters so that memory effects are large at init
+    (and, boost != 1, draws the ones that start at zero, such as ARMT's W_v, as N(0, 0.02 boost))."""
     memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options) for i in layers}
     model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
     init_weights(model, seed=seed)
+    if boost != 1:
+        draw_zero_init(model, seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".memory." in name:
                 p.mul_(boost)
+    return model
+
+
+def draw_zero_init(model, seed=0, std=0.02):
+    """Draw the memory parameters that start at zero (a memory's `zero_init`, e.g. ARMT's W_v) as
+    N(0, std), so that the memory carries something from the first segment on (tests of what the
+    memory does, not of its initialisation)."""
+    gen = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".memory." in name and p.dim() >= 2 and not p.any():
+                p.copy_(std * torch.randn(p.shape, generator=gen))
     return model
 
 

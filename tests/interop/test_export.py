@@ -60,10 +60,11 @@ def test_hf_logits_equal_elastic_on_three_segments(kind, tmp_path):
             steps.append(out1.logits)
             ref_steps.append(ref.step(ids[:, i : i + 1], ref_steps[-1][1]))
     assert want.dtype == torch.float32 and want[:, L:].std() > 0.1  # memory-bearing segments, non-trivial logits
-    assert (got - want).abs().max().item() <= 1e-5
-    assert (streamed - want).abs().max().item() <= 1e-5
+    tol = 1e-5 * max(1.0, want.abs().max().item() / 5)  # float32 rounding of logits up to ~10 (sharpened weights)
+    assert (got - want).abs().max().item() <= tol
+    assert (streamed - want).abs().max().item() <= tol
     step_want = torch.cat([r[0] for r in ref_steps], dim=1)  # elastic's own decoding path (= want up to rounding)
-    assert (torch.cat(steps, dim=1) - step_want).abs().max().item() <= 1e-5
+    assert (torch.cat(steps, dim=1) - step_want).abs().max().item() <= tol
     assert out1.cache.seen == 3 * L
 
 

@@ -30,10 +30,12 @@ def test_orthogonal_keys_are_stored_and_read_back_exactly():
     a, z = torch.zeros(1, 6, 4, dtype=torch.float64), torch.zeros(1, 6, dtype=torch.float64)
     a, z = delta_write(a, z, k[:, :1], v[:, :1], torch.ones(1, 1, 1, dtype=torch.float64))
     a, z = delta_write(a, z, k[:, 1:], v[:, 1:], torch.ones(1, 1, 1, dtype=torch.float64))
-    torch.testing.assert_close(z, k.sum(1))  # both normaliser corrections were 1
+    # γ = 1 for the first write (z = 0), then 1 − (zᵀk + ε)/‖k‖² = 1 − ε/‖k‖² (orthogonal keys: zᵀk = 0)
+    torch.testing.assert_close(z, k[:, 0] + (1 - EPS / k[:, 1].pow(2).sum()) * k[:, 1])
     read = associate(a, z, k)  # (1, 2, 4)
     norms = k.pow(2).sum(-1, keepdim=True)
-    torch.testing.assert_close(read, v * norms / (norms + EPS))  # = v up to the ε of the denominator
+    gammas = torch.tensor([1.0, 1 - EPS / norms[0, 1, 0]], dtype=torch.float64)[None, :, None]
+    torch.testing.assert_close(read, v * norms / (gammas * norms + EPS))  # = v up to ε
     torch.testing.assert_close(read, v, rtol=0, atol=1e-5)
 
 
@@ -65,17 +67,20 @@ def test_module_write_then_pre_read_returns_the_value():
         mem.wbeta.bias.fill_(30.0)  # β = 1
         o = 3 * torch.randn(2, 1, D, generator=torch.Generator().manual_seed(4))
         state = mem.write(mem.empty(2, "cpu"), slots_view(o))
-        torch.testing.assert_close(mem.pre(state, o), mem.wv(o), rtol=0, atol=1e-4)
+        # unit features (l2): the read of the stored key is ‖k‖² v / (‖k‖² + ε) = v / (1 + ε)
+        torch.testing.assert_close(mem.pre(state, o), mem.wv(o) / (1 + EPS), rtol=1e-6, atol=1e-6)
         assert torch.equal(mem.pre(mem.empty(2, "cpu"), o), torch.zeros(2, 1, D))  # empty memory reads 0
-    assert state.a.dtype == torch.float32 and mem.numel(state) == 2 * 2 * 4 * D + 2 * 2 * 4
+    assert state.a.dtype == torch.float32 and mem.numel(state) == 2 * 2 * 4 * D + 2 * 2 * 4 + 1  # A, z, β
+    torch.testing.assert_close(state.beta, torch.ones(2))  # the logged gate of the write
 
 
 def test_state_stays_fp32_under_bf16_autocast():
     model = build("armt", tokens=2, key_dim=4)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         _, states = by_segments(model, tokens(2, 2 * model.segment_len))
-    assert all(s.a.dtype == s.z.dtype == torch.float32 for s in states)
-    assert states[0].a.abs().sum() > 0
+    assert all(s.a.dtype == s.z.dtype == s.beta.dtype == torch.float32 for s in states)
+    assert states[0].z.abs().sum() > 0
+    assert states[0].a.abs().sum() == 0  # W_v starts at zero (init_weights applies zero_init): A = Σ β k (0 − 0)ᵀ
 
 
 def test_decoder_streaming_rows_reset():
@@ -85,7 +90,7 @@ def test_decoder_streaming_rows_reset():
     check_rows_and_reset(model)
     nodenom = build("armt", tokens=2, key_dim=4, denom=False, boost=20.0)
     check_streaming(nodenom)
-    assert nodenom.numel(nodenom.empty_states(1, "cpu")) == 2 * 2 * 3 * 4 * D
+    assert nodenom.numel(nodenom.empty_states(1, "cpu")) == 2 * (2 * 3 * 4 * D + 1)
 
 
 def test_training_steps_reduce_loss():

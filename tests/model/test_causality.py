@@ -11,6 +11,7 @@ from elastic_cli.config import load_config
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.init import init_weights
 from tests.helpers.eval_run import TINY
+from tests.helpers.memory_checks import draw_zero_init
 
 L, SEGMENTS = 16, 4
 J = L + 5  # the perturbed token: segment 1, position 5
@@ -21,6 +22,7 @@ def model_of(kind: str):
     torch.manual_seed(0)
     model = build_model(cfg)
     init_weights(model, 0)
+    draw_zero_init(model)  # ARMT's W_v starts at zero: draw it, so the memory carries the change forward
     return model.eval()
 
 

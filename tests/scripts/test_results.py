@@ -1,71 +1,118 @@
-"""scripts/results.py: every number on the page and in results.json comes from the run's files."""
-import importlib.util
+"""scripts/results.py: every number on the page and in results.json comes from the run's files; seeds
+are aggregated as mean and spread, learning rates and the sanity task are reported per matched row,
+the length-generalisation evals per eval length."""
 import json
-import sys
-from pathlib import Path
+import math
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-SPEC = importlib.util.spec_from_file_location("results", SCRIPTS / "results.py")
-results = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(results)
-REPRO = importlib.util.spec_from_file_location("reproduce", SCRIPTS / "reproduce.py")
-reproduce = importlib.util.module_from_spec(REPRO)
-REPRO.loader.exec_module(reproduce)
+from tests.helpers.script_modules import reproduce, results, results_plots
+
+TOKENS = [10, 10, 30, 50]  # answer tokens at distances 0, 1, 2, 3
 
 
-def mqar_record(kind, acc, sampling=None):
-    """acc: accuracy per distance 0, 1, 2, 3 (10, 10, 30, 50 answer tokens)."""
-    tokens = [10, 10, 30, 50]
-    by_d = {str(d): {"tokens": n, "accuracy": a, "loss": 1 - a} for d, (n, a) in enumerate(zip(tokens, acc))}
-    mem = {"kind": kind, **({"schedule": sampling} if sampling else {})}
-    total = sum(n * a for n, a in zip(tokens, acc)) / sum(tokens)
+def mqar_record(kind, acc, schedule=None):
+    """An `elastic eval --json` result: acc is the accuracy per distance 0, 1, 2, 3 (10, 10, 30, 50 tokens)."""
+    by_d = {str(d): {"tokens": n, "accuracy": a, "loss": 1 - a} for d, (n, a) in enumerate(zip(TOKENS, acc))}
+    mem = {"kind": kind, **({"schedule": schedule} if schedule else {})}
+    total = sum(n * a for n, a in zip(TOKENS, acc)) / sum(TOKENS)
     return {"memory": mem, "answer_by_distance": by_d, "answer_token_accuracy": total, "answer_loss": 1 - total}
+
+
+def far(acc):
+    return (30 * acc[2] + 50 * acc[3]) / 80
+
+
+SEED_ACC = {0: [1.0, 0.9, 0.8, 0.6], 1: [1.0, 0.8, 0.7, 0.5], 2: [1.0, 1.0, 0.9, 0.7]}
 
 
 @pytest.fixture
 def out(tmp_path):
+    """A reproduce folder (smoke size, kinds none, elastic, xl): elastic has every seed at lr 3e-3, its
+    trials, sanity task and length evals; xl only its trials (a failed row); none seed 0; controls."""
     z = reproduce.SIZES["smoke"]
     todo = reproduce.variants(z, ["none", "elastic", "xl"], "mqar")
     (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
-    (tmp_path / "eval").mkdir()
-    acc = {"none": [1.0, 0.1, 0.05, 0.0], "elastic-order8-uniform": [1.0, 0.9, 0.8, 0.6],
-           "none-one-segment": [1.0, 1.0, 1.0, 0.8], "xl-cache8": [1.0, 0.2, 0.06, 0.06],
-           "xl-cache8-grad": [1.0, 0.9, 0.1, 0.1]}
-    for name, a in acc.items():
-        kind = name.split("-")[0]  # none, elastic, xl
-        recs = [mqar_record(kind, a, "uniform" if kind == "elastic" else None)]
-        if kind == "elastic":
-            recs.append(mqar_record(kind, [1.0, 0.5, 0.5, 0.5], "exponential"))
-        (tmp_path / "eval" / f"mqar-{name}.json").write_text(json.dumps({"results": recs}))
-    run = tmp_path / "runs" / "mqar-elastic-order8-uniform"
-    run.mkdir(parents=True)
-    (run / "metrics.jsonl").write_text('{"step": 3, "loss": 2.0}\n{"step": 3, "val_loss": 1.0, "val_accuracy": 0.25}\n')
-    return tmp_path  # every other variant has no eval file: failed
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    rows = {v["name"]: v for v in todo}
+    e = rows["elastic-order8-uniform"]
+    for lr, acc in ((1e-3, 0.4), (3e-3, 0.7)):
+        (ev / f"{reproduce.tag(e, lr, 0)}-val.json").write_text(json.dumps({"results": [mqar_record("elastic", [1, acc, acc, acc])]}))
+    assert reproduce.choose_lr(tmp_path, z, e) == 3e-3
+    for seed, acc in SEED_ACC.items():
+        recs = [mqar_record("elastic", acc, "uniform"), mqar_record("elastic", [1.0, 0.5, 0.5, 0.5], "exponential")]
+        (ev / f"{reproduce.tag(e, 3e-3, seed)}.json").write_text(json.dumps({"results": recs}))
+        run = tmp_path / "runs" / reproduce.tag(e, 3e-3, seed)
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(f'{{"step": 3, "val_loss": 1.0, "val_accuracy": 0.{seed + 2}}}\n')
+        for n in z["lengths"]:
+            (ev / f"length-{e['name']}-seed{seed}-seg{n}.json").write_text(json.dumps({"results": [
+                mqar_record("elastic", [1.0, 0.5, 0.25 * (seed + 1), 0.1], "uniform"),
+                mqar_record("elastic", [1.0, 0.5, 0.5, 0.5], "exponential")]}))
+    (ev / "sanity-elastic-order8-uniform.json").write_text(json.dumps({"results": [mqar_record("elastic", [0.0, 0.75, 0, 0])]}))
+    x = rows["xl-cache8"]
+    for lr in z["lrs"]:  # trials ran, the chosen rate's other seeds did not: no test eval
+        (ev / f"{reproduce.tag(x, lr, 0)}-val.json").write_text(json.dumps({"results": [mqar_record("xl", [1, .2, .1, .1])]}))
+    reproduce.choose_lr(tmp_path, z, x)
+    n = rows["none"]
+    (ev / f"{reproduce.tag(n, 1e-3, 0)}-val.json").write_text(json.dumps({"results": [mqar_record("none", [1, .1, .1, .1])]}))
+    reproduce.choose_lr(tmp_path, z, n)
+    (ev / f"{reproduce.tag(n, 1e-3, 0)}.json").write_text(json.dumps({"results": [mqar_record("none", [1.0, 0.1, 0.05, 0.0])]}))
+    (ev / "mqar-none-one-segment.json").write_text(json.dumps({"results": [mqar_record("none", [1.0, 1.0, 1.0, 0.8])]}))
+    (ev / "mqar-xl-cache8-grad.json").write_text(json.dumps({"results": [mqar_record("xl", [1.0, 0.9, 0.1, 0.1])]}))
+    return tmp_path  # every other row has no eval file: failed
 
 
-def test_collect_reads_every_number_from_the_eval_files(out):
+def test_choose_lr_takes_the_best_validation_accuracy_and_records_what_was_tried(out):
+    lrs = json.loads((out / "eval" / "mqar-elastic-order8-uniform.lrs.json").read_text())
+    assert lrs == {"tried": [{"lr": 1e-3, "val_accuracy": pytest.approx(0.4 + 0.6 * 10 / 100), "val_loss": pytest.approx(0.54)},
+                             {"lr": 3e-3, "val_accuracy": pytest.approx(0.73), "val_loss": pytest.approx(0.27)}],
+                   "chosen": 3e-3}
+    none = json.loads((out / "eval" / "mqar-none.lrs.json").read_text())
+    assert none["chosen"] == 1e-3 and none["tried"][1]["val_accuracy"] is None  # the 3e-3 trial failed
+
+
+def test_matched_rows_are_the_mean_and_spread_over_seeds(out):
+    e = results.collect(out)["mqar"]["elastic-order8-uniform"]
+    fars = [far(a) for a in SEED_ACC.values()]
+    mean = sum(fars) / 3
+    assert e["accuracy_distance_ge_2"] == pytest.approx(mean)
+    s = e["spread"]["accuracy_distance_ge_2"]
+    assert s["min"] == pytest.approx(min(fars)) and s["max"] == pytest.approx(max(fars)) and s["n"] == 3
+    assert s["sd"] == pytest.approx(math.sqrt(sum((f - mean) ** 2 for f in fars) / 2))
+    assert e["accuracy_by_distance"]["1"] == pytest.approx(0.9)  # (0.9 + 0.8 + 1.0) / 3
+    assert [x["seed"] for x in e["seeds"]] == [0, 1, 2] and e["seeds"][2]["accuracy_distance_ge_2"] == pytest.approx(far(SEED_ACC[2]))
+    assert e["seeds"][1]["learning_curve"] == [[3, 0.3]] and e["lr"] == 3e-3 and len(e["lrs_tried"]) == 2
+    assert e["sanity_d1"] == pytest.approx(0.075) and e["sanity_d1_passed"] is False  # 0.75 of 10 of 100 tokens
+    assert e["steps"] == reproduce.SIZES["smoke"]["steps"] and e["curriculum"] is None
     table = results.collect(out)["mqar"]
-    e = table["elastic-order8-uniform"]
-    assert e["accuracy_by_distance"] == {"0": 1.0, "1": 0.9, "2": 0.8, "3": 0.6}
-    assert e["accuracy_distance_ge_2"] == pytest.approx((30 * 0.8 + 50 * 0.6) / 80)
-    assert e["learning_curve"] == [[3, 0.25]] and e["group"] == "matched"
-    assert table["elastic-order8-exponential"]["group"] == "sampling"
-    assert table["xl-cache128-paper"] == {"kind": "xl", "group": "paper", "failed": True}  # no eval file
+    assert table["elastic-order8-exponential"]["group"] == "sampling" and table["elastic-order8-exponential"]["n_seeds"] == 3
+    assert table["xl-cache8"]["failed"] and table["xl-cache8"]["lrs_tried"][0]["lr"] == 1e-3  # trials, no test eval
 
 
-def test_findings_state_the_bars_with_their_numbers(out):
-    lines = results.findings(results.collect(out)["mqar"], 1 / 16, reproduce.SIZES["smoke"])
-    assert any("Control" in x and "0.900" in x and "misses the 0.95 bar" in x for x in lines)
-    assert any("`none`" in x and "1.000" in x and "0.019" in x for x in lines)
-    # xl's cache of 8 tokens reaches d=1 (one segment of 16 at most): 10 answers there, 80 beyond
-    exact = [x for x in lines if x.startswith("- Exact cache")][0]
-    assert "(d=1..1)" in exact and "detached, as the paper) 0.200" in exact and "ablation) 0.900" in exact
-    assert "beyond it 0.060 and 0.100" in exact
-    best = [x for x in lines if x.startswith("- Best memory")][0]
-    assert "`elastic-order8-uniform` with 0.675" in best and "misses the 0.90 bar" in best
+def test_length_rows_have_every_eval_length_with_accuracy_by_distance(out):
+    length = results.collect(out)["length"]["elastic-order8-uniform"]
+    assert [x["eval_segments"] for x in length] == [8, 32, 128]
+    for x in length:
+        assert x["kind"] == "elastic" and x["trained_segments"] == 8 and len(x["seeds"]) == 3
+        assert x["accuracy_by_distance"]["2"] == pytest.approx(0.5)  # (0.25 + 0.5 + 0.75) / 3
+        assert x["schedules"]["exponential"]["accuracy_by_distance"]["2"] == pytest.approx(0.5)
+    assert results.collect(out)["length"]["xl-cache8"] == []
+
+
+def test_ranking_is_within_the_matched_footprint_and_labels_the_others():
+    rows = {"a": {"kind": "elastic", "footprint_floats": 1000, "accuracy_distance_ge_2": 0.5, "sanity_d1_passed": True},
+            "b": {"kind": "xl", "footprint_floats": 1200, "accuracy_distance_ge_2": 0.9, "sanity_d1_passed": True},
+            "c": {"kind": "rmt", "footprint_floats": 100, "accuracy_distance_ge_2": 0.95, "sanity_d1_passed": True},
+            "d": {"kind": "armt", "footprint_floats": 1000, "accuracy_distance_ge_2": 0.99, "sanity_d1_passed": False,
+                  "sanity_d1": 0.1},
+            "e": {"kind": "none", "footprint_floats": 0, "accuracy_distance_ge_2": 0.06, "sanity_d1_passed": None}}
+    ranked, beside = results.ranking(rows, 1000)
+    assert ranked == [("b", 0.9), ("a", 0.5), ("e", 0.06)]
+    assert beside == ["`c` 0.950 (not ranked: 100 floats: 1/10 of matched)",
+                      "`d` 0.990 (not ranked: fails the d=1 sanity task, 0.100 < 0.5)"]
+    assert results.label("c", rows["c"], 1000) == "c (100 floats: 1/10 of matched)" and results.label("a", rows["a"], 1000) == "a"
 
 
 @pytest.mark.slow
@@ -73,41 +120,40 @@ def test_write_makes_the_page_json_and_pngs(out, tmp_path):
     dest = tmp_path / "docs" / "results.md"
     results.write(out, dest)
     page = dest.read_text()
-    assert "| elastic-order8-uniform | matched |" in page and "| xl-cache128-paper | paper | failed |" in page
+    e = f"{sum(far(a) for a in SEED_ACC.values()) / 3:.3f}"
+    assert "| elastic-order8-uniform | matched | 3 |" in page and f"{e} ± " in page
+    assert "| xl-cache8 | matched | failed |" in page and "FAILS the 0.5 bar" in page
+    assert "This table shows every memory kind at about the same memory footprint" in page
+    assert "Ranking within the matched footprint" in page and "Length generalisation" in page
     data = json.loads(dest.with_suffix(".json").read_text())
-    assert data["mqar"]["elastic-order8-uniform"]["accuracy_by_distance"]["2"] == 0.8
-    for role in ("distance", "frontier", "sampling", "learning", "lm"):
+    assert len(data["mqar"]["elastic-order8-uniform"]["seeds"]) == 3
+    assert [x["eval_segments"] for x in data["length"]["elastic-order8-uniform"]] == [8, 32, 128]
+    for role in ("distance", "length", "frontier", "sampling", "learning", "lm"):
         assert (dest.parent / f"results-{role}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bins_are_token_weighted_means():
-    import results_plots
-
+def test_bins_are_token_weighted_means_and_distance_bins_double():
     xs, ys = results_plots.binned([1.0, 3.0, None, 5.0, 7.0], [1, 3, 0, 2, 2], width=2)
     assert xs == [1.5, 3.5, 5.0]
     assert ys == [(1 * 1 + 3 * 3) / 4, 5.0, 7.0]
+    assert results_plots.bins(127) == [(0, 0), (1, 1), (2, 3), (4, 7), (8, 15), (16, 31), (32, 63), (64, 127)]
+    assert results_plots.bins(7) == [(0, 0), (1, 1), (2, 3), (4, 7)]
+    r = {"accuracy_by_distance": {"2": 1.0, "3": 0.0, "9": 0.5}, "tokens_by_distance": {"2": 1, "3": 3, "9": 2}}
+    assert results_plots.binned_accuracy(r, 2, 3) == 0.25 and results_plots.binned_accuracy(r, 4, 7) is None
 
 
-def test_every_kind_has_a_matched_variant_and_the_sweep_names_its_size():
-    z = reproduce.SIZES["cpu"]
-    names = [v["name"] for v in reproduce.variants(z, sorted(reproduce_kinds()), None)]
-    assert "none-one-segment" in names and "none-distance0" in names and "elastic-order64-uniform" in names
-    assert "infinity-basis64-detached-paper" in names and "memorizing-store128-paper" in names
-    assert "xl-cache128-paper" in names and "xl-cache32" in names  # xl's frontier: matched and paper
-    assert len(set(names)) == len(names) - 2  # none and elastic also run on the code corpus
-
-
-def reproduce_kinds():
-    from elastic_cli.memory import REGISTRY
-
-    return REGISTRY
+def test_every_kind_keeps_one_colour_and_marker():
+    colours = [c for c, _ in results_plots.STYLE.values()]
+    markers = [m for _, m in results_plots.STYLE.values()]
+    assert len(set(colours)) == len(colours) == len(set(markers)) == 9
 
 
 @pytest.mark.slow
 def test_results_heatmap_panels_and_json(tmp_path):
-    import json
     import subprocess
     import sys
+
+    from script_modules import SCRIPTS
 
     cells = {"lengths": [64, 256], "depths": [0.0, 1.0], "binned": False, "accuracy": [[1.0, 0.5], [None, 0.0]],
              "docs": [[1, 2], [0, 3]]}
@@ -123,3 +169,12 @@ def test_results_heatmap_panels_and_json(tmp_path):
     done = subprocess.run([sys.executable, script, tmp_path / "lm.json", "--out", tmp_path / "x.png"],
                           capture_output=True, text=True)
     assert done.returncode == 3 and "no result with a heatmap" in done.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_diagnostics_are_the_last_validation_rows_memory_metrics(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 5, "val_loss": 2.0, "val_accuracy": 0.1, "beta/layer0": 0.4, "beta/layer1": 0.3}\n'
+        '{"step": 9, "loss": 1.0}\n{"step": 10, "val_loss": 1.5, "val_accuracy": 0.2, "beta/layer0": 0.01, "beta/layer1": 0.5}\n'
+        '{"step": 11, "loss": 0.9}\n')
+    assert results.diagnostics(tmp_path) == {"beta/layer0": 0.01, "beta/layer1": 0.5}
+    assert results.diagnostics(tmp_path / "missing") == {}

@@ -32,8 +32,9 @@ def test_two_gloo_processes_train_every_kind_like_one(tiny_corpus, tmp_path):
         init_weights(fresh, 0)
         for name in preflight.write_only_parameters(cfg):  # they learned, in both
             assert not torch.equal(one[name], fresh.state_dict()[name]), (kind, name)
-        for name in one:  # up to float32 rounding: two AdamW steps of at most lr = 3e-3 each; the kNN search of
-            # memorizing sums in another order in a gloo worker (one weight in 2,048 was 3.8e-6 off on one machine)
+        for name in one:  # up to float32 rounding (a DDP error is O(lr) = 3e-3): the reduction order's roundoff
+            # in a near-zero gradient entry moves a weight ~1e-6 at an Adam step (a zero-initialised W_v of ARMT's;
+            # one weight of memorizing's, whose kNN search sums in another order in a gloo worker, was 3.8e-6 off)
             torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{kind} {name}: {m}")
 
 
