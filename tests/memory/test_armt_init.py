@@ -9,7 +9,7 @@ from elastic_cli.memory.armt import EPS, associate, delta_write
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.decoder import Decoder
 from elastic_cli.model.init import init_weights
-from elastic_cli.train import train
+from elastic_cli.train.loop import train
 
 # the matched cpu row of scripts/reproduce.py: d_model 128, 2 layers, 4 heads, 8 memory tokens, key_dim 11
 D, LAYERS, HEADS, SEG, TOKENS, KEY_DIM, V = 128, 2, 4, 16, 8, 11, 512

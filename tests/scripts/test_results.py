@@ -153,7 +153,7 @@ def test_results_heatmap_panels_and_json(tmp_path):
     import subprocess
     import sys
 
-    from script_modules import SCRIPTS
+    from tests.helpers.script_modules import SCRIPTS
 
     cells = {"lengths": [64, 256], "depths": [0.0, 1.0], "binned": False, "accuracy": [[1.0, 0.5], [None, 0.0]],
              "docs": [[1, 2], [0, 3]]}
