@@ -43,6 +43,26 @@ def steps(kind: str, data: Path, micro_batch: int, n: int = 2) -> dict[str, torc
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def assert_like_one_process(saved: Path, data: Path) -> None:
+    """Every kind's weights saved by a 2-process job (saved/<kind>.pt) equal `steps` in one process, up
+    to float32 rounding (a DDP or FSDP error is O(lr) = 3e-3): the reduction order's roundoff in a
+    near-zero gradient entry moves a weight ~1e-6 at an Adam step (ARMT's zero-initialised W_v; one
+    weight of memorizing's, whose kNN search sums in another order in a gloo worker, was 3.8e-6 off).
+    The write-only parameters must have learned in both."""
+    for kind in sorted(REGISTRY):
+        two = torch.load(Path(saved) / f"{kind}.pt", weights_only=True)
+        one = steps(kind, data, micro_batch=2)
+        cfg = config(kind, data, 2)
+        fresh = build_model(cfg)
+        init_weights(fresh, 0)
+        for name in preflight.write_only_parameters(cfg):
+            assert not torch.equal(one[name], fresh.state_dict()[name]), (kind, name)
+            assert not torch.equal(two[name], fresh.state_dict()[name]), (kind, name)
+        assert two.keys() == one.keys()
+        for name in one:
+            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{kind} {name}: {m}")
+
+
 def main(data: str, out: str) -> None:
     """Rank RANK of WORLD_SIZE (env://): every kind, weights saved as out/<kind>.pt by rank 0."""
     distributed.init(torch.device("cpu"))

@@ -24,18 +24,7 @@ def test_two_gloo_processes_train_every_kind_like_one(tiny_corpus, tmp_path):
            "--rdzv-endpoint", "localhost:0", "--module", "tests.helpers.ddp_kinds", str(tiny_corpus), str(tmp_path)]
     proc = subprocess.run(cmd, cwd=tiny_run.ROOT, env=tiny_run.env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for kind in sorted(REGISTRY):
-        two = torch.load(tmp_path / f"{kind}.pt", weights_only=True)
-        one = ddp_kinds.steps(kind, tiny_corpus, micro_batch=2)
-        cfg = ddp_kinds.config(kind, tiny_corpus, 2)
-        fresh = build_model(cfg)
-        init_weights(fresh, 0)
-        for name in preflight.write_only_parameters(cfg):  # they learned, in both
-            assert not torch.equal(one[name], fresh.state_dict()[name]), (kind, name)
-        for name in one:  # up to float32 rounding (a DDP error is O(lr) = 3e-3): the reduction order's roundoff
-            # in a near-zero gradient entry moves a weight ~1e-6 at an Adam step (a zero-initialised W_v of ARMT's;
-            # one weight of memorizing's, whose kNN search sums in another order in a gloo worker, was 3.8e-6 off)
-            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{kind} {name}: {m}")
+    ddp_kinds.assert_like_one_process(tmp_path, tiny_corpus)
 
 
 @pytest.mark.parametrize("kind", sorted(REGISTRY))

@@ -22,8 +22,6 @@ from tests.helpers.cli_run import run_cli
 from elastic_cli.build import build_model, describe, state_bytes
 from elastic_cli.config import load_config
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.memory import REGISTRY
-from elastic_cli.model.init import init_weights
 from elastic_cli.runs import checkpoint, inference
 from elastic_cli.train import fsdp, loop, preflight
 from elastic_cli.train.optim import parameter_names
@@ -187,17 +185,7 @@ def worker(data, tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_kind_trains_under_fsdp_like_one_process(data, worker):
-    for kind in sorted(REGISTRY):
-        two = torch.load(worker / f"{kind}.pt", weights_only=True)
-        one = ddp_kinds.steps(kind, data, micro_batch=2)
-        cfg = ddp_kinds.config(kind, data, 2)
-        fresh = build_model(cfg)
-        init_weights(fresh, 0)
-        for name in preflight.write_only_parameters(cfg):  # replicated, averaged by fsdp.finish_gradients: they learn
-            assert not torch.equal(two[name], fresh.state_dict()[name]), (kind, name)
-        assert two.keys() == one.keys()
-        for name in one:  # the tolerance of test_ddp_every_kind.py (memorizing's kNN sums in another order)
-            torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{kind} {name}: {m}")
+    ddp_kinds.assert_like_one_process(worker, data)  # memory parameters replicated, averaged by fsdp.finish_gradients
 
 
 @pytest.mark.slow
