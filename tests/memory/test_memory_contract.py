@@ -9,39 +9,11 @@ from tests.helpers.contract_checks import KINDS, build
 from tests.helpers.memory_checks import SEG, by_segments, by_steps, tokens
 
 
+@pytest.mark.parametrize("check", contract_checks.CHECKS, ids=lambda check: check.__name__)
 @pytest.mark.parametrize("kind", KINDS)
-def test_batch_rows_are_independent(kind):
-    contract_checks.batch_rows_are_independent(kind)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_segments_equal_streaming_generation(kind):
-    contract_checks.segments_equal_streaming_generation(kind)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_reset_at_document_start(kind):
-    contract_checks.reset_at_document_start(kind)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_numel_counts_the_floats_of_the_state(kind):
-    contract_checks.numel_counts_the_floats_of_the_state(kind)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_fast_attention_equals_reference(kind):
-    contract_checks.fast_attention_equals_reference(kind)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_few_adam_steps_lower_the_loss(kind):
-    contract_checks.a_few_adam_steps_lower_the_loss(kind)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_bf16_autocast_keeps_float_states_fp32(kind):
-    contract_checks.bf16_autocast_keeps_float_states_fp32(kind)
+def test_memory_contract(kind, check):
+    """Each check of tests/helpers/contract_checks.py (CHECKS) on each kind."""
+    check(kind)
 
 
 @pytest.mark.gpu
