@@ -1,11 +1,10 @@
-"""Run directories and atomic checkpoints (docs/internals.md, "Runs and checkpoints").
+"""Atomic, checksummed checkpoints (docs/internals.md, "Runs and checkpoints"); the run directory
+around them is rundir.py.
 
-    runs/<name>/config.yaml command.txt env.json train.log metrics.jsonl
     runs/<name>/checkpoints/step_00000100/{model.safetensors, optimizer.pt, train_state.json, config.yaml, COMPLETE}
     runs/<name>/checkpoints/step_00000100/dcp/   train.parallel=fsdp: the model and optimizer through
                                                  torch.distributed.checkpoint (one file per rank), instead of optimizer.pt
     runs/<name>/checkpoints/latest          name of the newest complete checkpoint
-    runs/<name>/state/PREEMPTED             stopped by a signal after a complete save
 
 A checkpoint is written into step_X.tmp/, COMPLETE last (it records the sha256 of every file), then
 renamed; a directory without COMPLETE (or still named .tmp) is never loaded, and one whose files no
@@ -23,12 +22,9 @@ import base64
 import hashlib
 import json
 import os
-import platform
 import random
 import re
 import shutil
-import socket
-import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,10 +34,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
-from elastic_cli import __version__, console
-from elastic_cli.runs import lock as runlock
+from elastic_cli import console
 from elastic_cli.atomic import remove_tree, write_atomic
-from elastic_cli.code_version import code_version
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
 from elastic_cli.data.compat import model_tokenizer
@@ -85,9 +79,6 @@ def _check_files(ckpt: Path, marker: Path) -> None:
 
 
 _STEP = re.compile(r"^step_(\d+)$")
-RESUME_WORDS = ("yes", "y", "true", "1", "on", "latest", "last", "newest", "resume")  # meant: --resume auto
-RUN_FILES = ("config.yaml", "command.txt", "env.json", "train.log", "metrics.jsonl", "checkpoints", "state",
-             "tensorboard", "wandb")  # the last two: run.loggers (loggers.py)
 
 
 def step_name(step: int) -> str:
@@ -135,69 +126,6 @@ def newest_verified(run_dir: Path) -> Path | None:
         raise DataError(f"no checkpoint in {run_dir} verifies (newest: {reasons[0]}); "
                         f"start over with --overwrite")
     return None
-
-
-def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | None, tuple[str, ...]]:
-    """Check the run directory against --resume/--overwrite without changing it: (the checkpoint to
-    resume from, the run files a fresh start removes).
-
-    never: an empty (or --overwrite'n) directory; auto: the newest checkpoint that verifies, or a
-    fresh start; PATH: that checkpoint (or a run directory's newest)."""
-    run_dir = Path(run_dir)
-    used = run_dir.is_dir() and any(p.name != runlock.NAME for p in run_dir.iterdir())
-    if resume == "never":
-        if used and not overwrite:
-            raise UsageError(f"run directory {run_dir} is not empty: pass --resume auto to continue it "
-                             f"or --overwrite to start over")
-        return None, RUN_FILES if used else ()
-    if resume == "auto":
-        found = newest_verified(run_dir)
-        if found is not None:
-            return found, ()
-        if used and not (run_dir / "config.yaml").is_file() and not overwrite:
-            raise UsageError(f"{run_dir} is not empty and is not a run directory; choose another run.dir")
-        return None, ("metrics.jsonl", "train.log", "state", "tensorboard", "wandb")  # a run that never saved: start over
-    if not Path(resume).exists():
-        if resume.lower() in RESUME_WORDS:
-            raise UsageError(f"--resume {resume}: did you mean --resume auto? (--resume takes auto, never or the "
-                             f"path of a run or checkpoint directory)")
-        raise DataError(f"--resume {resume}: {resume} does not exist (--resume takes auto, never or the path of a "
-                        f"run or checkpoint directory)")
-    return resolve(resume), ()
-
-
-def removal(run_dir: Path, names: tuple[str, ...]) -> str | None:
-    """What removing `names` from a run directory deletes, in words (None: nothing there)."""
-    run_dir = Path(run_dir)
-    found = [n for n in names if (run_dir / n).exists()]
-    if not found:
-        return None
-    saved = complete_checkpoints(run_dir)
-    parts = [f"checkpoints/ ({len(saved)} complete, newest {saved[-1].name})" if n == "checkpoints" and saved
-             else n + "/" * (run_dir / n).is_dir() for n in found]
-    return f"{run_dir}: " + ", ".join(parts)
-
-
-def remove_run_files(run_dir: Path, names: tuple[str, ...], say: bool) -> None:
-    """Remove the run files of a fresh start (`check_run_dir` named them), saying what when `say` (--overwrite)."""
-    deleted = removal(run_dir, names) if say else None
-    if deleted:
-        console.info(f"--overwrite: deleting {deleted}")
-    for name in names:
-        target = Path(run_dir) / name
-        remove_tree(target) if target.is_dir() else target.unlink(missing_ok=True)
-
-
-def write_run_files(run_dir: Path, config_yaml: str, argv: list[str], world: int) -> None:
-    """config.yaml, command.txt and env.json of a run (rank 0)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", config_yaml.encode())
-    write_atomic(run_dir / "command.txt", (" ".join(argv) + "\n").encode())
-    env = {"elastic": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-           "cuda": torch.version.cuda, "platform": platform.platform(), "host": socket.gethostname(),
-           "world": world, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-           "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())], **code_version()}
-    write_atomic(run_dir / "env.json", json.dumps(env, indent=1).encode())
 
 
 def save(run_dir: Path, model: nn.Module | dict, optimizer: torch.optim.Optimizer | None, train_state: dict,
@@ -349,11 +277,7 @@ def open_checkpoint(path: str | Path, tokenizer: str | None = None) -> Checkpoin
     except UsageError as e:
         raise DataError(f"checkpoint {ckpt} has a config this version cannot use: {e}") from None
     model = build_model(saved)
-    try:
-        load_model(model, str(ckpt / "model.safetensors"), strict=True, device="cpu")
-    except (RuntimeError, KeyError, ValueError, SafetensorError) as e:
-        first = " ".join(str(e).split())[:300]
-        raise DataError(f"checkpoint {ckpt} does not fit the model built from its config: {first}") from None
+    load_weights(ckpt, model, torch.device("cpu"))
     carried = ckpt / TOKENIZER_FILE
     found, why = carried if carried.is_file() else model_tokenizer(saved)[0], ""
     if tokenizer is not None:
@@ -380,13 +304,6 @@ def saved_step(ckpt: Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
-
-
-def mark_preempted(run_dir: Path, step: int) -> Path:
-    marker = Path(run_dir) / "state" / "PREEMPTED"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(marker, f"step {step}\n".encode())
-    return marker
 
 
 def rng_state() -> dict:

@@ -14,7 +14,7 @@ from elastic_cli import console, precision
 from elastic_cli.build import describe
 from elastic_cli.config import RunConfig
 from elastic_cli.errors import UsageError
-from elastic_cli.runs import checkpoint
+from elastic_cli.runs import rundir
 from elastic_cli.train import distributed, preflight
 from elastic_cli.train.loop import train
 
@@ -83,7 +83,7 @@ def describe_plan(plan: preflight.RunPlan, gpus: int, cmd: list[str] | None) -> 
     rows.append(["data", f"{cfg.data.path}: {len(plan.data.documents(cfg.data.train_split))} train documents, "
                          f"{plan.data.meta['n_tokens']:,} tokens"])
     rows.append(["device", _planned_device(cfg.run.device, gpus)])
-    deleted = checkpoint.removal(Path(cfg.run.dir), plan.remove) if plan.remove and cfg.run.dir else None
+    deleted = rundir.removal(Path(cfg.run.dir), plan.remove) if plan.remove and cfg.run.dir else None
     rows.append(["start", f"resume {plan.start}" if plan.start else "fresh" + (f" (--overwrite deletes {deleted})" if deleted else "")])
     console.table(f"elastic train --dry-run ({cfg.run.dir})", ["item", "value"], rows)
     console.out("launch: " + (" ".join(cmd) if cmd else "this process (no torchrun)"))  # one line, to copy

@@ -17,6 +17,7 @@ import torch
 from elastic_cli import console, precision
 from elastic_cli.train import autobatch
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import rundir
 from elastic_cli.train import distributed, fsdp
 from elastic_cli.train import loggers
 from elastic_cli.runs import lock as runlock
@@ -160,7 +161,7 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
                     t_last = time.monotonic()
                 if preempt and step < t.steps:
                     if console.is_rank0():
-                        checkpoint.mark_preempted(run_dir, step)
+                        rundir.mark_preempted(run_dir, step)
                     distributed.barrier()
                     raise Preempted(f"stopped by a signal at step {step}; resume with --resume auto")
         log.bar = None
@@ -190,12 +191,12 @@ def _prepare_run(plan: RunPlan, run_dir: Path, argv: list[str], world: int, lock
     then the run files."""
     console.info(f"run directory: {run_dir}")
     lock.acquire()
-    checkpoint.remove_run_files(run_dir, plan.remove, say=plan.overwrite)
+    rundir.remove_run_files(run_dir, plan.remove, say=plan.overwrite)
     if plan.start is not None:  # rows logged after the checkpoint are logged again by the resumed run
         dropped = loggers.drop_metrics_after(run_dir / "metrics.jsonl", checkpoint.saved_step(plan.start))
         if dropped:
             console.warn(f"dropped {dropped} metrics.jsonl row(s) logged after {plan.start.name}; the resumed run logs them again")
-    checkpoint.write_run_files(run_dir, dump_yaml(plan.cfg), argv, world)
+    rundir.write_run_files(run_dir, dump_yaml(plan.cfg), argv, world)
 
 
 def _on_rank0(fn):

@@ -19,7 +19,7 @@ from elastic_cli.config.recipes import SAME_RUN_KEYS
 from elastic_cli.data.compat import check_data, model_tokenizer
 from elastic_cli.data.loader import PreparedData
 from elastic_cli.errors import DataError, UsageError
-from elastic_cli.runs import checkpoint
+from elastic_cli.runs import rundir
 from elastic_cli.runs import lock as runlock
 from elastic_cli.train import fsdp, loggers
 
@@ -140,7 +140,7 @@ def check_run_dir(run_dir: Path, resume: str, overwrite: bool) -> tuple[Path | N
     """The run directory can be written, is empty / resumable as asked, is not in use by another
     `elastic train`, and a --resume PATH exists and verifies. Returns the checkpoint to resume and
     the run files a fresh start removes."""
-    start, remove = checkpoint.check_run_dir(run_dir, resume, overwrite)
+    start, remove = rundir.check_run_dir(run_dir, resume, overwrite)
     existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"run.dir={run_dir}: {existing} is not a writable directory")

@@ -1,6 +1,7 @@
 """Memorizing Transformer with the paper's XL cache beside the kNN store (`memory.cache`): with the
 gate closed it is exactly `xl` on that layer; the store and the cache fill independently."""
 import torch
+import torch.nn.functional as F
 
 from elastic_cli.memory.base import SegmentView
 from elastic_cli.memory.memorizing import MemorizingMemory
@@ -33,8 +34,16 @@ def test_store_and_cache_hold_their_own_windows():
     torch.testing.assert_close(state.ck, every[:, :, -3:])  # the cache: the last 3 tokens, raw keys
     torch.testing.assert_close(state.k, every[:, :, -7:] / every[:, :, -7:].norm(dim=-1, keepdim=True))  # store: 7, normalised
     assert state.n.tolist() == [7, 7] and state.t.tolist() == [9, 9]
-    read = mem.read(state, SegmentView(None, torch.randn(2, HEADS, 2, DH, generator=gen), None, None))
+    q = torch.randn(2, HEADS, 2, DH, generator=gen)
+    read = mem.read(state, SegmentView(None, q, None, None))
     assert read.pos.tolist() == [-3, -2, -1] and read.valid.all() and read.heads is not None
+    assert torch.equal(read.k, state.ck) and torch.equal(read.v, state.cv)  # the cache beside the store, as keys
+    scale = DH ** 0.5 * mem.log_scale.detach().exp()[None, :, None, None]  # the kNN read, written out: top-2 softmax
+    logits = scale * F.normalize(q, dim=-1) @ state.k.transpose(-1, -2)  # (B, H, 2, 7)
+    top = logits.topk(2, dim=-1)
+    want = torch.einsum("bhnk,bhnkd->bhnd", top.values.softmax(-1),
+                        state.v[:, :, None].expand(-1, -1, 2, -1, -1).gather(3, top.indices[..., None].expand(-1, -1, -1, -1, DH)))
+    torch.testing.assert_close(read.heads, want)
     assert mem.numel(state) == 2 * (7 + 3) * D
 
 

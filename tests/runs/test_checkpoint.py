@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from elastic_cli.runs import checkpoint
+from elastic_cli.runs import rundir
 from elastic_cli.runs import inference
 from elastic_cli.build import build_model
 from elastic_cli.config import dump_yaml, load_config
@@ -127,8 +128,8 @@ def test_ctrl_c_while_rolling_leaves_only_whole_checkpoints(tmp_path, monkeypatc
 
 def prepare_run_dir(run_dir, resume, overwrite):
     """What a run does to its directory before step 1: the plan's check, then a fresh start's removals."""
-    start, remove = checkpoint.check_run_dir(run_dir, resume, overwrite)
-    checkpoint.remove_run_files(run_dir, remove, say=overwrite)
+    start, remove = rundir.check_run_dir(run_dir, resume, overwrite)
+    rundir.remove_run_files(run_dir, remove, say=overwrite)
     return start
 
 
@@ -136,7 +137,7 @@ def test_run_dir_rules(tmp_path):
     run = tmp_path / "run"
     assert prepare_run_dir(run, "never", False) is None  # missing: fine
     assert prepare_run_dir(run, "auto", False) is None  # nothing to resume: fresh
-    checkpoint.write_run_files(run, "model: {}\n", ["elastic", "train", "r.yaml"], 1)
+    rundir.write_run_files(run, "model: {}\n", ["elastic", "train", "r.yaml"], 1)
     env = json.loads((run / "env.json").read_text())
     assert env["torch"] == torch.__version__
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(checkpoint.__file__).parent, capture_output=True, text=True)
