@@ -5,7 +5,7 @@ from elastic_cli import precision
 from elastic_cli.config import RunConfig, layer_context, memory_layers
 from elastic_cli.errors import UsageError
 from elastic_cli.memory import REGISTRY
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 
 
 def build_model(cfg: RunConfig) -> Decoder:
@@ -16,9 +16,10 @@ def build_model(cfg: RunConfig) -> Decoder:
     head_dim = m.d_model // m.n_head
     try:
         memories = {i: REGISTRY[cfg.memory.kind](m.n_head, head_dim, **layer_options(cfg, i)) for i in memory_layers(cfg)}
-        return Decoder(vocab_size=m.vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
-                       mlp_hidden=m.mlp_hidden, segment_len=m.segment_len, memories=memories,
-                       rope_base=m.rope_base, tie_embeddings=m.tie_embeddings, prev_embed=m.prev_embed)
+        shape = DecoderShape(vocab_size=m.vocab_size, d_model=m.d_model, n_layer=m.n_layer, n_head=m.n_head,
+                             mlp_hidden=m.mlp_hidden, segment_len=m.segment_len, rope_base=m.rope_base,
+                             tie_embeddings=m.tie_embeddings, prev_embed=m.prev_embed)
+        return Decoder(shape, memories)
     except ValueError as e:  # a combination the modules reject (e.g. caching over elastic with gating)
         raise UsageError(f"memory.kind={cfg.memory.kind}: {e}") from None
 

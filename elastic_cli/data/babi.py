@@ -69,7 +69,6 @@ class World:
                 self._visit(obj, place, n)
 
     def get(self, rng: random.Random, actor: str, obj: str) -> None:
-        n = len(self.facts)
         self._log(f"{actor} {rng.choice(GET)} the {obj} there.", ("get", actor, obj))
         self.holds[obj] = actor
         self.lying.pop(obj, None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from elastic_cli.data import babi, babi_solver
-from elastic_cli.data.haystack import Built, Haystack, build
+from elastic_cli.data.haystack import Built, Haystack, Pieces, build
 
 
 def document(hay: Haystack, length: int, rng: random.Random, qa: int, depth: tuple[float, float]) -> Built:
@@ -23,7 +23,7 @@ def document(hay: Haystack, length: int, rng: random.Random, qa: int, depth: tup
     inserts = [(d, " " + f, i in s.supporting) for i, (d, f) in enumerate(zip(at, s.facts))]
     first = min(s.supporting)
     room = max(len(hay.tok.encode(" " + w)) for w in (*babi.PLACES, *babi.OBJECTS, *babi.ACTORS))
-    doc = build(hay, length, rng, "", inserts, f"\nQuestion: {s.question} Answer:", [(" " + s.answer, first)], room)
+    doc = build(hay, length, rng, Pieces("", inserts, f"\nQuestion: {s.question} Answer:", [(" " + s.answer, first)], room))
     if babi_solver.solve(doc.text) != s.answer:  # the haystack filter keeps book sentences from reading as facts
         raise RuntimeError(f"babilong qa{qa}: the document's facts do not give its answer {s.answer!r}")
     return doc

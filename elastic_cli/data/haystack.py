@@ -18,6 +18,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from elastic_cli.data import babi_solver
 from elastic_cli.data import sources as src
@@ -141,15 +142,24 @@ class Built:
     extra: dict
 
 
-def build(hay: Haystack, length: int, rng: random.Random, intro: str, inserts: list[tuple[float, str, bool]],
-          question: str, tail: list[tuple[str, int | None]], tail_tokens: int | None = None) -> Built:
-    """`intro`, a passage of the haystack with `inserts` (depth in [0, 1], text, needed by the answer)
-    between its sentences (newlines after them up to `length` tokens), `question`, then `tail`: pieces (text,
-    index of the insert it answers about, or None for a separator that is not part of an answer).
-    An answer span's source is its insert's offset; `depth` is the passage share before the first
-    needed insert, `supporting` the offsets of every needed insert.
+class Pieces(NamedTuple):
+    """A task's own text around the haystack passage: `intro`; `inserts` (depth in [0, 1], text, needed
+    by the answer) placed between the passage's sentences; `question`; then `tail`: pieces (text, index
+    of the insert it answers about, or None for a separator that is not part of an answer).
     `tail_tokens`: the tail's room, at least its tokens; newlines after the tail fill the rest, so
     where the question sits does not tell how many tokens the answer has (answers of other lengths)."""
+    intro: str
+    inserts: list[tuple[float, str, bool]]
+    question: str
+    tail: list[tuple[str, int | None]]
+    tail_tokens: int | None = None
+
+
+def build(hay: Haystack, length: int, rng: random.Random, pieces: Pieces) -> Built:
+    """The pieces around a passage of the haystack (newlines after its sentences fill up to `length`
+    tokens). An answer span's source is its insert's offset; `depth` is the passage share before the
+    first needed insert, `supporting` the offsets of every needed insert."""
+    intro, inserts, question, tail, tail_tokens = pieces
     tok = hay.tok
     enc = {t: tok.encode(t) for t in [intro, question, *(i[1] for i in inserts), *(t[0] for t in tail)]}
     tail_len = sum(len(enc[t]) for t, _ in tail)

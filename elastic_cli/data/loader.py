@@ -101,12 +101,22 @@ class Batch(NamedTuple):
     doc_start: torch.Tensor   # (b, S) bool: memory is empty before this segment
 
 
-class SegmentLoader:
-    """Windows of `segments` segments. `answers_only`: targets outside the answer spans of task data
-    are -1 (no loss). `set_segments` changes the window length between batches (a curriculum)."""
+class Windows(NamedTuple):
+    """What a step reads: `global_batch` windows (over all processes) of `segments` segments of
+    `segment_len` tokens each."""
+    global_batch: int
+    segments: int
+    segment_len: int
 
-    def __init__(self, data: PreparedData, split: str, global_batch: int, segments: int, segment_len: int,
-                 seed: int, rank: int = 0, world: int = 1, answers_only: bool = False):
+
+class SegmentLoader:
+    """Batches of `Windows`; this process takes rows [rank*b, (rank+1)*b) of each. `answers_only`:
+    targets outside the answer spans of task data are -1 (no loss). `set_segments` changes the
+    window length between batches (a curriculum)."""
+
+    def __init__(self, data: PreparedData, split: str, windows: Windows, seed: int, rank: int = 0, world: int = 1,
+                 answers_only: bool = False):
+        global_batch, segments, segment_len = windows
         if world < 1 or not 0 <= rank < world or global_batch % world:
             raise UsageError(f"global batch {global_batch} must split evenly over {world} processes (rank {rank})")
         if segments < 1 or segment_len < 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import NamedTuple
 
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
@@ -38,6 +39,15 @@ def word_pools(tok: Tokenizer, keys: int, values: int, noise: int = NOISE_POOL) 
     return words[0::3][:keys], words[1::3][:values], words[2::3][:noise]
 
 
+class Facts(NamedTuple):
+    """Where a document's facts go: `pairs` key-value facts, `queries` of them asked again, each asked
+    fact `distance` = (lo, hi) segments of `segment_len` tokens before its query."""
+    pairs: int
+    queries: int
+    distance: tuple[int, int]
+    segment_len: int
+
+
 def _slots(length: int, segment_len: int) -> list[list[int]]:
     """Per segment, the first positions p of free two-token slots [p, p+2) inside it, excluding BOS
     (offset 0) and EOS (offset length-1)."""
@@ -49,10 +59,10 @@ def _slots(length: int, segment_len: int) -> list[list[int]]:
     return out
 
 
-def layout(length: int, segment_len: int, pairs: int, queries: int, distance: tuple[int, int],
-           rng: random.Random) -> list[tuple[int, int | None]]:
+def layout(length: int, facts: Facts, rng: random.Random) -> list[tuple[int, int | None]]:
     """Positions (fact, query) of each pair (query None for a pair that is never asked).
     Each queried pair's distance in segments is drawn uniformly from the feasible part of `distance`."""
+    pairs, queries, distance, segment_len = facts
     slots = _slots(length, segment_len)
     n_seg = len(slots)
     lo, hi = distance[0], min(distance[1], n_seg - 1)
@@ -92,15 +102,16 @@ def layout(length: int, segment_len: int, pairs: int, queries: int, distance: tu
 
 
 def mqar(tok: Tokenizer, length: int, rng: random.Random, pools: tuple[list[str], list[str], list[str]],
-         pairs: int, queries: int, distance: tuple[int, int], segment_len: int):
+         facts: Facts):
     """One document: (token ids without BOS/EOS, text, spans [(start, end, fact)] in stored offsets)."""
     keys, values, noise = pools
+    pairs, queries = facts.pairs, facts.queries
     if not 1 <= queries <= pairs <= len(keys):
         raise UsageError(f"need 1 <= --queries ({queries}) <= --pairs ({pairs}) <= --keys ({len(keys)})")
     words = [rng.choice(noise) for _ in range(length)]                 # stored offsets; 0 and length-1 unused
     spans = []
     chosen = rng.sample(keys, pairs)
-    for key, (fact, query) in zip(chosen, layout(length, segment_len, pairs, queries, distance, rng)):
+    for key, (fact, query) in zip(chosen, layout(length, facts, rng)):
         value = rng.choice(values)
         words[fact], words[fact + 1] = key, value
         if query is not None:

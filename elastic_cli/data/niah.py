@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-from elastic_cli.data.haystack import Built, Haystack, build
+from elastic_cli.data.haystack import Built, Haystack, Pieces, build
 
 ADJ = ("amber", "brave", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "lucky", "mellow")
 NOUN = ("anchor", "badger", "candle", "dune", "ember", "falcon", "harbor", "island", "lantern", "meadow", "orchid",
@@ -33,8 +33,8 @@ def _at(rng: random.Random, depth: tuple[float, float]) -> float:
 
 def passkey(hay: Haystack, length: int, rng: random.Random, depth: tuple[float, float]) -> Built:
     key = str(rng.randrange(10000, 100000))
-    return build(hay, length, rng, PASSKEY_INTRO, [(_at(rng, depth), PASSKEY_NEEDLE.format(key), True)],
-                 "\nWhat is the pass key? The pass key is ", [(key, 0)])
+    return build(hay, length, rng, Pieces(PASSKEY_INTRO, [(_at(rng, depth), PASSKEY_NEEDLE.format(key), True)],
+                                          "\nWhat is the pass key? The pass key is ", [(key, 0)]))
 
 
 def multikey(hay: Haystack, length: int, rng: random.Random, depth: tuple[float, float], needles: int) -> Built:
@@ -44,7 +44,7 @@ def multikey(hay: Haystack, length: int, rng: random.Random, depth: tuple[float,
                for i, (k, v) in enumerate(zip(keys, values))]                      # keys[0] is asked
     q = (f"\nWhat is the special magic number for {keys[0]} mentioned in the provided text? "
          f"The special magic number for {keys[0]} mentioned in the provided text is")
-    return build(hay, length, rng, INTRO, inserts, q, [(" " + values[0], 0)])
+    return build(hay, length, rng, Pieces(INTRO, inserts, q, [(" " + values[0], 0)]))
 
 
 def multivalue(hay: Haystack, length: int, rng: random.Random, depth: tuple[float, float], needles: int) -> Built:
@@ -57,7 +57,7 @@ def multivalue(hay: Haystack, length: int, rng: random.Random, depth: tuple[floa
     tail = []
     for i, v in enumerate(values):
         tail += [(",", None)] * (i > 0) + [(f" {v}", i)]
-    return build(hay, length, rng, INTRO, inserts, q, tail)
+    return build(hay, length, rng, Pieces(INTRO, inserts, q, tail))
 
 
 def check(text: str, answer: str) -> bool:

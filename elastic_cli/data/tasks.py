@@ -214,9 +214,10 @@ def _generator(task: str, tok: Tokenizer, options: dict):
                          f"{o['segment_len']} and {o['distance'][0]}:{o['distance'][1]}")
     pools = mqar.word_pools(tok, o["keys"], o["values"], o["noise"])
 
+    facts = mqar.Facts(o["pairs"], o["queries"], tuple(o["distance"]), o["segment_len"])
+
     def make(rng, length, depth):
-        ids, text, spans = mqar.mqar(tok, length, rng, pools, o["pairs"], o["queries"], tuple(o["distance"]),
-                                     o["segment_len"])
+        ids, text, spans = mqar.mqar(tok, length, rng, pools, facts)
         return SimpleNamespace(ids=ids, text=text, answers=spans)
     return make, None
 

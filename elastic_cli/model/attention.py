@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..memory.base import Read
 from .layers import Rotary, fuse_on_load
-from .merge import _flash_cuda, merged_attention
+from .merge import MemoryKeys, _flash_cuda, merged_attention
 
 
 def causal_mask(n: int, start: int, device: torch.device) -> Tensor:
@@ -109,7 +109,7 @@ def attend_rotated(q: Tensor, q_rot: Tensor, k_rot: Tensor, v: Tensor, read: Rea
         valid = None  # every key valid: no mask (free to know on the CPU)
     if rows is not None and rows.device.type == "cpu" and rows.numpy().all():
         rows = None
-    return merged_attention(q_rot, k_rot, v, q_mem, k_mem, read.v, valid, start, rows)
+    return merged_attention(q_rot, k_rot, v, start, MemoryKeys(q_mem, k_mem, read.v, valid, rows))
 
 
 def attend_joint(q: Tensor, q_rot: Tensor, kj: Tensor, vj: Tensor) -> Tensor:

@@ -109,6 +109,29 @@ def _segment_view(h: Tensor, qkv: Tensor) -> SegmentView:
     return SegmentView(h, *(qkv[:, :, i].transpose(1, 2) for i in range(3)), kv=qkv[:, :, 1:])
 
 
+class Span(NamedTuple):
+    """Where a chunk of rows sits in the stream: positions start..start+n-1, the first `front` and the
+    last `back` rows are memory-token slots. capacity None: the rows are the whole stream (a segment,
+    start 0); otherwise they are appended to a cache of that many rows (streaming)."""
+    start: int = 0
+    front: int = 0
+    back: int = 0
+    capacity: int | None = None
+
+
+class DecoderShape(NamedTuple):
+    """The sizes of a Decoder (from `model.*` of the config, by `build.build_model`)."""
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    n_head: int
+    mlp_hidden: int
+    segment_len: int
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+    prev_embed: bool = False
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with an optional memory."""
 
@@ -121,16 +144,15 @@ class Block(nn.Module):
         self.mlp = SwiGLU(d_model, mlp_hidden)
         self.memory = memory
 
-    def forward(self, x: Tensor, state: Any, past: SegmentCache | None, read: Read | None, start: int,
-                front: int = 0, back: int = 0, capacity: int | None = None
-                ) -> tuple[Tensor, SegmentView, SegmentCache | None, Read]:
-        """x: (B, n, D) rows at stream positions start..start+n-1. Without `capacity` the rows are the
-        whole stream (a segment, start 0); with it they are appended to `past` (allocated here, with
-        that capacity, when None). The first `front` / last `back` rows are memory-token slots (the
-        memory's `inject` is added there).
+    def forward(self, x: Tensor, state: Any, past: SegmentCache | None, read: Read | None,
+                span: Span = Span()) -> tuple[Tensor, SegmentView, SegmentCache | None, Read]:
+        """x: (B, n, D) rows at stream positions span.start..start+n-1. Without `span.capacity` the rows
+        are the whole stream (a segment, start 0); with it they are appended to `past` (allocated here,
+        with that capacity, when None). The memory's `inject` is added to the span's slot rows.
 
         Returns the block output (B, n, D), the memory's view of the stream so far, the cache and the Read used.
         """
+        start, front, back, capacity = span
         if self.memory is not None:
             x = self._inject(x, state, front, back)
             extra = self.memory.pre(state, x)  # (B, n, D) or None
@@ -191,10 +213,10 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, vocab_size: int, d_model: int, n_layer: int, n_head: int, mlp_hidden: int,
-                 segment_len: int, memories: dict[int, Memory], rope_base: float = 10000.0,
-                 tie_embeddings: bool = True, prev_embed: bool = False):
+    def __init__(self, shape: DecoderShape, memories: dict[int, Memory]):
+        """memories: layer -> its memory (layers without one have none)."""
         super().__init__()
+        vocab_size, d_model, n_layer, n_head, mlp_hidden, segment_len, rope_base, tie_embeddings, prev_embed = shape
         bad = sorted(i for i in memories if not 0 <= i < n_layer)
         if bad:
             raise ValueError(f"Decoder: memory layers {bad} outside 0..{n_layer - 1}")
@@ -274,21 +296,21 @@ class Decoder(nn.Module):
         attribute: the state dict is unchanged."""
         self._compiled = tuple(torch.compile(block, **options) for block in self.blocks)
 
-    def _blocks(self, x: Tensor, states: States, past: list, reads: list, start: int, front: int,
-                back: int, capacity: int | None = None) -> tuple[Tensor, dict[int, Tensor], list]:
+    def _blocks(self, x: Tensor, states: States, past: list, reads: list,
+                span: Span) -> tuple[Tensor, dict[int, Tensor], list]:
         """Run every block on one chunk (updates past/reads in place); returns the output (B, n, D),
-        per memory layer the block output at the chunk's last `back` rows, and per layer the memory's
-        view of the stream so far. capacity: streaming (see `Block.forward`); without it the compiled
-        blocks run, if `compile_blocks` made them."""
+        per memory layer the block output at the chunk's last `span.back` rows, and per layer the
+        memory's view of the stream so far. With `span.capacity`: streaming (see `Block.forward`);
+        without it the compiled blocks run, if `compile_blocks` made them."""
         slot = {layer: j for j, layer in enumerate(self.memory_layers)}
         outs, views = {}, []
-        blocks = self.blocks if capacity is not None else getattr(self, "_compiled", None) or self.blocks
+        blocks = self.blocks if span.capacity is not None else getattr(self, "_compiled", None) or self.blocks
         for i, block in enumerate(blocks):
             state = states[slot[i]] if i in slot else None
-            x, view, past[i], reads[i] = block(x, state, past[i], reads[i], start, front, back, capacity)
+            x, view, past[i], reads[i] = block(x, state, past[i], reads[i], span)
             views.append(view)
-            if i in slot and back:
-                outs[i] = x[:, x.shape[1] - back :]  # (B, s, D)
+            if i in slot and span.back:
+                outs[i] = x[:, x.shape[1] - span.back :]  # (B, s, D)
         return x, outs, views
 
     def _write(self, states: States, views: list, outs: dict[int, Tensor], final: Tensor | None) -> States:
@@ -331,7 +353,7 @@ class Decoder(nn.Module):
                       dim=1)  # (B, p + l + s, D)
         n = len(self.blocks)
         past, reads = [None] * n, [None] * n
-        x, outs, views = self._blocks(x, states, past, reads, 0, self.front, self.back)
+        x, outs, views = self._blocks(x, states, past, reads, Span(0, self.front, self.back))
         h = self.norm(x)  # (B, p + l + s, D)
         final = h[:, self.front + l :] if self.back else None  # (B, s, D)
         h = h[:, self.front : self.front + l]  # (B, l, D)
@@ -360,16 +382,16 @@ class Decoder(nn.Module):
         past, reads = list(stream.past), list(stream.reads)
         capacity = self.front + self.segment_len + self.back  # the caches' rows
         if stream.pos == 0 and self.front:
-            self._blocks(self._slot_input(b, self.front), stream.states, past, reads, 0, self.front, 0, capacity)
+            self._blocks(self._slot_input(b, self.front), stream.states, past, reads, Span(0, self.front, 0, capacity))
         e, last = self._embed(tokens, stream.last if stream.pos else None)  # (B, n, D), (B,)
-        x, _, views = self._blocks(e, stream.states, past, reads, self.front + stream.pos, 0, 0, capacity)
+        x, _, views = self._blocks(e, stream.states, past, reads, Span(self.front + stream.pos, 0, 0, capacity))
         pos = stream.pos + tokens.shape[1]
         if pos < self.segment_len:
             return self.logits(x), Stream(stream.states, tuple(past), tuple(reads), pos, last)
         outs, final = {}, None
         if self.back:
             tail, outs, views = self._blocks(self._slot_input(b, self.back), stream.states, past, reads,
-                                             self.front + pos, 0, self.back, capacity)
+                                             Span(self.front + pos, 0, self.back, capacity))
             final = self.norm(tail)  # (B, s, D)
         n = len(self.blocks)
         return self.logits(x), Stream(self._write(stream.states, views, outs, final), (None,) * n, (None,) * n, 0)

@@ -21,6 +21,7 @@ attention does), so every part, the memory's included, is differentiated by its 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,11 +29,32 @@ from torch import Tensor
 from ..precision import fp32_region
 
 
-def math_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
-                 mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Explicit softmax attention: (out (B, H, n, d) in q's dtype, lse (B, H, n) fp32 or fp64).
-    causal: query i sees key j iff j <= i (top-left aligned, as the fused kernels). mask: additive,
-    broadcastable to (B, H, n, S) (-inf: not seen); a row that sees no key has out 0 and lse -inf."""
+class Part(NamedTuple):
+    """One part of the joint softmax, as one fused-kernel call: queries q (B, H, n, d), keys and values
+    k, v (B, H, S, d); causal: query i sees key j iff j <= i (top-left aligned, as the fused kernels);
+    mask: additive, broadcastable to (B, H, n, S) (-inf: not seen), or None."""
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    causal: bool = False
+    mask: Tensor | None = None
+
+
+class MemoryKeys(NamedTuple):
+    """The memory side of `merged_attention`: the queries of the memory logits q (B, H, n, d) (un-rotated,
+    or rotated when the memory keys have positions), keys and values k, v (B, H, M, d); valid: (B, M)
+    bool or None (every key valid); rows: (B,) bool or None, the rows that see the memory at all."""
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    valid: Tensor | None = None
+    rows: Tensor | None = None
+
+
+def math_forward(part: Part, scale: float) -> tuple[Tensor, Tensor]:
+    """Explicit softmax attention: (out (B, H, n, d) in q's dtype, lse (B, H, n) fp32 or fp64); a row
+    that sees no key has out 0 and lse -inf."""
+    q, k, v, causal, mask = part
     s = q.float() @ k.float().transpose(-1, -2) * scale if q.dtype != torch.float64 else q @ k.transpose(-1, -2) * scale
     s = _masked(s, causal, mask)  # (B, H, n, S)
     lse = s.logsumexp(-1)  # (B, H, n)
@@ -47,9 +69,9 @@ def _masked(s: Tensor, causal: bool, mask: Tensor | None) -> Tensor:
     return s if mask is None else s + mask.to(s.dtype)
 
 
-def math_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
-                  scale: float, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (dq, dk, dv) of the joint softmax whose output is `out` and log-sum-exp `lse`."""
+def math_backward(dy: Tensor, part: Part, out: Tensor, lse: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of `part` within the joint softmax whose output is `out` and log-sum-exp `lse`."""
+    q, k, v, causal, mask = part
     wide = torch.float64 if q.dtype == torch.float64 else torch.float32
     qf, kf, vf, dyf = q.to(wide), k.to(wide), v.to(wide), dy.to(wide)
     s = _masked(qf @ kf.transpose(-1, -2) * scale, causal, mask)  # (B, H, n, S)
@@ -69,11 +91,11 @@ def _flash_cuda(q: Tensor) -> bool:
         and q.shape[-1] <= 256
 
 
-def fused_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
-                  mask: Tensor | None = None) -> tuple[Tensor, Tensor, tuple]:
+def fused_forward(part: Part, scale: float) -> tuple[Tensor, Tensor, tuple]:
     """(out, lse, what the backward needs) from the fused kernel; `math_forward` where none applies.
     The last item is () or, for CUDA flash, (cum_seq_q, cum_seq_k, rng_state, unused, max_q, max_k).
-    mask: additive, in q's dtype (the CPU kernel takes it; CUDA flash does not: the twin runs)."""
+    The mask is additive, in q's dtype (the CPU kernel takes it; CUDA flash does not: the twin runs)."""
+    q, k, v, causal, mask = part
     if q.device.type == "cpu":
         out, lse = _CPU_FORWARD(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)
         return out, lse, ()
@@ -81,33 +103,34 @@ def fused_forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float,
         out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
             q, k, v, 0.0, causal, False, scale=scale)
         return out, lse, (cq, ck, seed, offset, mq, mk)
-    out, lse = math_forward(q, k, v, causal, scale, mask)
+    out, lse = math_forward(part, scale)
     return out, lse, ()
 
 
-def fused_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, causal: bool,
-                   scale: float, extra: tuple, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """The kernel's backward for the joint softmax given its merged output and log-sum-exp."""
+def fused_backward(dy: Tensor, part: Part, out: Tensor, lse: Tensor, scale: float,
+                   extra: tuple) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel's backward of `part` within the joint softmax, given its merged output and log-sum-exp
+    and what `fused_forward` returned for the backward."""
+    q, k, v, causal, mask = part
     if q.device.type == "cpu":
         return _CPU_BACKWARD(dy, q, k, v, out, lse, 0.0, causal, attn_mask=mask, scale=scale)
     if extra:  # CUDA flash: the same arguments as its autograd formula (derivatives.yaml)
         cq, ck, seed, offset, mq, mk = extra
         return torch.ops.aten._scaled_dot_product_flash_attention_backward(
             dy, q, k, v, out, lse, cq, ck, mq, mk, 0.0, causal, seed, offset, scale=scale)
-    return math_backward(dy, q, k, v, out, lse, causal, scale, mask)
+    return math_backward(dy, part, out, lse, scale)
 
 
-def _parts(q: Tensor, k: Tensor, v: Tensor, start: int, q_mem: Tensor, k_mem: Tensor, v_mem: Tensor,
-           mask: Tensor | None) -> list[tuple[Tensor, Tensor, Tensor, bool, Tensor | None]]:
-    """The joint softmax as fused-kernel parts [(queries, keys, values, causal, mask)]: the local keys
-    (keys before `start` are seen by all, and one query, a generated token, sees every key), then the
-    memory keys, seen by every query (with their own queries: un-rotated, or rotated for positions)."""
-    memory = (q_mem, k_mem, v_mem, False, mask)
+def _parts(local: Part, start: int, memory: Part) -> list[Part]:
+    """The joint softmax as fused-kernel parts: the local keys (keys before `start` are seen by all,
+    and one query, a generated token, sees every key), then the memory keys, seen by every query
+    (with their own queries: un-rotated, or rotated for positions)."""
+    q, k, v, _, _ = local
     if start == 0:
-        return [(q, k, v, True, None), memory]
+        return [Part(q, k, v, True), memory]
     if k.shape[2] - start == 1:
-        return [(q, k, v, False, None), memory]
-    return [(q, k[:, :, :start], v[:, :, :start], False, None), (q, k[:, :, start:], v[:, :, start:], True, None), memory]
+        return [Part(q, k, v), memory]
+    return [Part(q, k[:, :, :start], v[:, :, :start]), Part(q, k[:, :, start:], v[:, :, start:], True), memory]
 
 
 _WIDE = (torch.float32, torch.float64)
@@ -145,8 +168,8 @@ class _Merged(torch.autograd.Function):
             mask = torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(~valid, float("-inf"))
             mask = mask[:, None, None, :]
         with fp32_region(q.device.type):
-            done = [fused_forward(qp, kp, vp, causal, scale, m)
-                    for qp, kp, vp, causal, m in _parts(q, k, v, start, q_mem, k_mem, v_mem, mask)]
+            parts = _parts(Part(q, k, v), start, Part(q_mem, k_mem, v_mem, False, mask))
+            done = [fused_forward(part, scale) for part in parts]
             lses = [lse_p if lse_p.dtype in _WIDE else lse_p.float() for _, lse_p, _ in done]
             if valid is not None:  # a row that sees no memory key: its memory part has no mass (the CPU kernel says 0)
                 lses[-1] = lses[-1].masked_fill(~valid.any(-1)[:, None, None], float("-inf"))
@@ -163,7 +186,7 @@ class _Merged(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         q, k, v, q_mem, k_mem, v_mem, mask, rows, y, lse, *flat = ctx.saved_tensors
-        parts = _parts(q, k, v, ctx.start, q_mem, k_mem, v_mem, mask)
+        parts = _parts(Part(q, k, v), ctx.start, Part(q_mem, k_mem, v_mem, False, mask))
         extras = [()] * len(parts)
         if ctx.sizes is not None:
             extras, i = [], 0
@@ -173,8 +196,7 @@ class _Merged(torch.autograd.Function):
         lse = _as(lse, ctx.lse_dtype)
         dy = dy if dy.stride(-1) == 1 else dy.contiguous()
         with fp32_region(q.device.type):
-            grads = [fused_backward(dy, qp, kp, vp, y, lse, causal, ctx.scale, extra, m)
-                     for (qp, kp, vp, causal, m), extra in zip(parts, extras)]
+            grads = [fused_backward(dy, part, y, lse, ctx.scale, extra) for part, extra in zip(parts, extras)]
         *local, (dq_mem, dk_mem, dv_mem) = grads
         if rows is not None:  # the kernel's backward saw exp(s - L) > 0 on rows without memory: their true weight is 0
             keep = rows.view(-1, 1, 1, 1)
@@ -187,12 +209,11 @@ class _Merged(torch.autograd.Function):
         return dq, dk, dv, dq_mem, dk_mem, dv_mem, None, None, None
 
 
-def merged_attention(q: Tensor, k: Tensor, v: Tensor, q_mem: Tensor, k_mem: Tensor, v_mem: Tensor,
-                     valid: Tensor | None, start: int, rows: Tensor | None = None) -> Tensor:
+def merged_attention(q: Tensor, k: Tensor, v: Tensor, start: int, memory: MemoryKeys) -> Tensor:
     """Joint softmax over [memory ; causal local]. q: (B, H, n, d) rotated queries at positions
-    start..start+n-1; k, v: (B, H, S, d) rotated local keys 0..S-1; q_mem: (B, H, n, d) the queries
-    of the memory logits (un-rotated, or rotated when the memory keys have positions); k_mem, v_mem:
-    (B, H, M, d), cast to q's dtype (the local tensors are in it already); valid: (B, M) bool or None
-    (every key valid); rows: (B,) bool or None, the rows that see the memory at all (with valid None: the
-    kernel runs unmasked and the other rows' memory part is dropped exactly). Returns (B, H, n, d) in q's dtype."""
+    start..start+n-1; k, v: (B, H, S, d) rotated local keys 0..S-1; the memory's keys and values are
+    cast to q's dtype (the local tensors are in it already). With `memory.valid` None and `rows` given,
+    the kernel runs unmasked and the other rows' memory part is dropped exactly. Returns (B, H, n, d)
+    in q's dtype. (`_Merged.apply` takes every tensor as an argument of its own: autograd tracks only those.)"""
+    q_mem, k_mem, v_mem, valid, rows = memory
     return _Merged.apply(q, k, v, q_mem, _as(k_mem, q.dtype), _as(v_mem, q.dtype), valid, rows, start)

@@ -23,7 +23,7 @@ from elastic_cli.train import loggers
 from elastic_cli.runs import lock as runlock
 from elastic_cli.build import build_model
 from elastic_cli.config import RunConfig, config_hash, dump_yaml, to_dict
-from elastic_cli.data.loader import SegmentLoader
+from elastic_cli.data.loader import SegmentLoader, Windows
 from elastic_cli.errors import DataError, Diverged, Preempted, UsageError
 from elastic_cli.model.init import init_weights
 from elastic_cli.train import preflight
@@ -97,8 +97,8 @@ def _train(plan: RunPlan, device: torch.device, argv: list[str], lock: runlock.R
         console.info(f"train.micro_batch=auto: {step_cfg.train.micro_batch} windows per forward "
                      f"(of {t.global_batch // world} per process and step)")
     optimizer = build_optimizer(model, t.lr, t.betas, t.weight_decay, device)
-    loader = SegmentLoader(data, cfg.data.train_split, t.global_batch, segments_at(0, t.curriculum, t.segments),
-                           cfg.model.segment_len, t.seed, rank, world, answers_only=t.loss_on == "answers")
+    windows = Windows(t.global_batch, segments_at(0, t.curriculum, t.segments), cfg.model.segment_len)
+    loader = SegmentLoader(data, cfg.data.train_split, windows, t.seed, rank, world, answers_only=t.loss_on == "answers")
     step, tokens = 0, 0
     if start is not None:
         step, tokens = _resume(plan, model, optimizer, loader, device, sharded)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from elastic_cli.data.loader import SegmentLoader
+from elastic_cli.data.loader import SegmentLoader, Windows
 from elastic_cli.evaluate.scoring import read
 from elastic_cli.train import distributed
 
@@ -17,7 +17,7 @@ def evaluate_loss(cfg, model, data, autocast, device) -> tuple[float, float, dic
     gate β) averaged over every segment written. With train.loss_on=answers loss and accuracy are
     over answer tokens only."""
     t = cfg.train
-    loader = SegmentLoader(data, cfg.data.val_split, t.global_batch, t.segments, cfg.model.segment_len,
+    loader = SegmentLoader(data, cfg.data.val_split, Windows(t.global_batch, t.segments, cfg.model.segment_len),
                            t.seed, distributed.rank(), distributed.world(), answers_only=t.loss_on == "answers")
     was_training = model.training
     model.eval()

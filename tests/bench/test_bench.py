@@ -17,7 +17,7 @@ from elastic_cli.bench import measure
 from elastic_cli.data.loader import Batch
 from elastic_cli.memory import REGISTRY, hippo
 from elastic_cli.memory.base import Memory, Read, detach_state
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from elastic_cli.train.step import train_step
 
@@ -27,7 +27,7 @@ CPU = torch.device("cpu")
 
 def build(kind="elastic", **options):
     opts = {"order": 6, "samples": 4, **options} if kind == "elastic" else options
-    model = Decoder(V, D, 2, HEADS, HIDDEN, SEG, {i: REGISTRY[kind](HEADS, D // HEADS, **opts) for i in (0, 1)})
+    model = Decoder(DecoderShape(V, D, 2, HEADS, HIDDEN, SEG), {i: REGISTRY[kind](HEADS, D // HEADS, **opts) for i in (0, 1)})
     init_weights(model, seed=0)
     return model
 

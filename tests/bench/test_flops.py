@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from elastic_cli import flops
 from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import Memory
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 
 V, D, LAYERS, HEADS, HIDDEN, SEG = 10, 8, 2, 2, 12, 4
@@ -15,7 +15,7 @@ V, D, LAYERS, HEADS, HIDDEN, SEG = 10, 8, 2, 2, 12, 4
 
 def build(kind, order=3, samples=2, layers=(0, 1)):
     opts = {"order": order, "samples": samples} if kind == "elastic" else {}
-    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, {i: REGISTRY[kind](HEADS, D // HEADS, **opts) for i in layers})
+    model = Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), {i: REGISTRY[kind](HEADS, D // HEADS, **opts) for i in layers})
     init_weights(model, seed=0)
     for block in model.blocks:
         block.attn.reference = True  # explicit matmuls: the counter sees the math, not the SDPA packing
@@ -129,7 +129,7 @@ def test_every_kind_forward_after_history_matches_torch_counter(kind, options):
     layers = (0,) if kind == "rmt" else (0, 1)  # rmt: a decoder-level memory on the first layer
     memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options, **({"window": SEG, "long_layer": i == 1}
                                                                    if kind == "melodi" else {})) for i in layers}
-    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
+    model = Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), memories)
     init_weights(model, seed=0)
     for block in model.blocks:
         block.attn.reference = True

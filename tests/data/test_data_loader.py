@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from elastic_cli.data.loader import PreparedData, SegmentLoader
+from elastic_cli.data.loader import PreparedData, SegmentLoader, Windows
 from elastic_cli.data.prepare import PrepareOptions, prepare
 from elastic_cli.data.tokenizer import PAD_ID, Tokenizer
 from elastic_cli.errors import DataError
@@ -48,7 +48,7 @@ def slow_epoch_stream(data, split, L, seed, epoch):
 
 def test_windows_match_the_slow_twin_over_two_epochs(data):
     S, L, G = 3, 16, 4
-    ld = SegmentLoader(data, "train", G, S, L, seed=7)
+    ld = SegmentLoader(data, "train", Windows(G, S, L), seed=7)
     per_epoch = []
     for epoch in range(2):
         inp, tgt, start = slow_epoch_stream(data, "train", L, 7, epoch)
@@ -68,19 +68,19 @@ def test_windows_match_the_slow_twin_over_two_epochs(data):
 
 
 def test_epochs_are_different_permutations_and_eval_order_is_stored_order(data):
-    a = SegmentLoader(data, "train", 1, 1, 4096, seed=1)
+    a = SegmentLoader(data, "train", Windows(1, 1, 4096), seed=1)
     first = [a.next_batch().inputs[0, 0, :8].tolist() for _ in range(2 * a.windows_per_epoch)]
     e0, e1 = first[:a.windows_per_epoch], first[a.windows_per_epoch:]
     assert sorted(e0) == sorted(e1) and e0 != e1
-    b = SegmentLoader(data, "train", 1, 1, 4096, seed=1)
+    b = SegmentLoader(data, "train", Windows(1, 1, 4096), seed=1)
     assert [b.next_batch().inputs[0, 0, :8].tolist() for _ in range(len(first))] == first
-    v = SegmentLoader(data, "val", 1, 1, 4096, seed=1)
+    v = SegmentLoader(data, "val", Windows(1, 1, 4096), seed=1)
     assert [v.next_batch().inputs[0, 0, :3].tolist() for _ in data.documents("val")] == \
            [list(map(int, data.tokens(d)[:3])) for d in data.documents("val")]
 
 
 def run(data, world, steps, state=None):
-    loaders = [SegmentLoader(data, "train", 4, 2, 8, seed=3, rank=r, world=world) for r in range(world)]
+    loaders = [SegmentLoader(data, "train", Windows(4, 2, 8), seed=3, rank=r, world=world) for r in range(world)]
     if state is not None:
         for ld in loaders:
             ld.load_state_dict(state)
@@ -102,7 +102,7 @@ def test_resume_equals_uninterrupted_iteration(data, world_before, world_after):
 
 def test_cursor_from_another_configuration_is_refused(data):
     _, state = run(data, 1, 2)
-    other = SegmentLoader(data, "train", 4, 2, 16, seed=3)
+    other = SegmentLoader(data, "train", Windows(4, 2, 16), seed=3)
     with pytest.raises(DataError, match="segment_len=8"):
         other.load_state_dict(state)
 
@@ -137,7 +137,7 @@ def test_loader_round_trip_gives_back_every_source_text(data):
     tok = Tokenizer.load(BOOKS)
     src = data.path.parent / "docs"
     for split in ("train", "val", "test"):
-        ld = SegmentLoader(data, split, 1, 10_000, 8, seed=0)
+        ld = SegmentLoader(data, split, Windows(1, 10_000, 8), seed=0)
         b = ld.next_batch()
         docs, cur = [], None
         for s in range(b.inputs.shape[1]):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from elastic_cli.data import mqar
-from elastic_cli.data.loader import PreparedData, SegmentLoader
+from elastic_cli.data.loader import PreparedData, SegmentLoader, Windows
 from elastic_cli.data.tasks import check_answer, TaskOptions, prepare_task
 from elastic_cli.data.tokenizer import Tokenizer
 from elastic_cli.errors import UsageError
@@ -122,8 +122,8 @@ def test_mqar_rejects_impossible_settings(tmp_path):
 
 def test_loader_answers_only_keeps_exactly_the_answer_targets(tmp_path):
     data = _mqar(tmp_path, (0, 7))
-    full = SegmentLoader(data, "train", 4, 8, 32, seed=0)
-    only = SegmentLoader(data, "train", 4, 8, 32, seed=0, answers_only=True)
+    full = SegmentLoader(data, "train", Windows(4, 8, 32), seed=0)
+    only = SegmentLoader(data, "train", Windows(4, 8, 32), seed=0, answers_only=True)
     for _ in range(3):
         f, o = full.next_batch(), only.next_batch()
         kept = o.targets != -1

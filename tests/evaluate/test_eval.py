@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from elastic_cli.evaluate.job import bits_per_byte, perplexity
 from elastic_cli.evaluate.scoring import Scoring, Tally, score
 from elastic_cli.memory import REGISTRY
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 
 
@@ -68,7 +68,7 @@ def test_tally_skips_masked_tokens():
 def test_score_of_batched_documents_equals_one_document_at_a_time():
     V, D, SEG = 29, 16, 5
     mems = {i: REGISTRY["elastic"](2, D // 2, order=6, samples=4) for i in range(2)}
-    m = Decoder(V, D, 2, 2, 24, SEG, mems).eval()
+    m = Decoder(DecoderShape(V, D, 2, 2, 24, SEG), mems).eval()
     init_weights(m, seed=1)
     rng = np.random.default_rng(0)
     docs = [rng.integers(0, V, n) for n in (3, 17, 11, 5, 23)]

@@ -17,7 +17,7 @@ from elastic_cli.evaluate import scoring
 from elastic_cli.train import step as training
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
-from elastic_cli.data.loader import PreparedData, SegmentLoader
+from elastic_cli.data.loader import PreparedData, SegmentLoader, Windows
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.init import init_weights
 from elastic_cli.train.optim import build_optimizer
@@ -48,7 +48,7 @@ def test_train_eval_and_generation_score_each_token_alike(kind, tiny_corpus, mon
     model = build_model(cfg)
     init_weights(model, 0)
     prepared = PreparedData(tiny_corpus)
-    batch = SegmentLoader(prepared, "val", 1, S, 16, 0).next_batch()  # the first val document's first window
+    batch = SegmentLoader(prepared, "val", Windows(1, S, 16), 0).next_batch()  # the first val document's first window
     doc = np.asarray(prepared.tokens(prepared.documents("val")[0]))
     assert len(doc) > S * 16 + 1 and np.array_equal(batch.inputs[0].flatten().numpy(), doc[:S * 16])
     n = S * 16  # scored tokens: targets doc[1 : n + 1]

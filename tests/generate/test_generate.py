@@ -14,7 +14,7 @@ from elastic_cli.data import textio
 from elastic_cli.generate.prompt import prompt_texts, read_prompt
 from elastic_cli.generate.stream import IncrementalDecoder, continuation, prefill, prefill_chunks, samples, stream_numel
 from elastic_cli.memory import REGISTRY
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from tests.helpers.tiny_run import TOKENIZER
 
@@ -166,8 +166,8 @@ def test_a_long_file_is_read_in_blocks_at_constant_memory(tmp_path, monkeypatch)
 
 def test_prefill_in_chunks_equals_prefill_of_the_whole_prompt():
     torch.manual_seed(0)
-    model = Decoder(vocab_size=64, d_model=32, n_layer=2, n_head=2, mlp_hidden=64, segment_len=8,
-                    memories={i: REGISTRY["elastic"](2, 16, order=4, samples=4) for i in range(2)})
+    shape = DecoderShape(vocab_size=64, d_model=32, n_layer=2, n_head=2, mlp_hidden=64, segment_len=8)
+    model = Decoder(shape, {i: REGISTRY["elastic"](2, 16, order=4, samples=4) for i in range(2)})
     init_weights(model, 0)
     ids = (torch.arange(45) * 7 % 60 + 4).tolist()
     whole, _ = prefill(model.eval(), ids, torch.device("cpu"))
@@ -208,7 +208,7 @@ V, D, LAYERS, HEADS, HIDDEN, SEG = 41, 16, 2, 2, 32, 8
 
 def model(schedule="uniform"):
     mems = {i: REGISTRY["elastic"](HEADS, D // HEADS, order=6, samples=5, schedule=schedule) for i in range(LAYERS)}
-    m = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, mems)
+    m = Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), mems)
     init_weights(m, seed=3)
     return m.eval()
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from elastic_cli.memory import REGISTRY, LayerContext
 from elastic_cli.memory import options as memory_options
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from tests.helpers.memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, check_fast_equals_reference, tokens
 
@@ -52,7 +52,7 @@ def build(kind, seed=0):
     """A tiny decoder with `kind` on every layer; a VARIANTS name adds its options to the kind's."""
     kind, opts = VARIANTS.get(kind, (kind, lambda layer: options(kind, layer)))
     memories = {i: REGISTRY[kind](HEADS, D // HEADS, **opts(i)) for i in range(LAYERS)}
-    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
+    model = Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), memories)
     init_weights(model, seed=seed)
     return model
 

@@ -12,7 +12,7 @@ import torch
 from elastic_cli import console
 from elastic_cli.build import build_model
 from elastic_cli.config import load_config
-from elastic_cli.data.loader import PreparedData, SegmentLoader
+from elastic_cli.data.loader import PreparedData, SegmentLoader, Windows
 from elastic_cli.memory import REGISTRY
 from elastic_cli.model.init import init_weights
 from elastic_cli.train import distributed, preflight
@@ -35,8 +35,8 @@ def steps(kind: str, data: Path, micro_batch: int, n: int = 2) -> dict[str, torc
     model = build_model(cfg)
     init_weights(model, 0)
     opt = build_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, torch.device("cpu"))
-    loader = SegmentLoader(PreparedData(data), "train", cfg.train.global_batch, cfg.train.segments,
-                           cfg.model.segment_len, 0, distributed.rank(), distributed.world())
+    loader = SegmentLoader(PreparedData(data), "train", Windows(cfg.train.global_batch, cfg.train.segments,
+                           cfg.model.segment_len), 0, distributed.rank(), distributed.world())
     net = distributed.wrap(model, find_unused=bool(preflight.write_only_parameters(cfg)))
     for _ in range(n):
         train_step(cfg, model, opt, loader.next_batch(), nullcontext(), torch.device("cpu"), net)

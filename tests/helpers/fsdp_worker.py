@@ -21,7 +21,7 @@ from tests.helpers import ddp_kinds  # noqa: E402
 from elastic_cli import console  # noqa: E402
 from elastic_cli.build import build_model  # noqa: E402
 from elastic_cli.config import load_config  # noqa: E402
-from elastic_cli.data.loader import PreparedData, SegmentLoader  # noqa: E402
+from elastic_cli.data.loader import PreparedData, SegmentLoader, Windows  # noqa: E402
 from elastic_cli.memory import REGISTRY  # noqa: E402
 from elastic_cli.model.init import init_weights  # noqa: E402
 from elastic_cli.runs import checkpoint  # noqa: E402
@@ -41,8 +41,8 @@ def kinds(data: Path, out: Path) -> None:
         init_weights(model, 0)
         fsdp.shard(model, CPU, bf16=False)
         opt = build_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, CPU)
-        loader = SegmentLoader(PreparedData(data), "train", cfg.train.global_batch, cfg.train.segments,
-                               cfg.model.segment_len, 0, distributed.rank(), distributed.world())
+        loader = SegmentLoader(PreparedData(data), "train", Windows(cfg.train.global_batch, cfg.train.segments,
+                               cfg.model.segment_len), 0, distributed.rank(), distributed.world())
         for _ in range(2):
             train_step(cfg, model, opt, loader.next_batch(), nullcontext(), CPU, model)
         weights = fsdp.full_weights(model)
@@ -65,7 +65,7 @@ def checkpoints(out: Path) -> None:
             sharded = mode == "fsdp"
             model = loop._model(cfg, ckpt, CPU, sharded, bf16=False)
             opt = build_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, CPU)
-            loader = SegmentLoader(plan.data, "train", cfg.train.global_batch, cfg.train.segments, cfg.model.segment_len,
+            loader = SegmentLoader(plan.data, "train", Windows(cfg.train.global_batch, cfg.train.segments, cfg.model.segment_len),
                                    cfg.train.seed, distributed.rank(), distributed.world())
             step, tokens = loop._resume(plan, model, opt, loader, CPU, sharded)
             state = whole_state(model, opt)

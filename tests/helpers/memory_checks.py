@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from elastic_cli.memory import REGISTRY
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 
 V, D, LAYERS, HEADS, HIDDEN, SEG = 37, 16, 2, 2, 24, 6
@@ -13,7 +13,7 @@ def build(kind, layers=(0, 1), seed=0, boost=1.0, **options):
     """A tiny decoder; `boost` scales the memory parameters so that memory effects are large at init
     (and, boost != 1, draws the ones that start at zero, such as ARMT's W_v, as N(0, 0.02 boost))."""
     memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options) for i in layers}
-    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories)
+    model = Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), memories)
     init_weights(model, seed=seed)
     if boost != 1:
         draw_zero_init(model, seed)

@@ -7,7 +7,7 @@ from tests.helpers import tiny_run
 from elastic_cli.config import load_config
 from elastic_cli.memory.armt import EPS, associate, delta_write
 from elastic_cli.memory import REGISTRY
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from elastic_cli.train.loop import train
 
@@ -17,7 +17,7 @@ D, LAYERS, HEADS, SEG, TOKENS, KEY_DIM, V = 128, 2, 4, 16, 8, 11, 512
 
 def model_at_init(l2: bool) -> Decoder:
     mems = {i: REGISTRY["armt"](HEADS, D // HEADS, tokens=TOKENS, key_dim=KEY_DIM, l2=l2) for i in range(LAYERS)}
-    model = Decoder(V, D, LAYERS, HEADS, 384, SEG, mems)
+    model = Decoder(DecoderShape(V, D, LAYERS, HEADS, 384, SEG), mems)
     init_weights(model, seed=0)
     return model
 

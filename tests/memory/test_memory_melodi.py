@@ -7,7 +7,7 @@ import torch
 
 from elastic_cli.memory.base import SegmentView
 from elastic_cli.memory.melodi import MelodiMemory
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from tests.helpers.memory_checks import check_rows_and_reset, check_streaming
 
@@ -100,7 +100,7 @@ def test_short_layer_has_no_long_memory_and_only_the_lowest_layer_injects():
 def decoder(summary=U, seed=0):
     mems = {i: MelodiMemory(H, DH, window=W, short_tokens=S, summary_tokens=summary, long_layer=i == 0,
                             long_tokens=L, long_store=C, first=i == 0) for i in range(2)}
-    model = Decoder(37, H * DH, 2, H, 16, W, mems)
+    model = Decoder(DecoderShape(37, H * DH, 2, H, 16, W), mems)
     init_weights(model, seed=seed)
     return model
 

@@ -9,7 +9,7 @@ from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import Read, SegmentView
 from elastic_cli.memory.memorizing import MemorizingMemory
 from elastic_cli.model.attention import Attention
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 
 B, H, DH = 2, 2, 4
@@ -103,9 +103,9 @@ def test_empty_store_reads_local_attention_only_and_gate_starts_at_half():
     assert torch.isfinite(read.heads).all() and state.n.tolist() == [0, 3]
     # on a model: the first segment (empty store) equals the same weights without memory
     mems = {1: mem}
-    m = Decoder(37, H * DH, 2, H, 12, 5, mems)
+    m = Decoder(DecoderShape(37, H * DH, 2, H, 12, 5), mems)
     init_weights(m, seed=0)
-    none = Decoder(37, H * DH, 2, H, 12, 5, {1: REGISTRY["none"](H, DH)})
+    none = Decoder(DecoderShape(37, H * DH, 2, H, 12, 5), {1: REGISTRY["none"](H, DH)})
     none.load_state_dict(m.state_dict(), strict=False)
     toks = torch.randint(0, 37, (B, 5), generator=gen)
     with torch.no_grad():

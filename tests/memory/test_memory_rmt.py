@@ -27,7 +27,7 @@ def test_memory_is_the_last_hidden_state_at_the_write_slots():
         x = torch.cat([m0, model.embed(toks), m0], dim=1)
         for blk in model.blocks:
             blk.memory = None
-            x, *_ = blk(x, None, None, None, 0)
+            x, *_ = blk(x, None, None, None)
         expected = model.norm(x)[:, -3:]
     torch.testing.assert_close(states[0].m, expected)
     assert states[0].t.tolist() == [1, 1]

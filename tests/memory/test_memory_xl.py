@@ -8,7 +8,7 @@ from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import Read, SegmentView
 from elastic_cli.memory.xl import XLMemory
 from elastic_cli.model.attention import attend, attend_reference, rope_at
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from elastic_cli.model.layers import Rotary
 from tests.helpers.memory_checks import D, HEADS, HIDDEN, SEG, V, tokens
@@ -17,7 +17,7 @@ B, H, DH = 2, 2, 8
 
 def model(kind, layers=2, seg=SEG, **options):
     memories = {i: REGISTRY[kind](HEADS, D // HEADS, **options) for i in range(layers)}
-    m = Decoder(V, D, layers, HEADS, HIDDEN, seg, memories)
+    m = Decoder(DecoderShape(V, D, layers, HEADS, HIDDEN, seg), memories)
     init_weights(m, seed=0)
     return m
 

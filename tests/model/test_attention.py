@@ -74,14 +74,15 @@ def test_math_twin_equals_the_fused_kernel(causal, masked):
     if masked:  # (B, 1, 1, S): row 0 sees every key, row 1 the first two, row 2 all but the last
         seen = torch.tensor([[True] * 7, [True] * 2 + [False] * 5, [True] * 6 + [False]])
         mask = torch.zeros(B, 7, dtype=torch.float64).masked_fill(~seen, float("-inf"))[:, None, None, :]
-    out, lse, extra = merge.fused_forward(q, k, v, causal, 0.3, mask)
-    out_m, lse_m = merge.math_forward(q, k, v, causal, 0.3, mask)
+    part = merge.Part(q, k, v, causal, mask)
+    out, lse, extra = merge.fused_forward(part, 0.3)
+    out_m, lse_m = merge.math_forward(part, 0.3)
     torch.testing.assert_close(out, out_m)
     torch.testing.assert_close(lse, lse_m)
     dy, y = torch.randn_like(q), torch.randn_like(q)
     merged_lse = lse + torch.rand(lse.shape, generator=gen, dtype=torch.float64)  # as if other keys joined
-    for a, b in zip(merge.fused_backward(dy, q, k, v, y, merged_lse, causal, 0.3, extra, mask),
-                    merge.math_backward(dy, q, k, v, y, merged_lse, causal, 0.3, mask)):
+    for a, b in zip(merge.fused_backward(dy, part, y, merged_lse, 0.3, extra),
+                    merge.math_backward(dy, part, y, merged_lse, 0.3)):
         torch.testing.assert_close(a, b)
 
 
@@ -89,7 +90,7 @@ def test_math_twin_row_that_sees_no_key_has_no_mass():
     """out 0 and lse -inf (so the merge gives it weight 0); the CPU kernel says lse 0 there, which
     `merged_attention` overrides from the valid mask."""
     q, k, v = (torch.randn(1, 1, 2, D, dtype=torch.float64) for _ in range(3))
-    out, lse = merge.math_forward(q, k, v, False, 0.3, torch.full((1, 1, 1, 2), float("-inf"), dtype=torch.float64))
+    out, lse = merge.math_forward(merge.Part(q, k, v, False, torch.full((1, 1, 1, 2), float("-inf"), dtype=torch.float64)), 0.3)
     assert (out == 0).all() and (lse == float("-inf")).all()
 
 
@@ -199,10 +200,10 @@ def test_cuda_compiled_decoder_equals_eager_with_elastic_memory():
     import torch.nn.functional as F
 
     from elastic_cli.memory import REGISTRY
-    from elastic_cli.model.decoder import Decoder
+    from elastic_cli.model.decoder import Decoder, DecoderShape
     from elastic_cli.model.init import init_weights
 
-    model = Decoder(97, 64, 2, 2, 128, 32, {i: REGISTRY["elastic"](2, 32, order=8, samples=8) for i in (0, 1)})
+    model = Decoder(DecoderShape(97, 64, 2, 2, 128, 32), {i: REGISTRY["elastic"](2, 32, order=8, samples=8) for i in (0, 1)})
     init_weights(model, seed=0)
     model = model.cuda()
     x = torch.randint(0, 97, (2, 3, 32), generator=torch.Generator().manual_seed(0)).cuda()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from elastic_cli.memory import REGISTRY
 from elastic_cli.memory.base import detach_state
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 from tests.helpers.memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_segments, by_steps, check_fast_equals_reference, tokens
 
@@ -15,7 +15,7 @@ from tests.helpers.memory_checks import D, HEADS, HIDDEN, LAYERS, SEG, V, by_seg
 def build(kind="elastic", layers=(0, 1), tie=True, **options):
     opts = {"order": 8, "samples": 5, **options} if kind == "elastic" else {}
     memories = {i: REGISTRY[kind](HEADS, D // HEADS, **opts) for i in layers}
-    model = Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, memories, tie_embeddings=tie)
+    model = Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG, tie_embeddings=tie), memories)
     init_weights(model, seed=0)
     return model
 
@@ -157,9 +157,9 @@ def test_init_is_deterministic_and_scaled():
 
 def test_bad_construction_is_rejected():
     with pytest.raises(ValueError, match="outside"):
-        Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, {5: REGISTRY["none"](HEADS, D // HEADS)})
+        Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), {5: REGISTRY["none"](HEADS, D // HEADS)})
     with pytest.raises(ValueError, match="built for"):
-        Decoder(V, D, LAYERS, HEADS, HIDDEN, SEG, {0: REGISTRY["none"](4, 4)})
+        Decoder(DecoderShape(V, D, LAYERS, HEADS, HIDDEN, SEG), {0: REGISTRY["none"](4, 4)})
     model = build("none")
     with pytest.raises(ValueError, match="segment_len"):
         model(tokens(1, SEG + 1), model.empty_states(1, "cpu"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from elastic_cli.memory import REGISTRY
-from elastic_cli.model.decoder import Decoder
+from elastic_cli.model.decoder import Decoder, DecoderShape
 from elastic_cli.model.init import init_weights
 
 V, D, SEG = 37, 16, 8
@@ -15,7 +15,7 @@ V, D, SEG = 37, 16, 8
 
 def model(prev: bool, kind: str = "elastic", scale: float = 1.0) -> Decoder:
     opts = {"elastic": {"order": 6, "samples": 5}, "xl": {"cache": 8}}[kind]
-    m = Decoder(V, D, 2, 2, 32, SEG, {i: REGISTRY[kind](2, D // 2, **opts) for i in range(2)}, prev_embed=prev)
+    m = Decoder(DecoderShape(V, D, 2, 2, 32, SEG, prev_embed=prev), {i: REGISTRY[kind](2, D // 2, **opts) for i in range(2)})
     init_weights(m, 5)
     if prev:
         with torch.no_grad():

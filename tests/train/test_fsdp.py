@@ -204,8 +204,8 @@ def test_checkpoints_load_across_formats_and_process_counts(worker):
         plan = preflight.RunPlan(cfg, 1, preflight.open_data(cfg), ckpt, (), (), None)
         model = loop._model(cfg, ckpt, CPU, False, False)
         opt = loop.build_optimizer(model, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay, CPU)
-        loader = loop.SegmentLoader(plan.data, "train", cfg.train.global_batch, cfg.train.segments,
-                                    cfg.model.segment_len, 0)
+        loader = loop.SegmentLoader(plan.data, "train", loop.Windows(cfg.train.global_batch, cfg.train.segments,
+                                    cfg.model.segment_len), 0)
         assert loop._resume(plan, model, opt, loader, CPU, False)[0] == 2
         names = parameter_names(model)
         optim = {names[i]: value for i, value in opt.state_dict()["state"].items()}

@@ -145,11 +145,11 @@ def test_cuda_bf16_and_compile_match_cpu_fp32(tiny_corpus, tmp_path):
 
 def test_reset_at_empties_only_rows_starting_a_document_and_skips_no_op_segments():
     from elastic_cli.memory import REGISTRY
-    from elastic_cli.model.decoder import Decoder
+    from elastic_cli.model.decoder import Decoder, DecoderShape
     from elastic_cli.model.init import init_weights
     from elastic_cli.evaluate.scoring import reset_at
 
-    model = Decoder(37, 16, 1, 2, 24, 6, {0: REGISTRY["elastic"](2, 8, order=4, samples=3)})
+    model = Decoder(DecoderShape(37, 16, 1, 2, 24, 6), {0: REGISTRY["elastic"](2, 8, order=4, samples=3)})
     init_weights(model, seed=0)
     _, states = model(torch.randint(0, 37, (2, 6), generator=torch.Generator().manual_seed(0)),
                       model.empty_states(2, "cpu"))

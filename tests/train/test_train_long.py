@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from elastic_cli.config import load_config
-from elastic_cli.data.loader import Batch, PreparedData, SegmentLoader
+from elastic_cli.data.loader import Batch, PreparedData, SegmentLoader, Windows
 from elastic_cli.data.tasks import TaskOptions, prepare_task
 from elastic_cli.train.optim import segments_at
 from elastic_cli.evaluate.scoring import score
@@ -74,7 +74,7 @@ def test_answer_only_training_loss_equals_eval_answer_nll(mqar_data, kind, tmp_p
     model = build_model(cfg)
     init_weights(model, 0)
     docs = mqar_data.documents("train")
-    loader = SegmentLoader(mqar_data, "train", len(docs), 4, 16, seed=0, answers_only=True)
+    loader = SegmentLoader(mqar_data, "train", Windows(len(docs), 4, 16), seed=0, answers_only=True)
     batch = loader.next_batch()  # every train document once (a permutation of them)
     cfg_step = _cfg(micro_batch=len(docs), loss_on="answers")
     loss, n, _ = train_step(cfg_step, model, torch.optim.SGD(model.parameters(), lr=0.0), batch,
@@ -99,8 +99,8 @@ def test_segments_at_follows_the_stages():
 
 def test_set_segments_continues_the_stream_at_the_next_window_boundary(mqar_data):
     """After k windows of 1 segment, windows of 2 start at segment ceil(k/2)*2 of the same epoch."""
-    one = SegmentLoader(mqar_data, "train", 1, 1, 16, seed=0)
-    two = SegmentLoader(mqar_data, "train", 1, 2, 16, seed=0)
+    one = SegmentLoader(mqar_data, "train", Windows(1, 1, 16), seed=0)
+    two = SegmentLoader(mqar_data, "train", Windows(1, 2, 16), seed=0)
     for _ in range(3):
         one.next_batch()
     one.set_segments(2)
