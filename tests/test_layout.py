@@ -93,3 +93,28 @@ def test_own_modules_are_imported_at_the_top_outside_the_click_layer():
                         if rel not in LAZY_OK:
                             late.append(f"{rel}:{node.lineno}")
     assert late == []
+
+
+def long_signatures(source: str) -> list[str]:
+    """Functions in `source` that take 8 or more parameters (self and cls not counted)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            if len(names) + (a.vararg is not None) + (a.kwarg is not None) >= 8:
+                found.append(f"{node.name}:{node.lineno}")
+    return found
+
+
+def test_long_signature_counter_counts_parameters_not_self():
+    assert long_signatures("def f(a, b, c, d, e, f, g, *h): pass\nclass C:\n def m(self, a, b, c, d, e, f, g): pass") == ["f:1"]
+
+
+def test_at_most_five_functions_outside_the_click_layer_take_eight_parameters():
+    """Values travel in records (a plan, a shape, a span), not in long positional lists. The five that
+    may: the autograd forward of the merged attention (autograd tracks tensor arguments only), the
+    Hugging Face config and forward signatures, and two memories' paper hyperparameters."""
+    found = [f"{path.relative_to(PACKAGE)}:{f}" for path in sorted(PACKAGE.rglob("*.py"))
+             if path.relative_to(PACKAGE).parts[0] != "cli" for f in long_signatures(path.read_text())]
+    assert len(found) <= 5, found
