@@ -7,15 +7,17 @@ the blocks one by one gives the tokens of the whole text, up to ties of sentence
 lattice in texts longer than a block (docs/internals.md, Data; tests/data/test_data_blocks.py), so
 memory holds a few blocks, never a document.
 
-Blocks of every document go, in batches of about BLOCK_CHARS, to the workers; results come back
-in order with at most 2 × workers batches in flight, so one large document uses every worker and
-reading never runs ahead of encoding.
+Blocks of every document go, in batches of about BLOCK_CHARS, to the workers (`Encoders`, started
+before the sources are listed and hashed, so they load meanwhile); results come back in order with
+at most 2 × workers batches in flight, so one large document uses every worker and reading never
+runs ahead of encoding.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
+from multiprocessing.pool import Pool
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -96,25 +98,43 @@ def _encode(batch: list[tuple[int, bool, str]]) -> list[tuple[int, bool, np.ndar
             for doc, last, text in batch]
 
 
-def ordered(fn: Callable, tasks: Iterable, workers: int, init: Callable, initargs: tuple) -> Iterator:
-    """fn(task) for each task, in order: in this process with 1 worker, else in `workers` spawned
-    processes with at most 2 × workers tasks in flight (Pool.imap would read every task ahead)."""
-    if workers <= 1:
-        init(*initargs)
+def ordered(fn: Callable, tasks: Iterable, pool: Pool | None, workers: int) -> Iterator:
+    """fn(task) for each task, in order: in this process without a pool, else in the pool with at
+    most 2 x workers tasks in flight (Pool.imap would read every task ahead)."""
+    if pool is None:
         yield from map(fn, tasks)
         return
-    with mp.get_context("spawn").Pool(workers, initializer=init, initargs=initargs) as pool:
-        flight: deque = deque()
-        for task in tasks:
-            flight.append(pool.apply_async(fn, (task,)))
-            if len(flight) >= 2 * workers:
-                yield flight.popleft().get()
-        while flight:
+    flight: deque = deque()
+    for task in tasks:
+        flight.append(pool.apply_async(fn, (task,)))
+        if len(flight) >= 2 * workers:
             yield flight.popleft().get()
+    while flight:
+        yield flight.popleft().get()
 
 
-def encode(blocks_of_docs: Iterable[tuple[int, Iterator[str]]], tokenizer_path: str, dtype: str, workers: int
-           ) -> Iterator[tuple[int, bool, np.ndarray, int]]:
-    """(document number, last block?, token ids, UTF-8 bytes) for every block of every document, in order."""
-    for results in ordered(_encode, batches(blocks_of_docs), workers, _init, (tokenizer_path, dtype)):
-        yield from results
+class Encoders:
+    """The processes that encode blocks (`--workers`): with 1, this process; with more, spawned
+    processes, started when this is made, so that they load while the caller lists and hashes its
+    sources. A context manager: leaving it stops them."""
+
+    def __init__(self, tokenizer_path: str, dtype: str, workers: int):
+        self.workers = workers
+        if workers <= 1:
+            _init(tokenizer_path, dtype)
+            self.pool = None
+        else:
+            self.pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(tokenizer_path, dtype))
+
+    def __enter__(self) -> Encoders:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def encode(self, blocks_of_docs: Iterable[tuple[int, Iterator[str]]]) -> Iterator[tuple[int, bool, np.ndarray, int]]:
+        """(document number, last block?, token ids, UTF-8 bytes) for every block of every document, in order."""
+        for results in ordered(_encode, batches(blocks_of_docs), self.pool, self.workers):
+            yield from results

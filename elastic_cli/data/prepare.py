@@ -75,7 +75,7 @@ def run_meta(base: dict, fingerprint: str, n_bytes: int, dropped: int) -> dict:
             "n_bytes": n_bytes, "stats": {**base["stats"], "dropped_short": dropped}, "sources": base["sources"]}
 
 
-def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, workers: int, opts: PrepareOptions,
+def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, enc: blocks.Encoders, opts: PrepareOptions,
                 total_bytes: int) -> tuple[int, int]:
     """Stream every document's blocks through the workers into `w`; (UTF-8 bytes kept, dropped)."""
     min_tokens, policy = opts.min_tokens, opts.policy
@@ -87,7 +87,7 @@ def _write_docs(w: store.Writer, docs: list[src.DocSpec], tok: Tokenizer, worker
     stream = ((j, blocks.blocks(src.document_texts(d, policy), newlines, spaces, size)) for j, d in enumerate(docs))
     t0, dropped, n_bytes, doc_bytes, seen, shown, open_doc = time.monotonic(), 0, 0, 0, 0, 0, False
     with console.progress(max(total_bytes >> 20, 1), "prepare", "MB") as bar:
-        for j, last, ids, nb in blocks.encode(stream, str(tok.path), w.dtype, workers):
+        for j, last, ids, nb in enc.encode(stream):
             if not open_doc:
                 w.begin()
                 open_doc = True
@@ -139,6 +139,14 @@ def prepare(sources: list[str], tokenizer: str, out: str, opts: PrepareOptions =
     src.check_out_outside(out_p, sources, corpus)
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
+    workers = workers or min(2, os.cpu_count() or 1)
+    with blocks.Encoders(str(tok.path), dt, workers) as enc:  # the workers load while the sources are hashed
+        return _prepare(sources, tok, out_p, opts._replace(dtype=dt, workers=workers), enc)
+
+
+def _prepare(sources: list[str], tok: Tokenizer, out_p: Path, opts: PrepareOptions, enc: blocks.Encoders) -> Summary:
+    """`prepare` once the tokenizer is loaded, the dtype and worker count chosen and the encoders started."""
+    repos, min_tokens, val_frac, test_frac, dt, force, corpus, workers, shard, policy = opts
     col = src.collect(sources, repos=repos, corpus=corpus, policy=policy)
     settings = {"repos": repos, "corpus": corpus, "min_tokens": min_tokens, "val_frac": val_frac,
                 "test_frac": test_frac, "dtype": dt, "tokenizer_sha256": tok.sha256}
@@ -161,7 +169,6 @@ def prepare(sources: list[str], tokenizer: str, out: str, opts: PrepareOptions =
     sizes = {f["path"]: f["size"] for f in col.files}
     doc_sizes = [sum(sizes[p] for p in d.paths) for d in col.docs]
     docs = range(len(col.docs)) if shard is None else part_range(doc_sizes, *shard)
-    workers = workers or min(2, os.cpu_count() or 1)
     fracs = {"val": val_frac, "test": test_frac}
     base = {"tokenizer_sha256": tok.sha256, "tokenizer": str(tok.path), "vocab_size": tok.vocab_size,
             "settings": settings, "sources": col.files,
@@ -169,7 +176,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, opts: PrepareOptions =
                       "replaced_files": len(col.replaced), "replaced_bytes": sum(col.replaced_bytes.values())}}
     t0 = time.monotonic()
     with store.Writer(out_p, dt) as w:
-        n_bytes, dropped = _write_docs(w, [col.docs[j] for j in docs], tok, workers, opts, sum(doc_sizes[j] for j in docs))
+        n_bytes, dropped = _write_docs(w, [col.docs[j] for j in docs], tok, enc, opts, sum(doc_sizes[j] for j in docs))
         if shard is None:
             if not w.docs:
                 raise DataError(f"every document is shorter than --min-tokens {min_tokens} ({dropped} dropped)")
