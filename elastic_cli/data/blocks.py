@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from elastic_cli.allocator import return_large_buffers
+from elastic_cli.allocator import keep_freed_memory
 from elastic_cli.data.tokenizer import Tokenizer
 
 BLOCK_CHARS = 1 << 20   # a block (and a batch of small documents' blocks) is about this many characters
@@ -85,9 +85,14 @@ def batches(blocks_of_docs: Iterable[tuple[int, Iterator[str]]], size: int = BLO
         yield batch
 
 
-def _init(tokenizer_path: str, dtype: str) -> None:
+def _init(tokenizer_path: str, dtype: str, worker: bool = False) -> None:
+    """Load the tokenizer for `_encode`. In a worker process, freed memory is kept for the next batch
+    (`keep_freed_memory`): its heap holds one batch at a time, so the high-water mark is one block's
+    lattice, and sentencepiece's ~30 MB per block is not faulted in afresh every time (in `prepare`'s
+    own process, which holds the writer's state, `return_large_buffers` stays: docs/internals.md, Data)."""
     global _worker
-    return_large_buffers()
+    if worker:
+        keep_freed_memory()
     _worker = (Tokenizer.load(tokenizer_path), dtype)
 
 
@@ -124,7 +129,8 @@ class Encoders:
             _init(tokenizer_path, dtype)
             self.pool = None
         else:
-            self.pool = mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(tokenizer_path, dtype))
+            self.pool = mp.get_context("spawn").Pool(workers, initializer=_init,
+                                                    initargs=(tokenizer_path, dtype, True))
 
     def __enter__(self) -> Encoders:
         return self
