@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a NaN/inf loss)
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
-CURRICULUM_KINDS = ("rmt", "armt", "caching")  # recurrent kinds whose papers train on few segments first
+CURRICULUM_KINDS = ("rmt", "armt", "caching")
+PROBE_SAMPLES = 4  # the length probes read the matched Elastic Memory at this many times its samples  # recurrent kinds whose papers train on few segments first
 PAPER_KL = 1e-6  # the ∞-former's KL weight on the sum over heads and queries (Martins et al. 2022)
 
 # task: mqar documents; model: the shared shape; train: steps, batch, seeds, learning rates; sanity: the
@@ -152,14 +153,27 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             name, over = memory("xl", z)
             out.append({"name": name + "-grad", "kind": "xl", "data": "mqar", "group": "ablation",
                         "over": [*over, "memory.grad=true"]})
-        if z["extras"]:
-            out += extra_variants(z, kinds)
+    if only in (None, "mqar", "probe"):
+        out += probe_variants(z, kinds)
+    if only in (None, "mqar") and z["extras"]:
+        out += extra_variants(z, kinds)
     if only in (None, "lm"):
         for kind in [k for k in ("none", "elastic") if k in kinds]:
             name, over = memory(kind, z)
             out.append({"name": name, "kind": kind, "data": "code", "over": over, "group": "lm",
                         "compare": ["uniform", "exponential"] if kind == "elastic" else None})
     return out
+
+
+def probe_variants(z: dict, kinds: list[str]) -> list[dict]:
+    """What might carry facts past the training window (group `probe`, every seed at the matched
+    elastic row's learning rate, evaluated at every length): Elastic Memory at twice the order (twice
+    the footprint: a finer polynomial over the same history). The test-time probes of the matched
+    weights (more samples, other schedules) are `read_probe`'s."""
+    if "elastic" not in kinds:
+        return []
+    name, over = memory("elastic", z, 2 * z["order"])
+    return [{"name": name, "kind": "elastic", "data": "mqar", "over": over, "group": "probe"}]
 
 
 def extra_variants(z: dict, kinds: list[str]) -> list[dict]:
@@ -260,7 +274,7 @@ def datasets(z: dict) -> dict[str, list[str]]:
 
 def prepare(run: Runner, z: dict, data: Path, only: str | None) -> None:
     """Prepare each dataset once (a folder that holds it already is kept, and its command not repeated)."""
-    if only in (None, "mqar"):
+    if only in (None, "mqar", "probe"):
         for name, args in datasets(z).items():
             if not (data / name / "meta.json").is_file():
                 run(f"prepare-{name}", "prepare", *args, "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / name))
@@ -310,14 +324,19 @@ def train(run: Runner, z: dict, v: dict, data: Path, name: str, lr: float, seed:
     return rc
 
 
-def evaluate(run: Runner, z: dict, name: str, report: Path, split: str, docs: int, data: Path | None = None,
-             compare: list[str] | None = None, gain: bool = False) -> int:
-    """`elastic eval` of the run OUT/runs/<name> into `report` (skipped when it exists)."""
+def evaluate(run: Runner, name: str, report: Path, split: str, docs: int, flags: list[str] = ()) -> int:
+    """`elastic eval` of the run OUT/runs/<name> into `report` (skipped when it exists); `flags`: more
+    of its options (`--data`, `--samples`, ...; see `eval_flags`). Without `--gain` in them: `--no-gain`."""
     if report.is_file():
         return 0
-    extra = (["--data", str(data)] if data else []) + (["--compare-schedules", ",".join(compare)] if compare else [])
+    gain = ["--no-gain"] if "--gain" not in flags else []
     return run(f"eval-{report.stem}", "eval", "--ckpt", str(run.out / "runs" / name), "--split", split, "--max-docs",
-               str(docs), *extra, *([] if gain else ["--no-gain"]), "--json", str(report))
+               str(docs), *[f for f in flags if f != "--gain"], *gain, "--json", str(report))
+
+
+def eval_flags(data: Path | None = None, compare: list[str] | None = None) -> list[str]:
+    """`elastic eval` options: other prepared data, several read schedules side by side."""
+    return (["--data", str(data)] if data else []) + (["--compare-schedules", ",".join(compare)] if compare else [])
 
 
 def single(run: Runner, z: dict, v: dict, data: Path) -> None:
@@ -325,16 +344,15 @@ def single(run: Runner, z: dict, v: dict, data: Path) -> None:
     name, task = tag(v), v["data"].startswith("mqar")
     if (run.out / "eval" / f"{name}.json").is_file() or train(run, z, v, data, name, z["lr"], z["seeds"][0]):
         return
-    compare = v.get("compare")
-    evaluate(run, z, name, run.out / "eval" / f"{name}.json", "test", z["eval_docs"] if task else z["lm_docs"],
-             compare=compare, gain=not task)
+    flags = eval_flags(compare=v.get("compare")) + ([] if task else ["--gain"])
+    evaluate(run, name, run.out / "eval" / f"{name}.json", "test", z["eval_docs"] if task else z["lm_docs"], flags)
 
 
 def trial(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
     """A matched row's first phase: train at `lr`, evaluate on the validation split (the choice)."""
     name = tag(v, lr, seed)
     if train(run, z, v, data, name, lr, seed) == 0:
-        evaluate(run, z, name, run.out / "eval" / f"{name}-val.json", "val", z["val_docs"])
+        evaluate(run, name, run.out / "eval" / f"{name}-val.json", "val", z["val_docs"])
 
 
 def choose_lr(out: Path, z: dict, v: dict) -> float | None:
@@ -351,17 +369,38 @@ def choose_lr(out: Path, z: dict, v: dict) -> float | None:
     return chosen
 
 
+def chosen_lr(out: Path, v: dict) -> float | None:
+    """The learning rate `choose_lr` chose for a matched row (None before its trials ran)."""
+    path = out / "eval" / f"{tag(v)}.lrs.json"
+    return json.loads(path.read_text())["chosen"] if path.is_file() else None
+
+
 def seed_run(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
     """A matched row's second phase for one seed at the chosen rate: train (the first seed's run exists
     from its trial), evaluate on the test split and on the documents of every eval length."""
     name = tag(v, lr, seed)
     if train(run, z, v, data, name, lr, seed):
         return
-    evaluate(run, z, name, run.out / "eval" / f"{name}.json", "test", z["eval_docs"], compare=v.get("compare"))
+    evaluate(run, name, run.out / "eval" / f"{name}.json", "test", z["eval_docs"], eval_flags(compare=v.get("compare")))
     compare = ["uniform", "exponential"] if v["kind"] == "elastic" else None  # the read schedule, at every length
     for n, docs in zip(z["lengths"], z["length_docs"]):
-        evaluate(run, z, name, run.out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}.json", "test", docs,
-                 data=data / f"mqar-len{n}", compare=compare)
+        evaluate(run, name, run.out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}.json", "test", docs,
+                 eval_flags(data / f"mqar-len{n}", compare))
+
+
+def read_probe(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
+    """Test-time reads of a matched Elastic Memory run (same weights) on the documents of every eval
+    length: PROBE_SAMPLES x as many samples (uniform and exponential), and the gauss and power schedules."""
+    name = tag(v, lr, seed)
+    if not (run.out / "eval" / f"{name}.trained").is_file():
+        return
+    for n, docs in zip(z["lengths"], z["length_docs"]):
+        base = run.out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}"
+        where = eval_flags(data / f"mqar-len{n}")
+        evaluate(run, name, base.with_name(f"{base.name}-samples{PROBE_SAMPLES * z['order']}.json"), "test", docs,
+                 [*where, "--samples", str(PROBE_SAMPLES * z["order"]), "--compare-schedules", "uniform,exponential"])
+        evaluate(run, name, base.with_name(f"{base.name}-schedules.json"), "test", docs,
+                 [*where, "--compare-schedules", "gauss,power"])
 
 
 def sanity(run: Runner, z: dict, v: dict, data: Path, lr: float) -> None:
@@ -370,7 +409,7 @@ def sanity(run: Runner, z: dict, v: dict, data: Path, lr: float) -> None:
     name = f"mqar-d1-{v['name']}"
     steps = z["sanity_steps"]
     if train(run, z, v, data, name, lr, z["seeds"][0], steps=steps, dataset="mqar-d1") == 0:
-        evaluate(run, z, name, run.out / "eval" / f"sanity-{v['name']}.json", "test", z["val_docs"])
+        evaluate(run, name, run.out / "eval" / f"sanity-{v['name']}.json", "test", z["val_docs"])
 
 
 def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
@@ -381,6 +420,10 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
     for v in todo:
         steps = z["steps"] if v["data"].startswith("mqar") else z["lm_steps"]
         steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
+        if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
+            runs += [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]]
+            evals += len(z["seeds"]) * (1 + 3 * len(z["lengths"]))
+            continue
         if v["group"] != "matched":
             runs.append((v["kind"], tag(v), steps))
             evals += 1
@@ -413,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_const", const="smoke", dest="size", help="= --size smoke")
     p.add_argument("--gpu", action="store_const", const="gpu", dest="size", help="= --size gpu")
     p.add_argument("--kinds", default="none,elastic,xl,memorizing,melodi,infinity,armt,caching,rmt")
-    p.add_argument("--only", choices=["mqar", "lm"], help="run one part only")
+    p.add_argument("--only", choices=["mqar", "probe", "lm"],
+                   help="run one part only (probe: the length probes of Elastic Memory; needs its matched runs)")
     p.add_argument("--steps", type=int, help="training steps of every mqar row (default: the size's)")
     p.add_argument("--seeds", help="seeds of the matched rows, e.g. 0,1,2 (default: the size's)")
     p.add_argument("--lrs", help="learning rates tried per matched row, e.g. 1e-3,3e-3 (default: the size's)")
@@ -451,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{list(z['lrs'])}), {jobs} at a time -> {out}", flush=True)
     data = out / "data"
     prepare(run, z, data, a.only)
-    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] != "matched"]
+    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] not in ("matched", "probe")]
     first += [lambda v=v, lr=lr, s=s: trial(run, z, v, data, lr, s) for v in matched for lr, s in trials(z)]
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda f: f(), first))
@@ -464,6 +508,13 @@ def main(argv: list[str] | None = None) -> int:
         second += [lambda v=v, lr=lr, s=s: seed_run(run, z, v, data, lr, s) for s in z["seeds"]]
         if v["kind"] != "none":
             second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
+    probes = [v for v in todo if v["group"] == "probe"]
+    if probes:  # at the matched elastic row's learning rate
+        name, over = memory("elastic", z)
+        elastic = {"name": name, "kind": "elastic", "data": "mqar", "over": over, "group": "matched"}
+        lr = chosen.get(name) or chosen_lr(out, elastic) or z["lr"]
+        second += [lambda v=v, s=s: seed_run(run, z, v, data, lr, s) for v in probes for s in z["seeds"]]
+        second += [lambda s=s: read_probe(run, z, elastic, data, lr, s) for s in z["seeds"]]
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda f: f(), second))
     print(f"reproduce ({a.size}): runs done in {time.time() - t0:.0f} s; writing {results}", flush=True)

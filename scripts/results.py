@@ -114,13 +114,64 @@ def collect(out: Path) -> dict:
     ("failed": True for a row without an eval file)."""
     settings = json.loads((out / "settings.json").read_text())
     z = settings["settings"]
-    table: dict = {"mqar": {}, "length": {}, "lm": {}}
+    table: dict = {"mqar": {}, "length": {}, "probe": {}, "lm": {}}
     for v in settings["variants"]:
         if v["group"] == "matched":
             collect_matched(out, z, v, table)
+        elif v["group"] == "probe":
+            collect_probe(out, z, v, table)
         else:
             collect_single(out, v, table)
     return table
+
+
+def length_entries(out: Path, z: dict, v: dict, suffix: str = "") -> list[dict]:
+    """Per eval length, the seeds of row v on that length's documents (OUT/eval/length-<variant>-seed<S>-seg<N>
+    <suffix>.json) aggregated, with the other read schedules of the same evals under "schedules"."""
+    entries = []
+    for n in z["lengths"]:
+        runs = [(seed, results_of(out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}{suffix}.json")) for seed in z["seeds"]]
+        runs = [(seed, r) for seed, r in runs if r]
+        if not runs:
+            continue
+        rows = [{"seed": seed, **mqar_numbers(r[0])} for seed, r in runs]
+        entry = {"eval_segments": n, "kind": v["kind"], "trained_segments": z["length"] // z["seg"],
+                 "read_schedule": runs[0][1][0]["memory"].get("schedule"), "samples": runs[0][1][0]["memory"].get("samples"),
+                 **aggregate(rows), "seeds": rows}
+        others = {}
+        for i in range(1, len(runs[0][1])):
+            schedule = runs[0][1][i]["memory"].get("schedule")
+            others[schedule] = aggregate([mqar_numbers(r[i]) | {"seed": seed} for seed, r in runs if len(r) > i])
+        if others:
+            entry["schedules"] = others
+        entries.append(entry)
+    return entries
+
+
+def collect_probe(out: Path, z: dict, v: dict, table: dict) -> None:
+    """The length probes of Elastic Memory: row v (trained with every seed at the matched elastic row's
+    learning rate) on the test split and at every length, and the matched weights read with more
+    samples and with the other schedules (`reproduce.read_probe`)."""
+    name, over = reproduce.memory("elastic", z)
+    elastic = {"name": name, "kind": "elastic", "data": "mqar", "over": over, "group": "matched"}
+    lr = reproduce.chosen_lr(out, elastic)
+    seeds = []
+    for seed in z["seeds"]:
+        run = reproduce.tag(v, lr, seed) if lr is not None else None
+        results = results_of(out / "eval" / f"{run}.json") if run else None
+        if results:
+            seeds.append({"seed": seed, "lr": lr, **mqar_numbers(results[0]), "read_schedule": "uniform",
+                          "learning_curve": curve(out / "runs" / run)})
+    if seeds:
+        table["mqar"][v["name"]] = {"kind": v["kind"], "group": "probe", "lr": lr, "steps": z["steps"],
+                                    "footprint_floats": memory_floats(out / "runs" / reproduce.tag(v, lr, seeds[0]["seed"])),
+                                    "read_schedule": "uniform", "trained_as": "probe", **aggregate(seeds), "seeds": seeds}
+    else:
+        table["mqar"][v["name"]] = {"kind": v["kind"], "group": "probe", "failed": True}
+    table["probe"][f"{v['name']} (trained at order {2 * z['order']})"] = length_entries(out, z, v)
+    samples = reproduce.PROBE_SAMPLES * z["order"]
+    table["probe"][f"{name}, read with {samples} samples"] = length_entries(out, z, elastic, f"-samples{samples}")
+    table["probe"][f"{name}, read with other schedules"] = length_entries(out, z, elastic, "-schedules")
 
 
 def collect_single(out: Path, v: dict, table: dict) -> None:
@@ -186,23 +237,7 @@ def collect_matched(out: Path, z: dict, v: dict, table: dict) -> None:
             table["mqar"][v["name"].replace("-uniform", "") + f"-{schedule}"] = {
                 "kind": v["kind"], "group": "sampling", "trained_as": "matched", "read_schedule": schedule,
                 "footprint_floats": floats, **aggregate(rows), "seeds": rows}
-    lengths = []
-    for n in z["lengths"]:
-        runs = [(seed, results_of(out / "eval" / f"length-{v['name']}-seed{seed}-seg{n}.json")) for seed in z["seeds"]]
-        runs = [(seed, r) for seed, r in runs if r]
-        if not runs:
-            continue
-        rows = [{"seed": seed, **mqar_numbers(r[0])} for seed, r in runs]
-        entry = {"eval_segments": n, "kind": v["kind"], "trained_segments": z["length"] // z["seg"], **aggregate(rows),
-                 "seeds": rows}
-        others = {}
-        for i in range(1, len(runs[0][1])):
-            schedule = runs[0][1][i]["memory"].get("schedule")
-            others[schedule] = aggregate([mqar_numbers(r[i]) | {"seed": seed} for seed, r in runs if len(r) > i])
-        if others:
-            entry["schedules"] = others
-        lengths.append(entry)
-    table["length"][v["name"]] = lengths
+    table["length"][v["name"]] = length_entries(out, z, v)
 
 
 def fmt(value, spec: str) -> str:
@@ -284,6 +319,65 @@ def length_table(length: dict, chance: float) -> list[str]:
         head.append(f"| {name} | " + " | ".join(pm(by_n[n], "answer_accuracy") if n in by_n else "n/a" for n in sizes) + " | "
                     + " | ".join(fmt(e and results_plots.binned_accuracy(e, a, b), ".3f") for a, b in spans) + " |")
     return head
+
+
+def probe_rows(table: dict, z: dict) -> dict[str, list[dict]]:
+    """The length probes as rows of per-length entries: the matched weights read as trained and with
+    every other read (schedules, more samples), then Elastic Memory trained at twice the order."""
+    name, n, samples = reproduce.memory("elastic", z)[0], z["order"], reproduce.PROBE_SAMPLES * z["order"]
+    probe = table.get("probe", {})
+    base = table["length"].get(name, [])
+    more = probe.get(f"{name}, read with {samples} samples", [])
+    others = probe.get(f"{name}, read with other schedules", [])
+    rows = {f"matched weights: uniform read, {n} samples (as trained)": base}
+    for label, entries, schedule in ((f"same weights: exponential read, {n} samples", base, "exponential"),
+                                     (f"same weights: gauss read, {n} samples", others, None),
+                                     (f"same weights: power read, {n} samples", others, "power"),
+                                     (f"same weights: uniform read, {samples} samples", more, None),
+                                     (f"same weights: exponential read, {samples} samples", more, "exponential")):
+        rows[label] = [e if schedule is None else {**e["schedules"][schedule], "eval_segments": e["eval_segments"]}
+                       for e in entries if schedule is None or schedule in e.get("schedules", {})]
+    for key, entries in probe.items():
+        if key.startswith(name + ","):
+            continue
+        rows[f"trained at order {2 * n} (twice the footprint): uniform read, {2 * n} samples"] = entries
+    return {k: v for k, v in rows.items() if v}
+
+
+def probe_table(rows: dict[str, list[dict]], trained: int) -> list[str]:
+    """Accuracy over all distances at every length, and beyond the training window (d >= trained)."""
+    sizes = sorted({e["eval_segments"] for entries in rows.values() for e in entries})
+    if not sizes:
+        return ["No length probes ran."]
+    far = [n for n in sizes if n > trained]
+    lines = ["| read / training | " + " | ".join(f"{n} segments: all" for n in sizes) + " | "
+             + " | ".join(f"{n}: d >= {trained}" for n in far) + " |", "|---|" + "---|" * (len(sizes) + len(far))]
+    for label, entries in rows.items():
+        by_n = {e["eval_segments"]: e for e in entries}
+        lines.append(f"| {label} | " + " | ".join(pm(by_n[n], "answer_accuracy") if n in by_n else "n/a" for n in sizes)
+                     + " | " + " | ".join(fmt(results_plots.binned_accuracy(by_n[n], trained, n - 1), ".3f")
+                                          if n in by_n else "n/a" for n in far) + " |")
+    return lines
+
+
+def probe_sentences(rows: dict[str, list[dict]], trained: int, chance: float) -> list[str]:
+    """What the probes show, from their numbers: the best read or training at the longest length."""
+    sizes = sorted({e["eval_segments"] for entries in rows.values() for e in entries})
+    if not rows or not sizes:
+        return []
+    longest = max(sizes)
+    at = {k: next((e for e in v if e["eval_segments"] == longest), None) for k, v in rows.items()}
+    beyond = {k: results_plots.binned_accuracy(e, trained, longest - 1) for k, e in at.items() if e}
+    beyond = {k: a for k, a in beyond.items() if a is not None}
+    if not beyond:
+        return []
+    first = next(iter(rows))
+    best = max(beyond, key=beyond.get)
+    line = (f"This table shows Elastic Memory on documents longer than its training window read in other ways (the "
+            f"same weights) and trained at twice the order (mean ± sd [min–max] over seeds; chance {chance:.3f}). "
+            f"At {longest} segments, beyond the window (d >= {trained}): as trained {fmt(beyond.get(first), '.3f')}; "
+            f"the best is `{best}` with {beyond[best]:.3f}.")
+    return [line]
 
 
 def lm_table(rows: dict) -> list[str]:
@@ -509,6 +603,13 @@ def write(out: Path, dest: Path) -> None:
         "### Length generalisation (trained on 8 segments)" if segs == 8 else f"### Length generalisation (trained on {segs} segments)", "",
         *length_sentences(table["length"], chance, segs), "", *length_table(table["length"], chance), "",
         f"![length generalisation]({pngs['length']})", ""]
+    probes = probe_rows(table, z)
+    if probes:
+        lines += ["### What might carry facts past the training window: the length probes", "",
+                  *probe_sentences(probes, segs, chance), "", *probe_table(probes, segs), "",
+                  f"The probe trained at twice the order on the training length (test split, {z['eval_docs']} documents per seed):", "",
+                  *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "probe")},
+                              distances, matched_fp), ""]
     if extras:
         lines += ["### Footprint sweep, paper settings and longer runs (one seed each)", "",
                   "This table shows each kind away from the matched footprint: Elastic Memory's orders, the settings of "
@@ -521,12 +622,17 @@ def write(out: Path, dest: Path) -> None:
                     distances, matched_fp), "", f"![sampling schedules]({pngs['sampling']})", "",
         "### Learning curves (validation answer accuracy against step, one panel per row)", "",
         f"![learning curves]({pngs['learning']})", "",
-        "## Language modelling (held-out Python standard library, test split)", "",
-        "The long-context gain is, per token, the NLL with memory emptied before every segment minus the NLL with "
-        "memory carried (the model judges itself, as in LongPPL); key tokens gain more than 2 nats. The xz line is "
-        "what `lzma` preset 9 needs for the same text. One seed each.", "",
-        *lm_sentences(table["lm"]), "", *lm_table(table["lm"]), "", f"![loss by segment]({pngs['lm']})", "",
-        "## Commands", "", "```", commands, "```", ""]
+        "## Language modelling (held-out Python standard library, test split)", ""]
+    if table["lm"]:
+        lines += [
+            "The long-context gain is, per token, the NLL with memory emptied before every segment minus the NLL with "
+            "memory carried (the model judges itself, as in LongPPL); key tokens gain more than 2 nats. The xz line is "
+            "what `lzma` preset 9 needs for the same text. One seed each.", "",
+            *lm_sentences(table["lm"]), "", *lm_table(table["lm"]), "", f"![loss by segment]({pngs['lm']})", ""]
+    else:
+        lines += ["Not run in this reproduction (`--only mqar`): the language-modelling comparison is planned for a GPU "
+                  "(`--size gpu`), at a size that trains in minutes there.", ""]
+    lines += ["## Commands", "", "```", commands, "```", ""]
     write_text(dest, "\n".join(lines))
 
 

@@ -273,5 +273,8 @@ def write_all(table: dict, dest: Path, far: int, chance: float, trained: int) ->
     frontier_plot(mq, dest.with_name(names["frontier"]), far)
     sampling_plot(mq, dest.with_name(names["sampling"]), chance)
     learning_plot(mq, dest.with_name(names["learning"]), chance)
-    lm_plot(table["lm"], dest.with_name(names["lm"]))
+    if table["lm"]:
+        lm_plot(table["lm"], dest.with_name(names["lm"]))
+    else:  # no language-modelling runs: no empty picture (nor a stale one from an earlier page)
+        dest.with_name(names["lm"]).unlink(missing_ok=True)
     return names
