@@ -143,7 +143,7 @@ def run(opts: LmEvalOptions) -> dict:
                                       num_fewshot=opts.num_fewshot, bootstrap_iters=opts.bootstrap_iters,
                                       log_samples=False)
     console.out(make_table(out))
-    report = {"checkpoint": str(ckpt.path), **{k: out.get(k) for k in ("results", "versions", "n-shot", "configs")}}
+    report = {"checkpoint": str(ckpt.path), **{k: out.get(k) for k in ("results", "versions", "n-shot", "n-samples", "configs")}}
     if json_file is not None:
         write_atomic(make_parents(json_file), (json.dumps(report, indent=1, default=str) + "\n").encode())
         console.info(f"wrote {json_file}")

@@ -137,3 +137,47 @@ def test_lm_eval_usage_errors_exit_2(run, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     code, _, err = run_cli(capsys, "lm-eval", "--ckpt", run_dir, "--tasks", "elastic_docs")
     assert code == 2 and "pip install 'elastic-cli[lm-eval]'" in err
+
+
+@pytest.fixture(scope="module")
+def babilong_run(tmp_path_factory, kjv_books):
+    """babilong qa2 documents of 300 tokens in the shipped books (half of them the val split) and a
+    random checkpoint with the books tokenizer."""
+    from elastic_cli.build import build_model
+    from elastic_cli.model.init import init_weights
+
+    root, books = tmp_path_factory.mktemp("lmeval-babilong"), REPO / "tokenizers" / "books-8k.model"
+    prepare_task("babilong", 300, 8, str(books), str(root / "data"),
+                 TaskOptions(seed=2, val_frac=0.5, test_frac=0.0, options={"haystack": [str(kjv_books)], "qa": 2}))
+    cfg = load_config(REPO / "recipes" / "tiny.yaml", [f"data.path={root / 'data'}", f"data.tokenizer={books}",
+                                                       f"run.dir={root / 'run'}", "memory.kind=elastic", *TINY])
+    model = build_model(cfg)
+    init_weights(model, seed=0)
+    checkpoint.save(root / "run", model, torch.optim.AdamW(model.parameters()), {"step": 1}, dump_yaml(cfg), 1)
+    return root / "run", root / "data", books
+
+
+def test_answer_rows_of_babilong_data_are_the_solvers_answers(babilong_run):
+    """The harness's `elastic_answer` rows on babilong data: one per document, and each answer is what
+    the independent bAbI solver recomputes from the row's own context (the facts in the book text)."""
+    from elastic_cli.data import babi_solver
+    from elastic_cli.data.tokenizer import Tokenizer
+    from elastic_cli.interop.lm_eval_tasks import task_rows
+
+    _, data, books = babilong_run
+    prepared = PreparedData(data)
+    docs, answers, _ = task_rows(prepared, "val", Tokenizer.load(books))
+    assert len(answers) == len(docs) == len(prepared.documents("val")) >= 3
+    assert [babi_solver.solve(a["context"]) for a in answers] == [a["answer"].strip() for a in answers]
+
+
+@pytest.mark.slow
+def test_lm_eval_answer_task_on_babilong_equals_elastic_eval(babilong_run, capsys, tmp_path):
+    run_dir, data, _ = babilong_run
+    code, out, err = run_cli(capsys, "lm-eval", "--ckpt", run_dir, "--data", data, "--tasks", "elastic_answer",
+                             "--model-args", "document_end=true", "--bootstrap-iters", "0", "--json", tmp_path / "r.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    result = eval_report(capsys, run_dir, data, "--batch-size", "1")
+    assert report["results"]["elastic_answer"]["exact_match,none"] == result["exact_match"]
+    assert report["n-samples"]["elastic_answer"]["effective"] == result["answers"] == len(PreparedData(data).documents("val"))
