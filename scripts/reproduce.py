@@ -450,6 +450,23 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
     return runs, (1.1 * seconds + 6 * (len(runs) + evals)) / 60
 
 
+def parts(only: str | list | None) -> list:
+    """`--only` as recorded in settings.json: a part, None (all of them) or a list of parts."""
+    return [p for o in only for p in parts(o)] if isinstance(only, list) else [only]
+
+
+def write_settings(path: Path, new: dict) -> None:
+    """OUT/settings.json, what results.py reads: the rows of this invocation joined to those of earlier ones
+    into the same folder at the same settings (so `--only probe` after `--only mqar` keeps both on the page);
+    at other settings, this invocation's alone."""
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old and old["size"] == new["size"] and old["settings"] == json.loads(json.dumps(new["settings"])):
+        new = {**new, "kinds": list(dict.fromkeys(old["kinds"] + new["kinds"])),
+               "only": list(dict.fromkeys(parts(old["only"]) + parts(new["only"]))),  # every part run into this folder
+               "variants": dedupe(old["variants"] + new["variants"])}
+    path.write_text(json.dumps(new, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="cpu-seeds")
@@ -487,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.chdir(ROOT)
     run = Runner(out, os.environ.get("PYTHON", sys.executable), max(1, (os.cpu_count() or 2) // jobs))
-    (out / "settings.json").write_text(json.dumps({"size": a.size, "settings": z, "kinds": kinds, "only": a.only,
-                                                   "variants": todo}, indent=1))
+    write_settings(out / "settings.json", {"size": a.size, "settings": z, "kinds": kinds, "only": a.only, "variants": todo})
     t0 = time.time()
     matched = [v for v in todo if v["group"] == "matched"]
     print(f"reproduce ({a.size}): {len(todo)} rows ({len(matched)} matched: seeds {list(z['seeds'])}, learning rates "
