@@ -7,6 +7,8 @@
   python scripts/reproduce.py --size gpu         # one GPU: a larger model and longer documents
   python scripts/reproduce.py --size cpu-seeds --plan   # the runs and their estimated core-minutes; runs nothing
   python scripts/reproduce.py --kinds none,elastic --only mqar --steps 400 --seeds 0,1 --lrs 3e-3
+  python scripts/reproduce.py --only babilong --babilong-kinds none,elastic --babilong-qa 1   # bAbI qa1 in books
+  python scripts/reproduce.py --only mqar,probe   # several parts
 
 What runs (every command is appended to OUT/commands.txt, relative to the repository):
 - mqar (multi-query associative recall, `elastic prepare --task mqar`) with facts 0..S-1 segments before
@@ -19,6 +21,9 @@ What runs (every command is appended to OUT/commands.txt, relative to the reposi
   (another generator seed) of 8, 32 and 128 segments (length generalisation). Controls (a full-attention
   segment, facts in their query's segment) and ablations train once at the size's learning rate; the
   full `cpu` and `gpu` sizes add a footprint sweep, each kind at its paper's setting and longer runs.
+- babilong: bAbI tasks (`--babilong-qa`) hidden in the shipped books (haystack/kjv), every kind (or
+  `--babilong-kinds`) at the matched footprint of its window, the learning rate chosen and the seeds run
+  as for mqar, evaluated on new documents 1x, 4x and 16x the training length.
 - language modelling on the Python standard library: loss by segment, long-context gain, xz floor.
 Runs go `--jobs` at a time (each with its share of the cores); a run that fails is reported as failed
 and the rest go on. A run whose eval file exists is not run again (delete OUT to redo).
@@ -40,7 +45,10 @@ sys.path.insert(0, str(ROOT))
 from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a NaN/inf loss)
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
+PARTS = ("mqar", "probe", "babilong", "lm")  # what `--only` can choose
 CURRICULUM_KINDS = ("rmt", "armt", "caching")
+CODE_TOKENIZER, BOOKS_TOKENIZER = "tokenizers/code-8k.model", "tokenizers/books-8k.model"
+BOOKS = "haystack/kjv"  # the shipped haystack: three books of the King James Bible (public domain)
 PROBE_SAMPLES = 4  # the length probes read the matched Elastic Memory at this many times its samples  # recurrent kinds whose papers train on few segments first
 PAPER_KL = 1e-6  # the ∞-former's KL weight on the sum over heads and queries (Martins et al. 2022)
 
@@ -51,13 +59,17 @@ _CPU = dict(length=128, seg=16, count=8000, pairs=8, keys=16, values=16, d=128, 
             order=32, steps=700, batch=32, lr=3e-3, lrs=(1e-3, 3e-3), seeds=(0, 1, 2), sanity_steps=300,
             eval_docs=300, val_docs=160, lengths=(8, 32, 128), length_docs=(300, 120, 48), lm_steps=300,
             lm_segments=8, lm_batch=8, lm_seg=64, lm_docs=12, device="cpu", jobs=2, extras=True,
-            sweep={"elastic": (8, 64)})
+            sweep={"elastic": (8, 64)},
+            # babilong: bAbI qa tasks hidden in the shipped books; documents of `length` tokens (`segments` of
+            # `seg`), evaluated at `multiples` of that length on new documents
+            babilong=dict(qa=(1, 2), length=128, seg=32, count=4000, multiples=(1, 4, 16), docs=(96, 48, 24)))
 SIZES = {
     "smoke": dict(length=128, seg=16, count=400, pairs=4, keys=16, values=16, d=32, layers=2, heads=2, mlp=64,
                   order=8, steps=30, batch=8, lr=3e-3, lrs=(1e-3, 3e-3), seeds=(0, 1, 2), sanity_steps=20,
                   eval_docs=40, val_docs=20, lengths=(8, 32, 128), length_docs=(16, 8, 4), lm_steps=10,
                   lm_segments=4, lm_batch=4, lm_seg=16, lm_docs=4, device="cpu", jobs=2, extras=True,
-                  sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)}),
+                  sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)},
+                  babilong=dict(qa=(1, 2), length=128, seg=32, count=200, multiples=(1, 4, 16), docs=(8, 4, 2))),
     # the multi-seed CPU comparison: no sweep, paper settings or longer runs, fewer test and length
     # documents. 1000 steps, because the matched elastic run is still before its transition at 500 steps
     # of a 500-step schedule (0.23 at d >= 2) and saturated at 1000 (0.94; both measured 2026-12-04,
@@ -71,7 +83,8 @@ SIZES = {
                 mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, lrs=(3e-4, 1e-3), seeds=(0, 1, 2),
                 sanity_steps=1000, eval_docs=1000, val_docs=256, lengths=(8, 32, 128), length_docs=(400, 200, 50),
                 lm_steps=4000, lm_segments=16, lm_seg=512, lm_batch=16, lm_docs=200, device="cuda", jobs=1,
-                extras=True, sweep={"elastic": (32, 64, 256), "xl": (32, 512), "memorizing": (32, 512)}),
+                extras=True, sweep={"elastic": (32, 64, 256), "xl": (32, 512), "memorizing": (32, 512)},
+                babilong=dict(qa=(1, 2), length=2048, seg=256, count=20000, multiples=(1, 4, 16), docs=(400, 100, 25))),
 }
 # Seconds per training step of each matched row at the `cpu` shape on one thread (2-vCPU AMD EPYC,
 # the other core busy with another job), measured 2026-12-04 over steps 10..50 without validation;
@@ -134,11 +147,16 @@ def curriculum(kind: str, steps: int, segments: int) -> list[str]:
     return [f"train.curriculum={json.dumps(stages).replace(' ', '')}"]
 
 
-def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
+def wants(only: list[str] | None, *part: str) -> bool:
+    """Whether `--only` (None: every part) asks for any of these parts."""
+    return only is None or any(p in only for p in part)
+
+
+def variants(z: dict, kinds: list[str], only: list[str] | None) -> list[dict]:
     """Every row: name, dataset, overrides, group, and what to evaluate. Group `matched` rows train
     with every seed and learning rate of the size; the others once."""
     out = []
-    if only in (None, "mqar"):
+    if wants(only, "mqar"):
         for kind in kinds:
             name, over = memory(kind, z)
             out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "matched",
@@ -153,15 +171,32 @@ def variants(z: dict, kinds: list[str], only: str | None) -> list[dict]:
             name, over = memory("xl", z)
             out.append({"name": name + "-grad", "kind": "xl", "data": "mqar", "group": "ablation",
                         "over": [*over, "memory.grad=true"]})
-    if only in (None, "mqar", "probe"):
+    if wants(only, "mqar", "probe"):
         out += probe_variants(z, kinds)
-    if only in (None, "mqar") and z["extras"]:
+    if wants(only, "mqar") and z["extras"]:
         out += extra_variants(z, kinds)
-    if only in (None, "lm"):
+    if wants(only, "babilong"):
+        out += babilong_variants(z, kinds)
+    if wants(only, "lm"):
         for kind in [k for k in ("none", "elastic") if k in kinds]:
             name, over = memory(kind, z)
             out.append({"name": name, "kind": kind, "data": "code", "over": over, "group": "lm",
                         "compare": ["uniform", "exponential"] if kind == "elastic" else None})
+    return out
+
+
+def babilong_variants(z: dict, kinds: list[str]) -> list[dict]:
+    """Every kind on each bAbI task in books (group `babilong`): matched footprint at the babilong window,
+    the learning rate chosen per kind as for mqar, every seed, evaluated at every length multiple."""
+    b = z["babilong"]
+    zb = {**z, "length": b["length"], "seg": b["seg"]}  # the footprint and curriculum of the babilong window
+    shape = {"seg": b["seg"], "segments": b["length"] // b["seg"], "tokenizer": BOOKS_TOKENIZER, "prev_embed": False}
+    out = []
+    for qa in b["qa"]:
+        for kind in b.get("kinds") or kinds:
+            name, over = memory(kind, zb)
+            out.append({"name": name, "kind": kind, "data": f"babilong-qa{qa}", "over": over, "group": "babilong",
+                        "shape": shape})
     return out
 
 
@@ -272,34 +307,53 @@ def datasets(z: dict) -> dict[str, list[str]]:
     return out
 
 
-def prepare(run: Runner, z: dict, data: Path, only: str | None) -> None:
+def babilong_datasets(z: dict) -> dict[str, list[str]]:
+    """name -> `elastic prepare` arguments: per bAbI task, the training documents and, per length multiple,
+    new documents (another generator seed, half in the test split)."""
+    b, out = z["babilong"], {}
+    for qa in b["qa"]:
+        def task(length: int, count: int, seed: int, test_frac: str = "0.05") -> list[str]:
+            return ["--task", "babilong", "--qa", str(qa), "--haystack", BOOKS, "--length", str(length), "--count",
+                    str(count), "--seed", str(seed), "--val-frac", "0.05", "--test-frac", test_frac]
+        out[f"babilong-qa{qa}"] = task(b["length"], b["count"], 0)
+        for k, docs in zip(b["multiples"], b["docs"]):
+            out[f"babilong-qa{qa}-x{k}"] = task(k * b["length"], 2 * docs + 8, 1, "0.5")
+    return out
+
+
+def prepare(run: Runner, z: dict, data: Path, only: list[str] | None) -> None:
     """Prepare each dataset once (a folder that holds it already is kept, and its command not repeated)."""
-    if only in (None, "mqar", "probe"):
+    if wants(only, "mqar", "probe"):
         for name, args in datasets(z).items():
             if not (data / name / "meta.json").is_file():
-                run(f"prepare-{name}", "prepare", *args, "--tokenizer", "tokenizers/code-8k.model", "--out", str(data / name))
-    if only in (None, "lm") and not (data / "code" / "meta.json").is_file():
-        run("prepare-code", "prepare", "--corpus", "python-stdlib", "--tokenizer", "tokenizers/code-8k.model",
+                run(f"prepare-{name}", "prepare", *args, "--tokenizer", CODE_TOKENIZER, "--out", str(data / name))
+    if wants(only, "babilong"):
+        for name, args in babilong_datasets(z).items():
+            if not (data / name / "meta.json").is_file():
+                run(f"prepare-{name}", "prepare", *args, "--tokenizer", BOOKS_TOKENIZER, "--out", str(data / name))
+    if wants(only, "lm") and not (data / "code" / "meta.json").is_file():
+        run("prepare-code", "prepare", "--corpus", "python-stdlib", "--tokenizer", CODE_TOKENIZER,
             "--out", str(data / "code"))
 
 
 def train_args(z: dict, v: dict, data: Path, run_dir: Path, lr: float, seed: int, steps: int | None = None,
                dataset: str | None = None) -> list[str]:
     """The `elastic train` arguments of one run of variant v."""
-    task = v["data"].startswith("mqar")
-    segs = z["length"] // z["seg"] if task else z["lm_segments"]
+    task = v["data"].startswith(("mqar", "babilong"))
+    own = v.get("shape", {})  # babilong rows: their segment, window, tokenizer
+    segs = own.get("segments", z["length"] // z["seg"] if task else z["lm_segments"])
     steps = steps or (z["steps"] if task else z["lm_steps"])
     batch = z["batch"] if task else z["lm_batch"]
     shape = [f"model.d_model={z['d']}", f"model.n_layer={z['layers']}", f"model.n_head={z['heads']}",
-             f"model.mlp_hidden={z['mlp']}", f"model.segment_len={z['seg'] if task else z['lm_seg']}",
+             f"model.mlp_hidden={z['mlp']}", f"model.segment_len={own.get('seg', z['seg'] if task else z['lm_seg'])}",
              # mqar: each token also embeds its predecessor, so recall is one attention hop (model/decoder.py)
-             *(["model.prev_embed=true"] if task else [])]
+             *(["model.prev_embed=true"] if task and own.get("prev_embed", True) else [])]
     schedule = [f"train.steps={steps}", f"train.warmup={max(1, steps // 20)}", f"train.lr={lr:g}",
                 f"train.min_lr={lr / 10:g}", f"train.global_batch={batch}", f"train.micro_batch={batch}",
                 f"train.segments={segs}", f"train.bptt_segments={segs}", f"train.eval_every={max(1, steps // 10)}",
                 "train.eval_batches=2", "train.save_every=0", "train.log_every=10", f"train.seed={seed}",
                 f"train.loss_on={'answers' if task else 'all'}", *(curriculum(v["kind"], steps, segs) if task else [])]
-    where = [f"data.path={data / (dataset or v['data'])}", "data.tokenizer=tokenizers/code-8k.model",
+    where = [f"data.path={data / (dataset or v['data'])}", f"data.tokenizer={own.get('tokenizer', CODE_TOKENIZER)}",
              f"run.dir={run_dir}", f"run.device={z['device']}"]
     # the variant's own overrides come last: the control changes the segment length and window
     return ["train", "recipes/tiny.yaml", *shape, *schedule, *where, *v["over"], "--overwrite"]
@@ -388,6 +442,17 @@ def seed_run(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) ->
                  eval_flags(data / f"mqar-len{n}", compare))
 
 
+def babilong_run(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
+    """A babilong row for one seed at the chosen rate: train (the first seed's run exists from its trial),
+    then evaluate on the new documents of every length multiple (test split)."""
+    name = tag(v, lr, seed)
+    if train(run, z, v, data, name, lr, seed):
+        return
+    for k, docs in zip(z["babilong"]["multiples"], z["babilong"]["docs"]):
+        evaluate(run, name, run.out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}.json", "test", docs,
+                 eval_flags(data / f"{v['data']}-x{k}"))
+
+
 def read_probe(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
     """Test-time reads of a matched Elastic Memory run (same weights) on the documents of every eval
     length: PROBE_SAMPLES x as many samples (uniform and exponential), and the gauss and power schedules."""
@@ -418,11 +483,16 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
     periodic validation, and every process (training or `elastic eval`) 6 s to start and evaluate."""
     runs, evals = [], 0
     for v in todo:
-        steps = z["steps"] if v["data"].startswith("mqar") else z["lm_steps"]
+        steps = z["steps"] if v["data"].startswith(("mqar", "babilong")) else z["lm_steps"]
         steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
         if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
             runs += [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]]
             evals += len(z["seeds"]) * (1 + 3 * len(z["lengths"]))
+            continue
+        if v["group"] == "babilong":  # as a matched row, without the sanity task; every length multiple
+            runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
+            runs += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
+            evals += len(z["lrs"]) + len(z["seeds"]) * len(z["babilong"]["multiples"])
             continue
         if v["group"] != "matched":
             runs.append((v["kind"], tag(v), steps))
@@ -473,16 +543,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_const", const="smoke", dest="size", help="= --size smoke")
     p.add_argument("--gpu", action="store_const", const="gpu", dest="size", help="= --size gpu")
     p.add_argument("--kinds", default="none,elastic,xl,memorizing,melodi,infinity,armt,caching,rmt")
-    p.add_argument("--only", choices=["mqar", "probe", "lm"],
-                   help="run one part only (probe: the length probes of Elastic Memory; needs its matched runs)")
+    p.add_argument("--only", type=lambda x: x.split(","), help="run only these parts, comma-separated, of: mqar, "
+                   "probe (the length probes of Elastic Memory; needs its matched runs), babilong, lm")
     p.add_argument("--steps", type=int, help="training steps of every mqar row (default: the size's)")
     p.add_argument("--seeds", help="seeds of the matched rows, e.g. 0,1,2 (default: the size's)")
     p.add_argument("--lrs", help="learning rates tried per matched row, e.g. 1e-3,3e-3 (default: the size's)")
+    p.add_argument("--babilong-qa", help="babilong: the bAbI tasks, e.g. 1 or 1,2 (default: the size's)")
+    p.add_argument("--babilong-kinds", help="babilong: its memory kinds (default: --kinds)")
     p.add_argument("--jobs", type=int, help="runs at a time (default: the size's)")
     p.add_argument("--plan", action="store_true", help="print the runs and the estimated core-minutes; run nothing")
     p.add_argument("--out", type=Path, help="output folder (default runs/reproduce-<size>)")
     p.add_argument("--results", type=Path, help="results page (default docs/results.md; smoke: OUT/results.md)")
     a = p.parse_args(argv)
+    unknown = sorted(set(a.only or ()) - set(PARTS))
+    if unknown:
+        p.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     z = dict(SIZES[a.size])
     if a.steps:
         z["steps"] = a.steps
@@ -490,6 +565,10 @@ def main(argv: list[str] | None = None) -> int:
         z["seeds"] = tuple(int(s) for s in a.seeds.split(","))
     if a.lrs:
         z["lrs"] = tuple(float(x) for x in a.lrs.split(","))
+    if a.babilong_qa:
+        z["babilong"] = {**z["babilong"], "qa": tuple(int(q) for q in a.babilong_qa.split(","))}
+    if a.babilong_kinds:
+        z["babilong"] = {**z["babilong"], "kinds": [k for k in a.babilong_kinds.split(",") if k]}
     out = a.out or Path("runs") / f"reproduce-{a.size}"
     results = a.results or (out / "results.md" if a.size == "smoke" else Path("docs/results.md"))
     kinds = [k for k in a.kinds.split(",") if k]
@@ -506,29 +585,30 @@ def main(argv: list[str] | None = None) -> int:
     run = Runner(out, os.environ.get("PYTHON", sys.executable), max(1, (os.cpu_count() or 2) // jobs))
     write_settings(out / "settings.json", {"size": a.size, "settings": z, "kinds": kinds, "only": a.only, "variants": todo})
     t0 = time.time()
-    matched = [v for v in todo if v["group"] == "matched"]
+    matched = [v for v in todo if v["group"] in ("matched", "babilong")]  # both choose a learning rate per row
     print(f"reproduce ({a.size}): {len(todo)} rows ({len(matched)} matched: seeds {list(z['seeds'])}, learning rates "
           f"{list(z['lrs'])}), {jobs} at a time -> {out}", flush=True)
     data = out / "data"
     prepare(run, z, data, a.only)
-    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] not in ("matched", "probe")]
+    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] not in ("matched", "babilong", "probe")]
     first += [lambda v=v, lr=lr, s=s: trial(run, z, v, data, lr, s) for v in matched for lr, s in trials(z)]
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda f: f(), first))
-    chosen = {v["name"]: choose_lr(out, z, v) for v in matched}
+    chosen = {tag(v): choose_lr(out, z, v) for v in matched}
     second = []
     for v in matched:
-        lr = chosen[v["name"]]
+        lr = chosen[tag(v)]
         if lr is None:
             continue
-        second += [lambda v=v, lr=lr, s=s: seed_run(run, z, v, data, lr, s) for s in z["seeds"]]
-        if v["kind"] != "none":
+        runner = babilong_run if v["group"] == "babilong" else seed_run
+        second += [lambda v=v, lr=lr, s=s, f=runner: f(run, z, v, data, lr, s) for s in z["seeds"]]
+        if v["kind"] != "none" and v["group"] == "matched":
             second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
     probes = [v for v in todo if v["group"] == "probe"]
     if probes:  # at the matched elastic row's learning rate
         name, over = memory("elastic", z)
         elastic = {"name": name, "kind": "elastic", "data": "mqar", "over": over, "group": "matched"}
-        lr = chosen.get(name) or chosen_lr(out, elastic) or z["lr"]
+        lr = chosen.get(tag(elastic)) or chosen_lr(out, elastic) or z["lr"]
         second += [lambda v=v, s=s: seed_run(run, z, v, data, lr, s) for v in probes for s in z["seeds"]]
         second += [lambda s=s: read_probe(run, z, elastic, data, lr, s) for s in z["seeds"]]
     with ThreadPoolExecutor(jobs) as pool:

@@ -22,9 +22,12 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import reproduce  # noqa: E402
 import results_plots  # noqa: E402
 from elastic_cli.code_version import code_version  # noqa: E402
+from elastic_cli.data.babi import PLACES  # noqa: E402  (the answers of qa1 and qa2: chance is one of them)
 
 FAR = 2  # distances of at least this many segments: local attention cannot see the fact
 SANITY_BAR = 0.5  # accuracy on the d = 1-only task a memory kind must reach (8x chance with 16 values)
+QA_NAMES = {"qa1": "one supporting fact", "qa2": "two supporting facts", "qa3": "three supporting facts",
+            "qa4": "two-argument relations", "qa5": "three-argument relations"}
 FOOTPRINT_SLACK = 1.25  # a row is "at the matched footprint" within this factor of elastic's floats
 
 
@@ -114,12 +117,14 @@ def collect(out: Path) -> dict:
     ("failed": True for a row without an eval file)."""
     settings = json.loads((out / "settings.json").read_text())
     z = settings["settings"]
-    table: dict = {"mqar": {}, "length": {}, "probe": {}, "lm": {}}
+    table: dict = {"mqar": {}, "length": {}, "probe": {}, "babilong": {}, "lm": {}}
     for v in settings["variants"]:
         if v["group"] == "matched":
             collect_matched(out, z, v, table)
         elif v["group"] == "probe":
             collect_probe(out, z, v, table)
+        elif v["group"] == "babilong":
+            collect_babilong(out, z, v, table)
         else:
             collect_single(out, v, table)
     return table
@@ -146,6 +151,60 @@ def length_entries(out: Path, z: dict, v: dict, suffix: str = "") -> list[dict]:
             entry["schedules"] = others
         entries.append(entry)
     return entries
+
+
+def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
+    """A babilong row: its learning rates tried, and every seed's exact match (and answer-token accuracy)
+    on new documents at each length multiple (OUT/eval/<task>-<variant>-seed<S>-x<K>.json), with the spread."""
+    lrs = out / "eval" / f"{reproduce.tag(v)}.lrs.json"
+    choice = json.loads(lrs.read_text()) if lrs.is_file() else {"tried": [], "chosen": None}
+    b = z["babilong"]
+    seeds = []
+    for seed in z["seeds"]:
+        by_k = {}
+        for k in b["multiples"]:
+            r = results_of(out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}.json")
+            if r:
+                by_k[str(k)] = {"exact_match": r[0]["exact_match"], "answer_token_accuracy": r[0]["answer_token_accuracy"],
+                                "answers": r[0]["answers"], "eval_tokens": k * b["length"]}
+        if by_k:
+            seeds.append({"seed": seed, "lr": choice["chosen"], "by_length": by_k})
+    by_length = {str(k): {"eval_tokens": k * b["length"],
+                          **{key: spread([s["by_length"][str(k)][key] for s in seeds if str(k) in s["by_length"]])
+                             for key in ("exact_match", "answer_token_accuracy")}}
+                 for k in b["multiples"] if any(str(k) in s["by_length"] for s in seeds)}
+    table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
+        "kind": v["kind"], "lr": choice["chosen"], "lrs_tried": choice["tried"], "steps": z["steps"],
+        "train_tokens": b["length"], "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length,
+        "seeds": seeds, **({"failed": True} if not seeds else {})}
+
+
+def babilong_table(rows: dict, multiples: list[int], length: int) -> list[str]:
+    lines = ["| variant | seeds | lr | " + " | ".join(f"{k}x ({k * length} tokens)" for k in multiples) + " |",
+             "|---|---|---|" + "---|" * len(multiples)]
+    for name, r in rows.items():
+        cells = []
+        for k in multiples:
+            s = r["by_length"].get(str(k), {}).get("exact_match")
+            cells.append("n/a" if not s else f"{s['mean']:.3f}" if s["n"] < 2 else
+                         f"{s['mean']:.3f} ± {s['sd']:.3f} [{s['min']:.3f}–{s['max']:.3f}]")
+        lines.append(f"| {name} | {r['n_seeds']} | {fmt(r['lr'], 'g')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def babilong_sentence(task: str, rows: dict, multiples: list[int], chance: float) -> str:
+    """What one task's table shows: the best kind at each length, from the means."""
+    done = {n: r for n, r in rows.items() if not r.get("failed")}
+    parts = []
+    for k in multiples:
+        at = {n: r["by_length"][str(k)]["exact_match"]["mean"] for n, r in done.items() if str(k) in r["by_length"]}
+        if at:
+            best = max(at, key=at.get)
+            parts.append(f"at {k}x the best is `{best}` ({at[best]:.3f})")
+    kinds = ", ".join(sorted({r["kind"] for r in done.values()})) or "none"
+    return (f"This table shows exact match on the answer of bAbI task {task} ({QA_NAMES.get(task, 'bAbI')}) hidden in books, on "
+            f"new documents at each multiple of the training length (mean ± sd [min–max] over seeds; chance {chance:.3f}, "
+            f"one of {round(1 / chance)} places). Kinds run: {kinds}; " + "; ".join(parts) + ".")
 
 
 def collect_probe(out: Path, z: dict, v: dict, table: dict) -> None:
@@ -610,6 +669,17 @@ def write(out: Path, dest: Path) -> None:
                   f"The probe trained at twice the order on the training length (test split, {z['eval_docs']} documents per seed):", "",
                   *mqar_table({n: r for n, r in mq.items() if r["kind"] == "elastic" and r["group"] in ("matched", "probe")},
                               distances, matched_fp), ""]
+    if table["babilong"]:
+        b = z["babilong"]
+        lines += ["## BABILong-style: bAbI facts hidden in books", "",
+                  f"bAbI tasks generated by `elastic prepare --task babilong` in passages of three books of the King James "
+                  f"Bible (`haystack/kjv`), documents of {b['length']} tokens ({b['length'] // b['seg']} segments of "
+                  f"{b['seg']}, books-8k tokenizer), {b['count']} for training; the same model shape and tuning as mqar "
+                  f"(learning rate chosen per row from {lrs} on the validation split, {z['steps']} steps, loss on the answer). "
+                  "Evaluated on new documents (another generator seed) of 1x, 4x and 16x the training length.", ""]
+        for task, rows in table["babilong"].items():
+            lines += [f"### {task}", "", babilong_sentence(task, rows, b["multiples"], 1 / len(PLACES)), "",
+                      *babilong_table(rows, b["multiples"], b["length"]), ""]
     if extras:
         lines += ["### Footprint sweep, paper settings and longer runs (one seed each)", "",
                   "This table shows each kind away from the matched footprint: Elastic Memory's orders, the settings of "

@@ -1,6 +1,8 @@
 """scripts/reproduce.py: every kind has a matched row at the matched footprint (rmt states its own),
 matched rows train with every seed and learning rate, the recurrent kinds with a valid curriculum,
 the sanity and length datasets are what the page says, and --plan counts the runs."""
+import json
+
 import pytest
 
 from elastic_cli.build import build_model
@@ -70,10 +72,15 @@ def test_plan_counts_trials_seeds_sanity_and_single_rows(capsys):
     todo = reproduce.variants(z, sorted(REGISTRY), None)
     runs, minutes = reproduce.plan(z, todo)
     matched = [v for v in todo if v["group"] == "matched"]
-    singles = [v for v in todo if v["group"] != "matched"]
-    assert len(runs) == len(matched) * (len(z["lrs"]) + len(z["seeds"]) - 1) + (len(matched) - 1) + len(singles)
-    assert len(matched) == 9 and {v["group"] for v in singles} == {"control", "ablation", "lm"}
-    assert 250 < minutes < 400  # about 316 core-minutes at 1000 steps
+    babilong = [v for v in todo if v["group"] == "babilong"]
+    probes = [v for v in todo if v["group"] == "probe"]
+    singles = [v for v in todo if v["group"] not in ("matched", "babilong", "probe")]
+    per_row = len(z["lrs"]) + len(z["seeds"]) - 1  # the trials, then the other seeds at the chosen rate
+    assert len(runs) == (len(matched) + len(babilong)) * per_row + (len(matched) - 1) + len(probes) * len(z["seeds"]) + len(singles)
+    assert len(matched) == 9 and len(babilong) == 9 * len(z["babilong"]["qa"]) and len(probes) == 1
+    assert {v["group"] for v in singles} == {"control", "ablation", "lm"}
+    _, mqar_minutes = reproduce.plan(z, reproduce.variants(z, sorted(REGISTRY), ["mqar"]))
+    assert 250 < mqar_minutes < 450 and minutes > mqar_minutes  # mqar: about 370 core-minutes at 1000 steps
     assert reproduce.main(["--size", "cpu-seeds", "--plan"]) == 0
     assert "core-minutes" in capsys.readouterr().out
 
@@ -83,3 +90,16 @@ def test_every_size_has_the_settings_the_pipeline_reads(size):
     z = reproduce.SIZES[size]
     assert len(z["seeds"]) >= 3 and len(z["lrs"]) >= 2 and list(z["lengths"]) == [8, 32, 128]
     assert len(z["length_docs"]) == len(z["lengths"]) and z["length"] // z["seg"] == 8
+
+
+def test_settings_join_the_rows_of_every_invocation_at_the_same_settings(tmp_path):
+    z, path = reproduce.SIZES["smoke"], tmp_path / "settings.json"
+    mqar, probe = reproduce.variants(z, ["elastic"], ["mqar"]), reproduce.variants(z, ["elastic"], ["probe"])
+    reproduce.write_settings(path, {"size": "smoke", "settings": z, "kinds": ["elastic"], "only": ["mqar"], "variants": mqar})
+    reproduce.write_settings(path, {"size": "smoke", "settings": z, "kinds": ["none"], "only": ["probe"], "variants": probe})
+    got = json.loads(path.read_text())
+    assert [v["name"] for v in got["variants"]] == [v["name"] for v in reproduce.dedupe(mqar)]  # the probe row was among mqar's
+    assert got["kinds"] == ["elastic", "none"] and got["only"] == ["mqar", "probe"]
+    other = {**z, "steps": z["steps"] + 1}  # other settings: this invocation's rows alone
+    reproduce.write_settings(path, {"size": "smoke", "settings": other, "kinds": ["none"], "only": ["probe"], "variants": probe})
+    assert [v["name"] for v in json.loads(path.read_text())["variants"]] == [v["name"] for v in probe]

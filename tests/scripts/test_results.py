@@ -31,7 +31,7 @@ def out(tmp_path):
     """A reproduce folder (smoke size, kinds none, elastic, xl): elastic has every seed at lr 3e-3, its
     trials, sanity task and length evals; xl only its trials (a failed row); none seed 0; controls."""
     z = reproduce.SIZES["smoke"]
-    todo = reproduce.variants(z, ["none", "elastic", "xl"], "mqar")
+    todo = reproduce.variants(z, ["none", "elastic", "xl"], ["mqar"])
     (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
     ev = tmp_path / "eval"
     ev.mkdir()
@@ -128,8 +128,9 @@ def test_write_makes_the_page_json_and_pngs(out, tmp_path):
     data = json.loads(dest.with_suffix(".json").read_text())
     assert len(data["mqar"]["elastic-order8-uniform"]["seeds"]) == 3
     assert [x["eval_segments"] for x in data["length"]["elastic-order8-uniform"]] == [8, 32, 128]
-    for role in ("distance", "length", "frontier", "sampling", "learning", "lm"):
+    for role in ("distance", "length", "frontier", "sampling", "learning"):
         assert (dest.parent / f"results-{role}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (dest.parent / "results-lm.png").exists() and "Not run in this reproduction" in page  # no LM rows
 
 
 def test_bins_are_token_weighted_means_and_distance_bins_double():
@@ -178,3 +179,55 @@ def test_diagnostics_are_the_last_validation_rows_memory_metrics(tmp_path):
         '{"step": 11, "loss": 0.9}\n')
     assert results.diagnostics(tmp_path) == {"beta/layer0": 0.01, "beta/layer1": 0.5}
     assert results.diagnostics(tmp_path / "missing") == {}
+
+
+def test_length_probes_are_the_matched_weights_read_otherwise_and_the_row_at_twice_the_order(out):
+    """`read_probe`'s files (more samples; gauss and power) and the probe row's seeds become rows of
+    per-length entries, each the mean over seeds of what the files hold."""
+    z, ev = reproduce.SIZES["smoke"], out / "eval"
+    name, m = "elastic-order8-uniform", reproduce.PROBE_SAMPLES * 8
+    for seed in (0, 1, 2):
+        for n in z["lengths"]:
+            (ev / f"length-{name}-seed{seed}-seg{n}-samples{m}.json").write_text(json.dumps({"results": [
+                mqar_record("elastic", [1.0, 0.5, 0.1 * seed, 0.2], "uniform"), mqar_record("elastic", [1.0, 0.5, 0.6, 0.6], "exponential")]}))
+            (ev / f"length-{name}-seed{seed}-seg{n}-schedules.json").write_text(json.dumps({"results": [
+                mqar_record("elastic", [1.0, 0.3, 0.3, 0.3], "gauss"), mqar_record("elastic", [1.0, 0.4, 0.4, 0.4], "power")]}))
+            (ev / f"length-elastic-order16-uniform-seed{seed}-seg{n}.json").write_text(json.dumps({"results": [
+                mqar_record("elastic", [1.0, 0.9, 0.9, 0.9], "uniform")]}))
+    table = results.collect(out)
+    rows = results.probe_rows(table, z)
+    assert list(rows) == ["matched weights: uniform read, 8 samples (as trained)", "same weights: exponential read, 8 samples",
+                          "same weights: gauss read, 8 samples", "same weights: power read, 8 samples",
+                          f"same weights: uniform read, {m} samples", f"same weights: exponential read, {m} samples",
+                          "trained at order 16 (twice the footprint): uniform read, 16 samples"]
+    assert [e["eval_segments"] for e in rows[f"same weights: uniform read, {m} samples"]] == [8, 32, 128]
+    assert rows[f"same weights: uniform read, {m} samples"][0]["accuracy_by_distance"]["2"] == pytest.approx(0.1)  # (0 + .1 + .2) / 3
+    assert rows["same weights: power read, 8 samples"][2]["accuracy_by_distance"]["3"] == pytest.approx(0.4)
+    assert rows["trained at order 16 (twice the footprint): uniform read, 16 samples"][1]["spread"]["answer_accuracy"]["n"] == 3
+    lines = results.probe_table(rows, 8)
+    assert lines[0].endswith("| 32: d >= 8 | 128: d >= 8 |") and len(lines) == 2 + 7
+
+
+def test_babilong_rows_have_exact_match_by_length_multiple_with_the_spread(tmp_path):
+    z = {**reproduce.SIZES["smoke"], "babilong": {**reproduce.SIZES["smoke"]["babilong"], "qa": (1,)}}
+    todo = reproduce.variants(z, ["none", "elastic"], ["babilong"])
+    assert {v["data"] for v in todo} == {"babilong-qa1"} and {v["kind"] for v in todo} == {"none", "elastic"}
+    (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    e = next(v for v in todo if v["kind"] == "elastic")
+    (ev / f"{reproduce.tag(e)}.lrs.json").write_text(json.dumps({"tried": [], "chosen": 1e-3}))
+    em = {0: (0.9, 0.5, 0.2), 1: (0.8, 0.4, 0.2), 2: (1.0, 0.6, 0.2)}  # exact match at 1x, 4x, 16x per seed
+    for seed, values in em.items():
+        for k, x in zip(z["babilong"]["multiples"], values):
+            (ev / f"babilong-qa1-{e['name']}-seed{seed}-x{k}.json").write_text(json.dumps({"results": [
+                {"exact_match": x, "answer_token_accuracy": x, "answers": 4}]}))
+    table = results.collect(tmp_path)["babilong"]["qa1"]
+    row = table[e["name"]]
+    assert row["n_seeds"] == 3 and row["lr"] == 1e-3 and row["by_length"]["4"]["eval_tokens"] == 4 * z["babilong"]["length"]
+    assert row["by_length"]["4"]["exact_match"]["mean"] == pytest.approx(0.5)
+    assert row["by_length"]["1"]["exact_match"]["sd"] == pytest.approx(0.1) and row["by_length"]["16"]["exact_match"]["max"] == 0.2
+    assert table["none"]["failed"]
+    lines = results.babilong_table(table, list(z["babilong"]["multiples"]), z["babilong"]["length"])
+    assert lines[2] == "| none | 0 | n/a | n/a | n/a | n/a |"
+    assert lines[3].startswith(f"| {e['name']} | 3 | 0.001 | 0.900 ± 0.100 [0.800–1.000] | 0.500 ± 0.100 ")
