@@ -74,9 +74,10 @@ SIZES = {
     # documents. 1000 steps, because the matched elastic run is still before its transition at 500 steps
     # of a 500-step schedule (0.23 at d >= 2) and saturated at 1000 (0.94; both measured 2026-12-04,
     # seed 0, lr 3e-3); about 100 core-minutes would allow ~300 steps per run. `--plan` prints the estimate.
-    # The d = 1 sanity task trains the matched rows' 1000 steps too: at 300 steps xl failed it (0.333) while its
-    # matched row answered every d = 1 query (1.000), so a shorter budget tested the budget, not the memory.
-    "cpu-seeds": {**_CPU, "steps": 1000, "sanity_steps": 1000, "eval_docs": 200, "val_docs": 96,
+    # The d = 1 sanity task trains 300 steps: at that budget xl failed it (0.333) although its matched row answers
+    # every d = 1 query (1.000); 1000 steps for all eight memory kinds would add ~40 core-minutes, which the
+    # 2026-12-05 run could not afford. The page says so beside the sanity column.
+    "cpu-seeds": {**_CPU, "steps": 1000, "sanity_steps": 300, "eval_docs": 200, "val_docs": 96,
                   "length_docs": (96, 48, 32), "extras": False, "sweep": {}},
     "cpu": _CPU,
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
