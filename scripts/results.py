@@ -353,6 +353,9 @@ def tuning_table(rows: dict) -> list[str]:
         sane = "n/a (no memory)" if r["kind"] == "none" else \
             f"{fmt(r.get('sanity_d1'), '.3f')} ({'passes' if r.get('sanity_d1_passed') else 'FAILS'} the {SANITY_BAR} bar)" \
             if r.get("sanity_d1") is not None else "not run"
+        d1 = (r.get("accuracy_by_distance") or {}).get("1")
+        if r.get("sanity_d1_passed") is False and d1 is not None and d1 >= SANITY_BAR:  # why it failed: the budget
+            sane += f"; its matched row ({r.get('steps')} steps) answers d=1 at {d1:.3f}: the sanity task's shorter budget"
         diag = ((r.get("seeds") or [{}])[0].get("memory_metrics")) or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in diag.items()) or "none logged"
         lines.append(f"| {name} | {tried} | {fmt(r.get('lr'), 'g')} | {r.get('steps', 'n/a')} | {r.get('curriculum') or 'none'} "
@@ -466,7 +469,9 @@ def ranking(rows: dict, matched: int) -> tuple[list[tuple[str, float]], list[str
         elif r["kind"] != "none" and r["footprint_floats"] and not matched / FOOTPRINT_SLACK <= r["footprint_floats"] <= matched * FOOTPRINT_SLACK:
             beside.append(f"`{name}` {r[key]:.3f} (not ranked: {label(name, r, matched).split('(', 1)[1]}")
         elif r.get("sanity_d1_passed") is False:
-            beside.append(f"`{name}` {r[key]:.3f} (not ranked: fails the d=1 sanity task, {r['sanity_d1']:.3f} < {SANITY_BAR})")
+            d1 = (r.get("accuracy_by_distance") or {}).get("1")
+            why = f"; its matched row answers d=1 at {d1:.3f}" if d1 is not None and d1 >= SANITY_BAR else ""
+            beside.append(f"`{name}` {r[key]:.3f} (not ranked: fails the d=1 sanity task, {r['sanity_d1']:.3f} < {SANITY_BAR}{why})")
         else:
             ranked.append((name, r[key]))
     return sorted(ranked, key=lambda kv: -kv[1]), beside

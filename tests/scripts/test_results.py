@@ -231,3 +231,13 @@ def test_babilong_rows_have_exact_match_by_length_multiple_with_the_spread(tmp_p
     lines = results.babilong_table(table, list(z["babilong"]["multiples"]), z["babilong"]["length"])
     assert lines[2] == "| none | 0 | n/a | n/a | n/a | n/a |"
     assert lines[3].startswith(f"| {e['name']} | 3 | 0.001 | 0.900 ± 0.100 [0.800–1.000] | 0.500 ± 0.100 ")
+
+
+def test_a_kind_failing_the_sanity_task_but_answering_d1_in_its_row_is_told_why():
+    r = {"kind": "xl", "footprint_floats": 1000, "accuracy_distance_ge_2": 0.2, "sanity_d1_passed": False, "sanity_d1": 0.333,
+         "accuracy_by_distance": {"0": 1.0, "1": 1.0, "2": 0.2}, "steps": 1000, "lrs_tried": [], "lr": 1e-3}
+    _, beside = results.ranking({"x": r}, 1000)
+    assert beside == ["`x` 0.200 (not ranked: fails the d=1 sanity task, 0.333 < 0.5; its matched row answers d=1 at 1.000)"]
+    assert "its matched row (1000 steps) answers d=1 at 1.000: the sanity task's shorter budget" in results.tuning_table({"x": r})[2]
+    r["accuracy_by_distance"]["1"] = 0.1  # the row cannot answer d = 1 either: no excuse given
+    assert results.ranking({"x": r}, 1000)[1] == ["`x` 0.200 (not ranked: fails the d=1 sanity task, 0.333 < 0.5)"]
