@@ -354,8 +354,10 @@ def tuning_table(rows: dict) -> list[str]:
             f"{fmt(r.get('sanity_d1'), '.3f')} ({'passes' if r.get('sanity_d1_passed') else 'FAILS'} the {SANITY_BAR} bar)" \
             if r.get("sanity_d1") is not None else "not run"
         d1 = (r.get("accuracy_by_distance") or {}).get("1")
-        if r.get("sanity_d1_passed") is False and d1 is not None and d1 >= SANITY_BAR:  # why it failed: the budget
-            sane += f"; its matched row ({r.get('steps')} steps) answers d=1 at {d1:.3f}: the sanity task's shorter budget"
+        if r.get("sanity_d1_passed") is False and d1 is not None:  # why it failed: the budget, or the memory
+            sane += (f"; its matched row ({r.get('steps')} steps) answers d=1 at {d1:.3f}: the sanity task's shorter budget"
+                     if d1 >= SANITY_BAR else f"; its matched row ({r.get('steps')} steps) fails d=1 too ({d1:.3f}): "
+                     "its memory does not carry a fact one segment at this budget")
         diag = ((r.get("seeds") or [{}])[0].get("memory_metrics")) or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in diag.items()) or "none logged"
         lines.append(f"| {name} | {tried} | {fmt(r.get('lr'), 'g')} | {r.get('steps', 'n/a')} | {r.get('curriculum') or 'none'} "

@@ -241,3 +241,4 @@ def test_a_kind_failing_the_sanity_task_but_answering_d1_in_its_row_is_told_why(
     assert "its matched row (1000 steps) answers d=1 at 1.000: the sanity task's shorter budget" in results.tuning_table({"x": r})[2]
     r["accuracy_by_distance"]["1"] = 0.1  # the row cannot answer d = 1 either: no excuse given
     assert results.ranking({"x": r}, 1000)[1] == ["`x` 0.200 (not ranked: fails the d=1 sanity task, 0.333 < 0.5)"]
+    assert "its matched row (1000 steps) fails d=1 too (0.100)" in results.tuning_table({"x": r})[2]
