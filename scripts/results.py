@@ -707,7 +707,7 @@ def write(out: Path, dest: Path) -> None:
             "what `lzma` preset 9 needs for the same text. One seed each.", "",
             *lm_sentences(table["lm"]), "", *lm_table(table["lm"]), "", f"![loss by segment]({pngs['lm']})", ""]
     else:
-        lines += ["Not run in this reproduction (`--only mqar`): the language-modelling comparison is planned for a GPU "
+        lines += ["Not run in this reproduction (its `--only` left out `lm`): the language-modelling comparison is planned for a GPU "
                   "(`--size gpu`), at a size that trains in minutes there.", ""]
     lines += ["## Commands", "", "```", commands, "```", ""]
     write_text(dest, "\n".join(lines))
