@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
+from functools import partial
 from multiprocessing.pool import Pool
 from typing import Callable, Iterable, Iterator
 
@@ -27,7 +28,7 @@ from elastic_cli.data.tokenizer import Tokenizer
 
 BLOCK_CHARS = 1 << 20   # a block (and a batch of small documents' blocks) is about this many characters
 
-_worker: tuple[Tokenizer, str] | None = None
+_worker: tuple[Tokenizer, str] | None = None  # a worker process's (tokenizer, dtype), set by `_init` (spawned processes get a path)
 
 
 def cut(text: str, newlines: bool, spaces: bool) -> int:
@@ -85,20 +86,26 @@ def batches(blocks_of_docs: Iterable[tuple[int, Iterator[str]]], size: int = BLO
         yield batch
 
 
-def _init(tokenizer_path: str, dtype: str, worker: bool = False) -> None:
-    """Load the tokenizer for `_encode`. In a worker process, freed memory is kept for the next batch
-    (`keep_freed_memory`): its heap holds one batch at a time, so the high-water mark is one block's
-    lattice, and sentencepiece's ~30 MB per block is not faulted in afresh every time (in `prepare`'s
-    own process, which holds the writer's state, `return_large_buffers` stays: docs/internals.md, Data)."""
+def _init(tokenizer_path: str, dtype: str) -> None:
+    """A worker process's start: load the tokenizer for `_encode` (a spawned process receives a path,
+    not the loaded tokenizer), and keep freed memory for the next batch (`keep_freed_memory`): the
+    worker's heap holds one batch at a time, so the high-water mark is one block's lattice, and
+    sentencepiece's ~30 MB per block is not faulted in afresh every time (in `prepare`'s own process,
+    which holds the writer's state, `return_large_buffers` stays: docs/internals.md, Data)."""
     global _worker
-    if worker:
-        keep_freed_memory()
+    keep_freed_memory()
     _worker = (Tokenizer.load(tokenizer_path), dtype)
 
 
 def _encode(batch: list[tuple[int, bool, str]]) -> list[tuple[int, bool, np.ndarray, int]]:
-    """(document number, last?, token ids, UTF-8 bytes) of each block of a batch (runs in a worker)."""
-    tok, dtype = _worker
+    """`encode_batch` with the worker's tokenizer (runs in a worker process)."""
+    return encode_batch(_worker, batch)
+
+
+def encode_batch(worker: tuple[Tokenizer, str], batch: list[tuple[int, bool, str]]
+                 ) -> list[tuple[int, bool, np.ndarray, int]]:
+    """(document number, last?, token ids, UTF-8 bytes) of each block of a batch; worker: (tokenizer, dtype)."""
+    tok, dtype = worker
     return [(doc, last, np.asarray(tok.encode(text), dtype=dtype), len(text) if text.isascii() else len(text.encode()))
             for doc, last, text in batch]
 
@@ -123,14 +130,11 @@ class Encoders:
     processes, started when this is made, so that they load while the caller lists and hashes its
     sources. A context manager: leaving it stops them."""
 
-    def __init__(self, tokenizer_path: str, dtype: str, workers: int):
+    def __init__(self, tok: Tokenizer, dtype: str, workers: int):
         self.workers = workers
-        if workers <= 1:
-            _init(tokenizer_path, dtype)
-            self.pool = None
-        else:
-            self.pool = mp.get_context("spawn").Pool(workers, initializer=_init,
-                                                    initargs=(tokenizer_path, dtype, True))
+        self.fn = partial(encode_batch, (tok, dtype)) if workers <= 1 else _encode  # in this process: tok as loaded
+        self.pool = None if workers <= 1 else \
+            mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(str(tok.path), dtype))
 
     def __enter__(self) -> Encoders:
         return self
@@ -142,5 +146,5 @@ class Encoders:
 
     def encode(self, blocks_of_docs: Iterable[tuple[int, Iterator[str]]]) -> Iterator[tuple[int, bool, np.ndarray, int]]:
         """(document number, last block?, token ids, UTF-8 bytes) for every block of every document, in order."""
-        for results in ordered(_encode, batches(blocks_of_docs), self.pool, self.workers):
+        for results in ordered(self.fn, batches(blocks_of_docs), self.pool, self.workers):
             yield from results

@@ -140,7 +140,7 @@ def prepare(sources: list[str], tokenizer: str, out: str, opts: PrepareOptions =
     tok = Tokenizer.load(tokenizer)
     dt = store.choose_dtype(tok.vocab_size, dtype)
     workers = workers or min(2, os.cpu_count() or 1)
-    with blocks.Encoders(str(tok.path), dt, workers) as enc:  # the workers load while the sources are hashed
+    with blocks.Encoders(tok, dt, workers) as enc:  # the workers load while the sources are hashed
         return _prepare(sources, tok, out_p, opts._replace(dtype=dt, workers=workers), enc)
 
 

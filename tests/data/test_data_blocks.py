@@ -127,10 +127,10 @@ def test_decoded_bytes_in_chunks_equals_the_whole_decode():
 
 def test_ordered_map_keeps_order_with_workers():
     tasks = [[(i, True, "x = %d\n" % i * (i % 7 + 1))] for i in range(40)]
-    blocks._init(str(CODE), "uint16")
-    one = list(blocks.ordered(blocks._encode, tasks, None, 1))
-    with blocks.Encoders(str(CODE), "uint16", 2) as enc:
-        two = list(blocks.ordered(blocks._encode, tasks, enc.pool, 2))
+    tok = Tokenizer.load(CODE)
+    one = list(blocks.ordered(blocks.Encoders(tok, "uint16", 1).fn, tasks, None, 1))
+    with blocks.Encoders(tok, "uint16", 2) as enc:
+        two = list(blocks.ordered(enc.fn, tasks, enc.pool, 2))
     assert len(one) == 40 and [[(d, l, a.tolist(), n) for d, l, a, n in r] for r in one] == \
         [[(d, l, a.tolist(), n) for d, l, a, n in r] for r in two]
 
