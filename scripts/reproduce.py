@@ -148,6 +148,13 @@ def curriculum(kind: str, steps: int, segments: int) -> list[str]:
     return [f"train.curriculum={json.dumps(stages).replace(' ', '')}"]
 
 
+def matched_row(kind: str, z: dict) -> dict:
+    """A kind's mqar row at the matched footprint (Elastic Memory's also read with every schedule)."""
+    name, over = memory(kind, z)
+    return {"name": name, "kind": kind, "data": "mqar", "over": over, "group": "matched",
+            "compare": list(SCHEDULES) if kind == "elastic" else None}
+
+
 def wants(only: list[str] | None, *part: str) -> bool:
     """Whether `--only` (None: every part) asks for any of these parts."""
     return only is None or any(p in only for p in part)
@@ -158,10 +165,7 @@ def variants(z: dict, kinds: list[str], only: list[str] | None) -> list[dict]:
     with every seed and learning rate of the size; the others once."""
     out = []
     if wants(only, "mqar"):
-        for kind in kinds:
-            name, over = memory(kind, z)
-            out.append({"name": name, "kind": kind, "data": "mqar", "over": over, "group": "matched",
-                        "compare": list(SCHEDULES) if kind == "elastic" else None})
+        out += [matched_row(kind, z) for kind in kinds]
         if "none" in kinds:  # the control: one segment holds the whole document (plain full attention)
             control = ["memory.kind=none", f"model.segment_len={z['length']}", "train.segments=1", "train.bptt_segments=1"]
             out.append({"name": "none-one-segment", "kind": "none", "data": "mqar", "group": "control", "over": control})
@@ -269,6 +273,11 @@ def trials(z: dict) -> list[tuple[float, int]]:
     return [(lr, z["seeds"][0]) for lr in z["lrs"]]
 
 
+def relative(text: str, root: Path = ROOT) -> str:
+    """Paths under the repository written relative to it (commands are recorded and shown that way)."""
+    return text.replace(f"{root}{os.sep}", "")
+
+
 class Runner:
     """Runs CLI commands with logs, recording each command (repository-relative) in OUT/commands.txt."""
 
@@ -278,7 +287,7 @@ class Runner:
         (out / "eval").mkdir(parents=True, exist_ok=True)
 
     def __call__(self, log: str, *args: str) -> int:
-        shown = shlex.join(["python", "-m", "elastic_cli", *args])
+        shown = relative(shlex.join(["python", "-m", "elastic_cli", *args]))
         with open(self.out / "commands.txt", "a", encoding="utf-8") as f:
             f.write(shown + "\n")
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
@@ -607,8 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
     probes = [v for v in todo if v["group"] == "probe"]
     if probes:  # at the matched elastic row's learning rate
-        name, over = memory("elastic", z)
-        elastic = {"name": name, "kind": "elastic", "data": "mqar", "over": over, "group": "matched"}
+        elastic = matched_row("elastic", z)
         lr = chosen.get(tag(elastic)) or chosen_lr(out, elastic) or z["lr"]
         second += [lambda v=v, s=s: seed_run(run, z, v, data, lr, s) for v in probes for s in z["seeds"]]
         second += [lambda s=s: read_probe(run, z, elastic, data, lr, s) for s in z["seeds"]]

@@ -183,11 +183,7 @@ def babilong_table(rows: dict, multiples: list[int], length: int) -> list[str]:
     lines = ["| variant | seeds | lr | " + " | ".join(f"{k}x ({k * length} tokens)" for k in multiples) + " |",
              "|---|---|---|" + "---|" * len(multiples)]
     for name, r in rows.items():
-        cells = []
-        for k in multiples:
-            s = r["by_length"].get(str(k), {}).get("exact_match")
-            cells.append("n/a" if not s else f"{s['mean']:.3f}" if s["n"] < 2 else
-                         f"{s['mean']:.3f} ± {s['sd']:.3f} [{s['min']:.3f}–{s['max']:.3f}]")
+        cells = [fmt_spread(r["by_length"].get(str(k), {}).get("exact_match")) for k in multiples]
         lines.append(f"| {name} | {r['n_seeds']} | {fmt(r['lr'], 'g')} | " + " | ".join(cells) + " |")
     return lines
 
@@ -211,9 +207,8 @@ def collect_probe(out: Path, z: dict, v: dict, table: dict) -> None:
     """The length probes of Elastic Memory: row v (trained with every seed at the matched elastic row's
     learning rate) on the test split and at every length, and the matched weights read with more
     samples and with the other schedules (`reproduce.read_probe`)."""
-    name, over = reproduce.memory("elastic", z)
-    elastic = {"name": name, "kind": "elastic", "data": "mqar", "over": over, "group": "matched"}
-    lr = reproduce.chosen_lr(out, elastic)
+    elastic = reproduce.matched_row("elastic", z)
+    name, lr = elastic["name"], reproduce.chosen_lr(out, elastic)
     seeds = []
     for seed in z["seeds"]:
         run = reproduce.tag(v, lr, seed) if lr is not None else None
@@ -306,9 +301,14 @@ def fmt(value, spec: str) -> str:
 def pm(r: dict, key: str) -> str:
     """mean ± sd [min–max] of a multi-seed row's number, or the plain number of a one-seed row."""
     s = (r.get("spread") or {}).get(key)
-    if not s or s["n"] < 2:
-        return fmt(r.get(key), ".3f")
-    return f"{s['mean']:.3f} ± {s['sd']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
+    return fmt(r.get(key), ".3f") if not s or s["n"] < 2 else fmt_spread(s)
+
+
+def fmt_spread(s: dict | None) -> str:
+    """A `spread`: mean ± sd [min–max], the mean alone for one value, n/a for none."""
+    if not s:
+        return "n/a"
+    return f"{s['mean']:.3f}" if s["n"] < 2 else f"{s['mean']:.3f} ± {s['sd']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
 
 
 def cell(r: dict, d: str) -> str:
@@ -636,6 +636,7 @@ def write(out: Path, dest: Path) -> None:
     controls = {n: r for n, r in mq.items() if r["group"] in ("control", "ablation")}
     extras = {n: r for n, r in mq.items() if r["group"] in ("sweep", "paper", "long")}
     commands = (out / "commands.txt").read_text().strip() if (out / "commands.txt").is_file() else ""
+    commands = reproduce.relative(commands.replace(str(out.resolve()), str(out)))  # the folder as given, the rest repo-relative
     seeds, lrs = ", ".join(map(str, z["seeds"])), ", ".join(f"{x:g}" for x in z["lrs"])
     lines = [
         "# Results", "",

@@ -118,8 +118,10 @@ def test_ranking_is_within_the_matched_footprint_and_labels_the_others():
 @pytest.mark.slow
 def test_write_makes_the_page_json_and_pngs(out, tmp_path):
     dest = tmp_path / "docs" / "results.md"
+    (out / "commands.txt").write_text(f"python -m elastic_cli eval --ckpt {out.resolve()}/runs/r --json {reproduce.ROOT}/docs/y.json\n")
     results.write(out, dest)
     page = dest.read_text()
+    assert f"python -m elastic_cli eval --ckpt {out}/runs/r --json docs/y.json" in page  # repository-relative
     e = f"{sum(far(a) for a in SEED_ACC.values()) / 3:.3f}"
     assert "| elastic-order8-uniform | matched | 3 |" in page and f"{e} ± " in page
     assert "| xl-cache8 | matched | failed |" in page and "FAILS the 0.5 bar" in page
