@@ -77,8 +77,13 @@ SIZES = {
     # The d = 1 sanity task trains 300 steps: at that budget xl failed it (0.333) although its matched row answers
     # every d = 1 query (1.000); 1000 steps for all eight memory kinds would add ~40 core-minutes, which the
     # 2026-12-05 run could not afford. The page says so beside the sanity column.
+    # babilong trains 500 steps: in the 2026-12-05 runs at 1000 steps (none and elastic, 3 seeds and both rates)
+    # the validation answer accuracy moved by at most 0.05 after step 200 (0.75-0.78 at step 100, 0.78-0.83 at
+    # 1000) and the validation answer loss was lowest at step 200-500 in 6 of 8 runs; 500 steps for all nine
+    # kinds is ~130 core-minutes where 1000 would be ~270.
     "cpu-seeds": {**_CPU, "steps": 1000, "sanity_steps": 300, "eval_docs": 200, "val_docs": 96,
-                  "length_docs": (96, 48, 32), "extras": False, "sweep": {}},
+                  "length_docs": (96, 48, 32), "extras": False, "sweep": {},
+                  "babilong": {**_CPU["babilong"], "steps": 500}},
     "cpu": _CPU,
     "gpu": dict(length=2048, seg=256, count=40000, pairs=32, keys=128, values=64, d=512, layers=8, heads=8,
                 mlp=1536, order=128, steps=4000, batch=64, lr=1e-3, lrs=(3e-4, 1e-3), seeds=(0, 1, 2),
@@ -195,7 +200,8 @@ def babilong_variants(z: dict, kinds: list[str]) -> list[dict]:
     the learning rate chosen per kind as for mqar, every seed, evaluated at every length multiple."""
     b = z["babilong"]
     zb = {**z, "length": b["length"], "seg": b["seg"]}  # the footprint and curriculum of the babilong window
-    shape = {"seg": b["seg"], "segments": b["length"] // b["seg"], "tokenizer": BOOKS_TOKENIZER, "prev_embed": False}
+    shape = {"seg": b["seg"], "segments": b["length"] // b["seg"], "tokenizer": BOOKS_TOKENIZER, "prev_embed": False,
+             "steps": b.get("steps", z["steps"])}
     out = []
     for qa in b["qa"]:
         for kind in b.get("kinds") or kinds:
@@ -352,7 +358,7 @@ def train_args(z: dict, v: dict, data: Path, run_dir: Path, lr: float, seed: int
     task = v["data"].startswith(("mqar", "babilong"))
     own = v.get("shape", {})  # babilong rows: their segment, window, tokenizer
     segs = own.get("segments", z["length"] // z["seg"] if task else z["lm_segments"])
-    steps = steps or (z["steps"] if task else z["lm_steps"])
+    steps = steps or own.get("steps") or (z["steps"] if task else z["lm_steps"])
     batch = z["batch"] if task else z["lm_batch"]
     shape = [f"model.d_model={z['d']}", f"model.n_layer={z['layers']}", f"model.n_head={z['heads']}",
              f"model.mlp_hidden={z['mlp']}", f"model.segment_len={own.get('seg', z['seg'] if task else z['lm_seg'])}",
@@ -493,7 +499,7 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
     periodic validation, and every process (training or `elastic eval`) 6 s to start and evaluate."""
     runs, evals = [], 0
     for v in todo:
-        steps = z["steps"] if v["data"].startswith(("mqar", "babilong")) else z["lm_steps"]
+        steps = v.get("shape", {}).get("steps") or (z["steps"] if v["data"].startswith(("mqar", "babilong")) else z["lm_steps"])
         steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
         if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
             runs += [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]]
@@ -535,13 +541,27 @@ def parts(only: str | list | None) -> list:
     return [p for o in only for p in parts(o)] if isinstance(only, list) else [only]
 
 
+def comparable(settings: dict) -> dict:
+    """Settings as write_settings compares them: without babilong's tasks and kinds, which choose rows
+    (as `--only` does) rather than how a row runs."""
+    b = {k: x for k, x in settings["babilong"].items() if k not in ("qa", "kinds")}
+    return json.loads(json.dumps({**settings, "babilong": b}))
+
+
 def write_settings(path: Path, new: dict) -> None:
     """OUT/settings.json, what results.py reads: the rows of this invocation joined to those of earlier ones
     into the same folder at the same settings (so `--only probe` after `--only mqar` keeps both on the page);
     at other settings, this invocation's alone."""
     old = json.loads(path.read_text()) if path.is_file() else None
-    if old and old["size"] == new["size"] and old["settings"] == json.loads(json.dumps(new["settings"])):
-        new = {**new, "kinds": list(dict.fromkeys(old["kinds"] + new["kinds"])),
+    if old and old["size"] == new["size"] and comparable(old["settings"]) == comparable(new["settings"]):
+        ob, nb = old["settings"]["babilong"], new["settings"]["babilong"]
+        joined = {**nb, "qa": sorted(set(ob["qa"]) | set(nb["qa"]))}  # babilong's tasks and kinds only choose rows
+        if "kinds" in ob and "kinds" in nb:
+            joined["kinds"] = list(dict.fromkeys(ob["kinds"] + nb["kinds"]))
+        else:
+            joined.pop("kinds", None)  # one invocation ran every kind
+        new = {**new, "settings": {**new["settings"], "babilong": joined},
+               "kinds": list(dict.fromkeys(old["kinds"] + new["kinds"])),
                "only": list(dict.fromkeys(parts(old["only"]) + parts(new["only"]))),  # every part run into this folder
                "variants": dedupe(old["variants"] + new["variants"])}
     path.write_text(json.dumps(new, indent=1))

@@ -103,3 +103,22 @@ def test_settings_join_the_rows_of_every_invocation_at_the_same_settings(tmp_pat
     other = {**z, "steps": z["steps"] + 1}  # other settings: this invocation's rows alone
     reproduce.write_settings(path, {"size": "smoke", "settings": other, "kinds": ["none"], "only": ["probe"], "variants": probe})
     assert [v["name"] for v in json.loads(path.read_text())["variants"]] == [v["name"] for v in probe]
+
+
+def test_babilong_invocations_of_other_tasks_and_kinds_join_into_one_settings(tmp_path):
+    path = tmp_path / "settings.json"
+    z = {**reproduce.SIZES["smoke"], "babilong": {**reproduce.SIZES["smoke"]["babilong"], "qa": (1,), "kinds": ["none"]}}
+    z2 = {**z, "babilong": {**z["babilong"], "qa": (2,), "kinds": ["xl", "none"]}}
+    first, second = reproduce.variants(z, ["none"], ["babilong"]), reproduce.variants(z2, ["none"], ["babilong"])
+    reproduce.write_settings(path, {"size": "smoke", "settings": z, "kinds": ["none"], "only": ["babilong"], "variants": first})
+    reproduce.write_settings(path, {"size": "smoke", "settings": z2, "kinds": ["none"], "only": ["babilong"], "variants": second})
+    got = json.loads(path.read_text())
+    assert sorted(v["name"] + v["data"] for v in got["variants"]) == sorted(
+        v["name"] + v["data"] for v in first + second)  # none-qa1, none-qa2, xl-qa2
+    assert got["settings"]["babilong"]["qa"] == [1, 2] and got["settings"]["babilong"]["kinds"] == ["none", "xl"]
+    every = {**z2, "babilong": {k: x for k, x in z2["babilong"].items() if k != "kinds"}}  # every kind: no kinds kept
+    reproduce.write_settings(path, {"size": "smoke", "settings": every, "kinds": ["none"], "only": ["babilong"], "variants": second})
+    assert "kinds" not in json.loads(path.read_text())["settings"]["babilong"]
+    steps = {**z, "babilong": {**z["babilong"], "steps": 7}}  # how a row runs: this invocation's rows alone
+    reproduce.write_settings(path, {"size": "smoke", "settings": steps, "kinds": ["none"], "only": ["babilong"], "variants": first})
+    assert len(json.loads(path.read_text())["variants"]) == len(first)
