@@ -159,7 +159,7 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     lrs = out / "eval" / f"{reproduce.tag(v)}.lrs.json"
     choice = json.loads(lrs.read_text()) if lrs.is_file() else {"tried": [], "chosen": None}
     b = z["babilong"]
-    seeds = []
+    seeds, cells = [], []
     for seed in z["seeds"]:
         by_k = {}
         for k in b["multiples"]:
@@ -167,6 +167,8 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
             if r:
                 by_k[str(k)] = {"exact_match": r[0]["exact_match"], "answer_token_accuracy": r[0]["answer_token_accuracy"],
                                 "answers": r[0]["answers"], "eval_tokens": k * b["length"]}
+                if r[0].get("heatmap"):
+                    cells.append(r[0]["heatmap"])
         if by_k:
             seeds.append({"seed": seed, "lr": choice["chosen"], "by_length": by_k})
     by_length = {str(k): {"eval_tokens": k * b["length"],
@@ -176,7 +178,30 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
         "kind": v["kind"], "lr": choice["chosen"], "lrs_tried": choice["tried"], "steps": b.get("steps", z["steps"]),
         "train_tokens": b["length"], "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length,
-        "seeds": seeds, **({"failed": True} if not seeds else {})}
+        "seeds": seeds, "heatmap": pooled_cells(cells), **({"failed": True} if not seeds else {})}
+
+
+def pooled_cells(cells: list[dict]) -> dict | None:
+    """Heatmap cells (evaluate/heatmap.py's {"lengths", "depths", "binned", "accuracy", "docs"}) of several
+    evals on the same depth rows joined: one column per length, each cell the documents of every eval
+    at that (length, depth) pooled (right answers over documents)."""
+    if not cells:
+        return None
+    depths = cells[0]["depths"]
+    assert all(c["depths"] == depths for c in cells), "evals binned on other depth rows"
+    lengths = sorted({n for c in cells for n in c["lengths"]})
+    right = [[0.0] * len(lengths) for _ in depths]
+    docs = [[0] * len(lengths) for _ in depths]
+    for c in cells:
+        for j, n in enumerate(c["lengths"]):
+            col = lengths.index(n)
+            for r in range(len(depths)):
+                if c["docs"][r][j]:
+                    docs[r][col] += c["docs"][r][j]
+                    right[r][col] += c["accuracy"][r][j] * c["docs"][r][j]
+    return {"lengths": lengths, "depths": depths, "binned": cells[0]["binned"], "docs": docs,
+            "accuracy": [[round(right[r][c] / docs[r][c], 6) if docs[r][c] else None for c in range(len(lengths))]
+                         for r in range(len(depths))]}
 
 
 def babilong_table(rows: dict, multiples: list[int], length: int) -> list[str]:
@@ -688,6 +713,10 @@ def write(out: Path, dest: Path) -> None:
         for task, rows in table["babilong"].items():
             lines += [f"### {task}", "", babilong_sentence(task, rows, b["multiples"], 1 / len(PLACES)), "",
                       *babilong_table(rows, b["multiples"], b["length"]), ""]
+            if task in pngs["babilong"]:
+                lines += ["The heatmap shows the same documents by length and by the depth of the first supporting fact "
+                          "(the share of the document before it), every seed's documents pooled in each cell (documents "
+                          "in brackets; grey: none at that depth).", "", f"![{task} heatmap]({pngs['babilong'][task]})", ""]
     if extras:
         lines += ["### Footprint sweep, paper settings and longer runs (one seed each)", "",
                   "This table shows each kind away from the matched footprint: Elastic Memory's orders, the settings of "

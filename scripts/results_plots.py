@@ -263,9 +263,21 @@ def lm_plot(rows: dict, path: Path, width: int = 10) -> None:
     _save(fig, path)
 
 
-def write_all(table: dict, dest: Path, far: int, chance: float, trained: int) -> dict[str, str]:
-    """Every plot beside `dest`; returns their file names by role."""
+def babilong_heatmap(rows: dict, path: Path) -> None:
+    """One babilong task: a length x depth heatmap per row (evaluate/heatmap.py draws it), three a line."""
+    from elastic_cli.evaluate.heatmap import draw
+
+    draw([(name, r["heatmap"]) for name, r in rows.items() if r.get("heatmap")], path, per_row=3)
+
+
+def write_all(table: dict, dest: Path, far: int, chance: float, trained: int) -> dict:
+    """Every plot beside `dest`; returns their file names by role ("babilong": by task)."""
     names = {role: f"{dest.stem}-{role}.png" for role in ("distance", "length", "frontier", "sampling", "learning", "lm")}
+    names["babilong"] = {}
+    for task, rows in table.get("babilong", {}).items():
+        if any(r.get("heatmap") for r in rows.values()):
+            names["babilong"][task] = f"{dest.stem}-babilong-{task}.png"
+            babilong_heatmap(rows, dest.with_name(names["babilong"][task]))
     dest.parent.mkdir(parents=True, exist_ok=True)
     mq = table["mqar"]
     distance_plot(mq, dest.with_name(names["distance"]), chance)

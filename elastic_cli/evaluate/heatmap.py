@@ -56,9 +56,9 @@ def cells(meta: dict, ids: list[int], doc_exact: dict) -> dict:
             "docs": count}
 
 
-def draw(panels: list[tuple[str, dict]], path: Path) -> None:
-    """One heatmap per (title, cells), side by side, sharing a colour bar (accuracy 0-1); the image
-    format is the suffix of `path` (written atomically)."""
+def draw(panels: list[tuple[str, dict]], path: Path, per_row: int | None = None) -> None:
+    """One heatmap per (title, cells), side by side (`per_row` a line, default all), sharing a colour bar
+    (accuracy 0-1); the image format is the suffix of `path` (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,10 +67,14 @@ def draw(panels: list[tuple[str, dict]], path: Path) -> None:
 
     width = 1.0 + max(len(c["lengths"]) for _, c in panels) * 0.9
     height = 2.2 + 0.55 * max(len(c["depths"]) for _, c in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.8 + width * len(panels), height), squeeze=False,
+    cols = min(per_row or len(panels), len(panels))
+    lines = -(-len(panels) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(1.8 + width * cols, height * lines), squeeze=False,
                              layout="constrained")
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     image = None
-    for k, (ax, (title, c)) in enumerate(zip(axes[0], panels)):
+    for k, (ax, (title, c)) in enumerate(zip(axes.flat, panels)):
         ax.set_facecolor("0.85")                                        # cells without documents: grey
         acc = np.array([[np.nan if v is None else v for v in row] for row in c["accuracy"]], dtype=float)
         image = ax.imshow(acc, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
@@ -79,14 +83,14 @@ def draw(panels: list[tuple[str, dict]], path: Path) -> None:
         ax.set_yticks(range(len(c["depths"])), [f"{d:.0%}-{d + step:.0%}" if c["binned"] else f"{d:.0%}"
                                                  for d in c["depths"]])
         ax.set_xlabel("document length (tokens)")
-        if k == 0:
+        if k % cols == 0:
             ax.set_ylabel("depth of the first supporting fact")
         ax.set_title(title)
         if acc.size <= MAX_NUMBERED:
             for (r, col), v in np.ndenumerate(acc):
                 label = "n/a" if np.isnan(v) else f"{v:.2f}\n({c['docs'][r][col]})"
                 ax.text(col, r, label, ha="center", va="center", fontsize=8)
-    fig.colorbar(image, ax=list(axes[0]), label="exact-match accuracy (cells: accuracy, documents in brackets)")
+    fig.colorbar(image, ax=list(axes.flat), label="exact-match accuracy (cells: accuracy, documents in brackets)")
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
     plt.close(fig)

@@ -220,16 +220,24 @@ def test_babilong_rows_have_exact_match_by_length_multiple_with_the_spread(tmp_p
     e = next(v for v in todo if v["kind"] == "elastic")
     (ev / f"{reproduce.tag(e)}.lrs.json").write_text(json.dumps({"tried": [], "chosen": 1e-3}))
     em = {0: (0.9, 0.5, 0.2), 1: (0.8, 0.4, 0.2), 2: (1.0, 0.6, 0.2)}  # exact match at 1x, 4x, 16x per seed
+    depths = [0.0, 0.2, 0.4, 0.6, 0.8]
     for seed, values in em.items():
         for k, x in zip(z["babilong"]["multiples"], values):
+            n = k * z["babilong"]["length"]  # seed s: 1 + s documents at depth 0.0 (all right at 1x), 2 at 0.8 (half right)
+            heat = {"lengths": [n], "depths": depths, "binned": True, "docs": [[1 + seed], [0], [0], [0], [2]],
+                    "accuracy": [[1.0 if k == 1 else 0.0], [None], [None], [None], [0.5]]}
             (ev / f"babilong-qa1-{e['name']}-seed{seed}-x{k}.json").write_text(json.dumps({"results": [
-                {"exact_match": x, "answer_token_accuracy": x, "answers": 4}]}))
+                {"exact_match": x, "answer_token_accuracy": x, "answers": 4, "heatmap": heat}]}))
     table = results.collect(tmp_path)["babilong"]["qa1"]
     row = table[e["name"]]
     assert row["n_seeds"] == 3 and row["lr"] == 1e-3 and row["by_length"]["4"]["eval_tokens"] == 4 * z["babilong"]["length"]
     assert row["by_length"]["4"]["exact_match"]["mean"] == pytest.approx(0.5)
     assert row["by_length"]["1"]["exact_match"]["sd"] == pytest.approx(0.1) and row["by_length"]["16"]["exact_match"]["max"] == 0.2
-    assert table["none"]["failed"]
+    assert table["none"]["failed"] and table["none"]["heatmap"] is None
+    heat = row["heatmap"]  # the three seeds' documents pooled per (length, depth)
+    assert heat["lengths"] == [k * z["babilong"]["length"] for k in z["babilong"]["multiples"]] and heat["depths"] == depths
+    assert heat["docs"][0] == [6, 6, 6] and heat["docs"][4] == [6, 6, 6] and heat["docs"][1] == [0, 0, 0]
+    assert heat["accuracy"][0] == [1.0, 0.0, 0.0] and heat["accuracy"][4] == [0.5, 0.5, 0.5] and heat["accuracy"][2] == [None] * 3
     lines = results.babilong_table(table, list(z["babilong"]["multiples"]), z["babilong"]["length"])
     assert lines[2] == "| none | 0 | n/a | n/a | n/a | n/a |"
     assert lines[3].startswith(f"| {e['name']} | 3 | 0.001 | 0.900 ± 0.100 [0.800–1.000] | 0.500 ± 0.100 ")
@@ -244,3 +252,12 @@ def test_a_kind_failing_the_sanity_task_but_answering_d1_in_its_row_is_told_why(
     r["accuracy_by_distance"]["1"] = 0.1  # the row cannot answer d = 1 either: no excuse given
     assert results.ranking({"x": r}, 1000)[1] == ["`x` 0.200 (not ranked: fails the d=1 sanity task, 0.333 < 0.5)"]
     assert "its matched row (1000 steps) fails d=1 too (0.100)" in results.tuning_table({"x": r})[2]
+
+
+def test_pooled_heatmap_cells_weigh_each_eval_by_its_documents():
+    a = {"lengths": [128], "depths": [0.0, 0.5], "binned": False, "docs": [[3], [1]], "accuracy": [[1 / 3], [1.0]]}
+    b = {"lengths": [128, 512], "depths": [0.0, 0.5], "binned": False, "docs": [[1, 0], [0, 4]], "accuracy": [[1.0, None], [None, 0.25]]}
+    got = results.pooled_cells([a, b])
+    assert got["lengths"] == [128, 512] and got["docs"] == [[4, 0], [1, 4]]
+    assert got["accuracy"] == [[0.5, None], [1.0, 0.25]]  # (1 + 1) / 4 right at depth 0: not the mean of 1/3 and 1
+    assert results.pooled_cells([]) is None
