@@ -24,6 +24,9 @@ What runs (every command is appended to OUT/commands.txt, relative to the reposi
 - babilong: bAbI tasks (`--babilong-qa`) hidden in the shipped books (haystack/kjv), every kind (or
   `--babilong-kinds`) at the matched footprint of its window, the learning rate chosen and the seeds run
   as for mqar, evaluated on new documents 1x, 4x and 16x the training length.
+- babilong-window: the length ablation of babilong (none and Elastic Memory, every seed, at the rate
+  chosen for their babilong row): trained on documents BABILONG_WINDOW x as long (their segments
+  carried through the whole document), evaluated on the same new documents as the babilong rows.
 - language modelling on the Python standard library: loss by segment, long-context gain, xz floor.
 Runs go `--jobs` at a time (each with its share of the cores); a run that fails is reported as failed
 and the rest go on. A run whose eval file exists is not run again (delete OUT to redo).
@@ -45,7 +48,9 @@ sys.path.insert(0, str(ROOT))
 from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a NaN/inf loss)
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
-PARTS = ("mqar", "probe", "babilong", "lm")  # what `--only` can choose
+PARTS = ("mqar", "probe", "babilong", "babilong-window", "lm")  # what `--only` can choose
+BABILONG_WINDOW = 4  # babilong-window trains on documents this many times the babilong training length
+WINDOW_KINDS = ("none", "elastic")  # ... these kinds (of those asked for)
 CURRICULUM_KINDS = ("rmt", "armt", "caching")
 CODE_TOKENIZER, BOOKS_TOKENIZER = "tokenizers/code-8k.model", "tokenizers/books-8k.model"
 BOOKS = "haystack/kjv"  # the shipped haystack: three books of the King James Bible (public domain)
@@ -187,6 +192,8 @@ def variants(z: dict, kinds: list[str], only: list[str] | None) -> list[dict]:
         out += extra_variants(z, kinds)
     if wants(only, "babilong"):
         out += babilong_variants(z, kinds)
+    if wants(only, "babilong-window"):
+        out += window_variants(z, kinds)
     if wants(only, "lm"):
         for kind in [k for k in ("none", "elastic") if k in kinds]:
             name, over = memory(kind, z)
@@ -208,6 +215,18 @@ def babilong_variants(z: dict, kinds: list[str]) -> list[dict]:
             name, over = memory(kind, zb)
             out.append({"name": name, "kind": kind, "data": f"babilong-qa{qa}", "over": over, "group": "babilong",
                         "shape": shape})
+    return out
+
+
+def window_variants(z: dict, kinds: list[str]) -> list[dict]:
+    """The babilong length ablation (group `babilong-window`): a babilong row ("base", whose chosen rate it
+    takes) trained on documents BABILONG_WINDOW x as long, memory carried through all their segments."""
+    b, w = z["babilong"], BABILONG_WINDOW
+    out = []
+    for row in babilong_variants(z, [k for k in kinds if k in WINDOW_KINDS]):
+        shape = {**row["shape"], "segments": w * row["shape"]["segments"]}
+        out.append({**row, "name": f"{row['name']}-window{w * b['length']}", "group": "babilong-window",
+                    "base": row["name"], "train_data": f"{row['data']}-w{w}", "shape": shape})
     return out
 
 
@@ -332,6 +351,7 @@ def babilong_datasets(z: dict) -> dict[str, list[str]]:
             return ["--task", "babilong", "--qa", str(qa), "--haystack", BOOKS, "--length", str(length), "--count",
                     str(count), "--seed", str(seed), "--val-frac", "0.05", "--test-frac", test_frac]
         out[f"babilong-qa{qa}"] = task(b["length"], b["count"], 0)
+        out[f"babilong-qa{qa}-w{BABILONG_WINDOW}"] = task(BABILONG_WINDOW * b["length"], b["count"], 0)
         for k, docs in zip(b["multiples"], b["docs"]):
             out[f"babilong-qa{qa}-x{k}"] = task(k * b["length"], 2 * docs + 8, 1, "0.5")
     return out
@@ -343,8 +363,10 @@ def prepare(run: Runner, z: dict, data: Path, only: list[str] | None) -> None:
         for name, args in datasets(z).items():
             if not (data / name / "meta.json").is_file():
                 run(f"prepare-{name}", "prepare", *args, "--tokenizer", CODE_TOKENIZER, "--out", str(data / name))
-    if wants(only, "babilong"):
+    if wants(only, "babilong", "babilong-window"):
         for name, args in babilong_datasets(z).items():
+            if name.endswith(f"-w{BABILONG_WINDOW}") and not wants(only, "babilong-window"):
+                continue
             if not (data / name / "meta.json").is_file():
                 run(f"prepare-{name}", "prepare", *args, "--tokenizer", BOOKS_TOKENIZER, "--out", str(data / name))
     if wants(only, "lm") and not (data / "code" / "meta.json").is_file():
@@ -462,7 +484,7 @@ def babilong_run(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int
     """A babilong row for one seed at the chosen rate: train (the first seed's run exists from its trial),
     then evaluate on the new documents of every length multiple (test split)."""
     name = tag(v, lr, seed)
-    if train(run, z, v, data, name, lr, seed):
+    if train(run, z, v, data, name, lr, seed, dataset=v.get("train_data")):
         return
     for k, docs in zip(z["babilong"]["multiples"], z["babilong"]["docs"]):
         evaluate(run, name, run.out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}.json", "test", docs,
@@ -497,13 +519,18 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
     """(kind, run, steps) of every training run and the estimated core-minutes: the steps at
     CPU_SECONDS_PER_STEP (scaled by the tokens of a step relative to the cpu shape), 10% for the
     periodic validation, and every process (training or `elastic eval`) 6 s to start and evaluate."""
-    runs, evals = [], 0
+    runs, evals, longer = [], 0, set()  # longer: runs whose steps hold BABILONG_WINDOW x the tokens
     for v in todo:
         steps = v.get("shape", {}).get("steps") or (z["steps"] if v["data"].startswith(("mqar", "babilong")) else z["lm_steps"])
         steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
         if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
             runs += [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]]
             evals += len(z["seeds"]) * (1 + 3 * len(z["lengths"]))
+            continue
+        if v["group"] == "babilong-window":  # every seed at the base row's rate; every length multiple
+            runs += [(v["kind"], tag(v, None, s) + "-at-base-lr", steps) for s in z["seeds"]]
+            longer |= {name for _, name, _ in runs[-len(z["seeds"]):]}
+            evals += len(z["seeds"]) * len(z["babilong"]["multiples"])
             continue
         if v["group"] == "babilong":  # as a matched row, without the sanity task; every length multiple
             runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
@@ -532,7 +559,7 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
         return sum((b - a) * n for (a, n), b in zip(stages[0], bounds[1:])) / (steps * segs)
 
     seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s * share(k, s)
-                  for k, _, s in runs)
+                  * (BABILONG_WINDOW if name in longer else 1) for k, name, s in runs)
     return runs, (1.1 * seconds + 6 * (len(runs) + evals)) / 60
 
 
@@ -634,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
         second += [lambda v=v, lr=lr, s=s, f=runner: f(run, z, v, data, lr, s) for s in z["seeds"]]
         if v["kind"] != "none" and v["group"] == "matched":
             second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
+    for v in (v for v in todo if v["group"] == "babilong-window"):  # at the rate chosen for its babilong row
+        lr = chosen_lr(out, {**v, "name": v["base"]})
+        if lr is None:
+            print(f"  {tag(v)}: skipped (no rate chosen for {v['data']}-{v['base']}: run --only babilong first)", flush=True)
+            continue
+        second += [lambda v=v, lr=lr, s=s: babilong_run(run, z, v, data, lr, s) for s in z["seeds"]]
     probes = [v for v in todo if v["group"] == "probe"]
     if probes:  # at the matched elastic row's learning rate
         elastic = matched_row("elastic", z)

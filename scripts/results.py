@@ -123,7 +123,7 @@ def collect(out: Path) -> dict:
             collect_matched(out, z, v, table)
         elif v["group"] == "probe":
             collect_probe(out, z, v, table)
-        elif v["group"] == "babilong":
+        elif v["group"] in ("babilong", "babilong-window"):
             collect_babilong(out, z, v, table)
         else:
             collect_single(out, v, table)
@@ -155,9 +155,12 @@ def length_entries(out: Path, z: dict, v: dict, suffix: str = "") -> list[dict]:
 
 def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     """A babilong row: its learning rates tried, and every seed's exact match (and answer-token accuracy)
-    on new documents at each length multiple (OUT/eval/<task>-<variant>-seed<S>-x<K>.json), with the spread."""
-    lrs = out / "eval" / f"{reproduce.tag(v)}.lrs.json"
+    on new documents at each length multiple (OUT/eval/<task>-<variant>-seed<S>-x<K>.json), with the spread.
+    A babilong-window row trained at the rate chosen for its base row (none tried of its own)."""
+    lrs = out / "eval" / f"{reproduce.tag({**v, 'name': v.get('base', v['name'])})}.lrs.json"
     choice = json.loads(lrs.read_text()) if lrs.is_file() else {"tried": [], "chosen": None}
+    if "base" in v:
+        choice = {"tried": [], "chosen": choice["chosen"]}
     b = z["babilong"]
     seeds, cells = [], []
     for seed in z["seeds"]:
@@ -176,9 +179,9 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
                              for key in ("exact_match", "answer_token_accuracy")}}
                  for k in b["multiples"] if any(str(k) in s["by_length"] for s in seeds)}
     table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
-        "kind": v["kind"], "lr": choice["chosen"], "lrs_tried": choice["tried"], "steps": b.get("steps", z["steps"]),
-        "train_tokens": b["length"], "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length,
-        "seeds": seeds, "heatmap": pooled_cells(cells), **({"failed": True} if not seeds else {})}
+        "kind": v["kind"], "group": v["group"], "lr": choice["chosen"], "lrs_tried": choice["tried"],
+        "steps": b.get("steps", z["steps"]), "train_tokens": v["shape"]["segments"] * v["shape"]["seg"],
+        "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length, "seeds": seeds, "heatmap": pooled_cells(cells), **({"failed": True} if not seeds else {})}
 
 
 def pooled_cells(cells: list[dict]) -> dict | None:
@@ -205,12 +208,31 @@ def pooled_cells(cells: list[dict]) -> dict | None:
 
 
 def babilong_table(rows: dict, multiples: list[int], length: int) -> list[str]:
-    lines = ["| variant | seeds | lr | " + " | ".join(f"{k}x ({k * length} tokens)" for k in multiples) + " |",
-             "|---|---|---|" + "---|" * len(multiples)]
+    lines = ["| variant | trained on (tokens) | seeds | lr | " + " | ".join(f"{k}x ({k * length} tokens)" for k in multiples)
+             + " |", "|---|---|---|---|" + "---|" * len(multiples)]
     for name, r in rows.items():
         cells = [fmt_spread(r["by_length"].get(str(k), {}).get("exact_match")) for k in multiples]
-        lines.append(f"| {name} | {r['n_seeds']} | {fmt(r['lr'], 'g')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {r['train_tokens']} | {r['n_seeds']} | {fmt(r['lr'], 'g')} | " + " | ".join(cells) + " |")
     return lines
+
+
+def window_sentence(rows: dict, multiples: list[int]) -> str | None:
+    """The babilong-window rows against their base rows (same kind, trained on the shorter documents), by
+    the means at each length multiple; None without a window row that has results."""
+    parts = []
+    for name, r in rows.items():
+        base = next((n for n, o in rows.items() if o["group"] == "babilong" and name.startswith(n + "-window")), None)
+        if r["group"] != "babilong-window" or r.get("failed") or base is None or rows[base].get("failed"):
+            continue
+        mean = lambda row, k: row["by_length"].get(str(k), {}).get("exact_match", {}) or {}  # noqa: E731
+        cells = [f"{k}x {mean(rows[base], k).get('mean', float('nan')):.3f} -> {mean(r, k).get('mean', float('nan')):.3f}"
+                 for k in multiples]
+        parts.append(f"`{base}` trained on {r['train_tokens']}-token documents instead of {rows[base]['train_tokens']} "
+                     f"(the rate chosen for it, every seed): " + ", ".join(cells))
+    if not parts:
+        return None
+    return ("The length ablation (`babilong-window`): " + "; ".join(parts) + ". Every segment of a training document "
+            "carries memory to the next, so the longer documents teach the memory to hold a fact across more filler.")
 
 
 def babilong_sentence(task: str, rows: dict, multiples: list[int], chance: float) -> str:
@@ -713,6 +735,8 @@ def write(out: Path, dest: Path) -> None:
         for task, rows in table["babilong"].items():
             lines += [f"### {task}", "", babilong_sentence(task, rows, b["multiples"], 1 / len(PLACES)), "",
                       *babilong_table(rows, b["multiples"], b["length"]), ""]
+            window = window_sentence(rows, b["multiples"])
+            lines += [window, ""] if window else []
             if task in pngs["babilong"]:
                 lines += ["The heatmap shows the same documents by length and by the depth of the first supporting fact "
                           "(the share of the document before it), every seed's documents pooled in each cell (documents "

@@ -74,10 +74,16 @@ def test_plan_counts_trials_seeds_sanity_and_single_rows(capsys):
     matched = [v for v in todo if v["group"] == "matched"]
     babilong = [v for v in todo if v["group"] == "babilong"]
     probes = [v for v in todo if v["group"] == "probe"]
-    singles = [v for v in todo if v["group"] not in ("matched", "babilong", "probe")]
+    window = [v for v in todo if v["group"] == "babilong-window"]  # every seed at its base row's rate
+    singles = [v for v in todo if v["group"] not in ("matched", "babilong", "probe", "babilong-window")]
     per_row = len(z["lrs"]) + len(z["seeds"]) - 1  # the trials, then the other seeds at the chosen rate
-    assert len(runs) == (len(matched) + len(babilong)) * per_row + (len(matched) - 1) + len(probes) * len(z["seeds"]) + len(singles)
+    assert len(runs) == ((len(matched) + len(babilong)) * per_row + (len(matched) - 1)
+                         + (len(probes) + len(window)) * len(z["seeds"]) + len(singles))
     assert len(matched) == 9 and len(babilong) == 9 * len(z["babilong"]["qa"]) and len(probes) == 1
+    assert len(window) == len(reproduce.WINDOW_KINDS) * len(z["babilong"]["qa"])
+    _, short = reproduce.plan(z, [v for v in todo if v["group"] == "babilong" and v["kind"] in reproduce.WINDOW_KINDS])
+    _, long = reproduce.plan(z, window)  # 4x the tokens a step, no trials (3 runs a row against 4)
+    assert long == pytest.approx(short * reproduce.BABILONG_WINDOW * 3 / 4, rel=0.1)
     assert {v["group"] for v in singles} == {"control", "ablation", "lm"}
     _, mqar_minutes = reproduce.plan(z, reproduce.variants(z, sorted(REGISTRY), ["mqar"]))
     assert 250 < mqar_minutes < 450 and minutes > mqar_minutes  # mqar: about 370 core-minutes at 1000 steps
@@ -122,3 +128,17 @@ def test_babilong_invocations_of_other_tasks_and_kinds_join_into_one_settings(tm
     steps = {**z, "babilong": {**z["babilong"], "steps": 7}}  # how a row runs: this invocation's rows alone
     reproduce.write_settings(path, {"size": "smoke", "settings": steps, "kinds": ["none"], "only": ["babilong"], "variants": first})
     assert len(json.loads(path.read_text())["variants"]) == len(first)
+
+
+def test_window_rows_train_on_longer_documents_at_their_base_rows_rate(tmp_path):
+    z = reproduce.SIZES["smoke"]
+    (row,) = [v for v in reproduce.variants(z, ["elastic"], ["babilong-window"]) if v["data"] == "babilong-qa1"]
+    w, b = reproduce.BABILONG_WINDOW, z["babilong"]
+    assert row["base"] == reproduce.memory("elastic", {**z, "length": b["length"], "seg": b["seg"]})[0]
+    assert row["train_data"] == f"babilong-qa1-w{w}" and row["shape"]["segments"] == w * b["length"] // b["seg"]
+    args = reproduce.train_args(z, row, tmp_path, tmp_path / "r", 1e-3, 0, dataset=row["train_data"])
+    assert f"train.segments={w * b['length'] // b['seg']}" in args and f"train.bptt_segments={w * b['length'] // b['seg']}" in args
+    assert f"data.path={tmp_path / row['train_data']}" in args and f"model.segment_len={b['seg']}" in args
+    sets = reproduce.babilong_datasets(z)[row["train_data"]]
+    assert sets[sets.index("--length") + 1] == str(w * b["length"]) and sets[sets.index("--seed") + 1] == "0"
+    assert [v for v in reproduce.variants(z, ["xl"], ["babilong-window"])] == []  # only the kinds of WINDOW_KINDS

@@ -239,8 +239,8 @@ def test_babilong_rows_have_exact_match_by_length_multiple_with_the_spread(tmp_p
     assert heat["docs"][0] == [6, 6, 6] and heat["docs"][4] == [6, 6, 6] and heat["docs"][1] == [0, 0, 0]
     assert heat["accuracy"][0] == [1.0, 0.0, 0.0] and heat["accuracy"][4] == [0.5, 0.5, 0.5] and heat["accuracy"][2] == [None] * 3
     lines = results.babilong_table(table, list(z["babilong"]["multiples"]), z["babilong"]["length"])
-    assert lines[2] == "| none | 0 | n/a | n/a | n/a | n/a |"
-    assert lines[3].startswith(f"| {e['name']} | 3 | 0.001 | 0.900 ± 0.100 [0.800–1.000] | 0.500 ± 0.100 ")
+    assert lines[2] == "| none | 128 | 0 | n/a | n/a | n/a | n/a |"
+    assert lines[3].startswith(f"| {e['name']} | 128 | 3 | 0.001 | 0.900 ± 0.100 [0.800–1.000] | 0.500 ± 0.100 ")
 
 
 def test_a_kind_failing_the_sanity_task_but_answering_d1_in_its_row_is_told_why():
@@ -261,3 +261,27 @@ def test_pooled_heatmap_cells_weigh_each_eval_by_its_documents():
     assert got["lengths"] == [128, 512] and got["docs"] == [[4, 0], [1, 4]]
     assert got["accuracy"] == [[0.5, None], [1.0, 0.25]]  # (1 + 1) / 4 right at depth 0: not the mean of 1/3 and 1
     assert results.pooled_cells([]) is None
+
+
+def test_a_window_row_takes_its_base_rows_rate_and_is_compared_with_it(tmp_path):
+    z = reproduce.SIZES["smoke"]
+    todo = [v for v in reproduce.variants(z, ["elastic"], ["babilong", "babilong-window"]) if v["data"] == "babilong-qa1"]
+    base, window = todo  # the babilong row, then its window row
+    assert base["group"] == "babilong" and window["group"] == "babilong-window"
+    (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / f"{reproduce.tag(base)}.lrs.json").write_text(json.dumps({"tried": [{"lr": 3e-3}], "chosen": 3e-3}))
+    for v, x in ((base, 0.25), (window, 0.5)):
+        for seed in z["seeds"]:
+            for k in z["babilong"]["multiples"]:
+                (ev / f"babilong-qa1-{v['name']}-seed{seed}-x{k}.json").write_text(json.dumps({"results": [
+                    {"exact_match": x / k, "answer_token_accuracy": x, "answers": 4}]}))
+    rows = results.collect(tmp_path)["babilong"]["qa1"]
+    w = rows[window["name"]]
+    assert w["lr"] == 3e-3 and w["lrs_tried"] == [] and rows[base["name"]]["lrs_tried"] == [{"lr": 3e-3}]
+    assert w["train_tokens"] == reproduce.BABILONG_WINDOW * z["babilong"]["length"] and w["n_seeds"] == 3
+    said = results.window_sentence(rows, list(z["babilong"]["multiples"]))
+    assert f"`{base['name']}` trained on {w['train_tokens']}-token documents instead of {z['babilong']['length']}" in said
+    assert "1x 0.250 -> 0.500, 4x 0.062 -> 0.125, 16x 0.016 -> 0.031" in said
+    assert results.window_sentence({base["name"]: rows[base["name"]]}, [1]) is None
