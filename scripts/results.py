@@ -247,7 +247,7 @@ def babilong_sentence(task: str, rows: dict, multiples: list[int], chance: float
     kinds = ", ".join(sorted({r["kind"] for r in done.values()})) or "none"
     return (f"This table shows exact match on the answer of bAbI task {task} ({QA_NAMES.get(task, 'bAbI')}) hidden in books, on "
             f"new documents at each multiple of the training length (mean ± sd [min–max] over seeds; chance {chance:.3f}, "
-            f"one of {round(1 / chance)} places). Kinds run: {kinds}; " + "; ".join(parts) + ".")
+            f"one of {round(1 / chance)} places). Kinds run: {kinds}" + "".join(f"; {p}" for p in parts) + ".")
 
 
 def collect_probe(out: Path, z: dict, v: dict, table: dict) -> None:
