@@ -26,7 +26,9 @@ What runs (every command is appended to OUT/commands.txt, relative to the reposi
   as for mqar, evaluated on new documents 1x, 4x and 16x the training length.
 - babilong-window: the length ablation of babilong (none and Elastic Memory, every seed, at the rate
   chosen for their babilong row): trained on documents BABILONG_WINDOW x as long (their segments
-  carried through the whole document), evaluated on the same new documents as the babilong rows.
+  carried through the whole document), evaluated on the same new documents as the babilong rows; and
+  the babilong Elastic Memory weights read at test time with PROBE_SAMPLES x the samples (uniform and
+  exponential) on those documents.
 - language modelling on the Python standard library: loss by segment, long-context gain, xz floor.
 Runs go `--jobs` at a time (each with its share of the cores); a run that fails is reported as failed
 and the rest go on. A run whose eval file exists is not run again (delete OUT to redo).
@@ -491,6 +493,18 @@ def babilong_run(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int
                  eval_flags(data / f"{v['data']}-x{k}"))
 
 
+def babilong_reads(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
+    """Test-time reads of a babilong Elastic Memory row's weights on the new documents of every length
+    multiple: PROBE_SAMPLES x as many samples, uniform and exponential (OUT/eval/...-x<K>-reads.json)."""
+    name = tag(v, lr, seed)
+    if not (run.out / "eval" / f"{name}.trained").is_file():
+        return
+    samples = str(PROBE_SAMPLES * z["order"])
+    for k, docs in zip(z["babilong"]["multiples"], z["babilong"]["docs"]):
+        evaluate(run, name, run.out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}-reads.json", "test", docs,
+                 [*eval_flags(data / f"{v['data']}-x{k}"), "--samples", samples, "--compare-schedules", "uniform,exponential"])
+
+
 def read_probe(run: Runner, z: dict, v: dict, data: Path, lr: float, seed: int) -> None:
     """Test-time reads of a matched Elastic Memory run (same weights) on the documents of every eval
     length: PROBE_SAMPLES x as many samples (uniform and exponential), and the gauss and power schedules."""
@@ -530,7 +544,7 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
         if v["group"] == "babilong-window":  # every seed at the base row's rate; every length multiple
             runs += [(v["kind"], tag(v, None, s) + "-at-base-lr", steps) for s in z["seeds"]]
             longer |= {name for _, name, _ in runs[-len(z["seeds"]):]}
-            evals += len(z["seeds"]) * len(z["babilong"]["multiples"])
+            evals += len(z["seeds"]) * len(z["babilong"]["multiples"]) * (2 if v["kind"] == "elastic" else 1)
             continue
         if v["group"] == "babilong":  # as a matched row, without the sanity task; every length multiple
             runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
@@ -667,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {tag(v)}: skipped (no rate chosen for {v['data']}-{v['base']}: run --only babilong first)", flush=True)
             continue
         second += [lambda v=v, lr=lr, s=s: babilong_run(run, z, v, data, lr, s) for s in z["seeds"]]
+        if v["kind"] == "elastic":  # the base row's own weights, read with more samples
+            base = {**v, "name": v["base"], "group": "babilong"}
+            second += [lambda v=base, lr=lr, s=s: babilong_reads(run, z, v, data, lr, s) for s in z["seeds"]]
     probes = [v for v in todo if v["group"] == "probe"]
     if probes:  # at the matched elastic row's learning rate
         elastic = matched_row("elastic", z)

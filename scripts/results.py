@@ -162,10 +162,14 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     if "base" in v:
         choice = {"tried": [], "chosen": choice["chosen"]}
     b = z["babilong"]
-    seeds, cells = [], []
+    seeds, cells, reads = [], [], {}
     for seed in z["seeds"]:
         by_k = {}
         for k in b["multiples"]:
+            for r in results_of(out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}-reads.json") or ():
+                m = r["memory"]
+                reads.setdefault(f"{m['schedule']} read, {m['samples']} samples", {}).setdefault(str(k), []).append(
+                    r["exact_match"])
             r = results_of(out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}.json")
             if r:
                 by_k[str(k)] = {"exact_match": r[0]["exact_match"], "answer_token_accuracy": r[0]["answer_token_accuracy"],
@@ -181,7 +185,9 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
         "kind": v["kind"], "group": v["group"], "lr": choice["chosen"], "lrs_tried": choice["tried"],
         "steps": b.get("steps", z["steps"]), "train_tokens": v["shape"]["segments"] * v["shape"]["seg"],
-        "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length, "seeds": seeds, "heatmap": pooled_cells(cells), **({"failed": True} if not seeds else {})}
+        "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length, "seeds": seeds,
+        **({"reads": {name: {k: {"exact_match": spread(x)} for k, x in by.items()} for name, by in reads.items()}}
+           if reads else {}), "heatmap": pooled_cells(cells), **({"failed": True} if not seeds else {})}
 
 
 def pooled_cells(cells: list[dict]) -> dict | None:
@@ -214,6 +220,18 @@ def babilong_table(rows: dict, multiples: list[int], length: int) -> list[str]:
         cells = [fmt_spread(r["by_length"].get(str(k), {}).get("exact_match")) for k in multiples]
         lines.append(f"| {name} | {r['train_tokens']} | {r['n_seeds']} | {fmt(r['lr'], 'g')} | " + " | ".join(cells) + " |")
     return lines
+
+
+def reads_sentence(rows: dict, multiples: list[int]) -> str | None:
+    """The test-time reads of the babilong rows that have them (the same weights, more samples), by the
+    means over seeds at each length multiple; None when no row has them."""
+    parts = []
+    for name, r in rows.items():
+        for read, by in (r.get("reads") or {}).items():
+            cells = [f"{k}x {by[str(k)]['exact_match']['mean']:.3f} ({by[str(k)]['exact_match']['n']} seeds)"
+                     for k in multiples if str(k) in by]
+            parts.append(f"`{name}` weights, {read}: " + ", ".join(cells))
+    return ("Read at test time with more samples (the same weights): " + "; ".join(parts) + ".") if parts else None
 
 
 def window_sentence(rows: dict, multiples: list[int]) -> str | None:
@@ -735,8 +753,8 @@ def write(out: Path, dest: Path) -> None:
         for task, rows in table["babilong"].items():
             lines += [f"### {task}", "", babilong_sentence(task, rows, b["multiples"], 1 / len(PLACES)), "",
                       *babilong_table(rows, b["multiples"], b["length"]), ""]
-            window = window_sentence(rows, b["multiples"])
-            lines += [window, ""] if window else []
+            for said in (reads_sentence(rows, b["multiples"]), window_sentence(rows, b["multiples"])):
+                lines += [said, ""] if said else []
             if task in pngs["babilong"]:
                 lines += ["The heatmap shows the same documents by length and by the depth of the first supporting fact "
                           "(the share of the document before it), every seed's documents pooled in each cell (documents "

@@ -277,7 +277,16 @@ def test_a_window_row_takes_its_base_rows_rate_and_is_compared_with_it(tmp_path)
             for k in z["babilong"]["multiples"]:
                 (ev / f"babilong-qa1-{v['name']}-seed{seed}-x{k}.json").write_text(json.dumps({"results": [
                     {"exact_match": x / k, "answer_token_accuracy": x, "answers": 4}]}))
+    for seed in z["seeds"]:  # the base weights read with more samples: uniform, then exponential
+        for k in z["babilong"]["multiples"]:
+            (ev / f"babilong-qa1-{base['name']}-seed{seed}-x{k}-reads.json").write_text(json.dumps({"results": [
+                {"exact_match": 0.1 * seed, "memory": {"schedule": "uniform", "samples": 32}},
+                {"exact_match": 0.5 / k, "memory": {"schedule": "exponential", "samples": 32}}]}))
     rows = results.collect(tmp_path)["babilong"]["qa1"]
+    reads = rows[base["name"]]["reads"]
+    assert reads["uniform read, 32 samples"]["4"]["exact_match"]["mean"] == pytest.approx(0.1)  # (0 + .1 + .2) / 3
+    assert reads["exponential read, 32 samples"]["16"]["exact_match"]["sd"] == 0 and "reads" not in rows[window["name"]]
+    assert "exponential read, 32 samples: 1x 0.500 (3 seeds), 4x 0.125 (3 seeds)" in results.reads_sentence(rows, [1, 4])
     w = rows[window["name"]]
     assert w["lr"] == 3e-3 and w["lrs_tried"] == [] and rows[base["name"]]["lrs_tried"] == [{"lr": 3e-3}]
     assert w["train_tokens"] == reproduce.BABILONG_WINDOW * z["babilong"]["length"] and w["n_seeds"] == 3
