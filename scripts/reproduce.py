@@ -59,6 +59,10 @@ BOOKS = "haystack/kjv"  # the shipped haystack: three books of the King James Bi
 PROBE_SAMPLES = 4  # the length probes read the matched Elastic Memory at this many times its samples  # recurrent kinds whose papers train on few segments first
 PAPER_KL = 1e-6  # the ∞-former's KL weight on the sum over heads and queries (Martins et al. 2022)
 
+# babilong: the training length of the tasks that do not fit `length` (qa2 needs 135 tokens, qa3 141; the
+# generator refuses less); the others train on `length`
+QA_LENGTHS = {"2": 160, "3": 160}
+
 # task: mqar documents; model: the shared shape; train: steps, batch, seeds, learning rates; sanity: the
 # d = 1 task's steps; lengths: eval document lengths in segments and documents per length; lm: the
 # language-modelling runs; extras: the footprint sweep, paper settings and longer runs
@@ -69,14 +73,16 @@ _CPU = dict(length=128, seg=16, count=8000, pairs=8, keys=16, values=16, d=128, 
             sweep={"elastic": (8, 64)},
             # babilong: bAbI qa tasks hidden in the shipped books; documents of `length` tokens (`segments` of
             # `seg`), evaluated at `multiples` of that length on new documents
-            babilong=dict(qa=(1, 2), length=128, seg=32, count=4000, multiples=(1, 4, 16), docs=(96, 48, 24)))
+            babilong=dict(qa=(1, 2), length=128, seg=32, count=4000, multiples=(1, 4, 16), docs=(96, 48, 24),
+                          lengths=QA_LENGTHS))
 SIZES = {
     "smoke": dict(length=128, seg=16, count=400, pairs=4, keys=16, values=16, d=32, layers=2, heads=2, mlp=64,
                   order=8, steps=30, batch=8, lr=3e-3, lrs=(1e-3, 3e-3), seeds=(0, 1, 2), sanity_steps=20,
                   eval_docs=40, val_docs=20, lengths=(8, 32, 128), length_docs=(16, 8, 4), lm_steps=10,
                   lm_segments=4, lm_batch=4, lm_seg=16, lm_docs=4, device="cpu", jobs=2, extras=True,
                   sweep={"elastic": (4, 16), "xl": (4,), "memorizing": (4,)},
-                  babilong=dict(qa=(1, 2), length=128, seg=32, count=200, multiples=(1, 4, 16), docs=(8, 4, 2))),
+                  babilong=dict(qa=(1, 2), length=128, seg=32, count=200, multiples=(1, 4, 16), docs=(8, 4, 2),
+                                lengths=QA_LENGTHS)),
     # the multi-seed CPU comparison: no sweep, paper settings or longer runs, fewer test and length
     # documents. 1000 steps, because the matched elastic run is still before its transition at 500 steps
     # of a 500-step schedule (0.23 at d >= 2) and saturated at 1000 (0.94; both measured 2026-12-04,
@@ -204,30 +210,35 @@ def variants(z: dict, kinds: list[str], only: list[str] | None) -> list[dict]:
     return out
 
 
+def babilong_length(b: dict, qa: int) -> int:
+    """The training document length of bAbI task `qa` (its length multiples are of this)."""
+    return int(b.get("lengths", {}).get(str(qa), b["length"]))
+
+
 def babilong_variants(z: dict, kinds: list[str]) -> list[dict]:
     """Every kind on each bAbI task in books (group `babilong`): matched footprint at the babilong window,
     the learning rate chosen per kind as for mqar, every seed, evaluated at every length multiple."""
     b = z["babilong"]
-    zb = {**z, "length": b["length"], "seg": b["seg"]}  # the footprint and curriculum of the babilong window
-    shape = {"seg": b["seg"], "segments": b["length"] // b["seg"], "tokenizer": BOOKS_TOKENIZER, "prev_embed": False,
-             "steps": b.get("steps", z["steps"])}
     out = []
     for qa in b["qa"]:
+        n = babilong_length(b, qa)
+        zb = {**z, "length": n, "seg": b["seg"]}  # the footprint and curriculum of the task's window
+        shape = {"seg": b["seg"], "segments": n // b["seg"], "tokenizer": BOOKS_TOKENIZER, "prev_embed": False,
+                 "steps": b.get("steps", z["steps"])}
         for kind in b.get("kinds") or kinds:
             name, over = memory(kind, zb)
             out.append({"name": name, "kind": kind, "data": f"babilong-qa{qa}", "over": over, "group": "babilong",
-                        "shape": shape})
+                        "shape": shape, "length": n})
     return out
 
 
 def window_variants(z: dict, kinds: list[str]) -> list[dict]:
     """The babilong length ablation (group `babilong-window`): a babilong row ("base", whose chosen rate it
     takes) trained on documents BABILONG_WINDOW x as long, memory carried through all their segments."""
-    b, w = z["babilong"], BABILONG_WINDOW
-    out = []
+    w, out = BABILONG_WINDOW, []
     for row in babilong_variants(z, [k for k in kinds if k in WINDOW_KINDS]):
         shape = {**row["shape"], "segments": w * row["shape"]["segments"]}
-        out.append({**row, "name": f"{row['name']}-window{w * b['length']}", "group": "babilong-window",
+        out.append({**row, "name": f"{row['name']}-window{w * row['length']}", "group": "babilong-window",
                     "base": row["name"], "train_data": f"{row['data']}-w{w}", "shape": shape})
     return out
 
@@ -352,10 +363,11 @@ def babilong_datasets(z: dict) -> dict[str, list[str]]:
         def task(length: int, count: int, seed: int, test_frac: str = "0.05") -> list[str]:
             return ["--task", "babilong", "--qa", str(qa), "--haystack", BOOKS, "--length", str(length), "--count",
                     str(count), "--seed", str(seed), "--val-frac", "0.05", "--test-frac", test_frac]
-        out[f"babilong-qa{qa}"] = task(b["length"], b["count"], 0)
-        out[f"babilong-qa{qa}-w{BABILONG_WINDOW}"] = task(BABILONG_WINDOW * b["length"], b["count"], 0)
+        n = babilong_length(b, qa)
+        out[f"babilong-qa{qa}"] = task(n, b["count"], 0)
+        out[f"babilong-qa{qa}-w{BABILONG_WINDOW}"] = task(BABILONG_WINDOW * n, b["count"], 0)
         for k, docs in zip(b["multiples"], b["docs"]):
-            out[f"babilong-qa{qa}-x{k}"] = task(k * b["length"], 2 * docs + 8, 1, "0.5")
+            out[f"babilong-qa{qa}-x{k}"] = task(k * n, 2 * docs + 8, 1, "0.5")
     return out
 
 
@@ -529,38 +541,38 @@ def sanity(run: Runner, z: dict, v: dict, data: Path, lr: float) -> None:
         evaluate(run, name, run.out / "eval" / f"sanity-{v['name']}.json", "test", z["val_docs"])
 
 
+def runs_of(z: dict, v: dict) -> tuple[list[tuple[str, str, int]], int]:
+    """(kind, run, steps) of row v's training runs, and how many `elastic eval` processes it starts."""
+    steps = v.get("shape", {}).get("steps") or (z["steps"] if v["data"].startswith(("mqar", "babilong")) else z["lm_steps"])
+    steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
+    if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
+        return [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]], \
+            len(z["seeds"]) * (1 + 3 * len(z["lengths"]))
+    if v["group"] == "babilong-window":  # every seed at the base row's rate; every length multiple (elastic: reads)
+        return [(v["kind"], tag(v, None, s) + "-at-base-lr", steps) for s in z["seeds"]], \
+            len(z["seeds"]) * len(z["babilong"]["multiples"]) * (2 if v["kind"] == "elastic" else 1)
+    seeds = [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]  # the trials, then the other seeds
+    seeds += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
+    if v["group"] == "babilong":  # as a matched row, without the sanity task; every length multiple
+        return seeds, len(z["lrs"]) + len(z["seeds"]) * len(z["babilong"]["multiples"])
+    if v["group"] != "matched":
+        return [(v["kind"], tag(v), steps)], 1
+    evals = len(z["lrs"]) + len(z["seeds"]) * (1 + len(z["lengths"]))  # validation, test, every length
+    if v["kind"] == "none":
+        return seeds, evals
+    return seeds + [(v["kind"], f"mqar-d1-{v['name']}", z["sanity_steps"])], evals + 1
+
+
 def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
     """(kind, run, steps) of every training run and the estimated core-minutes: the steps at
     CPU_SECONDS_PER_STEP (scaled by the tokens of a step relative to the cpu shape), 10% for the
     periodic validation, and every process (training or `elastic eval`) 6 s to start and evaluate."""
-    runs, evals, longer = [], 0, set()  # longer: runs whose steps hold BABILONG_WINDOW x the tokens
+    runs, evals, tokens = [], 0, []  # tokens: of a step of each run, relative to the size's mqar step
     for v in todo:
-        steps = v.get("shape", {}).get("steps") or (z["steps"] if v["data"].startswith(("mqar", "babilong")) else z["lm_steps"])
-        steps = next((int(o.split("=")[1]) for o in v["over"] if o.startswith("train.steps=")), steps)
-        if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
-            runs += [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]]
-            evals += len(z["seeds"]) * (1 + 3 * len(z["lengths"]))
-            continue
-        if v["group"] == "babilong-window":  # every seed at the base row's rate; every length multiple
-            runs += [(v["kind"], tag(v, None, s) + "-at-base-lr", steps) for s in z["seeds"]]
-            longer |= {name for _, name, _ in runs[-len(z["seeds"]):]}
-            evals += len(z["seeds"]) * len(z["babilong"]["multiples"]) * (2 if v["kind"] == "elastic" else 1)
-            continue
-        if v["group"] == "babilong":  # as a matched row, without the sanity task; every length multiple
-            runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
-            runs += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
-            evals += len(z["lrs"]) + len(z["seeds"]) * len(z["babilong"]["multiples"])
-            continue
-        if v["group"] != "matched":
-            runs.append((v["kind"], tag(v), steps))
-            evals += 1
-            continue
-        runs += [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]
-        runs += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
-        evals += len(z["lrs"]) + len(z["seeds"]) * (1 + len(z["lengths"]))  # validation, test, every length
-        if v["kind"] != "none":
-            runs.append((v["kind"], f"mqar-d1-{v['name']}", z["sanity_steps"]))
-            evals += 1
+        mine, n = runs_of(z, v)
+        runs, evals = runs + mine, evals + n
+        own = v.get("shape")
+        tokens += [own["segments"] * own["seg"] / z["length"] if own else 1.0] * len(mine)
     scale = (z["d"] / 128) ** 2 * z["batch"] * z["length"] / (32 * 128)  # relative to the cpu shape
     segs = z["length"] // z["seg"]
 
@@ -572,8 +584,8 @@ def plan(z: dict, todo: list[dict]) -> tuple[list[tuple[str, str, int]], float]:
         bounds = [st for st, _ in stages[0]] + [steps]
         return sum((b - a) * n for (a, n), b in zip(stages[0], bounds[1:])) / (steps * segs)
 
-    seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s * share(k, s)
-                  * (BABILONG_WINDOW if name in longer else 1) for k, name, s in runs)
+    seconds = sum(CPU_SECONDS_PER_STEP.get(k, CPU_SECONDS_PER_STEP["elastic"]) * scale * s * share(k, s) * t
+                  for (k, _, s), t in zip(runs, tokens))
     return runs, (1.1 * seconds + 6 * (len(runs) + evals)) / 60
 
 

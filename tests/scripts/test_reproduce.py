@@ -168,3 +168,18 @@ def test_babilong_reads_evaluate_the_trained_weights_with_more_samples_at_every_
         assert args[args.index("--compare-schedules") + 1] == "uniform,exponential"
         assert args[args.index("--max-docs") + 1] == str(docs)
         assert args[args.index("--json") + 1].endswith(f"babilong-qa1-{row['name']}-seed2-x{k}-reads.json")
+
+
+def test_a_babilong_task_longer_than_the_length_trains_and_is_evaluated_at_its_own_length(tmp_path):
+    z = reproduce.SIZES["smoke"]
+    b, n = z["babilong"], int(reproduce.QA_LENGTHS["2"])
+    assert reproduce.babilong_length(b, 1) == b["length"] and reproduce.babilong_length(b, 2) == n
+    rows = {v["data"]: v for v in reproduce.variants(z, ["elastic"], ["babilong"])}
+    assert rows["babilong-qa2"]["shape"]["segments"] == n // b["seg"] and rows["babilong-qa2"]["length"] == n
+    assert rows["babilong-qa1"]["shape"]["segments"] == b["length"] // b["seg"]
+    sets = reproduce.babilong_datasets(z)
+    for k in b["multiples"]:
+        args = sets[f"babilong-qa2-x{k}"]
+        assert args[args.index("--length") + 1] == str(k * n)
+    args = reproduce.train_args(z, rows["babilong-qa2"], tmp_path, tmp_path / "r", 1e-3, 0)
+    assert f"train.segments={n // b['seg']}" in args
