@@ -24,11 +24,11 @@ What runs (every command is appended to OUT/commands.txt, relative to the reposi
 - babilong: bAbI tasks (`--babilong-qa`) hidden in the shipped books (haystack/kjv), every kind (or
   `--babilong-kinds`) at the matched footprint of its window, the learning rate chosen and the seeds run
   as for mqar, evaluated on new documents 1x, 4x and 16x the training length.
-- babilong-window: the length ablation of babilong (none and Elastic Memory, every seed, at the rate
-  chosen for their babilong row): trained on documents BABILONG_WINDOW x as long (their segments
-  carried through the whole document), evaluated on the same new documents as the babilong rows; and
-  the babilong Elastic Memory weights read at test time with PROBE_SAMPLES x the samples (uniform and
-  exponential) on those documents.
+- babilong-ablation: the ablations of babilong (none and Elastic Memory, every seed, at the rate chosen
+  for their babilong row), evaluated on the same new documents as the babilong rows: trained on
+  documents BABILONG_WINDOW x as long (memory carried through all their segments), and trained with
+  the loss on every token (`train.loss_on=all`) instead of the answer alone; and the babilong Elastic
+  Memory weights read at test time with PROBE_SAMPLES x the samples (uniform and exponential).
 - language modelling on the Python standard library: loss by segment, long-context gain, xz floor.
 Runs go `--jobs` at a time (each with its share of the cores); a run that fails is reported as failed
 and the rest go on. A run whose eval file exists is not run again (delete OUT to redo).
@@ -50,9 +50,9 @@ sys.path.insert(0, str(ROOT))
 from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a NaN/inf loss)
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
-PARTS = ("mqar", "probe", "babilong", "babilong-window", "lm")  # what `--only` can choose
-BABILONG_WINDOW = 4  # babilong-window trains on documents this many times the babilong training length
-WINDOW_KINDS = ("none", "elastic")  # ... these kinds (of those asked for)
+PARTS = ("mqar", "probe", "babilong", "babilong-ablation", "lm")  # what `--only` can choose
+ABLATION_KINDS = ("none", "elastic")  # babilong-ablation trains these kinds (of those asked for) ...
+BABILONG_WINDOW = 4  # ... on documents this many times their babilong row's, and with the loss on every token
 CURRICULUM_KINDS = ("rmt", "armt", "caching")
 CODE_TOKENIZER, BOOKS_TOKENIZER = "tokenizers/code-8k.model", "tokenizers/books-8k.model"
 BOOKS = "haystack/kjv"  # the shipped haystack: three books of the King James Bible (public domain)
@@ -200,8 +200,8 @@ def variants(z: dict, kinds: list[str], only: list[str] | None) -> list[dict]:
         out += extra_variants(z, kinds)
     if wants(only, "babilong"):
         out += babilong_variants(z, kinds)
-    if wants(only, "babilong-window"):
-        out += window_variants(z, kinds)
+    if wants(only, "babilong-ablation"):
+        out += ablation_variants(z, kinds)
     if wants(only, "lm"):
         for kind in [k for k in ("none", "elastic") if k in kinds]:
             name, over = memory(kind, z)
@@ -232,14 +232,17 @@ def babilong_variants(z: dict, kinds: list[str]) -> list[dict]:
     return out
 
 
-def window_variants(z: dict, kinds: list[str]) -> list[dict]:
-    """The babilong length ablation (group `babilong-window`): a babilong row ("base", whose chosen rate it
-    takes) trained on documents BABILONG_WINDOW x as long, memory carried through all their segments."""
+def ablation_variants(z: dict, kinds: list[str]) -> list[dict]:
+    """The babilong ablations (group `babilong-ablation`), each a babilong row ("base", whose chosen rate
+    it takes) trained otherwise: "window", on documents BABILONG_WINDOW x as long, memory carried through
+    all their segments; "loss", with the loss on every token rather than the answer alone."""
     w, out = BABILONG_WINDOW, []
-    for row in babilong_variants(z, [k for k in kinds if k in WINDOW_KINDS]):
+    for row in babilong_variants(z, [k for k in kinds if k in ABLATION_KINDS]):
         shape = {**row["shape"], "segments": w * row["shape"]["segments"]}
-        out.append({**row, "name": f"{row['name']}-window{w * row['length']}", "group": "babilong-window",
-                    "base": row["name"], "train_data": f"{row['data']}-w{w}", "shape": shape})
+        out.append({**row, "name": f"{row['name']}-window{w * row['length']}", "group": "babilong-ablation",
+                    "ablation": "window", "base": row["name"], "train_data": f"{row['data']}-w{w}", "shape": shape})
+        out.append({**row, "name": f"{row['name']}-loss-all", "group": "babilong-ablation", "ablation": "loss",
+                    "base": row["name"], "over": [*row["over"], "train.loss_on=all"]})
     return out
 
 
@@ -377,9 +380,9 @@ def prepare(run: Runner, z: dict, data: Path, only: list[str] | None) -> None:
         for name, args in datasets(z).items():
             if not (data / name / "meta.json").is_file():
                 run(f"prepare-{name}", "prepare", *args, "--tokenizer", CODE_TOKENIZER, "--out", str(data / name))
-    if wants(only, "babilong", "babilong-window"):
+    if wants(only, "babilong", "babilong-ablation"):
         for name, args in babilong_datasets(z).items():
-            if name.endswith(f"-w{BABILONG_WINDOW}") and not wants(only, "babilong-window"):
+            if name.endswith(f"-w{BABILONG_WINDOW}") and not wants(only, "babilong-ablation"):
                 continue
             if not (data / name / "meta.json").is_file():
                 run(f"prepare-{name}", "prepare", *args, "--tokenizer", BOOKS_TOKENIZER, "--out", str(data / name))
@@ -548,9 +551,10 @@ def runs_of(z: dict, v: dict) -> tuple[list[tuple[str, str, int]], int]:
     if v["group"] == "probe":  # every seed; test, every length, and the matched weights' two read probes
         return [(v["kind"], f"{tag(v)}-seed{s}-at-elastic-lr", steps) for s in z["seeds"]], \
             len(z["seeds"]) * (1 + 3 * len(z["lengths"]))
-    if v["group"] == "babilong-window":  # every seed at the base row's rate; every length multiple (elastic: reads)
+    if v["group"] == "babilong-ablation":  # every seed at the base row's rate; every length multiple (+ reads once)
+        reads = v["kind"] == "elastic" and v["ablation"] == "window"
         return [(v["kind"], tag(v, None, s) + "-at-base-lr", steps) for s in z["seeds"]], \
-            len(z["seeds"]) * len(z["babilong"]["multiples"]) * (2 if v["kind"] == "elastic" else 1)
+            len(z["seeds"]) * len(z["babilong"]["multiples"]) * (2 if reads else 1)
     seeds = [(v["kind"], tag(v, lr, s), steps) for lr, s in trials(z)]  # the trials, then the other seeds
     seeds += [(v["kind"], tag(v, None, s) + "-at-chosen-lr", steps) for s in z["seeds"][1:]]
     if v["group"] == "babilong":  # as a matched row, without the sanity task; every length multiple
@@ -687,13 +691,13 @@ def main(argv: list[str] | None = None) -> int:
         second += [lambda v=v, lr=lr, s=s, f=runner: f(run, z, v, data, lr, s) for s in z["seeds"]]
         if v["kind"] != "none" and v["group"] == "matched":
             second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
-    for v in (v for v in todo if v["group"] == "babilong-window"):  # at the rate chosen for its babilong row
+    for v in (v for v in todo if v["group"] == "babilong-ablation"):  # at the rate chosen for its babilong row
         lr = chosen_lr(out, {**v, "name": v["base"]})
         if lr is None:
             print(f"  {tag(v)}: skipped (no rate chosen for {v['data']}-{v['base']}: run --only babilong first)", flush=True)
             continue
         second += [lambda v=v, lr=lr, s=s: babilong_run(run, z, v, data, lr, s) for s in z["seeds"]]
-        if v["kind"] == "elastic":  # the base row's own weights, read with more samples
+        if v["kind"] == "elastic" and v["ablation"] == "window":  # the base row's own weights, read with more samples
             base = {**v, "name": v["base"], "group": "babilong"}
             second += [lambda v=base, lr=lr, s=s: babilong_reads(run, z, v, data, lr, s) for s in z["seeds"]]
     probes = [v for v in todo if v["group"] == "probe"]

@@ -123,7 +123,7 @@ def collect(out: Path) -> dict:
             collect_matched(out, z, v, table)
         elif v["group"] == "probe":
             collect_probe(out, z, v, table)
-        elif v["group"] in ("babilong", "babilong-window"):
+        elif v["group"] in ("babilong", "babilong-ablation"):
             collect_babilong(out, z, v, table)
         else:
             collect_single(out, v, table)
@@ -156,7 +156,7 @@ def length_entries(out: Path, z: dict, v: dict, suffix: str = "") -> list[dict]:
 def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     """A babilong row: its learning rates tried, and every seed's exact match (and answer-token accuracy)
     on new documents at each length multiple (OUT/eval/<task>-<variant>-seed<S>-x<K>.json), with the spread.
-    A babilong-window row trained at the rate chosen for its base row (none tried of its own)."""
+    A babilong-ablation row trained at the rate chosen for its base row (none tried of its own)."""
     lrs = out / "eval" / f"{reproduce.tag({**v, 'name': v.get('base', v['name'])})}.lrs.json"
     choice = json.loads(lrs.read_text()) if lrs.is_file() else {"tried": [], "chosen": None}
     if "base" in v:
@@ -183,7 +183,8 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
                              for key in ("exact_match", "answer_token_accuracy")}}
                  for k in b["multiples"] if any(str(k) in s["by_length"] for s in seeds)}
     table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
-        "kind": v["kind"], "group": v["group"], "lr": choice["chosen"], "lrs_tried": choice["tried"],
+        "kind": v["kind"], "group": v["group"], **{k: v[k] for k in ("base", "ablation") if k in v},
+        "lr": choice["chosen"], "lrs_tried": choice["tried"],
         "steps": b.get("steps", z["steps"]), "train_tokens": v["shape"]["segments"] * v["shape"]["seg"], "length": v.get("length", b["length"]),
         "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length, "seeds": seeds,
         **({"reads": {name: {k: {"exact_match": spread(x)} for k, x in by.items()} for name, by in reads.items()}}
@@ -234,23 +235,22 @@ def reads_sentence(rows: dict, multiples: list[int]) -> str | None:
     return ("Read at test time with more samples (the same weights): " + "; ".join(parts) + ".") if parts else None
 
 
-def window_sentence(rows: dict, multiples: list[int]) -> str | None:
-    """The babilong-window rows against their base rows (same kind, trained on the shorter documents), by
-    the means at each length multiple; None without a window row that has results."""
+def ablation_sentence(rows: dict, multiples: list[int]) -> str | None:
+    """The babilong-ablation rows against their base rows (the same kind trained as the table's rows), by
+    the means over seeds at each length multiple; None without an ablation row that has results."""
     parts = []
     for name, r in rows.items():
-        base = next((n for n, o in rows.items() if o["group"] == "babilong" and name.startswith(n + "-window")), None)
-        if r["group"] != "babilong-window" or r.get("failed") or base is None or rows[base].get("failed"):
+        base = rows.get(r.get("base"))
+        if r["group"] != "babilong-ablation" or r.get("failed") or base is None or base.get("failed"):
             continue
-        mean = lambda row, k: row["by_length"].get(str(k), {}).get("exact_match", {}) or {}  # noqa: E731
-        cells = [f"{k}x {mean(rows[base], k).get('mean', float('nan')):.3f} -> {mean(r, k).get('mean', float('nan')):.3f}"
-                 for k in multiples]
-        parts.append(f"`{base}` trained on {r['train_tokens']}-token documents instead of {rows[base]['train_tokens']} "
-                     f"(the rate chosen for it, every seed): " + ", ".join(cells))
+        mean = lambda row, k: (row["by_length"].get(str(k), {}).get("exact_match") or {}).get("mean", float("nan"))  # noqa: E731
+        how = (f"trained on {r['train_tokens']}-token documents instead of {base['train_tokens']}" if r["ablation"] == "window"
+               else "trained with the loss on every token instead of the answer alone")
+        parts.append(f"`{r['base']}` {how}: " + ", ".join(f"{k}x {mean(base, k):.3f} -> {mean(r, k):.3f}" for k in multiples))
     if not parts:
         return None
-    return ("The length ablation (`babilong-window`): " + "; ".join(parts) + ". Every segment of a training document "
-            "carries memory to the next, so the longer documents teach the memory to hold a fact across more filler.")
+    return ("The ablations (`--only babilong-ablation`, every seed at the rate chosen for the row they change; the means): "
+            + "; ".join(parts) + ".")
 
 
 def babilong_sentence(task: str, rows: dict, multiples: list[int], chance: float) -> str:
@@ -755,7 +755,7 @@ def write(out: Path, dest: Path) -> None:
             lines += [f"### {task}", "", f"Training documents of {n} tokens ({n // b['seg']} segments).", "",
                       babilong_sentence(task, rows, b["multiples"], 1 / len(PLACES)), "",
                       *babilong_table(rows, b["multiples"], n), ""]
-            for said in (reads_sentence(rows, b["multiples"]), window_sentence(rows, b["multiples"])):
+            for said in (reads_sentence(rows, b["multiples"]), ablation_sentence(rows, b["multiples"])):
                 lines += [said, ""] if said else []
             if task in pngs["babilong"]:
                 lines += ["The heatmap shows the same documents by length and by the depth of the first supporting fact "

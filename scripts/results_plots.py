@@ -273,12 +273,12 @@ def babilong_heatmap(rows: dict, path: Path) -> None:
 def write_all(table: dict, dest: Path, far: int, chance: float, trained: int) -> dict:
     """Every plot beside `dest`; returns their file names by role ("babilong": by task)."""
     names = {role: f"{dest.stem}-{role}.png" for role in ("distance", "length", "frontier", "sampling", "learning", "lm")}
+    dest.parent.mkdir(parents=True, exist_ok=True)
     names["babilong"] = {}
     for task, rows in table.get("babilong", {}).items():
         if any(r.get("heatmap") for r in rows.values()):
             names["babilong"][task] = f"{dest.stem}-babilong-{task}.png"
             babilong_heatmap(rows, dest.with_name(names["babilong"][task]))
-    dest.parent.mkdir(parents=True, exist_ok=True)
     mq = table["mqar"]
     distance_plot(mq, dest.with_name(names["distance"]), chance)
     length_plot(table.get("length", {}), dest.with_name(names["length"]), chance, trained)

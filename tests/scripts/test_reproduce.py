@@ -74,14 +74,15 @@ def test_plan_counts_trials_seeds_sanity_and_single_rows(capsys):
     matched = [v for v in todo if v["group"] == "matched"]
     babilong = [v for v in todo if v["group"] == "babilong"]
     probes = [v for v in todo if v["group"] == "probe"]
-    window = [v for v in todo if v["group"] == "babilong-window"]  # every seed at its base row's rate
-    singles = [v for v in todo if v["group"] not in ("matched", "babilong", "probe", "babilong-window")]
+    ablations = [v for v in todo if v["group"] == "babilong-ablation"]  # every seed at its base row's rate
+    window = [v for v in ablations if v["ablation"] == "window"]
+    singles = [v for v in todo if v["group"] not in ("matched", "babilong", "probe", "babilong-ablation")]
     per_row = len(z["lrs"]) + len(z["seeds"]) - 1  # the trials, then the other seeds at the chosen rate
     assert len(runs) == ((len(matched) + len(babilong)) * per_row + (len(matched) - 1)
-                         + (len(probes) + len(window)) * len(z["seeds"]) + len(singles))
+                         + (len(probes) + len(ablations)) * len(z["seeds"]) + len(singles))
     assert len(matched) == 9 and len(babilong) == 9 * len(z["babilong"]["qa"]) and len(probes) == 1
-    assert len(window) == len(reproduce.WINDOW_KINDS) * len(z["babilong"]["qa"])
-    _, short = reproduce.plan(z, [v for v in todo if v["group"] == "babilong" and v["kind"] in reproduce.WINDOW_KINDS])
+    assert len(ablations) == 2 * len(window) == 2 * len(reproduce.ABLATION_KINDS) * len(z["babilong"]["qa"])
+    _, short = reproduce.plan(z, [v for v in todo if v["group"] == "babilong" and v["kind"] in reproduce.ABLATION_KINDS])
     _, long = reproduce.plan(z, window)  # 4x the tokens a step, no trials (3 runs a row against 4), more evals
     assert long == pytest.approx(short * reproduce.BABILONG_WINDOW * 3 / 4, rel=0.15)
     assert {v["group"] for v in singles} == {"control", "ablation", "lm"}
@@ -130,9 +131,9 @@ def test_babilong_invocations_of_other_tasks_and_kinds_join_into_one_settings(tm
     assert len(json.loads(path.read_text())["variants"]) == len(first)
 
 
-def test_window_rows_train_on_longer_documents_at_their_base_rows_rate(tmp_path):
+def test_ablation_rows_train_on_longer_documents_or_every_token_at_their_base_rows_rate(tmp_path):
     z = reproduce.SIZES["smoke"]
-    (row,) = [v for v in reproduce.variants(z, ["elastic"], ["babilong-window"]) if v["data"] == "babilong-qa1"]
+    row, loss = [v for v in reproduce.variants(z, ["elastic"], ["babilong-ablation"]) if v["data"] == "babilong-qa1"]
     w, b = reproduce.BABILONG_WINDOW, z["babilong"]
     assert row["base"] == reproduce.memory("elastic", {**z, "length": b["length"], "seg": b["seg"]})[0]
     assert row["train_data"] == f"babilong-qa1-w{w}" and row["shape"]["segments"] == w * b["length"] // b["seg"]
@@ -141,7 +142,10 @@ def test_window_rows_train_on_longer_documents_at_their_base_rows_rate(tmp_path)
     assert f"data.path={tmp_path / row['train_data']}" in args and f"model.segment_len={b['seg']}" in args
     sets = reproduce.babilong_datasets(z)[row["train_data"]]
     assert sets[sets.index("--length") + 1] == str(w * b["length"]) and sets[sets.index("--seed") + 1] == "0"
-    assert [v for v in reproduce.variants(z, ["xl"], ["babilong-window"])] == []  # only the kinds of WINDOW_KINDS
+    assert [v for v in reproduce.variants(z, ["xl"], ["babilong-ablation"])] == []  # only the kinds of ABLATION_KINDS
+    assert loss["base"] == row["base"] and loss["ablation"] == "loss" and "train_data" not in loss
+    args = reproduce.train_args(z, loss, tmp_path, tmp_path / "r", 1e-3, 0)
+    assert args.index("train.loss_on=all") > args.index("train.loss_on=answers")  # the override comes last
 
 
 def test_babilong_reads_evaluate_the_trained_weights_with_more_samples_at_every_multiple(tmp_path):

@@ -265,9 +265,10 @@ def test_pooled_heatmap_cells_weigh_each_eval_by_its_documents():
 
 def test_a_window_row_takes_its_base_rows_rate_and_is_compared_with_it(tmp_path):
     z = reproduce.SIZES["smoke"]
-    todo = [v for v in reproduce.variants(z, ["elastic"], ["babilong", "babilong-window"]) if v["data"] == "babilong-qa1"]
-    base, window = todo  # the babilong row, then its window row
-    assert base["group"] == "babilong" and window["group"] == "babilong-window"
+    todo = [v for v in reproduce.variants(z, ["elastic"], ["babilong", "babilong-ablation"]) if v["data"] == "babilong-qa1"]
+    base, window, loss = todo  # the babilong row, then its ablations
+    todo = [base, window]
+    assert base["group"] == "babilong" and window["ablation"] == "window" and loss["ablation"] == "loss"
     (tmp_path / "settings.json").write_text(json.dumps({"size": "smoke", "settings": z, "kinds": [], "variants": todo}))
     ev = tmp_path / "eval"
     ev.mkdir()
@@ -290,7 +291,9 @@ def test_a_window_row_takes_its_base_rows_rate_and_is_compared_with_it(tmp_path)
     w = rows[window["name"]]
     assert w["lr"] == 3e-3 and w["lrs_tried"] == [] and rows[base["name"]]["lrs_tried"] == [{"lr": 3e-3}]
     assert w["train_tokens"] == reproduce.BABILONG_WINDOW * z["babilong"]["length"] and w["n_seeds"] == 3
-    said = results.window_sentence(rows, list(z["babilong"]["multiples"]))
+    said = results.ablation_sentence(rows, list(z["babilong"]["multiples"]))
     assert f"`{base['name']}` trained on {w['train_tokens']}-token documents instead of {z['babilong']['length']}" in said
     assert "1x 0.250 -> 0.500, 4x 0.062 -> 0.125, 16x 0.016 -> 0.031" in said
-    assert results.window_sentence({base["name"]: rows[base["name"]]}, [1]) is None
+    assert results.ablation_sentence({base["name"]: rows[base["name"]]}, [1]) is None
+    rows[loss["name"]] = {**w, "ablation": "loss"}
+    assert "trained with the loss on every token instead of the answer alone: 1x 0.250 -> 0.500" in results.ablation_sentence(rows, [1])
