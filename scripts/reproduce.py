@@ -51,6 +51,7 @@ from elastic_cli.errors import EXIT_DIVERGED  # noqa: E402  (the exit code of a 
 
 SCHEDULES = ("uniform", "exponential", "gauss", "power")
 PARTS = ("mqar", "probe", "babilong", "babilong-ablation", "lm")  # what `--only` can choose
+SINGLE_GROUPS = ("control", "ablation", "sweep", "paper", "long", "lm")  # rows trained once (`single`)
 ABLATION_KINDS = ("none", "elastic")  # babilong-ablation trains these kinds (of those asked for) ...
 BABILONG_WINDOW = 4  # ... on documents this many times their babilong row's, and with the loss on every token
 CURRICULUM_KINDS = ("rmt", "armt", "caching")
@@ -677,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{list(z['lrs'])}), {jobs} at a time -> {out}", flush=True)
     data = out / "data"
     prepare(run, z, data, a.only)
-    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] not in ("matched", "babilong", "probe")]
+    first = [lambda v=v: single(run, z, v, data) for v in todo if v["group"] in SINGLE_GROUPS]
     first += [lambda v=v, lr=lr, s=s: trial(run, z, v, data, lr, s) for v in matched for lr, s in trials(z)]
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda f: f(), first))

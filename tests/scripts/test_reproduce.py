@@ -187,3 +187,10 @@ def test_a_babilong_task_longer_than_the_length_trains_and_is_evaluated_at_its_o
         assert args[args.index("--length") + 1] == str(k * n)
     args = reproduce.train_args(z, rows["babilong-qa2"], tmp_path, tmp_path / "r", 1e-3, 0)
     assert f"train.segments={n // b['seg']}" in args
+
+
+def test_every_group_is_run_once_as_a_single_row_or_by_its_own_phase():
+    groups = {v["group"] for v in reproduce.variants(reproduce.SIZES["cpu"], sorted(REGISTRY), None)}
+    assert set(reproduce.SINGLE_GROUPS) <= groups
+    # the others have their own runners in main's second phase (an ablation row is not also trained as a single)
+    assert groups - set(reproduce.SINGLE_GROUPS) == {"matched", "babilong", "probe", "babilong-ablation"}
