@@ -172,15 +172,17 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
                     r["exact_match"])
             r = results_of(out / "eval" / f"{v['data']}-{v['name']}-seed{seed}-x{k}.json")
             if r:
+                start = r[0].get("answer_start") or {}  # evals before it was recorded have none
                 by_k[str(k)] = {"exact_match": r[0]["exact_match"], "answer_token_accuracy": r[0]["answer_token_accuracy"],
-                                "answers": r[0]["answers"], "eval_tokens": k * v.get("length", b["length"])}
+                                "well_formed": start.get("well_formed"), "answers": r[0]["answers"],
+                                "eval_tokens": k * v.get("length", b["length"])}
                 if r[0].get("heatmap"):
                     cells.append(r[0]["heatmap"])
         if by_k:
             seeds.append({"seed": seed, "lr": choice["chosen"], "by_length": by_k})
     by_length = {str(k): {"eval_tokens": k * v.get("length", b["length"]),
                           **{key: spread([s["by_length"][str(k)][key] for s in seeds if str(k) in s["by_length"]])
-                             for key in ("exact_match", "answer_token_accuracy")}}
+                             for key in ("exact_match", "answer_token_accuracy", "well_formed")}}
                  for k in b["multiples"] if any(str(k) in s["by_length"] for s in seeds)}
     table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
         "kind": v["kind"], "group": v["group"], **{k: v[k] for k in ("base", "ablation") if k in v},
@@ -221,6 +223,20 @@ def babilong_table(rows: dict, multiples: list[int], length: int) -> list[str]:
         cells = [fmt_spread(r["by_length"].get(str(k), {}).get("exact_match")) for k in multiples]
         lines.append(f"| {name} | {r['train_tokens']} | {r['n_seeds']} | {fmt(r['lr'], 'g')} | " + " | ".join(cells) + " |")
     return lines
+
+
+def format_sentence(rows: dict, multiples: list[int]) -> str | None:
+    """How often each row answers in the task's format (its first answer token begins one of the evaluated
+    answers, right or wrong) at the longest multiple where any row has it; None when none has it."""
+    for k in reversed(multiples):
+        at = {n: r["by_length"][str(k)]["well_formed"] for n, r in rows.items()
+              if str(k) in r["by_length"] and r["by_length"][str(k)].get("well_formed")}
+        if at:
+            cells = ", ".join(f"`{n}` {w['mean']:.2f}" for n, w in at.items())
+            return (f"Answers in the task's format at {k}x (the first answer token begins one of the places, right or "
+                    f"wrong; mean over seeds): {cells}. A row far below 1 does not answer wrongly so much as "
+                    "not answer: its reading of the document has left the states it was trained on.")
+    return None
 
 
 def reads_sentence(rows: dict, multiples: list[int]) -> str | None:
@@ -755,7 +771,8 @@ def write(out: Path, dest: Path) -> None:
             lines += [f"### {task}", "", f"Training documents of {n} tokens ({n // b['seg']} segments).", "",
                       babilong_sentence(task, rows, b["multiples"], 1 / len(PLACES)), "",
                       *babilong_table(rows, b["multiples"], n), ""]
-            for said in (reads_sentence(rows, b["multiples"]), ablation_sentence(rows, b["multiples"])):
+            for said in (format_sentence(rows, b["multiples"]), reads_sentence(rows, b["multiples"]),
+                         ablation_sentence(rows, b["multiples"])):
                 lines += [said, ""] if said else []
             if task in pngs["babilong"]:
                 lines += ["The heatmap shows the same documents by length and by the depth of the first supporting fact "

@@ -160,6 +160,7 @@ def evaluate_one(loaded: inference.Loaded, data: PreparedData, split: str, batch
         "answer_token_accuracy": tally.answer_correct / tally.answer_tokens if tally.answer_tokens else None,
         "answer_loss": tally.answer_nll / tally.answer_tokens if tally.answer_tokens else None,
         "answer_by_distance": tally.distance_report(),
+        "answer_start": tally.start_report(),
         "long_context_gain": gain_report(tally),
         "heatmap": heatmap.cells(data.meta, ids, tally.doc_exact) if heatmap.has_depths(data.meta) else None,
         "speed": {"tokens_per_s": tally.tokens / seconds, "seconds": seconds, "device": str(device),

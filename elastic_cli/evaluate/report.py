@@ -40,6 +40,8 @@ def table_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         rows.append(["exact match"] + [fmt(r["exact_match"], ".3f") for r in res])
         rows.append(["answer token accuracy"] + [fmt(r["answer_token_accuracy"], ".3f") for r in res])
         rows.append(["answer loss (nats/token)"] + [fmt(r["answer_loss"], ".4f") for r in res])
+        rows.append(["answers in the task's format"] + [fmt((r.get("answer_start") or {}).get("well_formed"), ".3f")
+                                                          for r in res])
         distances = sorted({d for r in res for d in r.get("answer_by_distance", {})}, key=_distance_key)
         for d in distances:
             rows.append([f"answer accuracy, distance {d}"] + [fmt(r["answer_by_distance"][d]["accuracy"], ".3f")

@@ -52,6 +52,7 @@ class Tally:
     key_tokens: int = 0  # tokens whose gain exceeds GAIN_THRESHOLD
     key_nll: float = 0.0  # their NLL with memory carried
     doc_exact: dict = field(default_factory=dict)  # document index -> per answer span: every token right
+    starts: list = field(default_factory=list)  # per answer span: (its first token, the argmax there)
 
     def add_segment(self, index: int, nll: torch.Tensor, valid: torch.Tensor) -> None:
         """nll, valid: (B, L) for segment `index` of the batch's documents."""
@@ -88,6 +89,17 @@ class Tally:
         self.gain_tokens += int(valid.sum())
         self.key_tokens += int(key.sum())
         self.key_nll += float(carried.double()[valid][key].sum())
+
+    def start_report(self) -> dict | None:
+        """How answers begin: "right", the share of spans whose first token is the argmax; "well_formed",
+        the share whose argmax there begins one of the evaluated answers (right or wrong: the model
+        answers in the task's format). None without answers."""
+        read = [(g, p) for g, p in self.starts if g >= 0]  # a span at position 0 has no token predicting it
+        if not read:
+            return None
+        firsts = {g for g, _ in read}
+        return {"right": sum(g == p for g, p in read) / len(read),
+                "well_formed": sum(p in firsts for _, p in read) / len(read), "spans": len(read)}
 
     def loss_by_segment(self) -> list[float | None]:
         return [s / n if n else None for s, n in zip(self.seg_nll, self.seg_tokens)]
@@ -128,7 +140,9 @@ class _Answers:
         order = np.argsort(pos, kind="stable")
         self.pos, self.span = np.asarray(pos, dtype=np.int64)[order], np.asarray(span, dtype=np.int64)[order]
         self.dist = np.asarray(dist, dtype=np.int64)[order]
+        self.first = np.asarray([p == a - 1 for p, (a, _, _) in zip(pos, (spans[i] for i in span))])[order]  # span starts
         self.wrong = np.zeros(len(spans), dtype=np.int64)  # per span: answer tokens missed
+        self.starts = [(-1, -1)] * len(spans)  # per span: (first token, argmax there), filled as it is read
 
     def in_range(self, lo: int, hi: int) -> slice:
         return slice(int(np.searchsorted(self.pos, lo)), int(np.searchsorted(self.pos, hi)))
@@ -202,18 +216,23 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
             if gain:
                 reset, _, _ = token_nll(model, x, y, model.empty_states(len(rows), device), amp)
                 tally.add_gain(nll, reset, valid)
-            miss = ((logits.argmax(-1) != y) & valid).cpu()  # (B, L)
+            guess = logits.argmax(-1)  # (B, L)
+            miss = ((guess != y) & valid).cpu()  # (B, L)
+            guess, y_host = guess.cpu(), y.cpu()
             for r, a in enumerate(spans):
                 at = a.in_range(s * L, (s + 1) * L)
                 if at.start == at.stop:
                     continue
                 cols = torch.from_numpy(a.pos[at] - s * L)  # (n,)
+                for c, i in zip(cols[a.first[at]].tolist(), a.span[at][a.first[at]].tolist()):
+                    a.starts[i] = (int(y_host[r, c]), int(guess[r, c]))
                 wrong = miss[r, cols]  # (n,)
                 np.add.at(a.wrong, a.span[at], wrong.numpy().astype(np.int64))
                 tally.add_answer_tokens(nll[r, cols.to(device)].cpu(), ~wrong, a.dist[at])
             if bar is not None:
                 bar.update(int(valid.sum()))
         tally.add_answers([bool(w == 0) for a in spans for w in a.wrong])
+        tally.starts += [st for a in spans for st in a.starts]
         for i, a in zip(rows, spans):
             tally.doc_exact[i] = [bool(w == 0) for w in a.wrong]
     return tally

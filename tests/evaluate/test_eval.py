@@ -56,6 +56,15 @@ def test_score_closed_form_segments_reset_and_exact_match():
         # answer tokens: a's 3 (segment 1, hits at ln 2), b's 2 (segment 0, uniform: argmax 0 misses, ln V)
         assert (t.answer_tokens, t.answer_correct) == (5, 3)
         assert t.answer_nll == pytest.approx(3 * ln2 + 2 * math.log(V))
+        # how the answers begin: a's with 5 (argmax 5), b's with 5 (uniform: argmax 0, which begins no answer)
+        assert sorted(t.starts) == [(5, 0), (5, 5)]
+        assert t.start_report() == {"right": 0.5, "well_formed": 0.5, "spans": 2}
+    assert Tally().start_report() is None
+
+
+def test_answer_starts_count_a_wrong_answer_in_the_tasks_format_as_well_formed():
+    t = Tally(starts=[(1, 1), (2, 1), (3, 9), (-1, -1)])  # right; another answer's start; no answer's; unread
+    assert t.start_report() == {"right": pytest.approx(1 / 3), "well_formed": pytest.approx(2 / 3), "spans": 3}
 
 
 def test_tally_skips_masked_tokens():

@@ -227,13 +227,17 @@ def test_babilong_rows_have_exact_match_by_length_multiple_with_the_spread(tmp_p
             heat = {"lengths": [n], "depths": depths, "binned": True, "docs": [[1 + seed], [0], [0], [0], [2]],
                     "accuracy": [[1.0 if k == 1 else 0.0], [None], [None], [None], [0.5]]}
             (ev / f"babilong-qa1-{e['name']}-seed{seed}-x{k}.json").write_text(json.dumps({"results": [
-                {"exact_match": x, "answer_token_accuracy": x, "answers": 4, "heatmap": heat}]}))
+                {"exact_match": x, "answer_token_accuracy": x, "answers": 4, "heatmap": heat,
+                 "answer_start": {"right": x, "well_formed": 1 / k, "spans": 4}}]}))
     table = results.collect(tmp_path)["babilong"]["qa1"]
     row = table[e["name"]]
     assert row["n_seeds"] == 3 and row["lr"] == 1e-3 and row["by_length"]["4"]["eval_tokens"] == 4 * z["babilong"]["length"]
     assert row["by_length"]["4"]["exact_match"]["mean"] == pytest.approx(0.5)
     assert row["by_length"]["1"]["exact_match"]["sd"] == pytest.approx(0.1) and row["by_length"]["16"]["exact_match"]["max"] == 0.2
     assert table["none"]["failed"] and table["none"]["heatmap"] is None
+    assert row["by_length"]["16"]["well_formed"]["mean"] == pytest.approx(1 / 16)
+    said = results.format_sentence(table, list(z["babilong"]["multiples"]))
+    assert said.startswith(f"Answers in the task's format at 16x (") and f"`{e['name']}` 0.06." in said
     heat = row["heatmap"]  # the three seeds' documents pooled per (length, depth)
     assert heat["lengths"] == [k * z["babilong"]["length"] for k in z["babilong"]["multiples"]] and heat["depths"] == depths
     assert heat["docs"][0] == [6, 6, 6] and heat["docs"][4] == [6, 6, 6] and heat["docs"][1] == [0, 0, 0]
