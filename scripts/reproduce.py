@@ -683,32 +683,34 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda f: f(), first))
     chosen = {tag(v): choose_lr(out, z, v) for v in matched}
-    second = []
+    second = []  # (the seed's place in z["seeds"], job): run seed-major, so a stopped run has whole seeds
+    rank = {s: i for i, s in enumerate(z["seeds"])}
     for v in matched:
         lr = chosen[tag(v)]
         if lr is None:
             continue
         runner = babilong_run if v["group"] == "babilong" else seed_run
-        second += [lambda v=v, lr=lr, s=s, f=runner: f(run, z, v, data, lr, s) for s in z["seeds"]]
+        second += [(rank[s], lambda v=v, lr=lr, s=s, f=runner: f(run, z, v, data, lr, s)) for s in z["seeds"]]
         if v["kind"] != "none" and v["group"] == "matched":
-            second.append(lambda v=v, lr=lr: sanity(run, z, v, data, lr))
+            second.append((0, lambda v=v, lr=lr: sanity(run, z, v, data, lr)))
     for v in (v for v in todo if v["group"] == "babilong-ablation"):  # at the rate chosen for its babilong row
         lr = chosen_lr(out, {**v, "name": v["base"]})
         if lr is None:
             print(f"  {tag(v)}: skipped (no rate chosen for {v['data']}-{v['base']}: run --only babilong first)", flush=True)
             continue
-        second += [lambda v=v, lr=lr, s=s: babilong_run(run, z, v, data, lr, s) for s in z["seeds"]]
+        second += [(rank[s], lambda v=v, lr=lr, s=s: babilong_run(run, z, v, data, lr, s)) for s in z["seeds"]]
         if v["kind"] == "elastic" and v["ablation"] == "window":  # the base row's own weights, read with more samples
             base = {**v, "name": v["base"], "group": "babilong"}
-            second += [lambda v=base, lr=lr, s=s: babilong_reads(run, z, v, data, lr, s) for s in z["seeds"]]
+            second += [(len(rank) + rank[s], lambda v=base, lr=lr, s=s: babilong_reads(run, z, v, data, lr, s))
+                       for s in z["seeds"]]  # reads of trained weights: after every training
     probes = [v for v in todo if v["group"] == "probe"]
     if probes:  # at the matched elastic row's learning rate
         elastic = matched_row("elastic", z)
         lr = chosen.get(tag(elastic)) or chosen_lr(out, elastic) or z["lr"]
-        second += [lambda v=v, s=s: seed_run(run, z, v, data, lr, s) for v in probes for s in z["seeds"]]
-        second += [lambda s=s: read_probe(run, z, elastic, data, lr, s) for s in z["seeds"]]
+        second += [(rank[s], lambda v=v, s=s: seed_run(run, z, v, data, lr, s)) for v in probes for s in z["seeds"]]
+        second += [(len(rank) + rank[s], lambda s=s: read_probe(run, z, elastic, data, lr, s)) for s in z["seeds"]]
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(lambda f: f(), second))
+        list(pool.map(lambda f: f(), [job for _, job in sorted(second, key=lambda t: t[0])]))
     print(f"reproduce ({a.size}): runs done in {time.time() - t0:.0f} s; writing {results}", flush=True)
     return subprocess.run([run.python, str(ROOT / "scripts" / "results.py"), str(out), "--out", str(results)],
                           cwd=ROOT).returncode
