@@ -479,6 +479,11 @@ def choose_lr(out: Path, z: dict, v: dict) -> float | None:
     return chosen
 
 
+def rate_row(v: dict) -> dict:
+    """The row whose learning-rate choice row v trains at: its base row for a babilong ablation, else v."""
+    return {**v, "name": v.get("base", v["name"])}
+
+
 def chosen_lr(out: Path, v: dict) -> float | None:
     """The learning rate `choose_lr` chose for a matched row (None before its trials ran)."""
     path = out / "eval" / f"{tag(v)}.lrs.json"
@@ -694,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         if v["kind"] != "none" and v["group"] == "matched":
             second.append((0, lambda v=v, lr=lr: sanity(run, z, v, data, lr)))
     for v in (v for v in todo if v["group"] == "babilong-ablation"):  # at the rate chosen for its babilong row
-        lr = chosen_lr(out, {**v, "name": v["base"]})
+        lr = chosen_lr(out, rate_row(v))
         if lr is None:
             print(f"  {tag(v)}: skipped (no rate chosen for {v['data']}-{v['base']}: run --only babilong first)", flush=True)
             continue

@@ -157,7 +157,7 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     """A babilong row: its learning rates tried, and every seed's exact match (and answer-token accuracy)
     on new documents at each length multiple (OUT/eval/<task>-<variant>-seed<S>-x<K>.json), with the spread.
     A babilong-ablation row trained at the rate chosen for its base row (none tried of its own)."""
-    lrs = out / "eval" / f"{reproduce.tag({**v, 'name': v.get('base', v['name'])})}.lrs.json"
+    lrs = out / "eval" / f"{reproduce.tag(reproduce.rate_row(v))}.lrs.json"
     choice = json.loads(lrs.read_text()) if lrs.is_file() else {"tried": [], "chosen": None}
     if "base" in v:
         choice = {"tried": [], "chosen": choice["chosen"]}
@@ -187,8 +187,8 @@ def collect_babilong(out: Path, z: dict, v: dict, table: dict) -> None:
     table["babilong"].setdefault(v["data"].removeprefix("babilong-"), {})[v["name"]] = {
         "kind": v["kind"], "group": v["group"], **{k: v[k] for k in ("base", "ablation") if k in v},
         "lr": choice["chosen"], "lrs_tried": choice["tried"],
-        "steps": b.get("steps", z["steps"]), "train_tokens": v["shape"]["segments"] * v["shape"]["seg"], "length": v.get("length", b["length"]),
-        "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length, "seeds": seeds,
+        "steps": b.get("steps", z["steps"]), "train_tokens": v["shape"]["segments"] * v["shape"]["seg"],
+        "length": v.get("length", b["length"]), "segment_len": b["seg"], "n_seeds": len(seeds), "by_length": by_length, "seeds": seeds,
         **({"reads": {name: {k: {"exact_match": spread(x)} for k, x in by.items()} for name, by in reads.items()}}
            if reads else {}), "heatmap": pooled_cells(cells), **({"failed": True} if not seeds else {})}
 

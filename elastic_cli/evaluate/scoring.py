@@ -130,19 +130,21 @@ class _Answers:
     """One document's answer tokens as input positions (the position that predicts each answer
     token), with their span and distance in segments, sorted by position."""
 
-    def __init__(self, spans: list[tuple[int, int, int | None]], segment_len: int):
-        pos, span, dist = [], [], []
+    def __init__(self, spans: list[tuple[int, int, int | None]], segment_len: int, doc: np.ndarray):
+        pos, span, dist, first = [], [], [], []
         for i, (a, b, f) in enumerate(spans):
             for p in range(a - 1, b - 1):
                 pos.append(p)
                 span.append(i)
                 dist.append(-1 if f is None else p // segment_len - f // segment_len)
+                first.append(p == a - 1)
         order = np.argsort(pos, kind="stable")
         self.pos, self.span = np.asarray(pos, dtype=np.int64)[order], np.asarray(span, dtype=np.int64)[order]
         self.dist = np.asarray(dist, dtype=np.int64)[order]
-        self.first = np.asarray([p == a - 1 for p, (a, _, _) in zip(pos, (spans[i] for i in span))])[order]  # span starts
+        self.first = np.asarray(first, dtype=bool)[order]  # the positions that predict a span's first token
         self.wrong = np.zeros(len(spans), dtype=np.int64)  # per span: answer tokens missed
-        self.starts = [(-1, -1)] * len(spans)  # per span: (first token, argmax there), filled as it is read
+        # per span: (its first token, the argmax predicting it; -1 until read); -1, -1 for a span at position 0
+        self.starts = [(int(doc[a]) if a > 0 else -1, -1) for a, _, _ in spans]
 
     def in_range(self, lo: int, hi: int) -> slice:
         return slice(int(np.searchsorted(self.pos, lo)), int(np.searchsorted(self.pos, hi)))
@@ -208,7 +210,7 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
         rows = order[first : first + batch_size]
         inputs, targets, _ = batch_arrays([docs[i] for i in rows], L)
         inputs, targets = inputs.to(device), targets.to(device)
-        spans = [_Answers(spans_of(answers[i]), distance_unit or L) for i in rows]
+        spans = [_Answers(spans_of(answers[i]), distance_unit or L, docs[i]) for i in rows]
         for s, nll, logits, _ in read(model, inputs, targets, model.empty_states(len(rows), device), amp):
             x, y = inputs[:, s * L : (s + 1) * L], targets[:, s * L : (s + 1) * L]  # (B, L)
             valid = y >= 0  # (B, L)
@@ -218,14 +220,16 @@ def score(model, docs: list[np.ndarray], answers: list, batch_size: int, device:
                 tally.add_gain(nll, reset, valid)
             guess = logits.argmax(-1)  # (B, L)
             miss = ((guess != y) & valid).cpu()  # (B, L)
-            guess, y_host = guess.cpu(), y.cpu()
+            guess_host = None  # copied to the host only for a segment that holds a span's first token
             for r, a in enumerate(spans):
                 at = a.in_range(s * L, (s + 1) * L)
                 if at.start == at.stop:
                     continue
                 cols = torch.from_numpy(a.pos[at] - s * L)  # (n,)
-                for c, i in zip(cols[a.first[at]].tolist(), a.span[at][a.first[at]].tolist()):
-                    a.starts[i] = (int(y_host[r, c]), int(guess[r, c]))
+                if a.first[at].any():
+                    guess_host = guess.cpu() if guess_host is None else guess_host
+                    for c, i in zip(cols[a.first[at]].tolist(), a.span[at][a.first[at]].tolist()):
+                        a.starts[i] = (a.starts[i][0], int(guess_host[r, c]))
                 wrong = miss[r, cols]  # (n,)
                 np.add.at(a.wrong, a.span[at], wrong.numpy().astype(np.int64))
                 tally.add_answer_tokens(nll[r, cols.to(device)].cpu(), ~wrong, a.dist[at])
